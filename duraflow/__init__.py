@@ -1,0 +1,79 @@
+"""duraflow: durable workflows in plain async Python, with history you can query.
+
+The public API is exactly the names in ``__all__``; everything else may change.
+"""
+
+from duraflow.actors.messages import WorkflowDescription
+from duraflow.engine.activities import (
+    ActivityCancelledError,
+    ActivityInfo,
+    activity_info,
+    heartbeat,
+)
+from duraflow.engine.client import Client, WorkflowHandle
+from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
+from duraflow.engine.definitions import RetryPolicy, activity, workflow
+from duraflow.errors import (
+    ActivityError,
+    ChildWorkflowError,
+    ConfigurationError,
+    DuraflowError,
+    InvalidDuration,
+    InvalidWorkflowId,
+    NonDeterminismError,
+    NotAnActivityError,
+    PartitionUnavailable,
+    PayloadError,
+    QueryFailed,
+    ResultTimeout,
+    UnknownActivity,
+    UnknownQuery,
+    UnknownWorkflowType,
+    WorkflowAlreadyRunning,
+    WorkflowCancelledError,
+    WorkflowClosed,
+    WorkflowFailedError,
+    WorkflowNotFound,
+    WorkflowTerminatedError,
+)
+from duraflow.runtime import Engine
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivityCancelledError",
+    "ActivityError",
+    "ActivityInfo",
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
+    "Client",
+    "ConfigurationError",
+    "DuraflowError",
+    "Engine",
+    "InvalidDuration",
+    "InvalidWorkflowId",
+    "NonDeterminismError",
+    "NotAnActivityError",
+    "PartitionUnavailable",
+    "PayloadError",
+    "QueryFailed",
+    "ResultTimeout",
+    "RetryPolicy",
+    "UnknownActivity",
+    "UnknownQuery",
+    "UnknownWorkflowType",
+    "WorkflowAlreadyRunning",
+    "WorkflowCancelledError",
+    "WorkflowClosed",
+    "WorkflowContext",
+    "WorkflowDescription",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNotFound",
+    "WorkflowTerminatedError",
+    "activity",
+    "activity_info",
+    "heartbeat",
+    "workflow",
+]

@@ -1,0 +1,1 @@
+"""Hosting and routing: partitions (the single writers), their hosts and the router."""

@@ -1,0 +1,161 @@
+"""The partition's table of scheduled activities and the state of their current attempt."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import msgspec
+
+from duraflow.engine.activities import ActivityInfo, ActivityTask
+from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, resolve_activity
+from duraflow.errors import UnknownActivity
+from duraflow.storage.codec import decode
+from duraflow.storage.sqlite_store import ActivityRow
+
+Key = tuple[str, str, int]
+"""(workflow ID, run ID, seq) of a scheduled activity."""
+
+_options_encoder = msgspec.msgpack.Encoder()
+_options_decoder = msgspec.msgpack.Decoder(ActivityOptions)
+
+
+class Attempt:
+    """A scheduled activity and its current attempt (number, running, heartbeat)."""
+
+    __slots__ = (
+        "_task",
+        "args",
+        "definition",
+        "heartbeat_details",
+        "key",
+        "last_heartbeat",
+        "number",
+        "options",
+        "running",
+        "scheduled_at_us",
+    )
+
+    def __init__(
+        self,
+        key: Key,
+        definition: ActivityDefinition,
+        options: ActivityOptions,
+        args: bytes,
+        scheduled_at_us: int,
+    ) -> None:
+        self.key = key
+        self.definition = definition
+        self.options = options
+        self.args = args
+        self.scheduled_at_us = scheduled_at_us
+        self.number = 0
+        self.running = False
+        self.last_heartbeat = 0.0
+        self.heartbeat_details: bytes | None = None
+        self._task: ActivityTask | None = None
+
+    def row(self, number: int, state: str, next_at_us: int | None) -> ActivityRow:
+        wid, rid, seq = self.key
+        return ActivityRow(
+            wid,
+            rid,
+            seq,
+            self.definition.name,
+            self.definition.code_ref,
+            self.args,
+            _options_encoder.encode(self.options),
+            number,
+            state,
+            self.scheduled_at_us,
+            next_at_us,
+            self.heartbeat_details,
+        )
+
+    def begin(self, number: int, now: float) -> None:
+        self.number = number
+        self.running = True
+        self.last_heartbeat = now
+
+    def stop(self) -> None:
+        """The current attempt is over (or unwanted): tell its code, if it still runs."""
+        self.running = False
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    def deadline(self) -> float | None:
+        """When schedule_to_close_timeout ends all attempts (seconds), if it is set."""
+        timeout = self.options.schedule_to_close_timeout
+        return None if timeout is None else self.scheduled_at_us / 1e6 + timeout
+
+    def task(self, heartbeat: Callable[[bytes | None], None]) -> ActivityTask:
+        wid, rid, seq = self.key
+        info = ActivityInfo(
+            activity=self.definition.name,
+            workflow_id=wid,
+            run_id=rid,
+            seq=seq,
+            attempt=self.number,
+            heartbeat_details=decode(self.heartbeat_details),
+        )
+        self._task = ActivityTask(self.definition, self.args, info, heartbeat)
+        return self._task
+
+
+class AttemptTable:
+    """Scheduled, unresolved activities by key."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[Key, Attempt] = {}
+
+    def schedule(
+        self,
+        key: Key,
+        definition: ActivityDefinition,
+        options: ActivityOptions,
+        args: bytes,
+        scheduled_at_us: int,
+    ) -> Attempt:
+        attempt = Attempt(key, definition, options, args, scheduled_at_us)
+        self._by_key[key] = attempt
+        return attempt
+
+    def restore(self, row: ActivityRow) -> Attempt:
+        """The attempt state of a row read back after a restart."""
+        try:
+            definition = resolve_activity(row.activity, row.code_ref)
+        except UnknownActivity as exc:
+            definition = _missing(row.activity, row.code_ref, str(exc))
+        key = (row.workflow_id, row.run_id, row.seq)
+        attempt = self.schedule(
+            key, definition, _options_decoder.decode(row.options), row.args, row.scheduled_at_us
+        )
+        attempt.number = row.attempt
+        attempt.running = row.state == "running"
+        attempt.heartbeat_details = row.heartbeat
+        return attempt
+
+    def get(self, key: Key) -> Attempt | None:
+        return self._by_key.get(key)
+
+    def drop(self, key: Key) -> None:
+        attempt = self._by_key.pop(key, None)
+        if attempt is not None:
+            attempt.stop()
+
+    def of_run(self, run_key: tuple[str, str]) -> Iterator[Attempt]:
+        return (a for k, a in self._by_key.items() if k[:2] == run_key)
+
+    def cancel_all(self) -> None:
+        for attempt in self._by_key.values():
+            attempt.stop()
+        self._by_key.clear()
+
+
+def _missing(name: str, code_ref: str, message: str) -> ActivityDefinition:
+    """A definition whose attempts fail with UnknownActivity until the code is importable."""
+
+    def unavailable(*args: object) -> None:
+        raise UnknownActivity(message)
+
+    return ActivityDefinition(name, unavailable, code_ref, ActivityOptions(), is_async=False)

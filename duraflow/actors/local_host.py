@@ -1,0 +1,87 @@
+"""In-process Host: every Partition on one asyncio loop in a background thread."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Any
+
+from duraflow.actors.partition import Partition
+from duraflow.actors.router import partition_of
+from duraflow.engine.activities import InlineExecutor
+
+
+def partition_path(data_dir: Path, index: int) -> Path:
+    """The SQLite file of partition ``index`` (named by number, never by workflow ID)."""
+    return data_dir / "partitions" / f"p{index:04d}.sqlite"
+
+
+class LocalHost:
+    """Hosts ``partitions`` Partitions of ``data_dir`` in this process."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        partitions: int,
+        *,
+        synchronous: str = "FULL",
+        activity_threads: int = 64,
+    ) -> None:
+        self.partitions = partitions
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="duraflow-partitions", daemon=True
+        )
+        self._thread.start()
+        self._executor = InlineExecutor(self._loop, activity_threads)
+        self._parts = [
+            Partition(
+                i,
+                partition_path(data_dir, i),
+                executor=self._executor,
+                send=self._send,
+                synchronous=synchronous,
+            )
+            for i in range(partitions)
+        ]
+        try:
+            asyncio.run_coroutine_threadsafe(self._open_all(), self._loop).result()
+        except BaseException:
+            self.close()
+            raise
+
+    async def _open_all(self) -> None:
+        for part in self._parts:
+            await part.open()
+
+    async def _send(self, workflow_id: str, request: Any) -> Any:
+        return await self._parts[partition_of(workflow_id, self.partitions)].handle(request)
+
+    async def call(self, partition: int, request: Any) -> Any:
+        """Send ``request`` to partition ``partition``; awaitable from any event loop."""
+        future = asyncio.run_coroutine_threadsafe(self._parts[partition].handle(request), self._loop)
+        return await asyncio.wrap_future(future)
+
+    def stats(self) -> list[dict[str, int]]:
+        async def collect() -> list[dict[str, int]]:
+            return [p.stats() for p in self._parts]
+
+        return asyncio.run_coroutine_threadsafe(collect(), self._loop).result()
+
+    def close(self) -> None:
+        """Close every partition and stop the loop thread."""
+        if self._loop.is_closed():
+            return
+
+        async def close_all() -> None:
+            for part in self._parts:
+                await part.close()
+
+        try:
+            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=30)
+        finally:
+            self._executor.close()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()

@@ -1,0 +1,143 @@
+"""Requests and replies between clients and partitions (and between partitions).
+
+All are msgspec Structs, so the same messages travel through the in-process host, Ray actor
+calls and the partition's outbox (where they are stored as msgpack).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Union
+
+import msgspec
+
+ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
+
+
+class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):
+    """Base of every request."""
+
+    workflow_id: str
+
+
+class Start(Message, kw_only=True):
+    """Start a run (a client's start, or a parent's child start through the outbox)."""
+
+    workflow_type: str
+    code_ref: str
+    args: bytes
+    id_conflict: str = "fail"
+    parent_id: str | None = None
+    parent_run_id: str | None = None
+    parent_seq: int | None = None
+
+
+class Signal(Message, kw_only=True):
+    run_id: str | None = None
+    name: str
+    payload: bytes
+    request_id: str
+
+
+class Query(Message, kw_only=True):
+    run_id: str | None = None
+    name: str
+    args: bytes
+
+
+class Cancel(Message, kw_only=True):
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Terminate(Message, kw_only=True):
+    """Terminate a run. With ``parent_run_id``, only if that run is the target's parent."""
+
+    run_id: str | None = None
+    reason: str = ""
+    parent_run_id: str | None = None
+
+
+class AwaitResult(Message, kw_only=True):
+    run_id: str | None = None
+
+
+class Describe(Message, kw_only=True):
+    run_id: str | None = None
+
+
+class ChildClosed(Message, kw_only=True):
+    """A child's outcome, sent to its parent (``workflow_id`` is the parent's)."""
+
+    parent_run_id: str
+    seq: int
+    child_workflow_id: str
+    status: str
+    result: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
+    """List runs of one partition, newest first."""
+
+    status: str | None = None
+    workflow_type: str | None = None
+    limit: int = 1000
+
+
+OutboxMessage = Union[Start, Terminate, Cancel, ChildClosed]
+Request = Union[Start, Signal, Query, Cancel, Terminate, AwaitResult, Describe, ChildClosed]
+
+
+class StartReply(msgspec.Struct, frozen=True):
+    run_id: str
+    started: bool
+
+
+class Outcome(msgspec.Struct, frozen=True):
+    """How a run closed: ``status`` and either ``result`` (msgpack) or an error."""
+
+    workflow_id: str
+    run_id: str
+    status: str
+    result: bytes | None = None
+    error_type: str | None = None
+    error_message: str | None = None
+
+
+class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
+    """What ``handle.describe()`` and ``client.list()`` report about one run.
+
+    Attributes:
+        status: ``running``, ``completed``, ``failed``, ``cancelled`` or ``terminated``.
+        history_length: events recorded so far (for runs still in the partition's file).
+        pending_activities: names of activities scheduled and not yet resolved.
+        stuck: why an open run cannot make progress (non-determinism, missing code), if so.
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    status: str
+    start_time: dt.datetime
+    close_time: dt.datetime | None = None
+    parent_workflow_id: str | None = None
+    history_length: int = 0
+    pending_activities: list[str] = []
+    error_type: str | None = None
+    error_message: str | None = None
+    stuck: str | None = None
+    partition: int = 0
+
+
+_outbox_encoder = msgspec.msgpack.Encoder()
+_outbox_decoder: msgspec.msgpack.Decoder[OutboxMessage] = msgspec.msgpack.Decoder(OutboxMessage)  # type: ignore[arg-type]  # reason: Union is a valid decoder type
+
+
+def encode_outbox(message: OutboxMessage) -> bytes:
+    return _outbox_encoder.encode(message)
+
+
+def decode_outbox(data: bytes) -> OutboxMessage:
+    return _outbox_decoder.decode(data)

@@ -1,0 +1,1009 @@
+"""Partition: the single writer of its workflows' state, one SQLite file, one transaction a turn.
+
+Requests (start, signal, query, ...) and internal happenings (activity outcomes, due timers,
+delivered outbox messages) queue in the partition's inbox. A *turn* takes everything queued,
+applies it to the resident runs and to SQLite inside one transaction, commits, and only then
+replies, dispatches activities and sends messages to other partitions. A crash therefore
+loses nothing that was acknowledged, and never runs an activity whose scheduling is not
+durable. Runs that are not in memory are rebuilt by replaying their history on demand.
+
+The partition runs on one asyncio loop (its host's) and is never touched from other threads
+except through :meth:`Partition.post_threadsafe`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import heapq
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from duraflow.actors import messages as m
+from duraflow.actors.attempts import Attempt, AttemptTable
+from duraflow.cdc import events as ev
+from duraflow.engine.activities import ActivityExecutor, ActivityOutcome
+from duraflow.engine.definitions import resolve_workflow
+from duraflow.engine.ids import check_workflow_id
+from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
+from duraflow.errors import (
+    DuraflowError,
+    PartitionUnavailable,
+    QueryFailed,
+    UnknownQuery,
+    WorkflowAlreadyRunning,
+    WorkflowClosed,
+    WorkflowNotFound,
+)
+from duraflow.storage.codec import decode, encode
+from duraflow.storage.sqlite_store import PartitionStore, TimerRow, WorkflowRow
+
+log = logging.getLogger("duraflow.partition")
+
+Send = Callable[[str, Any], Awaitable[Any]]
+"""How a partition reaches the owner of another workflow ID: ``await send(workflow_id, msg)``."""
+
+OUTBOX_RETRY_S = 0.5
+_DEFERRED = object()
+
+
+class OpenRun:
+    """An open run of this partition: its row, and its resident code if in memory."""
+
+    __slots__ = ("activity_seqs", "last_event_id", "row", "run", "stuck", "timer_seqs", "waiters")
+
+    def __init__(self, row: WorkflowRow, last_event_id: int | None) -> None:
+        self.row = row
+        self.run: WorkflowRun | None = None
+        self.last_event_id = last_event_id
+        self.stuck: str | None = None
+        self.waiters: list[asyncio.Future[Any]] = []
+        self.timer_seqs: set[int] = set()
+        self.activity_seqs: set[int] = set()
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.row.workflow_id, self.row.run_id)
+
+
+class _Effects:
+    """What a turn does after its commit."""
+
+    __slots__ = ("closed", "dispatch", "replies", "sends")
+
+    def __init__(self) -> None:
+        self.replies: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]] = []
+        self.dispatch: list[Attempt] = []
+        self.sends: list[tuple[int, str, m.OutboxMessage]] = []
+        self.closed: list[tuple[list[asyncio.Future[Any]], m.Outcome]] = []
+
+
+class _ActivityDone(msgspec.Struct):
+    key: tuple[str, str, int]
+    number: int
+    outcome: ActivityOutcome
+
+
+class _Heartbeat(msgspec.Struct):
+    key: tuple[str, str, int]
+    number: int
+    details: bytes | None
+
+
+class _Due(msgspec.Struct):
+    pass
+
+
+class _Delivered(msgspec.Struct):
+    outbox_id: int
+    message: Any
+    error: BaseException | None
+
+
+class Partition:
+    """The single writer of one partition's workflows.
+
+    Args:
+        index: this partition's number (0 .. count-1).
+        path: its SQLite file.
+        executor: where activity attempts run.
+        send: reaches the partition owning another workflow ID (children, parents).
+        clock: seconds since the epoch; a parameter so tests can step time.
+    """
+
+    def __init__(
+        self,
+        index: int,
+        path: Path,
+        *,
+        executor: ActivityExecutor,
+        send: Send,
+        synchronous: str = "FULL",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.index = index
+        self._path = path
+        self._synchronous = synchronous
+        self._executor = executor
+        self._send = send
+        self._clock = clock
+        self._store: PartitionStore | None = None
+        self._open: dict[str, OpenRun] = {}
+        self._attempts = AttemptTable()
+        self._heap: list[tuple[float, int, str, Any]] = []
+        self._counter = itertools.count()
+        self._lsn = 0
+        self._inbox: list[tuple[Any, asyncio.Future[Any] | None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._wake: asyncio.Event | None = None
+        self._worker: asyncio.Task[None] | None = None
+        self._due_handle: asyncio.TimerHandle | None = None
+        self._due_at = float("inf")
+        self._fx = _Effects()
+        self._closing = False
+        self._recovering = False
+
+    # -- lifetime -----------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Open the SQLite file, load open runs, timers and activities, and start turning."""
+        self._loop = asyncio.get_running_loop()
+        self._wake = asyncio.Event()
+        self._store = PartitionStore(self._path, self._synchronous)
+        self._load()
+        self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
+        self._post(_Due(), None)
+
+    async def close(self) -> None:
+        """Stop turning and close the file; in-flight requests fail as PartitionUnavailable."""
+        self._closing = True
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+        if self._due_handle is not None:
+            self._due_handle.cancel()
+        for _, future in self._inbox:
+            if future is not None and not future.done():
+                future.set_exception(PartitionUnavailable(f"partition {self.index} closed"))
+        for open_run in self._open.values():
+            for waiter in open_run.waiters:
+                if not waiter.done():
+                    waiter.set_exception(PartitionUnavailable(f"partition {self.index} closed"))
+            if open_run.run is not None:
+                open_run.run.discard()
+        if self._store is not None:
+            self._store.close()
+
+    def _load(self) -> None:
+        store = self._db()
+        self._lsn = store.max_lsn()
+        self._open = {row.workflow_id: OpenRun(row, None) for row in store.open_runs()}
+        for timer in store.timers():
+            open_run = self._open.get(timer.workflow_id)
+            if open_run is not None and open_run.row.run_id == timer.run_id:
+                open_run.timer_seqs.add(timer.seq)
+                self._push(timer.fire_at_us / 1e6, "timer", (timer.workflow_id, timer.run_id, timer.seq))
+        self._recovering = True
+
+    # -- the inbox and turns ------------------------------------------------------------------
+
+    async def handle(self, request: Any) -> Any:
+        """Queue a request for the next turn and wait for its reply."""
+        if self._closing:
+            raise PartitionUnavailable(f"partition {self.index} is closed")
+        future = self._require_loop().create_future()
+        self._post(request, future)
+        return await future
+
+    def post_threadsafe(self, item: Any) -> None:
+        """Queue an internal item from any thread (activity outcomes, heartbeats)."""
+        loop = self._require_loop()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(self._post, item, None)
+
+    def _post(self, item: Any, future: asyncio.Future[Any] | None) -> None:
+        self._inbox.append((item, future))
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _turns(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            items, self._inbox = self._inbox, []
+            if items:
+                self._turn(items)
+
+    def _turn(self, items: list[tuple[Any, asyncio.Future[Any] | None]]) -> None:
+        fx = self._fx = _Effects()
+        lsn_before = self._lsn
+        try:
+            with self._db().turn():
+                if self._recovering:
+                    self._recover()
+                for item, future in items:
+                    try:
+                        fx.replies.append((future, self._dispatch(item, future), None))
+                    except DuraflowError as exc:
+                        fx.replies.append((future, None, exc))
+        except BaseException as exc:
+            log.exception("partition %d: turn failed and was rolled back", self.index)
+            self._lsn = lsn_before
+            self._reload()
+            for _, future in items:
+                if future is not None and not future.done():
+                    future.set_exception(
+                        PartitionUnavailable(f"partition {self.index} rolled back a turn: {exc!r}")
+                    )
+            if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
+                raise
+            return
+        self._after_commit(fx)
+
+    def _after_commit(self, fx: _Effects) -> None:
+        for future, reply, error in fx.replies:
+            if future is None or reply is _DEFERRED or future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(reply)
+        for waiters, outcome in fx.closed:
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
+        for attempt in fx.dispatch:
+            self._start_attempt(attempt)
+        loop = self._require_loop()
+        for outbox_id, target, message in fx.sends:
+            loop.create_task(self._deliver(outbox_id, target, message))
+        self._arm()
+
+    def _reload(self) -> None:
+        """After a rolled-back turn: forget memory, reload what is durable."""
+        for open_run in self._open.values():
+            if open_run.run is not None:
+                open_run.run.discard()
+        self._heap.clear()
+        self._attempts.cancel_all()
+        self._attempts = AttemptTable()
+        self._load()
+
+    # -- dispatch -------------------------------------------------------------------------------
+
+    def _dispatch(self, item: Any, future: asyncio.Future[Any] | None) -> Any:
+        if isinstance(item, m.Start):
+            return self._start(item)
+        if isinstance(item, m.Signal):
+            return self._signal(item)
+        if isinstance(item, m.Query):
+            return self._query(item)
+        if isinstance(item, m.Cancel):
+            return self._cancel(item)
+        if isinstance(item, m.Terminate):
+            return self._terminate_request(item)
+        if isinstance(item, m.AwaitResult):
+            return self._await_result(item, future)
+        if isinstance(item, m.Describe):
+            return self._describe(item)
+        if isinstance(item, m.ListWorkflows):
+            return self._list(item)
+        if isinstance(item, m.ChildClosed):
+            return self._child_closed(item)
+        if isinstance(item, _ActivityDone):
+            return self._activity_done(item)
+        if isinstance(item, _Heartbeat):
+            return self._heartbeat(item)
+        if isinstance(item, _Due):
+            return self._fire_due()
+        if isinstance(item, _Delivered):
+            return self._delivered(item)
+        raise TypeError(f"partition {self.index}: unknown request {type(item).__name__}")
+
+    # -- requests -------------------------------------------------------------------------------
+
+    def _start(self, req: m.Start) -> m.StartReply:
+        check_workflow_id(req.workflow_id)
+        if req.id_conflict not in m.ID_CONFLICT_POLICIES:
+            raise ValueError(
+                f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {req.id_conflict!r}"
+            )
+        existing = self._open.get(req.workflow_id)
+        if req.parent_run_id is not None:
+            same = existing.row if existing else self._db().latest_run(req.workflow_id)
+            if same is not None and (same.parent_run_id, same.parent_seq) == (
+                req.parent_run_id,
+                req.parent_seq,
+            ):
+                return m.StartReply(same.run_id, started=False)  # a retried child start
+        if existing is not None:
+            if req.id_conflict == "use_existing":
+                return m.StartReply(existing.row.run_id, started=False)
+            if req.id_conflict == "fail":
+                raise WorkflowAlreadyRunning(
+                    f"workflow {req.workflow_id!r} is already running (run {existing.row.run_id}); "
+                    "pass id_conflict='use_existing' or 'terminate_existing' to start anyway"
+                )
+        definition = resolve_workflow(req.workflow_type, req.code_ref)
+        if existing is not None:
+            self._terminate(existing, "terminated by a new start (id_conflict=terminate_existing)")
+        now_us = self._now_us()
+        row = WorkflowRow(
+            req.workflow_id,
+            uuid.uuid4().hex,
+            definition.name,
+            definition.code_ref,
+            "running",
+            req.parent_id,
+            req.parent_run_id,
+            req.parent_seq,
+            now_us,
+            None,
+            None,
+            None,
+            None,
+        )
+        self._db().insert_workflow(row)
+        open_run = OpenRun(row, 0)
+        self._open[row.workflow_id] = open_run
+        started = ev.WorkflowStarted(
+            **self._base(row, now_us),
+            args=req.args,
+            code_ref=definition.code_ref,
+            python=PYTHON_VERSION,
+            parent_id=req.parent_id,
+            parent_run_id=req.parent_run_id,
+            parent_seq=req.parent_seq,
+        )
+        open_run.run = WorkflowRun(definition, started)
+        self._append(open_run, [started])
+        self._activate(open_run, started)
+        return m.StartReply(row.run_id, started=True)
+
+    def _signal(self, req: m.Signal) -> None:
+        open_run = self._open_run(req.workflow_id, req.run_id, "signal")
+        store = self._db()
+        if store.signal_seen(req.request_id):
+            return  # a retried signal: appended once already
+        event = ev.SignalReceived(
+            **self._base(open_run.row, self._now_us()), name=req.name, payload=req.payload
+        )
+        self._resolve(open_run, event)
+        store.insert_signal(req.request_id, req.workflow_id, open_run.row.run_id, event.lsn)
+
+    def _query(self, req: m.Query) -> bytes:
+        open_run = self._open_run(req.workflow_id, req.run_id, "query")
+        run = self._resident(open_run)
+        if run is None:
+            raise QueryFailed(
+                f"workflow {req.workflow_id!r} cannot answer queries: {open_run.stuck}"
+            )
+        if req.name not in run.query_handlers:
+            raise UnknownQuery(
+                f"workflow {req.workflow_id!r} has no query handler {req.name!r} "
+                f"(it has: {sorted(run.query_handlers)})"
+            )
+        try:
+            value = run.query(req.name, decode(req.args) or [])
+        except Exception as exc:  # noqa: BLE001  # reason: a handler's error goes back to the caller
+            raise QueryFailed(
+                f"query {req.name!r} of workflow {req.workflow_id!r} raised "
+                f"{type(exc).__name__}: {exc}"
+            ) from None
+        return encode(value, f"result of query {req.name!r}")
+
+    def _cancel(self, req: m.Cancel) -> None:
+        open_run = self._open_run(req.workflow_id, req.run_id, "cancel")
+        if open_run.run is not None and open_run.run.cancel_requested:
+            return
+        event = ev.CancelRequested(**self._base(open_run.row, self._now_us()), reason=req.reason)
+        self._resolve(open_run, event)
+
+    def _terminate_request(self, req: m.Terminate) -> None:
+        open_run = self._open.get(req.workflow_id)
+        if req.parent_run_id is not None:
+            if open_run is not None and open_run.row.parent_run_id == req.parent_run_id:
+                self._terminate(open_run, req.reason)
+            return  # the child already closed or was replaced: nothing to do
+        open_run = self._open_run(req.workflow_id, req.run_id, "terminate")
+        self._terminate(open_run, req.reason)
+
+    def _await_result(self, req: m.AwaitResult, future: asyncio.Future[Any] | None) -> Any:
+        open_run = self._open.get(req.workflow_id)
+        if open_run is not None and req.run_id in (None, open_run.row.run_id):
+            if future is not None:
+                open_run.waiters.append(future)
+            return _DEFERRED
+        row = self._closed_row(req.workflow_id, req.run_id)
+        return _outcome(row)
+
+    def _describe(self, req: m.Describe) -> m.WorkflowDescription:
+        open_run = self._open.get(req.workflow_id)
+        if open_run is not None and req.run_id in (None, open_run.row.run_id):
+            pending = sorted(
+                a.definition.name for a in self._attempts.of_run(open_run.key)
+            )
+            return _description(
+                open_run.row, self._last_event_id(open_run), pending, open_run.stuck, self.index
+            )
+        row = self._closed_row(req.workflow_id, req.run_id)
+        history = self._db().last_event_id(row.workflow_id, row.run_id)
+        return _description(row, history, [], None, self.index)
+
+    def _list(self, req: m.ListWorkflows) -> list[m.WorkflowDescription]:
+        rows = self._db().list_workflows(req.status, req.workflow_type, req.limit)
+        return [_description(row, 0, [], None, self.index) for row in rows]
+
+    def _child_closed(self, msg: m.ChildClosed) -> None:
+        open_run = self._open.get(msg.workflow_id)
+        if open_run is None or open_run.row.run_id != msg.parent_run_id:
+            return  # the parent closed already
+        run = self._resident(open_run)
+        if run is not None and msg.seq not in run.open_children():
+            return  # delivered before
+        if run is None and self._child_resolved(open_run, msg.seq):
+            return
+        base = self._base(open_run.row, self._now_us())
+        event: ev.Event
+        if msg.status == "completed":
+            event = ev.ChildCompleted(
+                **base, seq=msg.seq, child_workflow_id=msg.child_workflow_id, result=msg.result or b""
+            )
+        else:
+            event = ev.ChildFailed(
+                **base,
+                seq=msg.seq,
+                child_workflow_id=msg.child_workflow_id,
+                status=msg.status,
+                error_type=msg.error_type,
+                error_message=msg.error_message,
+            )
+        self._resolve(open_run, event)
+
+    def _child_resolved(self, open_run: OpenRun, seq: int) -> bool:
+        history = self._db().history(*open_run.key)
+        return any(
+            isinstance(e, (ev.ChildCompleted, ev.ChildFailed)) and e.seq == seq for e in history
+        )
+
+    # -- runs: residency, activation, commands ----------------------------------------------------
+
+    def _open_run(self, workflow_id: str, run_id: str | None, verb: str) -> OpenRun:
+        check_workflow_id(workflow_id)
+        open_run = self._open.get(workflow_id)
+        if open_run is not None and run_id in (None, open_run.row.run_id):
+            return open_run
+        row = self._db().get_run(workflow_id, run_id) if run_id else None
+        if row is None and run_id is None:
+            row = self._db().latest_run(workflow_id)
+        if row is None:
+            raise WorkflowNotFound(f"cannot {verb}: no workflow {workflow_id!r}" + (
+                f" with run {run_id}" if run_id else ""
+            ))
+        raise WorkflowClosed(
+            f"cannot {verb} workflow {workflow_id!r}: run {row.run_id} already {row.status}"
+        )
+
+    def _closed_row(self, workflow_id: str, run_id: str | None) -> WorkflowRow:
+        check_workflow_id(workflow_id)
+        store = self._db()
+        row = store.get_run(workflow_id, run_id) if run_id else store.latest_run(workflow_id)
+        if row is None:
+            raise WorkflowNotFound(f"no workflow {workflow_id!r}" + (
+                f" with run {run_id}" if run_id else ""
+            ))
+        return row
+
+    def _resident(self, open_run: OpenRun) -> WorkflowRun | None:
+        """The run in memory, rebuilt from history if needed; None if it cannot be rebuilt."""
+        if open_run.run is not None:
+            return open_run.run
+        if open_run.stuck is not None:
+            return None
+        row = open_run.row
+        try:
+            definition = resolve_workflow(row.workflow_type, row.code_ref)
+            history = self._db().history(row.workflow_id, row.run_id)
+            run, new = rebuild(definition, history)
+        except DuraflowError as exc:
+            self._mark_stuck(open_run, exc)
+            return None
+        open_run.last_event_id = history[-1].event_id if history else 0
+        open_run.run = run
+        if new:
+            self._commands(open_run, new)
+        return open_run.run
+
+    def _mark_stuck(self, open_run: OpenRun, exc: BaseException) -> None:
+        open_run.stuck = f"{type(exc).__name__}: {exc}"
+        if open_run.run is not None:
+            open_run.run.discard()
+            open_run.run = None
+        log.error("partition %d: workflow %r is stuck: %s", self.index, open_run.row.workflow_id, exc)
+
+    def _resolve(self, open_run: OpenRun, event: ev.Event) -> None:
+        """Record a resolution event for a run and apply it to the code (rebuilding it first)."""
+        run = self._resident(open_run)
+        self._append(open_run, [event])
+        if run is not None and open_run.run is run:
+            self._activate(open_run, event)
+
+    def _activate(self, open_run: OpenRun, event: ev.Event) -> None:
+        run = open_run.run
+        assert run is not None
+        try:
+            commands = run.activate(event)
+        except DuraflowError as exc:
+            self._mark_stuck(open_run, exc)
+            return
+        if commands:
+            self._commands(open_run, commands)
+
+    def _commands(self, open_run: OpenRun, commands: list[ev.Event]) -> None:
+        self._append(open_run, commands)
+        run = open_run.run
+        store = self._db()
+        wid, rid = open_run.key
+        for cmd in commands:
+            if isinstance(cmd, ev.ActivityScheduled):
+                assert run is not None
+                request = run.activity_requests.pop(cmd.seq)
+                attempt = self._attempts.schedule(
+                    (wid, rid, cmd.seq), request.definition, request.options, cmd.args, cmd.at_us
+                )
+                store.insert_activity(attempt.row(1, "running", None))
+                open_run.activity_seqs.add(cmd.seq)
+                self._begin_attempt(attempt, 1)
+            elif isinstance(cmd, ev.ActivityCancelled):
+                store.delete_activity(wid, rid, cmd.seq)
+                open_run.activity_seqs.discard(cmd.seq)
+                self._attempts.drop((wid, rid, cmd.seq))
+            elif isinstance(cmd, ev.TimerStarted):
+                store.insert_timer(TimerRow(wid, rid, cmd.seq, cmd.fire_at_us))
+                open_run.timer_seqs.add(cmd.seq)
+                self._push(cmd.fire_at_us / 1e6, "timer", (wid, rid, cmd.seq))
+            elif isinstance(cmd, ev.TimerCancelled):
+                store.delete_timer(wid, rid, cmd.seq)
+                open_run.timer_seqs.discard(cmd.seq)
+            elif isinstance(cmd, ev.ChildStarted):
+                start = m.Start(
+                    workflow_id=cmd.child_workflow_id,
+                    workflow_type=cmd.child_workflow_type,
+                    code_ref=cmd.code_ref,
+                    args=cmd.args,
+                    parent_id=wid,
+                    parent_run_id=rid,
+                    parent_seq=cmd.seq,
+                )
+                self._outbox(cmd.child_workflow_id, start)
+            elif isinstance(cmd, ev.WorkflowCompleted):
+                self._close(open_run, "completed", cmd.at_us, result=cmd.result)
+            elif isinstance(cmd, ev.WorkflowFailed):
+                self._close(open_run, "failed", cmd.at_us, cmd.error_type, cmd.error_message)
+            elif isinstance(cmd, ev.WorkflowCancelled):
+                self._close(open_run, "cancelled", cmd.at_us, "CancelledError", cmd.reason or "cancelled")
+
+    def _terminate(self, open_run: OpenRun, reason: str) -> None:
+        now_us = self._now_us()
+        event = ev.WorkflowTerminated(**self._base(open_run.row, now_us), reason=reason)
+        self._append(open_run, [event])
+        self._close(open_run, "terminated", now_us, "Terminated", reason or "terminated")
+
+    def _close(
+        self,
+        open_run: OpenRun,
+        status: str,
+        at_us: int,
+        error_type: str | None = None,
+        error_message: str | None = None,
+        result: bytes | None = None,
+    ) -> None:
+        row = open_run.row
+        store = self._db()
+        store.close_workflow(
+            row.workflow_id, row.run_id, status, at_us, result, error_type, error_message
+        )
+        store.delete_run_state(row.workflow_id, row.run_id)
+        for seq in open_run.activity_seqs:
+            self._attempts.drop((row.workflow_id, row.run_id, seq))
+        if row.parent_id is not None and row.parent_run_id is not None:
+            self._outbox(
+                row.parent_id,
+                m.ChildClosed(
+                    workflow_id=row.parent_id,
+                    parent_run_id=row.parent_run_id,
+                    seq=row.parent_seq or 0,
+                    child_workflow_id=row.workflow_id,
+                    status=status,
+                    result=result,
+                    error_type=error_type or "",
+                    error_message=error_message or "",
+                ),
+            )
+        for child_id, policy in self._open_children(open_run):
+            reason = f"parent {row.workflow_id!r} {status}"
+            if policy == "terminate":
+                self._outbox(
+                    child_id,
+                    m.Terminate(workflow_id=child_id, reason=reason, parent_run_id=row.run_id),
+                )
+            elif policy == "request_cancel":
+                self._outbox(child_id, m.Cancel(workflow_id=child_id, reason=reason))
+        outcome = m.Outcome(
+            row.workflow_id, row.run_id, status, result, error_type, error_message
+        )
+        self._fx.closed.append((open_run.waiters, outcome))
+        del self._open[row.workflow_id]
+        if open_run.run is not None:
+            open_run.run.discard()
+
+    def _open_children(self, open_run: OpenRun) -> list[tuple[str, str]]:
+        """(child ID, parent-close policy) of children started and not yet closed."""
+        started: dict[int, ev.ChildStarted] = {}
+        if open_run.run is not None:
+            pending = set(open_run.run.open_children())
+            if not pending:
+                return []
+        else:
+            pending = None
+        for event in self._db().history(*open_run.key):
+            if isinstance(event, ev.ChildStarted):
+                started[event.seq] = event
+            elif isinstance(event, (ev.ChildCompleted, ev.ChildFailed)):
+                started.pop(event.seq, None)
+        return [
+            (e.child_workflow_id, e.parent_close_policy)
+            for seq, e in started.items()
+            if pending is None or seq in pending
+        ]
+
+    # -- history ------------------------------------------------------------------------------
+
+    def _append(self, open_run: OpenRun, events: list[ev.Event]) -> None:
+        """Stamp events with event IDs and LSNs and write them to the history table."""
+        event_id = self._last_event_id(open_run)
+        for event in events:
+            event_id += 1
+            self._lsn += 1
+            event.event_id = event_id
+            event.lsn = self._lsn
+            event.partition = self.index
+        open_run.last_event_id = event_id
+        self._db().append_events(events)
+
+    def _last_event_id(self, open_run: OpenRun) -> int:
+        if open_run.last_event_id is None:
+            open_run.last_event_id = self._db().last_event_id(*open_run.key)
+        return open_run.last_event_id
+
+    def _base(self, row: WorkflowRow, at_us: int) -> dict[str, Any]:
+        return {
+            "workflow_id": row.workflow_id,
+            "run_id": row.run_id,
+            "workflow_type": row.workflow_type,
+            "at_us": at_us,
+        }
+
+    # -- activities ------------------------------------------------------------------------------
+
+    def _begin_attempt(self, attempt: Attempt, number: int) -> None:
+        """Mark attempt ``number`` running; it is dispatched after this turn commits."""
+        now = self._clock()
+        attempt.begin(number, now)
+        options = attempt.options
+        key = attempt.key
+        if options.start_to_close_timeout is not None:
+            self._push(now + options.start_to_close_timeout, "attempt_timeout", (key, number))
+        if options.heartbeat_timeout is not None:
+            self._push(now + options.heartbeat_timeout, "heartbeat_check", (key, number))
+        if number == 1 and options.schedule_to_close_timeout is not None:
+            deadline = attempt.scheduled_at_us / 1e6 + options.schedule_to_close_timeout
+            self._push(deadline, "schedule_timeout", (key, 0))
+        self._fx.dispatch.append(attempt)
+
+    def _start_attempt(self, attempt: Attempt) -> None:
+        if self._attempts.get(attempt.key) is not attempt or not attempt.running:
+            return  # resolved or cancelled in the same turn
+        number = attempt.number
+        task = attempt.task(
+            lambda details: self.post_threadsafe(_Heartbeat(attempt.key, number, details))
+        )
+        self._executor.start(
+            task, lambda outcome: self.post_threadsafe(_ActivityDone(attempt.key, number, outcome))
+        )
+
+    def _recover(self) -> None:
+        """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
+        resend undelivered outbox messages."""
+        self._recovering = False
+        for row_id, target, data in self._db().outbox():
+            self._fx.sends.append((row_id, target, m.decode_outbox(data)))
+        for row in self._db().activities():
+            open_run = self._open.get(row.workflow_id)
+            if open_run is None or open_run.row.run_id != row.run_id:
+                continue
+            attempt = self._attempts.restore(row)
+            open_run.activity_seqs.add(row.seq)
+            timeout = attempt.options.schedule_to_close_timeout
+            if timeout is not None:
+                self._push(attempt.scheduled_at_us / 1e6 + timeout, "schedule_timeout", (attempt.key, 0))
+            if row.state == "backoff":
+                self._push((row.next_at_us or 0) / 1e6, "retry", (attempt.key, row.attempt + 1))
+            else:
+                self._attempt_failed(
+                    attempt,
+                    "PartitionRestarted",
+                    "the partition restarted while this attempt was running",
+                    delay=0.0,
+                )
+
+    def _activity_done(self, done: _ActivityDone) -> None:
+        attempt = self._attempts.get(done.key)
+        if attempt is None or attempt.number != done.number or not attempt.running:
+            return  # a late outcome of an attempt that timed out or was cancelled
+        outcome = done.outcome
+        if outcome.ok:
+            self._activity_resolved(attempt, True, outcome.result or b"", "", "")
+        else:
+            self._attempt_failed(attempt, outcome.error_type, outcome.error_message)
+
+    def _attempt_failed(
+        self, attempt: Attempt, error_type: str, message: str, delay: float | None = None
+    ) -> None:
+        attempt.stop()
+        open_run = self._open[attempt.key[0]]
+        retry = attempt.options.retry
+        following = attempt.number + 1
+        wait = retry.delay_before(following) if delay is None else delay
+        now = self._clock()
+        deadline = attempt.deadline()
+        if (
+            error_type != "PayloadError"
+            and retry.allows(following, error_type)
+            and (deadline is None or now + wait < deadline)
+        ):
+            next_at_us = round((now + wait) * 1e6)
+            wid, rid, seq = attempt.key
+            self._db().update_activity(wid, rid, seq, attempt.number, "backoff", next_at_us)
+            retry_event = ev.ActivityRetry(
+                **self._base(open_run.row, self._now_us()),
+                seq=seq,
+                activity=attempt.definition.name,
+                attempt=attempt.number,
+                error_type=error_type,
+                error_message=message,
+                next_attempt_at_us=next_at_us,
+            )
+            self._append(open_run, [retry_event])
+            if wait <= 0:
+                self._retry_due(attempt.key, following)
+            else:
+                self._push(now + wait, "retry", (attempt.key, following))
+        else:
+            self._activity_resolved(attempt, False, b"", error_type, message)
+
+    def _activity_resolved(
+        self, attempt: Attempt, ok: bool, result: bytes, error_type: str, message: str
+    ) -> None:
+        wid, rid, seq = attempt.key
+        open_run = self._open[wid]
+        self._attempts.drop(attempt.key)
+        open_run.activity_seqs.discard(seq)
+        self._db().delete_activity(wid, rid, seq)
+        base = self._base(open_run.row, self._now_us())
+        name = attempt.definition.name
+        event: ev.Event
+        if ok:
+            event = ev.ActivityCompleted(
+                **base, seq=seq, activity=name, result=result, attempt=attempt.number
+            )
+        else:
+            event = ev.ActivityFailed(
+                **base,
+                seq=seq,
+                activity=name,
+                error_type=error_type,
+                error_message=message,
+                attempt=attempt.number,
+            )
+        self._resolve(open_run, event)
+
+    def _retry_due(self, key: tuple[str, str, int], number: int) -> None:
+        attempt = self._attempts.get(key)
+        if attempt is None or attempt.running or attempt.number != number - 1:
+            return
+        self._db().update_activity(*key, number, "running", None)
+        self._begin_attempt(attempt, number)
+
+    def _heartbeat(self, beat: _Heartbeat) -> None:
+        attempt = self._attempts.get(beat.key)
+        if attempt is None or attempt.number != beat.number or not attempt.running:
+            return
+        attempt.last_heartbeat = self._clock()
+        if beat.details is not None:
+            attempt.heartbeat_details = beat.details
+            self._db().set_activity_heartbeat(*beat.key, beat.details)
+
+    # -- timers ----------------------------------------------------------------------------------
+
+    def _push(self, due: float, kind: str, key: Any) -> None:
+        heapq.heappush(self._heap, (due, next(self._counter), kind, key))
+
+    def _arm(self) -> None:
+        if not self._heap:
+            return
+        due = self._heap[0][0]
+        if due >= self._due_at and self._due_handle is not None:
+            return
+        if self._due_handle is not None:
+            self._due_handle.cancel()
+        self._due_at = due
+        delay = max(0.0, due - self._clock())
+        self._due_handle = self._require_loop().call_later(delay, self._on_due)
+
+    def _on_due(self) -> None:
+        self._due_handle = None
+        self._due_at = float("inf")
+        self._post(_Due(), None)
+
+    def _fire_due(self) -> None:
+        now = self._clock()
+        heap = self._heap
+        while heap and heap[0][0] <= now:
+            _, _, kind, key = heapq.heappop(heap)
+            if kind == "timer":
+                self._timer_due(key)
+            elif kind == "retry":
+                self._retry_due(*key)
+            elif kind == "outbox":
+                self._resend(key)
+            else:
+                self._attempt_deadline(kind, *key)
+
+    def _timer_due(self, key: tuple[str, str, int]) -> None:
+        wid, rid, seq = key
+        open_run = self._open.get(wid)
+        if open_run is None or open_run.row.run_id != rid or seq not in open_run.timer_seqs:
+            return  # cancelled, or its run closed
+        open_run.timer_seqs.discard(seq)
+        self._db().delete_timer(wid, rid, seq)
+        self._resolve(open_run, ev.TimerFired(**self._base(open_run.row, self._now_us()), seq=seq))
+
+    def _attempt_deadline(self, kind: str, key: tuple[str, str, int], number: int) -> None:
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            return
+        options = attempt.options
+        if kind == "schedule_timeout":
+            attempt.stop()
+            self._activity_resolved(
+                attempt,
+                False,
+                b"",
+                "TimeoutError",
+                f"schedule_to_close_timeout of {options.schedule_to_close_timeout}s elapsed",
+            )
+            return
+        if attempt.number != number or not attempt.running:
+            return
+        if kind == "attempt_timeout":
+            self._attempt_failed(
+                attempt,
+                "TimeoutError",
+                f"start_to_close_timeout of {options.start_to_close_timeout}s elapsed",
+            )
+        elif kind == "heartbeat_check":
+            assert options.heartbeat_timeout is not None
+            silent_until = attempt.last_heartbeat + options.heartbeat_timeout
+            if silent_until <= self._clock():
+                self._attempt_failed(
+                    attempt,
+                    "TimeoutError",
+                    f"no heartbeat within heartbeat_timeout of {options.heartbeat_timeout}s",
+                )
+            else:
+                self._push(silent_until, "heartbeat_check", (key, number))
+
+    # -- outbox: messages to other workflows ---------------------------------------------------
+
+    def _outbox(self, target_id: str, message: m.OutboxMessage) -> None:
+        outbox_id = self._db().insert_outbox(target_id, m.encode_outbox(message))
+        self._fx.sends.append((outbox_id, target_id, message))
+
+    async def _deliver(self, outbox_id: int, target_id: str, message: m.OutboxMessage) -> None:
+        error: BaseException | None = None
+        try:
+            await self._send(target_id, message)
+        except DuraflowError as exc:
+            error = exc
+        except Exception as exc:  # noqa: BLE001  # reason: any transport error means "retry later"
+            error = PartitionUnavailable(f"delivery to {target_id!r} failed: {exc!r}")
+        if not self._closing:
+            self._post(_Delivered(outbox_id, message, error), None)
+
+    def _delivered(self, item: _Delivered) -> None:
+        error = item.error
+        if isinstance(error, PartitionUnavailable):
+            self._push(self._clock() + OUTBOX_RETRY_S, "outbox", item.outbox_id)
+            return
+        self._db().delete_outbox([item.outbox_id])
+        message = item.message
+        if error is not None and isinstance(message, m.Start) and message.parent_id is not None:
+            # The child could not start: the parent's handle fails with the reason.
+            self._child_closed(
+                m.ChildClosed(
+                    workflow_id=message.parent_id,
+                    parent_run_id=message.parent_run_id or "",
+                    seq=message.parent_seq or 0,
+                    child_workflow_id=message.workflow_id,
+                    status="not_started",
+                    error_type=type(error).__name__,
+                    error_message=str(error),
+                )
+            )
+
+    def _resend(self, outbox_id: int) -> None:
+        for row_id, target, data in self._db().outbox():
+            if row_id == outbox_id:
+                self._fx.sends.append((row_id, target, m.decode_outbox(data)))
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def _now_us(self) -> int:
+        return round(self._clock() * 1e6)
+
+    def _db(self) -> PartitionStore:
+        assert self._store is not None, "Partition.open() was not awaited"
+        return self._store
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "Partition.open() was not awaited"
+        return self._loop
+
+    def stats(self) -> dict[str, int]:
+        """Open and resident run counts (for status and benchmarks)."""
+        resident = sum(1 for o in self._open.values() if o.run is not None)
+        return {"open": len(self._open), "resident": resident, "lsn": self._lsn}
+
+
+def _outcome(row: WorkflowRow) -> m.Outcome:
+    return m.Outcome(
+        row.workflow_id, row.run_id, row.status, row.result, row.error_type, row.error_message
+    )
+
+
+def _description(
+    row: WorkflowRow, history_length: int, pending: list[str], stuck: str | None, partition: int
+) -> m.WorkflowDescription:
+    def when(us: int | None) -> dt.datetime | None:
+        return None if us is None else dt.datetime.fromtimestamp(us / 1e6, tz=dt.timezone.utc)
+
+    start_time = when(row.started_at_us)
+    assert start_time is not None
+    return m.WorkflowDescription(
+        workflow_id=row.workflow_id,
+        run_id=row.run_id,
+        workflow_type=row.workflow_type,
+        status=row.status,
+        start_time=start_time,
+        close_time=when(row.closed_at_us),
+        parent_workflow_id=row.parent_id,
+        history_length=history_length,
+        pending_activities=pending,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        stuck=stuck,
+        partition=partition,
+    )
+

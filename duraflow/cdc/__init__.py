@@ -1,0 +1,1 @@
+"""Change data capture: the history events every state change produces."""

@@ -1,0 +1,227 @@
+"""The history event tagged union: every state change of a workflow run, in one place.
+
+A run's history is a sequence of these events; it is both what replay reads and the CDC
+outbox that subscribers and the archive consume. Each event carries the workflow ID, run ID,
+workflow type, its event ID (1, 2, 3 ... within the run), the partition and LSN (a
+partition-wide, strictly increasing log sequence number) and the time it was recorded
+(``at_us``, microseconds since the epoch, UTC).
+
+Three kinds of events:
+
+* **resolutions** come from outside the workflow code and are fed to it on replay:
+  ``workflow.started``, ``workflow.activity_completed``, ``workflow.activity_failed``,
+  ``workflow.timer_fired``, ``workflow.signal_received``, ``workflow.cancel_requested``,
+  ``workflow.child_completed``, ``workflow.child_failed``;
+* **commands** are what the workflow code did; replay checks that re-run code issues the
+  same ones: ``workflow.activity_scheduled``, ``workflow.activity_cancelled``,
+  ``workflow.timer_started``, ``workflow.timer_cancelled``, ``workflow.child_started``,
+  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``;
+* **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
+  will be retried) and ``workflow.terminated`` (closed from outside without running code).
+
+Payload fields (``args``, ``result``, ``payload``) hold msgpack bytes made by
+``duraflow.storage.codec``.
+
+Schema evolution (msgspec's rules): add fields only with defaults; never rename or retype a
+field that has been written; never reuse a tag.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import msgspec
+
+
+class Event(msgspec.Struct, kw_only=True, tag_field="type"):
+    """Fields every history event carries.
+
+    ``event_id`` and ``lsn`` are stamped by the partition when it appends the event, and are
+    never changed after that.
+    """
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    event_id: int = 0
+    partition: int = 0
+    lsn: int = 0
+    at_us: int = 0
+
+
+class WorkflowStarted(Event, tag="workflow.started"):
+    args: bytes
+    code_ref: str = ""
+    python: str = ""
+    parent_id: str | None = None
+    parent_run_id: str | None = None
+    parent_seq: int | None = None
+    attempt: int = 1
+
+
+class ActivityScheduled(Event, tag="workflow.activity_scheduled"):
+    seq: int
+    activity: str
+    args: bytes
+
+
+class ActivityCompleted(Event, tag="workflow.activity_completed"):
+    seq: int
+    activity: str
+    result: bytes
+    attempt: int = 1
+
+
+class ActivityFailed(Event, tag="workflow.activity_failed"):
+    seq: int
+    activity: str
+    error_type: str
+    error_message: str
+    attempt: int = 1
+
+
+class ActivityRetry(Event, tag="workflow.step.retry"):
+    seq: int
+    activity: str
+    attempt: int
+    error_type: str
+    error_message: str
+    next_attempt_at_us: int
+
+
+class ActivityCancelled(Event, tag="workflow.activity_cancelled"):
+    seq: int
+    activity: str
+
+
+class TimerStarted(Event, tag="workflow.timer_started"):
+    seq: int
+    fire_at_us: int
+
+
+class TimerFired(Event, tag="workflow.timer_fired"):
+    seq: int
+
+
+class TimerCancelled(Event, tag="workflow.timer_cancelled"):
+    seq: int
+
+
+class SignalReceived(Event, tag="workflow.signal_received"):
+    name: str
+    payload: bytes
+
+
+class CancelRequested(Event, tag="workflow.cancel_requested"):
+    reason: str = ""
+
+
+class ChildStarted(Event, tag="workflow.child_started"):
+    seq: int
+    child_workflow_id: str
+    child_workflow_type: str
+    code_ref: str = ""
+    args: bytes = b""
+    parent_close_policy: str = "terminate"
+
+
+class ChildCompleted(Event, tag="workflow.child_completed"):
+    seq: int
+    child_workflow_id: str
+    result: bytes
+
+
+class ChildFailed(Event, tag="workflow.child_failed"):
+    seq: int
+    child_workflow_id: str
+    status: str
+    error_type: str
+    error_message: str
+
+
+class WorkflowCompleted(Event, tag="workflow.completed"):
+    result: bytes
+
+
+class WorkflowFailed(Event, tag="workflow.failed"):
+    error_type: str
+    error_message: str
+
+
+class WorkflowCancelled(Event, tag="workflow.cancelled"):
+    reason: str = ""
+
+
+class WorkflowTerminated(Event, tag="workflow.terminated"):
+    reason: str = ""
+
+
+AnyEvent = Union[
+    WorkflowStarted,
+    ActivityScheduled,
+    ActivityCompleted,
+    ActivityFailed,
+    ActivityRetry,
+    ActivityCancelled,
+    TimerStarted,
+    TimerFired,
+    TimerCancelled,
+    SignalReceived,
+    CancelRequested,
+    ChildStarted,
+    ChildCompleted,
+    ChildFailed,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCancelled,
+    WorkflowTerminated,
+]
+
+RESOLUTIONS: tuple[type[Event], ...] = (
+    WorkflowStarted,
+    ActivityCompleted,
+    ActivityFailed,
+    TimerFired,
+    SignalReceived,
+    CancelRequested,
+    ChildCompleted,
+    ChildFailed,
+)
+COMMANDS: tuple[type[Event], ...] = (
+    ActivityScheduled,
+    ActivityCancelled,
+    TimerStarted,
+    TimerCancelled,
+    ChildStarted,
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCancelled,
+)
+CLOSING: tuple[type[Event], ...] = (
+    WorkflowCompleted,
+    WorkflowFailed,
+    WorkflowCancelled,
+    WorkflowTerminated,
+)
+EVENT_TYPES: tuple[str, ...] = tuple(
+    cls.__struct_config__.tag  # type: ignore[misc]  # reason: msgspec types tag as str | int
+    for cls in AnyEvent.__args__  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder: msgspec.msgpack.Decoder[AnyEvent] = msgspec.msgpack.Decoder(AnyEvent)  # type: ignore[arg-type]  # reason: Union is a valid decoder type
+
+
+def encode_event(event: Event) -> bytes:
+    """msgpack bytes of one event (its tag included)."""
+    return _encoder.encode(event)
+
+
+def decode_event(data: bytes) -> AnyEvent:
+    """The event encoded in ``data``; the right subclass is chosen by its ``type`` tag."""
+    return _decoder.decode(data)
+
+
+def event_type(event: Event) -> str:
+    """The event's tag, such as ``"workflow.completed"``."""
+    return event.__struct_config__.tag  # type: ignore[return-value]  # reason: our tags are str

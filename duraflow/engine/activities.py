@@ -1,0 +1,179 @@
+"""Activity attempts: what an executor runs, the ActivityExecutor protocol, the inline executor.
+
+Retry, backoff and timeouts are decided by the owning partition; an executor only runs one
+attempt and reports its outcome. Activity code can call :func:`heartbeat` and
+:func:`activity_info` while it runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import dataclasses
+import threading
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import msgspec
+
+from duraflow.engine.definitions import ActivityDefinition
+from duraflow.errors import DuraflowError, PayloadError
+from duraflow.storage.codec import decode, encode
+
+DEFAULT_ACTIVITY_THREADS = 64
+
+
+class ActivityCancelledError(DuraflowError):
+    """Raised by :func:`heartbeat` when this attempt is no longer wanted (timed out, cancelled)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivityInfo:
+    """Who is running: the activity, its workflow, the attempt, last heartbeat details."""
+
+    activity: str
+    workflow_id: str
+    run_id: str
+    seq: int
+    attempt: int
+    heartbeat_details: Any
+
+
+class ActivityOutcome(msgspec.Struct, frozen=True):
+    """The result of one attempt: msgpack ``result`` or an error's type name and message."""
+
+    ok: bool
+    result: bytes | None = None
+    error_type: str = ""
+    error_message: str = ""
+
+
+class ActivityTask:
+    """One attempt to run: the definition, encoded args, and the way back to the partition."""
+
+    def __init__(
+        self,
+        definition: ActivityDefinition,
+        args: bytes,
+        info: ActivityInfo,
+        heartbeat: Callable[[bytes | None], None],
+    ) -> None:
+        self.definition = definition
+        self.args = args
+        self.info = info
+        self.send_heartbeat = heartbeat
+        self.cancelled = threading.Event()
+        self.cancel_hook: Callable[[], None] | None = None
+
+    def cancel(self) -> None:
+        """Tell the attempt it is no longer wanted (heartbeat raises; async code is cancelled)."""
+        self.cancelled.set()
+        if self.cancel_hook is not None:
+            self.cancel_hook()
+
+
+class ActivityExecutor(Protocol):
+    """Runs activity attempts somewhere and calls ``done`` (from any thread) with the outcome."""
+
+    def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_current: contextvars.ContextVar[ActivityTask] = contextvars.ContextVar("duraflow_activity")
+
+
+def activity_info() -> ActivityInfo:
+    """Information about the activity attempt running in this thread or task.
+
+    Raises:
+        RuntimeError: called outside an activity.
+    """
+    return _current_task().info
+
+
+def heartbeat(details: Any = None) -> None:
+    """Report progress from a running activity; ``details`` reach the next attempt.
+
+    Raises:
+        ActivityCancelledError: the attempt timed out or its workflow no longer wants it.
+        PayloadError: ``details`` cannot be encoded.
+    """
+    task = _current_task()
+    if task.cancelled.is_set():
+        raise ActivityCancelledError(
+            f"activity {task.info.activity!r} attempt {task.info.attempt} was cancelled"
+        )
+    payload = None if details is None else encode(details, "heartbeat details")
+    task.send_heartbeat(payload)
+
+
+def _current_task() -> ActivityTask:
+    task = _current.get(None)
+    if task is None:
+        raise RuntimeError("activity_info()/heartbeat() can only be called inside an activity")
+    return task
+
+
+def outcome_of(result: Any, name: str) -> ActivityOutcome:
+    """Encode a returned value; an unencodable result fails the attempt (non-retryable)."""
+    try:
+        return ActivityOutcome(ok=True, result=encode(result, f"result of activity {name!r}"))
+    except PayloadError as exc:
+        return ActivityOutcome(ok=False, error_type="PayloadError", error_message=str(exc))
+
+
+def failure_of(exc: BaseException) -> ActivityOutcome:
+    """The outcome of an attempt that raised ``exc``."""
+    return ActivityOutcome(ok=False, error_type=type(exc).__name__, error_message=str(exc))
+
+
+def run_sync_attempt(task: ActivityTask) -> ActivityOutcome:
+    """Run a sync activity attempt in the calling thread."""
+    token = _current.set(task)
+    try:
+        result = task.definition.fn(*(decode(task.args) or []))
+    except Exception as exc:  # noqa: BLE001  # reason: any activity error is reported, not raised
+        return failure_of(exc)
+    finally:
+        _current.reset(token)
+    return outcome_of(result, task.definition.name)
+
+
+async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
+    """Run an async activity attempt in the current event loop."""
+    token = _current.set(task)
+    try:
+        result = await task.definition.fn(*(decode(task.args) or []))
+    except asyncio.CancelledError:
+        return ActivityOutcome(
+            ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
+        )
+    except Exception as exc:  # noqa: BLE001  # reason: any activity error is reported, not raised
+        return failure_of(exc)
+    finally:
+        _current.reset(token)
+    return outcome_of(result, task.definition.name)
+
+
+class InlineExecutor:
+    """Runs attempts in the host process: sync functions on threads, async ones on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, threads: int = DEFAULT_ACTIVITY_THREADS):
+        self._loop = loop
+        self._pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=threads, thread_name_prefix="duraflow-activity"
+        )
+
+    def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
+        if task.definition.is_async:
+            running = self._loop.create_task(run_async_attempt(task))
+            task.cancel_hook = lambda: self._loop.call_soon_threadsafe(running.cancel)
+            running.add_done_callback(lambda t: done(t.result()))
+        else:
+            future = self._pool.submit(run_sync_attempt, task)
+            future.add_done_callback(lambda f: done(f.result()))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,302 @@
+"""Client and WorkflowHandle: start, signal, query, cancel, terminate, result, describe, list.
+
+Every call has an ``_async`` twin that does the work; the plain method blocks on it. The client
+reaches partitions only through the small :class:`Host` protocol, which the in-process host
+and the Ray host implement (httpx's transport seam).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, TypeVar
+
+from duraflow.actors import messages as m
+from duraflow.actors.router import partition_of
+from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
+from duraflow.engine.ids import check_workflow_id
+from duraflow.errors import (
+    ConfigurationError,
+    ResultTimeout,
+    WorkflowCancelledError,
+    WorkflowFailedError,
+    WorkflowTerminatedError,
+)
+from duraflow.storage.codec import decode, encode
+
+T = TypeVar("T")
+
+
+class Host(Protocol):
+    """Where partitions live. ``call`` may be awaited from any event loop."""
+
+    partitions: int
+
+    async def call(self, partition: int, request: Any) -> Any: ...
+
+
+class BlockingRunner:
+    """Runs the async twins for the blocking API on one private background loop."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="duraflow-client", daemon=True
+        )
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("blocking duraflow calls cannot run on the client's own loop")
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+        self._loop.close()
+
+
+class WorkflowHandle:
+    """Points at one workflow ID (and, when known, one run of it).
+
+    Handles are cheap: :meth:`Client.get_handle` makes one without any I/O. With ``run_id``
+    None, calls go to the latest run of the ID.
+    """
+
+    def __init__(
+        self, client: Client, workflow_id: str, run_id: str | None = None
+    ) -> None:
+        self._client = client
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+
+    def __repr__(self) -> str:
+        return f"WorkflowHandle({self.workflow_id!r}, run_id={self.run_id!r})"
+
+    async def _call(self, request: Any) -> Any:
+        return await self._client._call(self.workflow_id, request)
+
+    async def signal_async(self, name: str, payload: Any = None) -> None:
+        """Append a signal durably; returns once the owning partition committed it.
+
+        Raises:
+            WorkflowNotFound, WorkflowClosed: no open run to signal.
+            PayloadError: ``payload`` cannot be encoded.
+        """
+        data = encode(payload, f"payload of signal {name!r}")
+        request = m.Signal(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            name=name,
+            payload=data,
+            request_id=uuid.uuid4().hex,
+        )
+        await self._call(request)
+
+    def signal(self, name: str, payload: Any = None) -> None:
+        """Blocking twin of :meth:`signal_async`."""
+        self._client._block(self.signal_async(name, payload))
+
+    async def query_async(self, name: str, *args: Any) -> Any:
+        """Ask the run's query handler ``name``; read-only, writes no history.
+
+        Raises:
+            UnknownQuery: the run has no such handler. WorkflowClosed: the run closed.
+            QueryFailed: the handler raised.
+        """
+        data = encode(list(args), f"arguments of query {name!r}")
+        reply = await self._call(
+            m.Query(workflow_id=self.workflow_id, run_id=self.run_id, name=name, args=data)
+        )
+        return decode(reply)
+
+    def query(self, name: str, *args: Any) -> Any:
+        """Blocking twin of :meth:`query_async`."""
+        return self._client._block(self.query_async(name, *args))
+
+    async def cancel_async(self, reason: str = "") -> None:
+        """Request cancellation: the workflow sees ``asyncio.CancelledError`` and may clean up."""
+        await self._call(m.Cancel(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
+
+    def cancel(self, reason: str = "") -> None:
+        """Blocking twin of :meth:`cancel_async`."""
+        self._client._block(self.cancel_async(reason))
+
+    async def terminate_async(self, reason: str = "") -> None:
+        """Close the run at once, without running any more of its code."""
+        await self._call(
+            m.Terminate(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason)
+        )
+
+    def terminate(self, reason: str = "") -> None:
+        """Blocking twin of :meth:`terminate_async`."""
+        self._client._block(self.terminate_async(reason))
+
+    async def result_async(self, timeout: Duration | None = None) -> Any:
+        """Wait for the run to close and return its result.
+
+        Raises:
+            WorkflowFailedError: it failed (``WorkflowCancelledError`` / ``WorkflowTerminatedError``
+                when cancelled or terminated).
+            ResultTimeout: ``timeout`` elapsed first; the run goes on.
+        """
+        request = m.AwaitResult(workflow_id=self.workflow_id, run_id=self.run_id)
+        waiting = self._call(request)
+        if timeout is None:
+            outcome = await waiting
+        else:
+            seconds = parse_duration(timeout, "timeout")
+            try:
+                outcome = await asyncio.wait_for(waiting, seconds)
+            except asyncio.TimeoutError:
+                raise ResultTimeout(
+                    f"workflow {self.workflow_id!r} did not close within {seconds}s"
+                ) from None
+        return _unwrap(outcome)
+
+    def result(self, timeout: Duration | None = None) -> Any:
+        """Blocking twin of :meth:`result_async`."""
+        return self._client._block(self.result_async(timeout))
+
+    async def describe_async(self) -> m.WorkflowDescription:
+        """Status, type, times, history length and pending activities of the run."""
+        result: m.WorkflowDescription = await self._call(
+            m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
+        )
+        return result
+
+    def describe(self) -> m.WorkflowDescription:
+        """Blocking twin of :meth:`describe_async`."""
+        return self._client._block(self.describe_async())
+
+
+def _unwrap(outcome: m.Outcome) -> Any:
+    if outcome.status == "completed":
+        return decode(outcome.result)
+    error_class: type[WorkflowFailedError] = {
+        "cancelled": WorkflowCancelledError,
+        "terminated": WorkflowTerminatedError,
+    }.get(outcome.status, WorkflowFailedError)
+    raise error_class(
+        outcome.workflow_id,
+        outcome.run_id,
+        outcome.status,
+        outcome.error_type or "",
+        outcome.error_message or "",
+    )
+
+
+class Client:
+    """Starts workflows and makes handles. Get one from ``Engine.client()``."""
+
+    def __init__(self, host: Host, runner: BlockingRunner) -> None:
+        self._host = host
+        self._runner = runner
+
+    def _block(self, coro: Coroutine[Any, Any, T]) -> T:
+        return self._runner.run(coro)
+
+    async def _call(self, workflow_id: str, request: Any) -> Any:
+        check_workflow_id(workflow_id)
+        return await self._host.call(partition_of(workflow_id, self._host.partitions), request)
+
+    async def start_async(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        id_conflict: str = "fail",
+    ) -> WorkflowHandle:
+        """Start a workflow run; returns once its start is durable.
+
+        Args:
+            workflow: an ``@workflow`` function or a registered workflow type name.
+            workflow_id: the ID (default: a random UUID). IDs are data: any string without
+                control characters, up to 1,000 bytes.
+            id_conflict: when the ID's latest run is still open: ``"fail"`` (default, raises
+                WorkflowAlreadyRunning), ``"use_existing"`` (returns its handle) or
+                ``"terminate_existing"``.
+
+        Raises:
+            UnknownWorkflowType, InvalidWorkflowId, PayloadError, WorkflowAlreadyRunning.
+        """
+        definition = workflow_definition(workflow)
+        workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
+        if id_conflict not in m.ID_CONFLICT_POLICIES:
+            raise ConfigurationError(
+                f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
+            )
+        data = encode(list(args), f"arguments of workflow {definition.name!r}")
+        reply: m.StartReply = await self._call(
+            workflow_id,
+            m.Start(
+                workflow_id=workflow_id,
+                workflow_type=definition.name,
+                code_ref=definition.code_ref,
+                args=data,
+                id_conflict=id_conflict,
+            ),
+        )
+        return WorkflowHandle(self, workflow_id, reply.run_id)
+
+    def start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        id_conflict: str = "fail",
+    ) -> WorkflowHandle:
+        """Blocking twin of :meth:`start_async`."""
+        return self._block(
+            self.start_async(workflow, *args, workflow_id=workflow_id, id_conflict=id_conflict)
+        )
+
+    async def execute_async(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Start a workflow and wait for its result."""
+        handle = await self.start_async(workflow, *args, workflow_id=workflow_id)
+        return await handle.result_async(timeout)
+
+    def execute(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        timeout: Duration | None = None,
+    ) -> Any:
+        """Blocking twin of :meth:`execute_async`."""
+        return self._block(
+            self.execute_async(workflow, *args, workflow_id=workflow_id, timeout=timeout)
+        )
+
+    def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
+        """A handle to an existing workflow ID (its latest run unless ``run_id`` is given)."""
+        return WorkflowHandle(self, check_workflow_id(workflow_id), run_id)
+
+    async def list_async(
+        self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000
+    ) -> list[m.WorkflowDescription]:
+        """Runs across all partitions, newest first, filtered by status and type."""
+        request = m.ListWorkflows(status=status, workflow_type=workflow_type, limit=limit)
+        parts = await asyncio.gather(
+            *(self._host.call(p, request) for p in range(self._host.partitions))
+        )
+        merged = [d for part in parts for d in part]
+        merged.sort(key=lambda d: d.start_time, reverse=True)
+        return merged[:limit]
+
+    def list(
+        self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000
+    ) -> list[m.WorkflowDescription]:
+        """Blocking twin of :meth:`list_async`."""
+        return self._block(self.list_async(status, workflow_type, limit))

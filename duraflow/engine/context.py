@@ -1,0 +1,212 @@
+"""WorkflowContext: the only door from workflow code to the engine.
+
+Everything a workflow does that must survive a crash goes through here: activities, durable
+sleeps, signals, child workflows, and the deterministic sources of time, randomness and IDs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import datetime as dt
+import uuid
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from duraflow.engine.definitions import (
+    ActivityOptions,
+    Duration,
+    RetryPolicy,
+    activity_definition,
+    parse_duration,
+    workflow_definition,
+)
+from duraflow.engine.ids import check_workflow_id
+from duraflow.errors import ChildWorkflowError
+
+if TYPE_CHECKING:
+    from duraflow.engine.run import WorkflowRun
+
+_MISSING: Any = object()
+
+PARENT_CLOSE_POLICIES = ("terminate", "request_cancel", "abandon")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowInfo:
+    """Who this run is: workflow ID, run ID, type, attempt and parent (if a child)."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    attempt: int
+    parent_workflow_id: str | None
+    parent_run_id: str | None
+
+
+class ChildWorkflowHandle:
+    """A child workflow started by this run. ``await handle.result()`` waits for it."""
+
+    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
+        self.workflow_id = workflow_id
+        self._future = future
+
+    async def result(self) -> Any:
+        """The child's result.
+
+        Raises:
+            ChildWorkflowError: the child failed, was cancelled or terminated, or could not start.
+        """
+        # shield: a timeout around one await must not lose the child's outcome for later awaits.
+        return await asyncio.shield(self._future)
+
+
+class WorkflowContext:
+    """Passed as the first argument of every workflow function."""
+
+    def __init__(self, run: WorkflowRun) -> None:
+        self._run = run
+
+    @property
+    def info(self) -> WorkflowInfo:
+        """Workflow ID, run ID, type, attempt and parent of this run."""
+        return self._run.info
+
+    @property
+    def is_replaying(self) -> bool:
+        """True while the run is being rebuilt from history (use it to mute side logging)."""
+        return self._run.replaying
+
+    @property
+    def cancel_requested(self) -> bool:
+        """True once a cancel of this run has been requested."""
+        return self._run.cancel_requested
+
+    def now(self) -> dt.datetime:
+        """Workflow time (UTC): the time of the event being processed; the same on replay."""
+        return dt.datetime.fromtimestamp(self._run.loop.time(), tz=dt.timezone.utc)
+
+    def time(self) -> float:
+        """Workflow time in seconds since the epoch (see :meth:`now`)."""
+        return self._run.loop.time()
+
+    def random(self) -> float:
+        """A deterministic random float in [0, 1), seeded by the run ID."""
+        return self._run.random.random()
+
+    def randint(self, a: int, b: int) -> int:
+        """A deterministic random integer N with a <= N <= b."""
+        return self._run.random.randint(a, b)
+
+    def uuid4(self) -> uuid.UUID:
+        """A deterministic random UUID (version 4 layout), the same on every replay."""
+        return uuid.UUID(int=self._run.random.getrandbits(128), version=4)
+
+    async def activity(
+        self,
+        fn: Callable[..., Any],
+        *args: Any,
+        retry: RetryPolicy | None = None,
+        start_to_close_timeout: Duration | None = None,
+        schedule_to_close_timeout: Duration | None = None,
+        heartbeat_timeout: Duration | None = None,
+    ) -> Any:
+        """Run an ``@activity`` with ``args`` and return its result, retrying per its policy.
+
+        Keyword arguments override the activity's own options for this call.
+
+        Raises:
+            NotAnActivityError: ``fn`` is not an ``@activity``.
+            PayloadError: an argument cannot be encoded.
+            ActivityError: the activity failed for good.
+        """
+        definition = activity_definition(fn)
+        base = definition.options
+        options = ActivityOptions(
+            retry=retry or base.retry,
+            start_to_close_timeout=_pick(start_to_close_timeout, base.start_to_close_timeout),
+            schedule_to_close_timeout=_pick(
+                schedule_to_close_timeout, base.schedule_to_close_timeout
+            ),
+            heartbeat_timeout=_pick(heartbeat_timeout, base.heartbeat_timeout),
+        )
+        return await self._run.schedule_activity(definition, args, options)
+
+    async def sleep(self, duration: Duration) -> None:
+        """Sleep durably: a timer that survives crashes and restarts."""
+        await asyncio.sleep(parse_duration(duration, "sleep duration"))
+
+    async def sleep_until(self, when: dt.datetime) -> None:
+        """Sleep durably until ``when`` (an aware datetime; naive means UTC)."""
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=dt.timezone.utc)
+        await asyncio.sleep(max(0.0, when.timestamp() - self._run.loop.time()))
+
+    async def wait_for_signal(
+        self, name: str, *, timeout: Duration | None = None, default: Any = _MISSING
+    ) -> Any:
+        """The next signal named ``name`` (signals are buffered in order until taken).
+
+        Args:
+            timeout: give up after this long (a durable timer).
+            default: returned when the timeout elapses; without it a TimeoutError is raised.
+        """
+        run = self._run
+        buffered = run.signals.get(name)
+        if buffered:
+            return buffered.popleft()
+        waiter = run.loop.create_future()
+        run.signal_waiters.setdefault(name, collections.deque()).append(waiter)
+        if timeout is None:
+            return await waiter
+        try:
+            return await asyncio.wait_for(waiter, parse_duration(timeout, "signal timeout"))
+        except asyncio.TimeoutError:
+            if default is _MISSING:
+                raise
+            return default
+
+    def set_query_handler(self, name: str, handler: Callable[..., Any]) -> None:
+        """Answer queries named ``name`` with ``handler(*args)`` (sync, read-only)."""
+        if asyncio.iscoroutinefunction(handler):
+            raise TypeError(f"query handler {name!r} must be a plain function, not async")
+        self._run.query_handlers[name] = handler
+
+    async def start_child(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str | None = None,
+        parent_close_policy: str = "terminate",
+    ) -> ChildWorkflowHandle:
+        """Start a child workflow (possibly on another partition) and return its handle.
+
+        Args:
+            workflow_id: the child's ID (default: ``"<parent id>/<n>"``, deterministic).
+            parent_close_policy: what happens to the child if this run closes first:
+                ``"terminate"`` (default), ``"request_cancel"`` or ``"abandon"``.
+        """
+        definition = workflow_definition(workflow)
+        if parent_close_policy not in PARENT_CLOSE_POLICIES:
+            raise ValueError(
+                f"parent_close_policy must be one of {PARENT_CLOSE_POLICIES}, "
+                f"got {parent_close_policy!r}"
+            )
+        if workflow_id is not None:
+            check_workflow_id(workflow_id)
+        return self._run.start_child(definition, args, workflow_id, parent_close_policy)
+
+    async def execute_child(
+        self, workflow: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None
+    ) -> Any:
+        """Start a child workflow and wait for its result (see :meth:`start_child`)."""
+        handle = await self.start_child(workflow, *args, workflow_id=workflow_id)
+        return await handle.result()
+
+
+def _pick(override: Duration | None, default: float | None) -> float | None:
+    return default if override is None else parse_duration(override, "timeout")
+
+
+__all__ = ["ChildWorkflowError", "ChildWorkflowHandle", "WorkflowContext", "WorkflowInfo"]

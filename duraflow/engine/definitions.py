@@ -1,0 +1,291 @@
+"""@workflow and @activity, the registry they fill, RetryPolicy, and duration parsing."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import importlib
+import inspect
+import re
+import threading
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import msgspec
+
+from duraflow.errors import InvalidDuration, NotAnActivityError, UnknownActivity, UnknownWorkflowType
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+Duration = float | int | str | dt.timedelta
+"""Seconds, a ``timedelta``, or a string like ``"500ms"``, ``"30s"``, ``"5m"``, ``"24h"``, ``"7d"``,
+``"1h30m"``."""
+
+_UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+def parse_duration(value: Duration, what: str = "duration") -> float:
+    """Seconds in ``value``.
+
+    Raises:
+        InvalidDuration: negative, not finite, or a string that is not a sequence of
+            ``<number><unit>`` parts with units ms, s, m, h, d, w.
+    """
+    if isinstance(value, dt.timedelta):
+        seconds = value.total_seconds()
+    elif isinstance(value, bool):
+        raise InvalidDuration(f"{what} must be seconds or a string like '30s', got {value!r}")
+    elif isinstance(value, (int, float)):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        parts = _DURATION_PART.findall(text)
+        if not text or "".join(n + u for n, u in parts) != text:
+            raise InvalidDuration(
+                f"{what} {value!r} is not a duration: use seconds or e.g. '500ms', '30s', '5m', "
+                "'24h', '7d', '1h30m'"
+            )
+        seconds = sum(float(n) * _UNITS_S[u] for n, u in parts)
+    else:
+        raise InvalidDuration(f"{what} must be seconds or a string like '30s', got {value!r}")
+    if not seconds >= 0 or seconds == float("inf"):
+        raise InvalidDuration(f"{what} must be a finite, non-negative duration, got {value!r}")
+    return seconds
+
+
+def _optional_duration(value: Duration | None, what: str) -> float | None:
+    return None if value is None else parse_duration(value, what)
+
+
+class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
+    """How a failed activity attempt is retried (Temporal's retry policy).
+
+    Attributes:
+        initial_interval: wait before the first retry.
+        backoff_coefficient: each further wait is the previous one times this.
+        maximum_interval: waits never exceed this (default: 100 x initial_interval).
+        maximum_attempts: total attempts including the first; 0 means unlimited.
+        non_retryable_error_types: error type names (``"ValueError"``) that fail at once.
+    """
+
+    initial_interval: float = 1.0
+    backoff_coefficient: float = 2.0
+    maximum_interval: float | None = None
+    maximum_attempts: int = 0
+    non_retryable_error_types: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Users may pass durations as strings; store seconds. force_setattr because frozen.
+        set_ = msgspec.structs.force_setattr
+        set_(self, "initial_interval", parse_duration(self.initial_interval, "initial_interval"))
+        set_(
+            self,
+            "maximum_interval",
+            _optional_duration(self.maximum_interval, "maximum_interval"),
+        )
+        set_(self, "non_retryable_error_types", tuple(self.non_retryable_error_types))
+        if self.backoff_coefficient < 1.0:
+            raise InvalidDuration(
+                f"backoff_coefficient must be >= 1.0, got {self.backoff_coefficient}"
+            )
+        if self.maximum_attempts < 0:
+            raise InvalidDuration(f"maximum_attempts must be >= 0, got {self.maximum_attempts}")
+
+    def delay_before(self, attempt: int) -> float:
+        """Seconds to wait before ``attempt`` (2 is the first retry)."""
+        delay = self.initial_interval * self.backoff_coefficient ** max(0, attempt - 2)
+        cap = self.maximum_interval
+        if cap is None:
+            cap = 100.0 * self.initial_interval
+        return min(delay, cap)
+
+    def allows(self, next_attempt: int, error_type: str) -> bool:
+        """Whether ``next_attempt`` may run after an attempt failed with ``error_type``."""
+        if error_type in self.non_retryable_error_types:
+            return False
+        return self.maximum_attempts == 0 or next_attempt <= self.maximum_attempts
+
+
+class ActivityOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """Retry policy and timeouts of one scheduled activity (seconds; None means no limit)."""
+
+    retry: RetryPolicy = RetryPolicy()
+    start_to_close_timeout: float | None = None
+    schedule_to_close_timeout: float | None = None
+    heartbeat_timeout: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkflowDefinition:
+    """A registered workflow: its type name, function and where to import it from."""
+
+    name: str
+    fn: Callable[..., Any]
+    code_ref: str
+    code_hash: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivityDefinition:
+    """A registered activity: name, function, default options, and how it runs."""
+
+    name: str
+    fn: Callable[..., Any]
+    code_ref: str
+    options: ActivityOptions
+    is_async: bool
+
+
+_lock = threading.Lock()
+_workflows: dict[str, WorkflowDefinition] = {}
+_activities: dict[str, ActivityDefinition] = {}
+
+
+def _code_ref(fn: Callable[..., Any]) -> str:
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+def _code_hash(fn: Callable[..., Any]) -> str:
+    code = getattr(fn, "__code__", None)
+    raw = code.co_code if code is not None else _code_ref(fn).encode()
+    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+
+
+def workflow(fn: F | None = None, *, name: str | None = None) -> Any:
+    """Register an ``async def f(ctx, *args)`` as a workflow type.
+
+    Usable bare (``@workflow``) or with a name (``@workflow(name="orders.v2")``); the type name
+    defaults to the function's name. The function is returned unchanged, so it can be passed to
+    ``client.start`` and ``ctx.start_child``.
+
+    Raises:
+        TypeError: the function is not ``async def``.
+    """
+
+    def register(f: F) -> F:
+        if not inspect.iscoroutinefunction(f):
+            raise TypeError(f"@workflow needs an 'async def' function, got {f!r}")
+        definition = WorkflowDefinition(name or f.__name__, f, _code_ref(f), _code_hash(f))
+        with _lock:
+            _workflows[definition.name] = definition
+        f.__duraflow_workflow__ = definition  # type: ignore[attr-defined]  # reason: tag the function
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+def activity(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    retry: RetryPolicy | None = None,
+    start_to_close_timeout: Duration | None = None,
+    schedule_to_close_timeout: Duration | None = None,
+    heartbeat_timeout: Duration | None = None,
+) -> Any:
+    """Register a function (sync or async) as an activity: an at-least-once unit of work.
+
+    Args:
+        name: the activity name recorded in history (defaults to the function name).
+        retry: the retry policy (default: Temporal's, 1 s doubling to 100 s, unlimited attempts).
+        start_to_close_timeout: limit for one attempt.
+        schedule_to_close_timeout: limit for all attempts together, retries included.
+        heartbeat_timeout: an attempt fails if it does not call ``heartbeat()`` this often.
+
+    The function is returned unchanged and can still be called directly.
+    """
+
+    def register(f: F) -> F:
+        options = ActivityOptions(
+            retry=retry or RetryPolicy(),
+            start_to_close_timeout=_optional_duration(
+                start_to_close_timeout, "start_to_close_timeout"
+            ),
+            schedule_to_close_timeout=_optional_duration(
+                schedule_to_close_timeout, "schedule_to_close_timeout"
+            ),
+            heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
+        )
+        definition = ActivityDefinition(
+            name or f.__name__, f, _code_ref(f), options, inspect.iscoroutinefunction(f)
+        )
+        with _lock:
+            _activities[definition.name] = definition
+        f.__duraflow_activity__ = definition  # type: ignore[attr-defined]  # reason: tag the function
+        return f
+
+    return register(fn) if fn is not None else register
+
+
+def workflow_definition(fn_or_name: Callable[..., Any] | str) -> WorkflowDefinition:
+    """The definition of a decorated workflow function or a registered type name.
+
+    Raises:
+        UnknownWorkflowType: not decorated with ``@workflow`` / no such name registered.
+    """
+    if isinstance(fn_or_name, str):
+        found = _workflows.get(fn_or_name)
+        if found is None:
+            raise UnknownWorkflowType(
+                f"unknown workflow type {fn_or_name!r}: no @workflow of that name is registered "
+                f"(known: {sorted(_workflows)[:20]})"
+            )
+        return found
+    definition = getattr(fn_or_name, "__duraflow_workflow__", None)
+    if not isinstance(definition, WorkflowDefinition):
+        raise UnknownWorkflowType(f"{fn_or_name!r} is not a workflow: decorate it with @workflow")
+    return definition
+
+
+def activity_definition(fn: Callable[..., Any]) -> ActivityDefinition:
+    """The definition of a decorated activity function.
+
+    Raises:
+        NotAnActivityError: ``fn`` is not decorated with ``@activity``.
+    """
+    definition = getattr(fn, "__duraflow_activity__", None)
+    if not isinstance(definition, ActivityDefinition):
+        raise NotAnActivityError(
+            f"{fn!r} is not an activity: decorate it with @duraflow.activity before passing it "
+            "to ctx.activity()"
+        )
+    return definition
+
+
+def resolve_workflow(name: str, code_ref: str = "") -> WorkflowDefinition:
+    """Find a workflow type by name, importing ``module:qualname`` from history if needed."""
+    found = _workflows.get(name)
+    if found is None and code_ref:
+        _import_module_of(code_ref)
+        found = _workflows.get(name)
+    if found is None:
+        raise UnknownWorkflowType(
+            f"unknown workflow type {name!r} (recorded as {code_ref or 'no module'}): import the "
+            "module that defines it before opening the engine"
+        )
+    return found
+
+
+def resolve_activity(name: str, code_ref: str = "") -> ActivityDefinition:
+    """Find an activity by name, importing ``module:qualname`` from history if needed."""
+    found = _activities.get(name)
+    if found is None and code_ref:
+        _import_module_of(code_ref)
+        found = _activities.get(name)
+    if found is None:
+        raise UnknownActivity(
+            f"unknown activity {name!r} (recorded as {code_ref or 'no module'}): import the "
+            "module that defines it before opening the engine"
+        )
+    return found
+
+
+def _import_module_of(code_ref: str) -> None:
+    module = code_ref.partition(":")[0]
+    if module and module != "__main__":
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            pass

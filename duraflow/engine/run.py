@@ -1,0 +1,406 @@
+"""WorkflowRun: one resident run (coroutine + deterministic loop) and its replay from history.
+
+A run is driven by *activations*: the owner applies one resolution event (started, activity
+completed, timer fired, signal received, ...), the loop runs until idle, and the commands the
+code issued come back as new history events. While a run stays in memory its coroutine simply
+continues. To rebuild it (restart, crash, eviction) :func:`rebuild` re-applies the recorded
+resolutions in order; each command the code issues is matched to the recorded command with the
+same sequence number, and any difference raises :class:`NonDeterminismError` naming both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import random
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from duraflow.cdc import events as ev
+from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
+from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
+from duraflow.engine.loop import WorkflowLoop
+from duraflow.errors import ActivityError, ChildWorkflowError, NonDeterminismError, PayloadError
+from duraflow.storage.codec import decode, encode
+
+PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
+"""Recorded in every ``workflow.started``: asyncio orders some operations differently across
+minor versions, so a history is only replayed on the minor version that made it."""
+
+
+class _Divergence(BaseException):
+    """Unwinds workflow code whose replay diverged; ``except Exception`` must not catch it."""
+
+
+class _Discarded(BaseException):
+    """Unwinds workflow code of a run that was dropped from memory."""
+
+
+class ActivityRequest:
+    """What the partition needs to run a newly scheduled activity."""
+
+    __slots__ = ("definition", "options")
+
+    def __init__(self, definition: ActivityDefinition, options: ActivityOptions) -> None:
+        self.definition = definition
+        self.options = options
+
+
+def command_key(event: ev.Event) -> tuple[str, int]:
+    """Identity of a command within its run, for matching replayed code against history."""
+    if isinstance(event, (ev.ActivityScheduled, ev.TimerStarted, ev.ChildStarted)):
+        return ("seq", event.seq)
+    if isinstance(event, ev.ActivityCancelled):
+        return ("cancel_activity", event.seq)
+    if isinstance(event, ev.TimerCancelled):
+        return ("cancel_timer", event.seq)
+    return ("close", 0)
+
+
+def describe_command(event: ev.Event) -> str:
+    """A short human description of a command event, for non-determinism errors."""
+    kind = ev.event_type(event).removeprefix("workflow.")
+    if isinstance(event, (ev.ActivityScheduled, ev.ActivityCancelled)):
+        return f"{kind} {event.activity!r} (seq {event.seq})"
+    if isinstance(event, ev.ChildStarted):
+        return f"{kind} {event.child_workflow_type!r} id {event.child_workflow_id!r} (seq {event.seq})"
+    if isinstance(event, (ev.TimerStarted, ev.TimerCancelled)):
+        return f"{kind} (seq {event.seq})"
+    return kind
+
+
+def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
+    if type(recorded) is not type(issued):
+        return False
+    if isinstance(recorded, (ev.ActivityScheduled, ev.ActivityCancelled)):
+        return recorded.activity == issued.activity  # type: ignore[attr-defined]  # reason: same type
+    if isinstance(recorded, ev.ChildStarted):
+        return (recorded.child_workflow_id, recorded.child_workflow_type) == (
+            issued.child_workflow_id,  # type: ignore[attr-defined]  # reason: same type
+            issued.child_workflow_type,  # type: ignore[attr-defined]  # reason: same type
+        )
+    return True
+
+
+class WorkflowRun:
+    """One run of a workflow, resident in memory, driven by activations."""
+
+    def __init__(
+        self,
+        definition: WorkflowDefinition,
+        started: ev.WorkflowStarted,
+        recorded: dict[tuple[str, int], ev.Event] | None = None,
+    ) -> None:
+        self.definition = definition
+        self.started = started
+        self.info = WorkflowInfo(
+            workflow_id=started.workflow_id,
+            run_id=started.run_id,
+            workflow_type=started.workflow_type,
+            attempt=started.attempt,
+            parent_workflow_id=started.parent_id,
+            parent_run_id=started.parent_run_id,
+        )
+        self.loop = WorkflowLoop(self)
+        self.ctx = WorkflowContext(self)
+        self.random = random.Random(started.run_id)
+        self.signals: dict[str, collections.deque[Any]] = {}
+        self.signal_waiters: dict[str, collections.deque[asyncio.Future[Any]]] = {}
+        self.query_handlers: dict[str, Callable[..., Any]] = {}
+        self.cancel_requested = False
+        self.closed: ev.Event | None = None
+        self.activity_requests: dict[int, ActivityRequest] = {}
+        self._recorded = recorded
+        self._max_recorded_seq = max(
+            (k[1] for k in recorded if k[0] == "seq"), default=0
+        ) if recorded else 0
+        self._seq = 0
+        self._issued: list[ev.Event] = []
+        self._activities: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        self._children: dict[int, asyncio.Future[Any]] = {}
+        self._timers: dict[int, asyncio.TimerHandle] = {}
+        self._timer_seqs: dict[int, int] = {}
+        self._main: asyncio.Task[Any] | None = None
+        self._divergence: str | None = None
+        self._in_query = False
+        self._discarded = False
+
+    @property
+    def replaying(self) -> bool:
+        """True while :func:`rebuild` is re-applying recorded history."""
+        return self._recorded is not None
+
+    # -- activation -----------------------------------------------------------------------
+
+    def activate(self, event: ev.Event) -> list[ev.Event]:
+        """Apply one resolution event, run the code until idle, return the new commands.
+
+        Raises:
+            NonDeterminismError: while replaying, the code issued something history does not hold.
+        """
+        self.loop.set_time(event.at_us / 1e6)
+        self._apply(event)
+        self.loop.run_until_idle()
+        if self._main is not None and self._main.done() and self.closed is None:
+            self._close_from_main(event.at_us)
+        if self._divergence is not None:
+            raise NonDeterminismError(self._divergence)
+        issued, self._issued = self._issued, []
+        return issued
+
+    def _apply(self, event: ev.Event) -> None:
+        if isinstance(event, ev.WorkflowStarted):
+            args = decode(event.args) or []
+            self._main = self.loop.create_task(self._call_workflow(args))
+        elif isinstance(event, ev.ActivityCompleted):
+            future, _ = self._pending(self._activities.pop(event.seq, None), event)
+            if not future.done():
+                future.set_result(decode(event.result))
+        elif isinstance(event, ev.ActivityFailed):
+            future, name = self._pending(self._activities.pop(event.seq, None), event)
+            if not future.done():
+                future.set_exception(
+                    ActivityError(name, event.error_type, event.error_message, event.attempt)
+                )
+        elif isinstance(event, ev.TimerFired):
+            handle = self._pending(self._timers.pop(event.seq, None), event)
+            self._timer_seqs.pop(id(handle), None)
+            handle._scheduled = False  # noqa: SLF001  # reason: asyncio's TimerHandle bookkeeping
+            self.loop.fire(handle)
+        elif isinstance(event, ev.SignalReceived):
+            self._deliver_signal(event.name, decode(event.payload))
+        elif isinstance(event, ev.CancelRequested):
+            self.cancel_requested = True
+            if self._main is not None and not self._main.done():
+                self._main.cancel(event.reason or None)
+        elif isinstance(event, ev.ChildCompleted):
+            future = self._pending(self._children.pop(event.seq, None), event)
+            if not future.done():
+                future.set_result(decode(event.result))
+        elif isinstance(event, ev.ChildFailed):
+            future = self._pending(self._children.pop(event.seq, None), event)
+            if not future.done():
+                future.set_exception(
+                    ChildWorkflowError(
+                        event.child_workflow_id, event.status, event.error_type, event.error_message
+                    )
+                )
+
+    def _pending(self, found: Any, event: ev.Event) -> Any:
+        if found is None:
+            raise NonDeterminismError(
+                f"event {event.event_id}: history has {ev.event_type(event)} for seq "
+                f"{getattr(event, 'seq', '?')}, but the workflow code has nothing waiting on it"
+            )
+        return found
+
+    async def _call_workflow(self, args: Sequence[Any]) -> Any:
+        return await self.definition.fn(self.ctx, *args)
+
+    def _close_from_main(self, at_us: int) -> None:
+        main = self._main
+        assert main is not None
+        base = self._event_base(at_us)
+        if main.cancelled():
+            self._command(ev.WorkflowCancelled(**base))
+            return
+        exc = main.exception()
+        if isinstance(exc, (_Divergence, _Discarded)):
+            return
+        if exc is None:
+            try:
+                result = encode(main.result(), f"result of workflow {self.info.workflow_type!r}")
+            except PayloadError as err:
+                self._command(ev.WorkflowFailed(**base, error_type="PayloadError", error_message=str(err)))
+                return
+            self._command(ev.WorkflowCompleted(**base, result=result))
+        elif isinstance(exc, asyncio.CancelledError):
+            self._command(ev.WorkflowCancelled(**base))
+        else:
+            self._command(
+                ev.WorkflowFailed(**base, error_type=type(exc).__name__, error_message=str(exc))
+            )
+
+    # -- commands issued by workflow code ----------------------------------------------------
+
+    def _event_base(self, at_us: int | None = None) -> dict[str, Any]:
+        return {
+            "workflow_id": self.info.workflow_id,
+            "run_id": self.info.run_id,
+            "workflow_type": self.info.workflow_type,
+            "at_us": round(self.loop.time() * 1e6) if at_us is None else at_us,
+        }
+
+    def _command(self, event: ev.Event) -> bool:
+        """Record a command; returns False when replay matched it to history (not new)."""
+        if self._discarded:
+            raise _Discarded()
+        if self._in_query:
+            raise RuntimeError("query handlers are read-only: they cannot issue commands")
+        if self.closed is not None:
+            return False
+        if isinstance(event, (ev.WorkflowCompleted, ev.WorkflowFailed, ev.WorkflowCancelled)):
+            self.closed = event
+        recorded = self._recorded
+        if recorded is not None:
+            key = command_key(event)
+            expected = recorded.pop(key, None)
+            if expected is not None:
+                if _same_command(expected, event):
+                    return False
+                self._diverge(
+                    f"event {expected.event_id}: history recorded {describe_command(expected)}, "
+                    f"replayed code issued {describe_command(event)}"
+                )
+            if key[0] == "seq" and key[1] <= self._max_recorded_seq:
+                self._diverge(
+                    f"replayed code issued {describe_command(event)}, which history does not hold"
+                )
+        self._issued.append(event)
+        return True
+
+    def _diverge(self, message: str) -> None:
+        self._divergence = self._divergence or message
+        raise _Divergence(message)
+
+    def next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def schedule_activity(
+        self, definition: ActivityDefinition, args: Iterable[Any], options: ActivityOptions
+    ) -> Any:
+        payload = encode(list(args), f"arguments of activity {definition.name!r}")
+        seq = self.next_seq()
+        future = self.loop.create_future()
+        self._activities[seq] = (future, definition.name)
+        event = ev.ActivityScheduled(
+            **self._event_base(), seq=seq, activity=definition.name, args=payload
+        )
+        if self._command(event):
+            self.activity_requests[seq] = ActivityRequest(definition, options)
+        future.add_done_callback(lambda f: self._activity_done(f, seq, definition.name))
+        return await future
+
+    def _activity_done(self, future: asyncio.Future[Any], seq: int, name: str) -> None:
+        if future.cancelled() and self._activities.pop(seq, None) is not None:
+            self._command(ev.ActivityCancelled(**self._event_base(), seq=seq, activity=name))
+
+    def start_timer(self, handle: asyncio.TimerHandle) -> None:
+        seq = self.next_seq()
+        self._timers[seq] = handle
+        self._timer_seqs[id(handle)] = seq
+        self._command(
+            ev.TimerStarted(**self._event_base(), seq=seq, fire_at_us=round(handle.when() * 1e6))
+        )
+
+    def cancel_timer(self, handle: asyncio.TimerHandle) -> None:
+        seq = self._timer_seqs.pop(id(handle), None)
+        if seq is not None and self._timers.pop(seq, None) is not None:
+            self._command(ev.TimerCancelled(**self._event_base(), seq=seq))
+
+    def start_child(
+        self,
+        definition: WorkflowDefinition,
+        args: Iterable[Any],
+        workflow_id: str | None,
+        parent_close_policy: str,
+    ) -> ChildWorkflowHandle:
+        payload = encode(list(args), f"arguments of child workflow {definition.name!r}")
+        seq = self.next_seq()
+        child_id = workflow_id or f"{self.info.workflow_id}/{seq}"
+        future = self.loop.create_future()
+        self._children[seq] = future
+        self._command(
+            ev.ChildStarted(
+                **self._event_base(),
+                seq=seq,
+                child_workflow_id=child_id,
+                child_workflow_type=definition.name,
+                code_ref=definition.code_ref,
+                args=payload,
+                parent_close_policy=parent_close_policy,
+            )
+        )
+        return ChildWorkflowHandle(child_id, future)
+
+    def _deliver_signal(self, name: str, value: Any) -> None:
+        waiters = self.signal_waiters.get(name)
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(value)
+                return
+        self.signals.setdefault(name, collections.deque()).append(value)
+
+    # -- queries and lifetime -----------------------------------------------------------------
+
+    def query(self, name: str, args: Sequence[Any]) -> Any:
+        """Call the query handler ``name``; read-only, never writes history.
+
+        Raises:
+            KeyError: no handler of that name (the caller turns it into UnknownQuery).
+        """
+        handler = self.query_handlers[name]
+        self._in_query = True
+        try:
+            return handler(*args)
+        finally:
+            self._in_query = False
+
+    def open_children(self) -> list[int]:
+        """Sequence numbers of children started and not yet resolved."""
+        return list(self._children)
+
+    def discard(self) -> None:
+        """Drop the run: close its coroutines without issuing commands, close its loop."""
+        if self._discarded:
+            return
+        self._discarded = True
+        for task in asyncio.all_tasks(self.loop):
+            coro = task.get_coro()
+            try:
+                coro.close()  # type: ignore[union-attr]  # reason: our tasks wrap coroutines
+            except BaseException:  # noqa: BLE001, S110  # reason: user finally-blocks may raise anything while closing
+                pass
+        self.loop.close()
+
+
+def rebuild(
+    definition: WorkflowDefinition, history: Sequence[ev.Event]
+) -> tuple[WorkflowRun, list[ev.Event]]:
+    """Rebuild a run by replaying its recorded history.
+
+    Returns:
+        The resident run, and the commands its code issued that history does not hold yet
+        (possible when recorded resolutions were never applied, e.g. the code was missing).
+
+    Raises:
+        NonDeterminismError: the code diverged from history, or history was recorded on
+            another Python minor version.
+    """
+    started = history[0]
+    if not isinstance(started, ev.WorkflowStarted):
+        raise NonDeterminismError(f"history starts with {ev.event_type(started)}, not workflow.started")
+    if started.python and started.python != PYTHON_VERSION:
+        raise NonDeterminismError(
+            f"workflow {started.workflow_id!r} was recorded on Python {started.python} and cannot "
+            f"be replayed on Python {PYTHON_VERSION}: asyncio orders work differently across "
+            "minor versions; finish it on the version that started it"
+        )
+    recorded = {command_key(e): e for e in history if isinstance(e, ev.COMMANDS)}
+    run = WorkflowRun(definition, started, recorded)
+    new: list[ev.Event] = []
+    for event in history:
+        if isinstance(event, ev.RESOLUTIONS):
+            new.extend(run.activate(event))
+    leftover = sorted(recorded.values(), key=lambda e: e.event_id)
+    if leftover:
+        first = leftover[0]
+        raise NonDeterminismError(
+            f"event {first.event_id}: history recorded {describe_command(first)}, but the "
+            "replayed code never issued it"
+        )
+    run._recorded = None  # noqa: SLF001  # reason: replay is over; the run is live from here
+    return run, new

@@ -1,0 +1,173 @@
+"""Errors raised by duraflow.
+
+DuraflowError
+├── InvalidWorkflowId        ID empty, over 1,000 bytes, or has NUL / control characters
+├── UnknownWorkflowType      no @workflow of that name is registered or importable
+├── UnknownActivity          no @activity of that name is registered or importable
+├── NotAnActivityError       ctx.activity() was given something that is not an @activity
+├── PayloadError             a value msgspec cannot encode (names the value and where it was)
+├── InvalidDuration          "30s", "24h", "7d" or seconds; anything else
+├── WorkflowNotFound         no workflow (or run) with that ID
+├── WorkflowAlreadyRunning   start() of an ID whose latest run is still open
+├── WorkflowClosed           signal / query / cancel of a run that has already closed
+├── UnknownQuery             the run has no query handler of that name
+├── QueryFailed              the query handler raised
+├── NonDeterminismError      replay diverged; names the recorded and the issued command
+├── ActivityError            an activity failed for good: .activity, .cause_type, .cause_message, .attempts
+├── ChildWorkflowError       a child workflow closed without a result: .workflow_id, .cause_type, ...
+├── WorkflowFailedError      result() of a run that failed, was cancelled or terminated
+│   ├── WorkflowCancelledError
+│   └── WorkflowTerminatedError
+├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
+├── ConfigurationError       a data dir recorded with another partition count, bad option values
+└── PartitionUnavailable     retriable: the owning partition is restarting or closed
+
+Workflow code sees cancellation as ``asyncio.CancelledError`` (a BaseException), so a
+workflow's ``except Exception`` does not swallow it.
+"""
+
+from __future__ import annotations
+
+
+class DuraflowError(Exception):
+    """Root of every error duraflow raises on purpose."""
+
+
+class InvalidWorkflowId(DuraflowError, ValueError):
+    """A workflow ID that is empty, longer than 1,000 bytes, or holds control characters."""
+
+
+class UnknownWorkflowType(DuraflowError, LookupError):
+    """No workflow of that type is registered (or importable from its recorded module)."""
+
+
+class UnknownActivity(DuraflowError, LookupError):
+    """No activity of that name is registered (or importable from its recorded module)."""
+
+
+class NotAnActivityError(DuraflowError, TypeError):
+    """``ctx.activity`` was called with something that is not decorated with ``@activity``."""
+
+
+class PayloadError(DuraflowError, TypeError):
+    """A value that msgspec cannot encode; the message names the value and its role."""
+
+
+class InvalidDuration(DuraflowError, ValueError):
+    """A duration that is neither seconds nor a string like ``"30s"``, ``"24h"``, ``"7d"``."""
+
+
+class WorkflowNotFound(DuraflowError, LookupError):
+    """No workflow (or no run) with that workflow ID."""
+
+
+class WorkflowAlreadyRunning(DuraflowError):
+    """``start`` of a workflow ID whose latest run is still open."""
+
+
+class WorkflowClosed(DuraflowError):
+    """A signal, query or cancel sent to a run that has already closed."""
+
+
+class UnknownQuery(DuraflowError, LookupError):
+    """The run has no query handler of that name."""
+
+
+class QueryFailed(DuraflowError):
+    """The workflow's query handler raised; the message carries its error."""
+
+
+class NonDeterminismError(DuraflowError):
+    """Replayed workflow code issued a different command than its history records."""
+
+
+class ActivityError(DuraflowError):
+    """An activity failed for good (retries exhausted, non-retryable error, or timeout).
+
+    Attributes:
+        activity: the activity's name.
+        cause_type: the type name of the last attempt's error (``"TimeoutError"`` for timeouts).
+        cause_message: that error's message.
+        attempts: how many attempts were made.
+    """
+
+    def __init__(self, activity: str, cause_type: str, cause_message: str, attempts: int) -> None:
+        super().__init__(
+            f"activity {activity!r} failed after {attempts} attempt(s): {cause_type}: {cause_message}"
+        )
+        self.activity = activity
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+        self.attempts = attempts
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.activity, self.cause_type, self.cause_message, self.attempts))
+
+
+class ChildWorkflowError(DuraflowError):
+    """A child workflow failed, was cancelled or terminated, or could not start.
+
+    Attributes:
+        workflow_id: the child's workflow ID.
+        status: ``"failed"``, ``"cancelled"``, ``"terminated"`` or ``"not_started"``.
+        cause_type, cause_message: what the child failed with.
+    """
+
+    def __init__(self, workflow_id: str, status: str, cause_type: str, cause_message: str) -> None:
+        super().__init__(
+            f"child workflow {workflow_id!r} {status}: {cause_type}: {cause_message}"
+        )
+        self.workflow_id = workflow_id
+        self.status = status
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        args = (self.workflow_id, self.status, self.cause_type, self.cause_message)
+        return (type(self), args)
+
+
+class WorkflowFailedError(DuraflowError):
+    """``result()`` of a run that did not complete.
+
+    Attributes:
+        workflow_id, run_id: the run.
+        status: ``"failed"``, ``"cancelled"`` or ``"terminated"``.
+        cause_type, cause_message: the error the workflow raised (or the terminate reason).
+    """
+
+    def __init__(
+        self, workflow_id: str, run_id: str, status: str, cause_type: str, cause_message: str
+    ) -> None:
+        super().__init__(
+            f"workflow {workflow_id!r} (run {run_id}) {status}: {cause_type}: {cause_message}"
+        )
+        self.workflow_id = workflow_id
+        self.run_id = run_id
+        self.status = status
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        args = (self.workflow_id, self.run_id, self.status, self.cause_type, self.cause_message)
+        return (type(self), args)
+
+
+class WorkflowCancelledError(WorkflowFailedError):
+    """``result()`` of a run that was cancelled."""
+
+
+class WorkflowTerminatedError(WorkflowFailedError):
+    """``result()`` of a run that was terminated."""
+
+
+class ResultTimeout(DuraflowError, TimeoutError):
+    """``result(timeout=...)`` elapsed before the run closed; the run goes on."""
+
+
+class ConfigurationError(DuraflowError, ValueError):
+    """An option or a data directory that does not fit (e.g. another partition count)."""
+
+
+class PartitionUnavailable(DuraflowError):
+    """The owning partition is restarting or closed; the call may be retried."""

@@ -1,0 +1,345 @@
+"""PartitionStore: typed reads and writes over one partition's SQLite file.
+
+One connection, WAL mode, ``synchronous`` FULL by default. The partition wraps everything one
+turn changes in :meth:`PartitionStore.turn` (one ``BEGIN IMMEDIATE`` ... ``COMMIT``), which is
+what makes group commit: many workflows' changes, one fsync. Workflow IDs only ever appear as
+``?`` parameters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import msgspec
+
+from duraflow.cdc.events import AnyEvent, Event, decode_event, encode_event, event_type
+from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.storage.schema import migrate
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+BUSY_TIMEOUT_MS = 5000
+
+
+class WorkflowRow(msgspec.Struct, frozen=True):
+    """One run as stored in the ``workflows`` table."""
+
+    workflow_id: str
+    run_id: str
+    workflow_type: str
+    code_ref: str
+    status: str
+    parent_id: str | None
+    parent_run_id: str | None
+    parent_seq: int | None
+    started_at_us: int
+    closed_at_us: int | None
+    result: bytes | None
+    error_type: str | None
+    error_message: str | None
+
+
+class ActivityRow(msgspec.Struct, frozen=True):
+    """One scheduled, unresolved activity as stored in ``workflow_activities``."""
+
+    workflow_id: str
+    run_id: str
+    seq: int
+    activity: str
+    code_ref: str
+    args: bytes
+    options: bytes
+    attempt: int
+    state: str
+    scheduled_at_us: int
+    next_at_us: int | None
+    heartbeat: bytes | None
+
+
+class TimerRow(msgspec.Struct, frozen=True):
+    """One durable timer of an open run."""
+
+    workflow_id: str
+    run_id: str
+    seq: int
+    fire_at_us: int
+
+
+_WORKFLOW_COLUMNS = (
+    "workflow_id, run_id, workflow_type, code_ref, status, parent_id, parent_run_id, parent_seq, "
+    "started_at_us, closed_at_us, result, error_type, error_message"
+)
+_ACTIVITY_COLUMNS = (
+    "workflow_id, run_id, seq, activity, code_ref, args, options, attempt, state, "
+    "scheduled_at_us, next_at_us, heartbeat"
+)
+
+
+class PartitionStore:
+    """The SQLite file of one partition. Single writer: only its partition uses it."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        mode = synchronous.upper()
+        if mode not in SYNCHRONOUS_MODES:
+            raise ConfigurationError(
+                f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self._lock_fd = _take_lock(path.with_name(path.name + ".lock"))
+        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={mode}")
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
+        migrate(self._conn)
+
+    def close(self) -> None:
+        self._conn.close()
+        os.close(self._lock_fd)  # closing the descriptor releases the flock
+
+    # -- transactions -------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        """One transaction for everything one turn of the partition loop changed."""
+        # IMMEDIATE takes the write lock before we read anything. A deferred transaction that
+        # reads first can get SQLITE_BUSY_SNAPSHOT on its first write, and busy_timeout cannot
+        # retry that.
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    # -- meta -----------------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- workflows ------------------------------------------------------------------------
+
+    def insert_workflow(self, row: WorkflowRow) -> None:
+        self._conn.execute(
+            f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            msgspec.structs.astuple(row),
+        )
+
+    def close_workflow(
+        self,
+        workflow_id: str,
+        run_id: str,
+        status: str,
+        closed_at_us: int,
+        result: bytes | None = None,
+        error_type: str | None = None,
+        error_message: str | None = None,
+    ) -> None:
+        self._conn.execute(
+            "UPDATE workflows SET status = ?, closed_at_us = ?, result = ?, error_type = ?, "
+            "error_message = ? WHERE workflow_id = ? AND run_id = ?",
+            (status, closed_at_us, result, error_type, error_message, workflow_id, run_id),
+        )
+
+    def latest_run(self, workflow_id: str) -> WorkflowRow | None:
+        row = self._conn.execute(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ? "
+            "ORDER BY rowid DESC LIMIT 1",
+            (workflow_id,),
+        ).fetchone()
+        return None if row is None else WorkflowRow(*row)
+
+    def get_run(self, workflow_id: str, run_id: str) -> WorkflowRow | None:
+        row = self._conn.execute(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE workflow_id = ? AND run_id = ?",
+            (workflow_id, run_id),
+        ).fetchone()
+        return None if row is None else WorkflowRow(*row)
+
+    def open_runs(self) -> list[WorkflowRow]:
+        rows = self._conn.execute(
+            f"SELECT {_WORKFLOW_COLUMNS} FROM workflows WHERE status = 'running'"
+        ).fetchall()
+        return [WorkflowRow(*r) for r in rows]
+
+    def list_workflows(
+        self, status: str | None, workflow_type: str | None, limit: int
+    ) -> list[WorkflowRow]:
+        sql = f"SELECT {_WORKFLOW_COLUMNS} FROM workflows"
+        clauses, params = [], []
+        if status is not None:
+            clauses.append("status = ?")
+            params.append(status)
+        if workflow_type is not None:
+            clauses.append("workflow_type = ?")
+            params.append(workflow_type)
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += " ORDER BY started_at_us DESC LIMIT ?"
+        rows = self._conn.execute(sql, (*params, limit)).fetchall()
+        return [WorkflowRow(*r) for r in rows]
+
+    # -- history ----------------------------------------------------------------------------
+
+    def append_events(self, events: Iterable[Event]) -> None:
+        self._conn.executemany(
+            "INSERT INTO workflow_history "
+            "(lsn, workflow_id, run_id, event_id, event_type, at_us, body) "
+            "VALUES (?,?,?,?,?,?,?)",
+            [
+                (e.lsn, e.workflow_id, e.run_id, e.event_id, event_type(e), e.at_us, encode_event(e))
+                for e in events
+            ],
+        )
+
+    def history(self, workflow_id: str, run_id: str) -> list[AnyEvent]:
+        rows = self._conn.execute(
+            "SELECT body FROM workflow_history WHERE workflow_id = ? AND run_id = ? "
+            "ORDER BY event_id",
+            (workflow_id, run_id),
+        ).fetchall()
+        return [decode_event(r[0]) for r in rows]
+
+    def last_event_id(self, workflow_id: str, run_id: str) -> int:
+        row = self._conn.execute(
+            "SELECT max(event_id) FROM workflow_history WHERE workflow_id = ? AND run_id = ?",
+            (workflow_id, run_id),
+        ).fetchone()
+        return int(row[0] or 0)
+
+    def max_lsn(self) -> int:
+        row = self._conn.execute("SELECT max(lsn) FROM workflow_history").fetchone()
+        return int(row[0] or 0)
+
+    def read_events(self, after_lsn: int, limit: int) -> list[AnyEvent]:
+        rows = self._conn.execute(
+            "SELECT body FROM workflow_history WHERE lsn > ? ORDER BY lsn LIMIT ?",
+            (after_lsn, limit),
+        ).fetchall()
+        return [decode_event(r[0]) for r in rows]
+
+    # -- activities -------------------------------------------------------------------------
+
+    def insert_activity(self, row: ActivityRow) -> None:
+        self._conn.execute(
+            f"INSERT INTO workflow_activities ({_ACTIVITY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            msgspec.structs.astuple(row),
+        )
+
+    def update_activity(
+        self, workflow_id: str, run_id: str, seq: int, attempt: int, state: str, next_at_us: int | None
+    ) -> None:
+        self._conn.execute(
+            "UPDATE workflow_activities SET attempt = ?, state = ?, next_at_us = ? "
+            "WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+            (attempt, state, next_at_us, workflow_id, run_id, seq),
+        )
+
+    def set_activity_heartbeat(self, workflow_id: str, run_id: str, seq: int, details: bytes) -> None:
+        self._conn.execute(
+            "UPDATE workflow_activities SET heartbeat = ? "
+            "WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+            (details, workflow_id, run_id, seq),
+        )
+
+    def delete_activity(self, workflow_id: str, run_id: str, seq: int) -> None:
+        self._conn.execute(
+            "DELETE FROM workflow_activities WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+            (workflow_id, run_id, seq),
+        )
+
+    def activities(self, workflow_id: str | None = None, run_id: str | None = None) -> list[ActivityRow]:
+        sql = f"SELECT {_ACTIVITY_COLUMNS} FROM workflow_activities"
+        params: tuple[str, ...] = ()
+        if workflow_id is not None:
+            sql += " WHERE workflow_id = ? AND run_id = ?"
+            params = (workflow_id, run_id or "")
+        return [ActivityRow(*r) for r in self._conn.execute(sql, params).fetchall()]
+
+    # -- timers -----------------------------------------------------------------------------
+
+    def insert_timer(self, row: TimerRow) -> None:
+        self._conn.execute(
+            "INSERT INTO workflow_timers (workflow_id, run_id, seq, fire_at_us) VALUES (?,?,?,?)",
+            msgspec.structs.astuple(row),
+        )
+
+    def delete_timer(self, workflow_id: str, run_id: str, seq: int) -> None:
+        self._conn.execute(
+            "DELETE FROM workflow_timers WHERE workflow_id = ? AND run_id = ? AND seq = ?",
+            (workflow_id, run_id, seq),
+        )
+
+    def timers(self) -> list[TimerRow]:
+        rows = self._conn.execute(
+            "SELECT workflow_id, run_id, seq, fire_at_us FROM workflow_timers"
+        ).fetchall()
+        return [TimerRow(*r) for r in rows]
+
+    def delete_run_state(self, workflow_id: str, run_id: str) -> None:
+        """Drop the timers and activities of a run that closed."""
+        for table in ("workflow_timers", "workflow_activities"):
+            self._conn.execute(
+                f"DELETE FROM {table} WHERE workflow_id = ? AND run_id = ?",  # noqa: S608  # reason: table names are constants
+                (workflow_id, run_id),
+            )
+
+    # -- signals ----------------------------------------------------------------------------
+
+    def signal_seen(self, request_id: str) -> bool:
+        row = self._conn.execute(
+            "SELECT 1 FROM workflow_signals WHERE request_id = ?", (request_id,)
+        ).fetchone()
+        return row is not None
+
+    def insert_signal(self, request_id: str, workflow_id: str, run_id: str, lsn: int) -> None:
+        self._conn.execute(
+            "INSERT INTO workflow_signals (request_id, workflow_id, run_id, lsn) VALUES (?,?,?,?)",
+            (request_id, workflow_id, run_id, lsn),
+        )
+
+    # -- outbox -----------------------------------------------------------------------------
+
+    def insert_outbox(self, target_id: str, message: bytes) -> int:
+        cursor = self._conn.execute(
+            "INSERT INTO outbox (target_id, message) VALUES (?, ?)", (target_id, message)
+        )
+        return int(cursor.lastrowid or 0)
+
+    def delete_outbox(self, ids: Iterable[int]) -> None:
+        self._conn.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+
+    def outbox(self) -> list[tuple[int, str, bytes]]:
+        rows = self._conn.execute("SELECT id, target_id, message FROM outbox ORDER BY id")
+        return [(int(i), str(t), bytes(m)) for i, t, m in rows.fetchall()]
+
+
+def _take_lock(lock_path: Path) -> int:
+    """Hold an exclusive flock on a side file while the store is open: one writer per file.
+
+    A killed process releases it at once. (fcntl/lockf locks on the database file itself are
+    silently dropped when any other connection to it closes, so they cannot be used.)
+    """
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise PartitionUnavailable(
+            f"{lock_path.parent / lock_path.stem} is open in another live process: a partition "
+            "file has exactly one writer"
+        ) from None
+    return fd
