@@ -109,6 +109,7 @@ class WorkflowRun:
         self.signal_waiters: dict[str, collections.deque[asyncio.Future[Any]]] = {}
         self.query_handlers: dict[str, Callable[..., Any]] = {}
         self.cancel_requested = False
+        self.cancel_reason = ""
         self.closed: ev.Event | None = None
         self.activity_requests: dict[int, ActivityRequest] = {}
         self._recorded = recorded
@@ -172,6 +173,7 @@ class WorkflowRun:
             self._deliver_signal(event.name, decode(event.payload))
         elif isinstance(event, ev.CancelRequested):
             self.cancel_requested = True
+            self.cancel_reason = event.reason
             if self._main is not None and not self._main.done():
                 self._main.cancel(event.reason or None)
         elif isinstance(event, ev.ChildCompleted):
@@ -203,7 +205,7 @@ class WorkflowRun:
         assert main is not None
         base = self._event_base(at_us)
         if main.cancelled():
-            self._command(ev.WorkflowCancelled(**base))
+            self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
             return
         exc = main.exception()
         if isinstance(exc, (_Divergence, _Discarded)):
@@ -216,7 +218,7 @@ class WorkflowRun:
                 return
             self._command(ev.WorkflowCompleted(**base, result=result))
         elif isinstance(exc, asyncio.CancelledError):
-            self._command(ev.WorkflowCancelled(**base))
+            self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
         else:
             self._command(
                 ev.WorkflowFailed(**base, error_type=type(exc).__name__, error_message=str(exc))
