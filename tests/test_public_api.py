@@ -1,0 +1,58 @@
+"""The public facade is the contract: pinned names, each documented."""
+
+from __future__ import annotations
+
+import duraflow as df
+
+CONTRACT_NAMES = [
+    "ActivityCancelledError",
+    "ActivityError",
+    "ActivityInfo",
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
+    "Client",
+    "ConfigurationError",
+    "DuraflowError",
+    "Engine",
+    "InvalidDuration",
+    "InvalidWorkflowId",
+    "NonDeterminismError",
+    "NotAnActivityError",
+    "PartitionUnavailable",
+    "PayloadError",
+    "QueryFailed",
+    "ResultTimeout",
+    "RetryPolicy",
+    "UnknownActivity",
+    "UnknownQuery",
+    "UnknownWorkflowType",
+    "WorkflowAlreadyRunning",
+    "WorkflowCancelledError",
+    "WorkflowClosed",
+    "WorkflowContext",
+    "WorkflowDescription",
+    "WorkflowFailedError",
+    "WorkflowHandle",
+    "WorkflowInfo",
+    "WorkflowNotFound",
+    "WorkflowTerminatedError",
+    "activity",
+    "activity_info",
+    "heartbeat",
+    "workflow",
+]
+
+
+def test_public_names_are_the_documented_contract() -> None:
+    assert sorted(CONTRACT_NAMES) == sorted(df.__all__)
+
+
+def test_every_public_name_has_a_docstring() -> None:
+    undocumented = [name for name in df.__all__ if not getattr(df, name).__doc__]
+    assert [] == undocumented
+
+
+def test_every_error_derives_from_the_root() -> None:
+    errors = [getattr(df, n) for n in df.__all__ if n.endswith(("Error", "Timeout"))]
+    errors += [df.InvalidWorkflowId, df.UnknownWorkflowType, df.WorkflowNotFound]
+    assert [] == [e.__name__ for e in errors if not issubclass(e, df.DuraflowError)]
