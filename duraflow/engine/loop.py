@@ -28,6 +28,32 @@ class TimerSink(Protocol):
     def cancel_timer(self, handle: asyncio.TimerHandle) -> None: ...
 
 
+class _OrderedFuture(asyncio.Future):  # type: ignore[type-arg]  # reason: generic at runtime only
+    """A future whose hash is its creation order on the loop, so sets of them iterate the same
+    way on every replay (asyncio.wait returns sets; TaskGroup keeps one)."""
+
+    def __init__(self, *, loop: WorkflowLoop) -> None:
+        self._duraflow_order = loop.next_order()
+        super().__init__(loop=loop)
+
+    def __hash__(self) -> int:
+        return self._duraflow_order
+
+
+class _OrderedTask(asyncio.Task):  # type: ignore[type-arg]  # reason: generic at runtime only
+    """A task whose hash is its creation order (see _OrderedFuture)."""
+
+    def __init__(self, coro: Any, *, loop: WorkflowLoop, name: str | None, context: Any) -> None:
+        self._duraflow_order = loop.next_order()
+        if context is None:
+            super().__init__(coro, loop=loop, name=name)
+        else:
+            super().__init__(coro, loop=loop, name=name, context=context)
+
+    def __hash__(self) -> int:
+        return self._duraflow_order
+
+
 class WorkflowLoop(asyncio.AbstractEventLoop):
     """The event loop of one workflow run. Not thread-safe; driven by its run only."""
 
@@ -37,7 +63,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._now = 0.0
         self._closed = False
         self._exception_handler: Any = None
+        self._order = 0
         self.errors: list[str] = []
+
+    def next_order(self) -> int:
+        """Creation order of the next future or task (their deterministic hash)."""
+        self._order += 1
+        return self._order
 
     # -- driven by the run ---------------------------------------------------------------
 
@@ -113,13 +145,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         )
 
     def create_future(self) -> asyncio.Future[Any]:
-        return asyncio.Future(loop=self)
+        return _OrderedFuture(loop=self)
 
     def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> Any:
         self._check_open()
-        if context is None:
-            return asyncio.Task(coro, loop=self, name=name)
-        return asyncio.Task(coro, loop=self, name=name, context=context)
+        return _OrderedTask(coro, loop=self, name=name, context=context)
 
     def get_task_factory(self) -> None:
         return None

@@ -1,0 +1,22 @@
+"""Entry point: ``./dev bench [core] [options]`` (or ``python -m benchmarks``)."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import bench_core
+
+SUITES = {"core": bench_core.main}
+
+
+def main() -> None:
+    args = sys.argv[1:]
+    name = args[0] if args and not args[0].startswith("-") else "core"
+    rest = args[1:] if args and not args[0].startswith("-") else args
+    if name not in SUITES:
+        raise SystemExit(f"unknown benchmark {name!r}; choose from {sorted(SUITES)}")
+    SUITES[name](rest)
+
+
+if __name__ == "__main__":
+    main()
