@@ -60,6 +60,9 @@ class Engine:
         synchronous: SQLite ``synchronous`` mode: ``"FULL"`` (default; survives power loss)
             or ``"NORMAL"`` (survives a killed process, not power loss).
         activity_threads: threads for sync activities run in-process.
+        max_resident_runs: per partition, how many runs stay in memory between turns; the
+            least recently used beyond it are dropped and rebuilt by replay when next needed
+            (default: no cap).
 
     Workflow and activity modules must be imported before the engine opens a data directory
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
@@ -73,6 +76,7 @@ class Engine:
         partitions: int | None = None,
         synchronous: str = "FULL",
         activity_threads: int = 64,
+        max_resident_runs: int | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.deployment = load_deployment(self.data_dir, partitions)
@@ -81,6 +85,7 @@ class Engine:
             self.deployment.partitions,
             synchronous=synchronous,
             activity_threads=activity_threads,
+            max_resident_runs=max_resident_runs,
         )
         self._runner = BlockingRunner()
         self._client = Client(self._host, self._runner)

@@ -27,6 +27,7 @@ class LocalHost:
         *,
         synchronous: str = "FULL",
         activity_threads: int = 64,
+        max_resident_runs: int | None = None,
     ) -> None:
         self.partitions = partitions
         self._loop = asyncio.new_event_loop()
@@ -42,6 +43,7 @@ class LocalHost:
                 executor=self._executor,
                 send=self._send,
                 synchronous=synchronous,
+                max_resident_runs=max_resident_runs,
             )
             for i in range(partitions)
         ]

@@ -14,6 +14,7 @@ except through :meth:`Partition.post_threadsafe`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime as dt
 import heapq
 import itertools
@@ -127,6 +128,7 @@ class Partition:
         send: Send,
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
+        max_resident_runs: int | None = None,
     ) -> None:
         self.index = index
         self._path = path
@@ -134,6 +136,8 @@ class Partition:
         self._executor = executor
         self._send = send
         self._clock = clock
+        self._max_resident = max_resident_runs
+        self._lru: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._store: PartitionStore | None = None
         self._open: dict[str, OpenRun] = {}
         self._attempts = AttemptTable()
@@ -269,6 +273,7 @@ class Partition:
         for outbox_id, target, message in fx.sends:
             loop.create_task(self._deliver(outbox_id, target, message))
         self._arm()
+        self._evict_over_cap()
 
     def _reload(self) -> None:
         """After a rolled-back turn: forget memory, reload what is durable."""
@@ -367,6 +372,7 @@ class Partition:
             parent_seq=req.parent_seq,
         )
         open_run.run = WorkflowRun(definition, started)
+        self._touch(row.workflow_id)
         self._append(open_run, [started])
         self._activate(open_run, started)
         return m.StartReply(row.run_id, started=True)
@@ -521,9 +527,31 @@ class Partition:
             return None
         open_run.last_event_id = history[-1].event_id if history else 0
         open_run.run = run
+        self._touch(row.workflow_id)
         if new:
             self._commands(open_run, new)
         return open_run.run
+
+    def _touch(self, workflow_id: str) -> None:
+        """Mark a run most recently used (for the resident-run cap)."""
+        lru = self._lru
+        lru[workflow_id] = None
+        lru.move_to_end(workflow_id)
+
+    def _evict_over_cap(self) -> None:
+        """Drop least recently used runs from memory while over ``max_resident_runs``.
+
+        Only between turns: an evicted run is rebuilt from history when next needed.
+        """
+        cap = self._max_resident
+        if cap is None:
+            return
+        while len(self._lru) > cap:
+            workflow_id, _ = self._lru.popitem(last=False)
+            open_run = self._open.get(workflow_id)
+            if open_run is not None and open_run.run is not None:
+                open_run.run.discard()
+                open_run.run = None
 
     def _mark_stuck(self, open_run: OpenRun, exc: BaseException) -> None:
         open_run.stuck = f"{type(exc).__name__}: {exc}"
@@ -542,6 +570,7 @@ class Partition:
     def _activate(self, open_run: OpenRun, event: ev.Event) -> None:
         run = open_run.run
         assert run is not None
+        self._touch(open_run.row.workflow_id)
         try:
             commands = run.activate(event)
         except DuraflowError as exc:
@@ -645,6 +674,7 @@ class Partition:
         )
         self._fx.closed.append((open_run.waiters, outcome))
         del self._open[row.workflow_id]
+        self._lru.pop(row.workflow_id, None)
         if open_run.run is not None:
             open_run.run.discard()
 
