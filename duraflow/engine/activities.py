@@ -8,9 +8,9 @@ attempt and reports its outcome. Activity code can call :func:`heartbeat` and
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextvars
 import dataclasses
+import queue
 import threading
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -158,22 +158,50 @@ async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
 
 
 class InlineExecutor:
-    """Runs attempts in the host process: sync functions on threads, async ones on the loop."""
+    """Runs attempts in the host process: sync functions on threads, async ones on the loop.
+
+    Note:
+        A sync activity that never returns keeps its thread; the threads are daemons, so such
+        an activity cannot keep the process from exiting, and its timeout still fails the
+        attempt. Threads are started on demand, up to ``threads``.
+    """
 
     def __init__(self, loop: asyncio.AbstractEventLoop, threads: int = DEFAULT_ACTIVITY_THREADS):
         self._loop = loop
-        self._pool = concurrent.futures.ThreadPoolExecutor(
-            max_workers=threads, thread_name_prefix="duraflow-activity"
-        )
+        self._max_threads = threads
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[tuple[ActivityTask, Callable[[ActivityOutcome], None]] | None]
+        self._queue = queue.SimpleQueue()
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
         if task.definition.is_async:
             running = self._loop.create_task(run_async_attempt(task))
             task.cancel_hook = lambda: self._loop.call_soon_threadsafe(running.cancel)
             running.add_done_callback(lambda t: done(t.result()))
-        else:
-            future = self._pool.submit(run_sync_attempt, task)
-            future.add_done_callback(lambda f: done(f.result()))
+            return
+        with self._lock:
+            if self._idle > 0:
+                self._idle -= 1  # an idle thread will take it
+            elif len(self._threads) < self._max_threads:
+                thread = threading.Thread(
+                    target=self._work, name=f"duraflow-activity-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        self._queue.put((task, done))
+
+    def _work(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            task, done = item
+            done(run_sync_attempt(task))
+            with self._lock:
+                self._idle += 1
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for _ in self._threads:
+            self._queue.put(None)
