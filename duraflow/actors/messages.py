@@ -11,6 +11,8 @@ from typing import Union
 
 import msgspec
 
+from duraflow.errors import PayloadError
+
 ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
 
 
@@ -131,7 +133,27 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     partition: int = 0
 
 
+_request_types = (*Request.__args__, ListWorkflows)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
+_validators = {t: msgspec.msgpack.Decoder(t) for t in _request_types}
 _outbox_encoder = msgspec.msgpack.Encoder()
+
+
+def validated(request: object) -> object:
+    """``request`` checked field by field against its message type (types, UTF-8 text).
+
+    Requests may come from other processes (Ray) built by any code; a round trip through
+    msgpack with the message's schema catches a wrong type before it reaches a partition.
+
+    Raises:
+        PayloadError: not a request message, or a field of the wrong type (named).
+    """
+    decoder = _validators.get(type(request))
+    if decoder is None:
+        raise PayloadError(f"not a duraflow request: {type(request).__name__}")
+    try:
+        return decoder.decode(_outbox_encoder.encode(request))
+    except (msgspec.ValidationError, msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
+        raise PayloadError(f"malformed {type(request).__name__} request: {exc}") from None
 _outbox_decoder: msgspec.msgpack.Decoder[OutboxMessage] = msgspec.msgpack.Decoder(OutboxMessage)  # type: ignore[arg-type]  # reason: Union is a valid decoder type
 
 

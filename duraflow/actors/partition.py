@@ -202,9 +202,15 @@ class Partition:
     # -- the inbox and turns ------------------------------------------------------------------
 
     async def handle(self, request: Any) -> Any:
-        """Queue a request for the next turn and wait for its reply."""
+        """Queue a request for the next turn and wait for its reply.
+
+        Raises:
+            PayloadError: the request is not a well-formed message (checked here, at the
+                boundary, so a malformed request can never reach a turn).
+        """
         if self._closing:
             raise PartitionUnavailable(f"partition {self.index} is closed")
+        request = m.validated(request)
         future = self._require_loop().create_future()
         self._post(request, future)
         return await future
@@ -411,7 +417,8 @@ class Partition:
 
     def _cancel(self, req: m.Cancel) -> None:
         open_run = self._open_run(req.workflow_id, req.run_id, "cancel")
-        if open_run.run is not None and open_run.run.cancel_requested:
+        run = self._resident(open_run)  # rebuilt if needed: a repeated cancel is ignored either way
+        if run is not None and run.cancel_requested:
             return
         event = ev.CancelRequested(**self._base(open_run.row, self._now_us()), reason=req.reason)
         self._resolve(open_run, event)

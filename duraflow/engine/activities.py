@@ -19,7 +19,7 @@ import msgspec
 
 from duraflow.engine.definitions import ActivityDefinition
 from duraflow.errors import DuraflowError, PayloadError
-from duraflow.storage.codec import decode, encode
+from duraflow.storage.codec import decode, encode, text
 
 DEFAULT_ACTIVITY_THREADS = 64
 
@@ -126,7 +126,7 @@ def outcome_of(result: Any, name: str) -> ActivityOutcome:
 
 def failure_of(exc: BaseException) -> ActivityOutcome:
     """The outcome of an attempt that raised ``exc``."""
-    return ActivityOutcome(ok=False, error_type=type(exc).__name__, error_message=str(exc))
+    return ActivityOutcome(ok=False, error_type=type(exc).__name__, error_message=text(str(exc)))
 
 
 def run_sync_attempt(task: ActivityTask) -> ActivityOutcome:

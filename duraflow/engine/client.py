@@ -19,6 +19,7 @@ from duraflow.engine.definitions import Duration, parse_duration, workflow_defin
 from duraflow.engine.ids import check_workflow_id
 from duraflow.errors import (
     ConfigurationError,
+    PayloadError,
     ResultTimeout,
     WorkflowCancelledError,
     WorkflowFailedError,
@@ -88,6 +89,7 @@ class WorkflowHandle:
             WorkflowNotFound, WorkflowClosed: no open run to signal.
             PayloadError: ``payload`` cannot be encoded.
         """
+        _check_text(name, "signal name")
         data = encode(payload, f"payload of signal {name!r}")
         request = m.Signal(
             workflow_id=self.workflow_id,
@@ -121,6 +123,7 @@ class WorkflowHandle:
 
     async def cancel_async(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` and may clean up."""
+        _check_text(reason, "cancel reason")
         await self._call(m.Cancel(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
 
     def cancel(self, reason: str = "") -> None:
@@ -129,6 +132,7 @@ class WorkflowHandle:
 
     async def terminate_async(self, reason: str = "") -> None:
         """Close the run at once, without running any more of its code."""
+        _check_text(reason, "terminate reason")
         await self._call(
             m.Terminate(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason)
         )
@@ -146,11 +150,11 @@ class WorkflowHandle:
             ResultTimeout: ``timeout`` elapsed first; the run goes on.
         """
         request = m.AwaitResult(workflow_id=self.workflow_id, run_id=self.run_id)
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
         waiting = self._call(request)
-        if timeout is None:
+        if seconds is None:
             outcome = await waiting
         else:
-            seconds = parse_duration(timeout, "timeout")
             try:
                 outcome = await asyncio.wait_for(waiting, seconds)
             except asyncio.TimeoutError:
@@ -173,6 +177,17 @@ class WorkflowHandle:
     def describe(self) -> m.WorkflowDescription:
         """Blocking twin of :meth:`describe_async`."""
         return self._client._block(self.describe_async())
+
+
+def _check_text(value: object, what: str) -> None:
+    """Names and reasons are recorded in history as UTF-8 ``str``; refuse anything else here,
+    before it can reach (and be stored by, or fail the turn of) a partition."""
+    if not isinstance(value, str):
+        raise PayloadError(f"{what} must be a str, got {type(value).__name__} {value!r:.60}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(f"{what} {value!r:.60} is not valid UTF-8 (lone surrogate)") from None
 
 
 def _unwrap(outcome: m.Outcome) -> Any:

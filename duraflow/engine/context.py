@@ -93,15 +93,22 @@ class WorkflowContext:
 
     def random(self) -> float:
         """A deterministic random float in [0, 1), seeded by the run ID."""
-        return self._run.random.random()
+        return self._random("random").random()
 
     def randint(self, a: int, b: int) -> int:
         """A deterministic random integer N with a <= N <= b."""
-        return self._run.random.randint(a, b)
+        return self._random("randint").randint(a, b)
 
     def uuid4(self) -> uuid.UUID:
         """A deterministic random UUID (version 4 layout), the same on every replay."""
-        return uuid.UUID(int=self._run.random.getrandbits(128), version=4)
+        return uuid.UUID(int=self._random("uuid4").getrandbits(128), version=4)
+
+    def _random(self, what: str) -> Any:
+        # A query drawing from the run's generator would shift what the run draws next, and a
+        # replay (which runs no queries) would then see other values than the live run did.
+        if self._run._in_query:  # noqa: SLF001  # reason: the run and its context are one unit
+            raise RuntimeError(f"query handlers are read-only: they cannot call ctx.{what}()")
+        return self._run.random
 
     async def activity(
         self,
@@ -122,6 +129,8 @@ class WorkflowContext:
             ActivityError: the activity failed for good.
         """
         definition = activity_definition(fn)
+        if retry is not None and not isinstance(retry, RetryPolicy):
+            raise TypeError(f"retry must be a duraflow.RetryPolicy, got {type(retry).__name__}")
         base = definition.options
         options = ActivityOptions(
             retry=retry or base.retry,

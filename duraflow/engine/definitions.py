@@ -85,7 +85,20 @@ class RetryPolicy(msgspec.Struct, frozen=True, kw_only=True):
             "maximum_interval",
             _optional_duration(self.maximum_interval, "maximum_interval"),
         )
-        set_(self, "non_retryable_error_types", tuple(self.non_retryable_error_types))
+        names = self.non_retryable_error_types
+        # one name given as a bare string means that name, not its letters
+        names = (names,) if isinstance(names, str) else tuple(names)
+        set_(self, "non_retryable_error_types", names)
+        if isinstance(self.maximum_attempts, bool) or not isinstance(self.maximum_attempts, int):
+            raise InvalidDuration(
+                f"maximum_attempts must be a whole number, got {self.maximum_attempts!r}"
+            )
+        if isinstance(self.backoff_coefficient, bool) or not isinstance(
+            self.backoff_coefficient, (int, float)
+        ):
+            raise InvalidDuration(
+                f"backoff_coefficient must be a number, got {self.backoff_coefficient!r}"
+            )
         if self.backoff_coefficient < 1.0:
             raise InvalidDuration(
                 f"backoff_coefficient must be >= 1.0, got {self.backoff_coefficient}"

@@ -14,13 +14,20 @@ def check_workflow_id(workflow_id: object) -> str:
     ID (``"../x"`` included): IDs never become file names or SQL text.
 
     Raises:
-        InvalidWorkflowId: not a string, empty, too long, or holding NUL/control characters.
+        InvalidWorkflowId: not a string, empty, too long, holding NUL/control characters, or
+            not valid UTF-8 (lone surrogates: SQLite cannot store them).
     """
     if not isinstance(workflow_id, str):
         raise InvalidWorkflowId(f"workflow ID must be a str, got {type(workflow_id).__name__}")
     if not workflow_id:
         raise InvalidWorkflowId("workflow ID must not be empty")
-    size = len(workflow_id.encode("utf-8", "surrogatepass"))
+    try:
+        size = len(workflow_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidWorkflowId(
+            f"workflow ID {workflow_id[:60]!r} is not valid UTF-8: it holds lone surrogate "
+            f"{exc.object[exc.start]!r}"
+        ) from None
     if size > MAX_WORKFLOW_ID_BYTES:
         raise InvalidWorkflowId(
             f"workflow ID is {size} bytes; the limit is {MAX_WORKFLOW_ID_BYTES} bytes"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import random
 import sys
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +23,7 @@ from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, Workfl
 from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from duraflow.engine.loop import WorkflowLoop
 from duraflow.errors import ActivityError, ChildWorkflowError, NonDeterminismError, PayloadError
-from duraflow.storage.codec import decode, encode
+from duraflow.storage.codec import decode, encode, text
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 """Recorded in every ``workflow.started``: asyncio orders some operations differently across
@@ -144,7 +145,9 @@ class WorkflowRun:
         self._apply(event)
         self.loop.run_until_idle()
         if self._main is not None and self._main.done() and self.closed is None:
-            self._close_from_main(event.at_us)
+            # A close that differs from history sets self._divergence (raised just below).
+            with contextlib.suppress(_Divergence):
+                self._close_from_main(event.at_us)
         if self._divergence is not None:
             raise NonDeterminismError(self._divergence)
         issued, self._issued = self._issued, []
@@ -221,7 +224,9 @@ class WorkflowRun:
             self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
         else:
             self._command(
-                ev.WorkflowFailed(**base, error_type=type(exc).__name__, error_message=str(exc))
+                ev.WorkflowFailed(
+                    **base, error_type=type(exc).__name__, error_message=text(str(exc))
+                )
             )
 
     # -- commands issued by workflow code ----------------------------------------------------
@@ -258,6 +263,12 @@ class WorkflowRun:
             if key[0] == "seq" and key[1] <= self._max_recorded_seq:
                 self._diverge(
                     f"replayed code issued {describe_command(event)}, which history does not hold"
+                )
+            if key[0] == "close" and recorded:
+                first = min(recorded.values(), key=lambda e: e.event_id)
+                self._diverge(
+                    f"event {first.event_id}: history recorded {describe_command(first)}, "
+                    f"replayed code issued {describe_command(event)}"
                 )
         self._issued.append(event)
         return True

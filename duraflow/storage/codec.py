@@ -30,7 +30,13 @@ def encode(value: Any, what: str = "value") -> bytes:
     """
     try:
         data = _encoder.encode(value)
-    except (TypeError, msgspec.EncodeError, OverflowError, RecursionError) as exc:
+    except (
+        TypeError,
+        msgspec.EncodeError,
+        OverflowError,
+        RecursionError,
+        UnicodeEncodeError,
+    ) as exc:
         raise PayloadError(
             f"cannot encode {what}: {_short(value)} is not msgspec-encodable ({exc})"
         ) from None
@@ -44,6 +50,12 @@ def decode(data: bytes | None) -> Any:
     if data is None:
         return None
     return _decoder.decode(data)
+
+
+def text(value: str) -> str:
+    """``value`` made storable as UTF-8: lone surrogates (``os.fsdecode`` of odd bytes, for
+    one) become backslash escapes instead of failing the partition's turn."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def to_json(value: Any) -> str:
