@@ -562,6 +562,7 @@ class Partition:
 
     def _mark_stuck(self, open_run: OpenRun, exc: BaseException) -> None:
         open_run.stuck = f"{type(exc).__name__}: {exc}"
+        self._db().set_stuck(open_run.row.workflow_id, open_run.row.run_id, open_run.stuck)
         if open_run.run is not None:
             open_run.run.discard()
             open_run.run = None
@@ -764,6 +765,11 @@ class Partition:
         """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
         resend undelivered outbox messages."""
         self._recovering = False
+        for open_run in list(self._open.values()):
+            if open_run.row.stuck is not None and self._resident(open_run) is not None:
+                # The code is back (or fixed): clear the mark; the rebuild above already
+                # issued what the recorded events ask for.
+                self._db().set_stuck(open_run.row.workflow_id, open_run.row.run_id, None)
         for row_id, target, data in self._db().outbox():
             self._fx.sends.append((row_id, target, m.decode_outbox(data)))
         for row in self._db().activities():

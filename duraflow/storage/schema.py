@@ -80,6 +80,10 @@ MIGRATIONS: tuple[str, ...] = (
         message    BLOB NOT NULL
     );
     """,
+    # 2: why an open run cannot progress (non-determinism, missing code), retried on open.
+    """
+    ALTER TABLE workflows ADD COLUMN stuck TEXT;
+    """,
 )
 
 

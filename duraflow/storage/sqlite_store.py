@@ -41,6 +41,7 @@ class WorkflowRow(msgspec.Struct, frozen=True):
     result: bytes | None
     error_type: str | None
     error_message: str | None
+    stuck: str | None = None
 
 
 class ActivityRow(msgspec.Struct, frozen=True):
@@ -71,7 +72,7 @@ class TimerRow(msgspec.Struct, frozen=True):
 
 _WORKFLOW_COLUMNS = (
     "workflow_id, run_id, workflow_type, code_ref, status, parent_id, parent_run_id, parent_seq, "
-    "started_at_us, closed_at_us, result, error_type, error_message"
+    "started_at_us, closed_at_us, result, error_type, error_message, stuck"
 )
 _ACTIVITY_COLUMNS = (
     "workflow_id, run_id, seq, activity, code_ref, args, options, attempt, state, "
@@ -134,7 +135,7 @@ class PartitionStore:
 
     def insert_workflow(self, row: WorkflowRow) -> None:
         self._conn.execute(
-            f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             msgspec.structs.astuple(row),
         )
 
@@ -152,6 +153,13 @@ class PartitionStore:
             "UPDATE workflows SET status = ?, closed_at_us = ?, result = ?, error_type = ?, "
             "error_message = ? WHERE workflow_id = ? AND run_id = ?",
             (status, closed_at_us, result, error_type, error_message, workflow_id, run_id),
+        )
+
+    def set_stuck(self, workflow_id: str, run_id: str, stuck: str | None) -> None:
+        """Record (or clear, with None) why an open run cannot progress."""
+        self._conn.execute(
+            "UPDATE workflows SET stuck = ? WHERE workflow_id = ? AND run_id = ?",
+            (stuck, workflow_id, run_id),
         )
 
     def latest_run(self, workflow_id: str) -> WorkflowRow | None:

@@ -561,13 +561,6 @@ def test_divergence_names_the_recorded_and_the_issued_activity(
     assert {"v1-a": 1} == calls_of(key)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=df.ResultTimeout,
-    reason="design: a run that was stuck is rebuilt only when a new event reaches it, so a "
-    "signal recorded while it was stuck is not acted on after the code is fixed and the "
-    "engine reopened (no eager rebuild / retry of stuck runs on open)",
-)
 def test_fixed_code_continues_a_stuck_run_after_reopen(
     data_dir: Path, restore_same_name: None
 ) -> None:
