@@ -57,8 +57,12 @@ async def w1_throughput(client: df.Client, n: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     latencies = await asyncio.gather(*(_timed_workflow(client, i) for i in range(n)))
     elapsed = time.perf_counter() - t0
-    return {"workflows": n, "seconds": elapsed, "workflows_per_s": n / elapsed,
-            **summary_ms(list(latencies))}
+    return {
+        "workflows": n,
+        "seconds": elapsed,
+        "workflows_per_s": n / elapsed,
+        **summary_ms(list(latencies)),
+    }
 
 
 async def w1_unloaded(client: df.Client, n: int) -> dict[str, Any]:
@@ -119,23 +123,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--synchronous", default="FULL")
     args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as tmp, df.Engine(
-        Path(tmp) / "data", partitions=args.partitions, synchronous=args.synchronous
-    ) as engine:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        df.Engine(
+            Path(tmp) / "data", partitions=args.partitions, synchronous=args.synchronous
+        ) as engine,
+    ):
         results = asyncio.run(run_all(engine.client(), args))
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
     config = {"runtime": "local", "partitions": args.partitions, "synchronous": args.synchronous}
-    w1, un, sig, tim = (results[k] for k in
-                        ("w1_throughput", "w1_unloaded", "w2_signal_unloaded", "w3_timer_lateness"))
+    w1, un, sig, tim = (
+        results[k]
+        for k in ("w1_throughput", "w1_unloaded", "w2_signal_unloaded", "w3_timer_lateness")
+    )
     print_table(
         f"duraflow core, in-process ({args.partitions} partitions, synchronous={args.synchronous})",
         [
-            (f"W1 {w1['workflows']} x 3-activity workflows", f"{w1['workflows_per_s']:.0f} workflows/s"),
-            ("W1 start-to-result under load", f"p50 {w1['p50_ms']:.1f} ms  p99 {w1['p99_ms']:.1f} ms"),
-            ("W1 start-to-result unloaded", f"p50 {un['p50_ms']:.2f} ms  p99 {un['p99_ms']:.2f} ms"),
-            ("W2 signal round trip unloaded", f"p50 {sig['p50_ms']:.2f} ms  p99 {sig['p99_ms']:.2f} ms"),
-            (f"W3 lateness of {tim['timers']} 1 s timers", f"p50 {tim['p50_ms']:.1f} ms  p99 {tim['p99_ms']:.1f} ms"),
-            ("floor: SQLite 1-row commits", f"{results['sqlite_floor']['commits_per_s']:.0f} commits/s"),
+            (
+                f"W1 {w1['workflows']} x 3-activity workflows",
+                f"{w1['workflows_per_s']:.0f} workflows/s",
+            ),
+            (
+                "W1 start-to-result under load",
+                f"p50 {w1['p50_ms']:.1f} ms  p99 {w1['p99_ms']:.1f} ms",
+            ),
+            (
+                "W1 start-to-result unloaded",
+                f"p50 {un['p50_ms']:.2f} ms  p99 {un['p99_ms']:.2f} ms",
+            ),
+            (
+                "W2 signal round trip unloaded",
+                f"p50 {sig['p50_ms']:.2f} ms  p99 {sig['p99_ms']:.2f} ms",
+            ),
+            (
+                f"W3 lateness of {tim['timers']} 1 s timers",
+                f"p50 {tim['p50_ms']:.1f} ms  p99 {tim['p99_ms']:.1f} ms",
+            ),
+            (
+                "floor: SQLite 1-row commits",
+                f"{results['sqlite_floor']['commits_per_s']:.0f} commits/s",
+            ),
         ],
     )
     path = write_json("core", {"config": config, "results": results})

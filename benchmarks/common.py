@@ -36,10 +36,13 @@ def summary_ms(samples_s: list[float]) -> dict[str, float]:
 def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     try:
-        mem_kib = int(next(
-            line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-            if line.startswith("MemTotal")
-        ))
+        mem_kib = int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+        )
     except (OSError, StopIteration):
         mem_kib = 0
     versions = {}

@@ -13,8 +13,8 @@ DuraflowError
 ├── UnknownQuery             the run has no query handler of that name
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
-├── ActivityError            an activity failed for good: .activity, .cause_type, .cause_message, .attempts
-├── ChildWorkflowError       a child workflow closed without a result: .workflow_id, .cause_type, ...
+├── ActivityError            an activity failed for good (.activity, .cause_type, .attempts)
+├── ChildWorkflowError       a child closed without a result (.workflow_id, .cause_type)
 ├── WorkflowFailedError      result() of a run that failed, was cancelled or terminated
 │   ├── WorkflowCancelledError
 │   └── WorkflowTerminatedError
@@ -93,7 +93,8 @@ class ActivityError(DuraflowError):
 
     def __init__(self, activity: str, cause_type: str, cause_message: str, attempts: int) -> None:
         super().__init__(
-            f"activity {activity!r} failed after {attempts} attempt(s): {cause_type}: {cause_message}"
+            f"activity {activity!r} failed after {attempts} attempt(s): "
+            f"{cause_type}: {cause_message}"
         )
         self.activity = activity
         self.cause_type = cause_type
@@ -114,9 +115,7 @@ class ChildWorkflowError(DuraflowError):
     """
 
     def __init__(self, workflow_id: str, status: str, cause_type: str, cause_message: str) -> None:
-        super().__init__(
-            f"child workflow {workflow_id!r} {status}: {cause_type}: {cause_message}"
-        )
+        super().__init__(f"child workflow {workflow_id!r} {status}: {cause_type}: {cause_message}")
         self.workflow_id = workflow_id
         self.status = status
         self.cause_type = cause_type

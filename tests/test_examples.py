@@ -19,8 +19,12 @@ def test_order_example_runs_and_one_order_times_out(tmp_path: Path) -> None:
     )
     assert 0 == done.returncode, done.stderr
     out = done.stdout
-    assert "result    order-o-1: {'status': 'completed', 'paid': 25.0, 'tracking': 'TRK-O-1'}" in out
+    assert (
+        "result    order-o-1: {'status': 'completed', 'paid': 25.0, 'tracking': 'TRK-O-1'}" in out
+    )
     assert "result    order-o-2: {'status': 'cancelled', 'reason': 'payment_timeout'" in out
-    assert "result    order-o-3: {'status': 'completed', 'paid': 31.5, 'tracking': 'TRK-O-3'}" in out
+    assert (
+        "result    order-o-3: {'status': 'completed', 'paid': 31.5, 'tracking': 'TRK-O-3'}" in out
+    )
     assert "open orders left: 0" in out
     assert (tmp_path / ".duraflow" / "deployment.json").exists()

@@ -654,8 +654,10 @@ def test_describe_fields(client: df.Client) -> None:
         assert 2 == running.history_length  # started, activity_scheduled
         assert partition_of(key, 2) == running.partition
         assert running.start_time.tzinfo is not None
-        assert before - dt.timedelta(seconds=1) <= running.start_time <= dt.datetime.now(
-            dt.timezone.utc
+        assert (
+            before - dt.timedelta(seconds=1)
+            <= running.start_time
+            <= dt.datetime.now(dt.timezone.utc)
         )
     finally:
         _gates[key].set()

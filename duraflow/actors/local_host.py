@@ -62,7 +62,9 @@ class LocalHost:
 
     async def call(self, partition: int, request: Any) -> Any:
         """Send ``request`` to partition ``partition``; awaitable from any event loop."""
-        future = asyncio.run_coroutine_threadsafe(self._parts[partition].handle(request), self._loop)
+        future = asyncio.run_coroutine_threadsafe(
+            self._parts[partition].handle(request), self._loop
+        )
         return await asyncio.wrap_future(future)
 
     def stats(self) -> list[dict[str, int]]:

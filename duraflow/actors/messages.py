@@ -7,7 +7,6 @@ calls and the partition's outbox (where they are stored as msgpack).
 from __future__ import annotations
 
 import datetime as dt
-from typing import Union
 
 import msgspec
 
@@ -88,8 +87,8 @@ class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 1000
 
 
-OutboxMessage = Union[Start, Terminate, Cancel, ChildClosed]
-Request = Union[Start, Signal, Query, Cancel, Terminate, AwaitResult, Describe, ChildClosed]
+OutboxMessage = Start | Terminate | Cancel | ChildClosed
+Request = Start | Signal | Query | Cancel | Terminate | AwaitResult | Describe | ChildClosed
 
 
 class StartReply(msgspec.Struct, frozen=True):
@@ -154,6 +153,8 @@ def validated(request: object) -> object:
         return decoder.decode(_outbox_encoder.encode(request))
     except (msgspec.ValidationError, msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
         raise PayloadError(f"malformed {type(request).__name__} request: {exc}") from None
+
+
 _outbox_decoder: msgspec.msgpack.Decoder[OutboxMessage] = msgspec.msgpack.Decoder(OutboxMessage)  # type: ignore[arg-type]  # reason: Union is a valid decoder type
 
 

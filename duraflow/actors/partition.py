@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import datetime as dt
 import heapq
 import itertools
@@ -170,10 +171,8 @@ class Partition:
         self._closing = True
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
         if self._due_handle is not None:
             self._due_handle.cancel()
         for _, future in self._inbox:
@@ -196,7 +195,9 @@ class Partition:
             open_run = self._open.get(timer.workflow_id)
             if open_run is not None and open_run.row.run_id == timer.run_id:
                 open_run.timer_seqs.add(timer.seq)
-                self._push(timer.fire_at_us / 1e6, "timer", (timer.workflow_id, timer.run_id, timer.seq))
+                self._push(
+                    timer.fire_at_us / 1e6, "timer", (timer.workflow_id, timer.run_id, timer.seq)
+                )
         self._recovering = True
 
     # -- the inbox and turns ------------------------------------------------------------------
@@ -408,7 +409,7 @@ class Partition:
             )
         try:
             value = run.query(req.name, decode(req.args) or [])
-        except Exception as exc:  # noqa: BLE001  # reason: a handler's error goes back to the caller
+        except Exception as exc:  # reason: a handler's error goes back to the caller
             raise QueryFailed(
                 f"query {req.name!r} of workflow {req.workflow_id!r} raised "
                 f"{type(exc).__name__}: {exc}"
@@ -444,9 +445,7 @@ class Partition:
     def _describe(self, req: m.Describe) -> m.WorkflowDescription:
         open_run = self._open.get(req.workflow_id)
         if open_run is not None and req.run_id in (None, open_run.row.run_id):
-            pending = sorted(
-                a.definition.name for a in self._attempts.of_run(open_run.key)
-            )
+            pending = sorted(a.definition.name for a in self._attempts.of_run(open_run.key))
             return _description(
                 open_run.row, self._last_event_id(open_run), pending, open_run.stuck, self.index
             )
@@ -471,7 +470,10 @@ class Partition:
         event: ev.Event
         if msg.status == "completed":
             event = ev.ChildCompleted(
-                **base, seq=msg.seq, child_workflow_id=msg.child_workflow_id, result=msg.result or b""
+                **base,
+                seq=msg.seq,
+                child_workflow_id=msg.child_workflow_id,
+                result=msg.result or b"",
             )
         else:
             event = ev.ChildFailed(
@@ -501,9 +503,10 @@ class Partition:
         if row is None and run_id is None:
             row = self._db().latest_run(workflow_id)
         if row is None:
-            raise WorkflowNotFound(f"cannot {verb}: no workflow {workflow_id!r}" + (
-                f" with run {run_id}" if run_id else ""
-            ))
+            raise WorkflowNotFound(
+                f"cannot {verb}: no workflow {workflow_id!r}"
+                + (f" with run {run_id}" if run_id else "")
+            )
         raise WorkflowClosed(
             f"cannot {verb} workflow {workflow_id!r}: run {row.run_id} already {row.status}"
         )
@@ -513,9 +516,9 @@ class Partition:
         store = self._db()
         row = store.get_run(workflow_id, run_id) if run_id else store.latest_run(workflow_id)
         if row is None:
-            raise WorkflowNotFound(f"no workflow {workflow_id!r}" + (
-                f" with run {run_id}" if run_id else ""
-            ))
+            raise WorkflowNotFound(
+                f"no workflow {workflow_id!r}" + (f" with run {run_id}" if run_id else "")
+            )
         return row
 
     def _resident(self, open_run: OpenRun) -> WorkflowRun | None:
@@ -566,7 +569,9 @@ class Partition:
         if open_run.run is not None:
             open_run.run.discard()
             open_run.run = None
-        log.error("partition %d: workflow %r is stuck: %s", self.index, open_run.row.workflow_id, exc)
+        log.error(
+            "partition %d: workflow %r is stuck: %s", self.index, open_run.row.workflow_id, exc
+        )
 
     def _resolve(self, open_run: OpenRun, event: ev.Event) -> None:
         """Record a resolution event for a run and apply it to the code (rebuilding it first)."""
@@ -629,7 +634,9 @@ class Partition:
             elif isinstance(cmd, ev.WorkflowFailed):
                 self._close(open_run, "failed", cmd.at_us, cmd.error_type, cmd.error_message)
             elif isinstance(cmd, ev.WorkflowCancelled):
-                self._close(open_run, "cancelled", cmd.at_us, "CancelledError", cmd.reason or "cancelled")
+                self._close(
+                    open_run, "cancelled", cmd.at_us, "CancelledError", cmd.reason or "cancelled"
+                )
 
     def _terminate(self, open_run: OpenRun, reason: str) -> None:
         now_us = self._now_us()
@@ -677,9 +684,7 @@ class Partition:
                 )
             elif policy == "request_cancel":
                 self._outbox(child_id, m.Cancel(workflow_id=child_id, reason=reason))
-        outcome = m.Outcome(
-            row.workflow_id, row.run_id, status, result, error_type, error_message
-        )
+        outcome = m.Outcome(row.workflow_id, row.run_id, status, result, error_type, error_message)
         self._fx.closed.append((open_run.waiters, outcome))
         del self._open[row.workflow_id]
         self._lru.pop(row.workflow_id, None)
@@ -780,7 +785,9 @@ class Partition:
             open_run.activity_seqs.add(row.seq)
             timeout = attempt.options.schedule_to_close_timeout
             if timeout is not None:
-                self._push(attempt.scheduled_at_us / 1e6 + timeout, "schedule_timeout", (attempt.key, 0))
+                self._push(
+                    attempt.scheduled_at_us / 1e6 + timeout, "schedule_timeout", (attempt.key, 0)
+                )
             if row.state == "backoff":
                 self._push((row.next_at_us or 0) / 1e6, "retry", (attempt.key, row.attempt + 1))
             else:
@@ -970,7 +977,7 @@ class Partition:
             await self._send(target_id, message)
         except DuraflowError as exc:
             error = exc
-        except Exception as exc:  # noqa: BLE001  # reason: any transport error means "retry later"
+        except Exception as exc:  # reason: any transport error means "retry later"
             error = PartitionUnavailable(f"delivery to {target_id!r} failed: {exc!r}")
         if not self._closing:
             self._post(_Delivered(outbox_id, message, error), None)
@@ -1049,4 +1056,3 @@ def _description(
         stuck=stuck,
         partition=partition,
     )
-

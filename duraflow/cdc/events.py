@@ -28,8 +28,6 @@ field that has been written; never reuse a tag.
 
 from __future__ import annotations
 
-from typing import Union
-
 import msgspec
 
 
@@ -156,26 +154,26 @@ class WorkflowTerminated(Event, tag="workflow.terminated"):
     reason: str = ""
 
 
-AnyEvent = Union[
-    WorkflowStarted,
-    ActivityScheduled,
-    ActivityCompleted,
-    ActivityFailed,
-    ActivityRetry,
-    ActivityCancelled,
-    TimerStarted,
-    TimerFired,
-    TimerCancelled,
-    SignalReceived,
-    CancelRequested,
-    ChildStarted,
-    ChildCompleted,
-    ChildFailed,
-    WorkflowCompleted,
-    WorkflowFailed,
-    WorkflowCancelled,
-    WorkflowTerminated,
-]
+AnyEvent = (
+    WorkflowStarted
+    | ActivityScheduled
+    | ActivityCompleted
+    | ActivityFailed
+    | ActivityRetry
+    | ActivityCancelled
+    | TimerStarted
+    | TimerFired
+    | TimerCancelled
+    | SignalReceived
+    | CancelRequested
+    | ChildStarted
+    | ChildCompleted
+    | ChildFailed
+    | WorkflowCompleted
+    | WorkflowFailed
+    | WorkflowCancelled
+    | WorkflowTerminated
+)
 
 RESOLUTIONS: tuple[type[Event], ...] = (
     WorkflowStarted,

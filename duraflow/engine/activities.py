@@ -134,7 +134,7 @@ def run_sync_attempt(task: ActivityTask) -> ActivityOutcome:
     token = _current.set(task)
     try:
         result = task.definition.fn(*(decode(task.args) or []))
-    except Exception as exc:  # noqa: BLE001  # reason: any activity error is reported, not raised
+    except Exception as exc:  # reason: any activity error is reported, not raised
         return failure_of(exc)
     finally:
         _current.reset(token)
@@ -150,7 +150,7 @@ async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
         return ActivityOutcome(
             ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
         )
-    except Exception as exc:  # noqa: BLE001  # reason: any activity error is reported, not raised
+    except Exception as exc:  # reason: any activity error is reported, not raised
         return failure_of(exc)
     finally:
         _current.reset(token)
@@ -172,7 +172,9 @@ class InlineExecutor:
         self._threads: list[threading.Thread] = []
         self._idle = 0
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[ActivityTask, Callable[[ActivityOutcome], None]] | None]
+        self._queue: queue.SimpleQueue[
+            tuple[ActivityTask, Callable[[ActivityOutcome], None]] | None
+        ]
         self._queue = queue.SimpleQueue()
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:

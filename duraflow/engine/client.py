@@ -69,9 +69,7 @@ class WorkflowHandle:
     None, calls go to the latest run of the ID.
     """
 
-    def __init__(
-        self, client: Client, workflow_id: str, run_id: str | None = None
-    ) -> None:
+    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None) -> None:
         self._client = client
         self.workflow_id = workflow_id
         self.run_id = run_id

@@ -106,7 +106,7 @@ class WorkflowContext:
     def _random(self, what: str) -> Any:
         # A query drawing from the run's generator would shift what the run draws next, and a
         # replay (which runs no queries) would then see other values than the live run did.
-        if self._run._in_query:  # noqa: SLF001  # reason: the run and its context are one unit
+        if self._run._in_query:  # reason: the run and its context are one unit
             raise RuntimeError(f"query handlers are read-only: they cannot call ctx.{what}()")
         return self._run.random
 

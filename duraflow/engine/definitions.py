@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -14,7 +15,12 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from duraflow.errors import InvalidDuration, NotAnActivityError, UnknownActivity, UnknownWorkflowType
+from duraflow.errors import (
+    InvalidDuration,
+    NotAnActivityError,
+    UnknownActivity,
+    UnknownWorkflowType,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -298,7 +304,6 @@ def resolve_activity(name: str, code_ref: str = "") -> ActivityDefinition:
 def _import_module_of(code_ref: str) -> None:
     module = code_ref.partition(":")[0]
     if module and module != "__main__":
-        try:
+        # A missing module is reported by the caller as an unknown type, with the name.
+        with contextlib.suppress(ImportError):
             importlib.import_module(module)
-        except ImportError:
-            pass

@@ -90,8 +90,8 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             ready = self._ready
             while ready:
                 handle = ready.popleft()
-                if not handle._cancelled:  # noqa: SLF001  # reason: asyncio's own Handle flag
-                    handle._run()  # noqa: SLF001  # reason: how asyncio loops run handles
+                if not handle._cancelled:  # reason: asyncio's own Handle flag
+                    handle._run()  # reason: how asyncio loops run handles
         finally:
             events._set_running_loop(previous)
 
@@ -130,13 +130,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             # Already due: no durable timer needed, the callback runs in this activation.
             self._ready.append(handle)
         else:
-            handle._scheduled = True  # noqa: SLF001  # reason: asyncio's TimerHandle bookkeeping
+            handle._scheduled = True  # reason: asyncio's TimerHandle bookkeeping
             self._sink.start_timer(handle)
         return handle
 
     def _timer_handle_cancelled(self, handle: asyncio.TimerHandle) -> None:
-        if handle._scheduled:  # noqa: SLF001  # reason: only durable timers have a command
-            handle._scheduled = False  # noqa: SLF001  # reason: see above
+        if handle._scheduled:  # reason: only durable timers have a command
+            handle._scheduled = False  # reason: see above
             self._sink.cancel_timer(handle)
 
     def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> asyncio.Handle:

@@ -65,7 +65,9 @@ def describe_command(event: ev.Event) -> str:
     if isinstance(event, (ev.ActivityScheduled, ev.ActivityCancelled)):
         return f"{kind} {event.activity!r} (seq {event.seq})"
     if isinstance(event, ev.ChildStarted):
-        return f"{kind} {event.child_workflow_type!r} id {event.child_workflow_id!r} (seq {event.seq})"
+        return (
+            f"{kind} {event.child_workflow_type!r} id {event.child_workflow_id!r} (seq {event.seq})"
+        )
     if isinstance(event, (ev.TimerStarted, ev.TimerCancelled)):
         return f"{kind} (seq {event.seq})"
     return kind
@@ -114,9 +116,9 @@ class WorkflowRun:
         self.closed: ev.Event | None = None
         self.activity_requests: dict[int, ActivityRequest] = {}
         self._recorded = recorded
-        self._max_recorded_seq = max(
-            (k[1] for k in recorded if k[0] == "seq"), default=0
-        ) if recorded else 0
+        self._max_recorded_seq = (
+            max((k[1] for k in recorded if k[0] == "seq"), default=0) if recorded else 0
+        )
         self._seq = 0
         self._issued: list[ev.Event] = []
         self._activities: dict[int, tuple[asyncio.Future[Any], str]] = {}
@@ -170,7 +172,7 @@ class WorkflowRun:
         elif isinstance(event, ev.TimerFired):
             handle = self._pending(self._timers.pop(event.seq, None), event)
             self._timer_seqs.pop(id(handle), None)
-            handle._scheduled = False  # noqa: SLF001  # reason: asyncio's TimerHandle bookkeeping
+            handle._scheduled = False  # reason: asyncio's TimerHandle bookkeeping
             self.loop.fire(handle)
         elif isinstance(event, ev.SignalReceived):
             self._deliver_signal(event.name, decode(event.payload))
@@ -217,7 +219,9 @@ class WorkflowRun:
             try:
                 result = encode(main.result(), f"result of workflow {self.info.workflow_type!r}")
             except PayloadError as err:
-                self._command(ev.WorkflowFailed(**base, error_type="PayloadError", error_message=str(err)))
+                self._command(
+                    ev.WorkflowFailed(**base, error_type="PayloadError", error_message=str(err))
+                )
                 return
             self._command(ev.WorkflowCompleted(**base, result=result))
         elif isinstance(exc, asyncio.CancelledError):
@@ -373,10 +377,9 @@ class WorkflowRun:
         self._discarded = True
         for task in asyncio.all_tasks(self.loop):
             coro = task.get_coro()
-            try:
+            # User finally-blocks may raise anything while their coroutine is closed.
+            with contextlib.suppress(BaseException):
                 coro.close()  # type: ignore[union-attr]  # reason: our tasks wrap coroutines
-            except BaseException:  # noqa: BLE001, S110  # reason: user finally-blocks may raise anything while closing
-                pass
         self.loop.close()
 
 
@@ -395,7 +398,9 @@ def rebuild(
     """
     started = history[0]
     if not isinstance(started, ev.WorkflowStarted):
-        raise NonDeterminismError(f"history starts with {ev.event_type(started)}, not workflow.started")
+        raise NonDeterminismError(
+            f"history starts with {ev.event_type(started)}, not workflow.started"
+        )
     if started.python and started.python != PYTHON_VERSION:
         raise NonDeterminismError(
             f"workflow {started.workflow_id!r} was recorded on Python {started.python} and cannot "
@@ -415,5 +420,5 @@ def rebuild(
             f"event {first.event_id}: history recorded {describe_command(first)}, but the "
             "replayed code never issued it"
         )
-    run._recorded = None  # noqa: SLF001  # reason: replay is over; the run is live from here
+    run._recorded = None  # reason: replay is over; the run is live from here
     return run, new

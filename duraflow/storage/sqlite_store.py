@@ -208,7 +208,15 @@ class PartitionStore:
             "(lsn, workflow_id, run_id, event_id, event_type, at_us, body) "
             "VALUES (?,?,?,?,?,?,?)",
             [
-                (e.lsn, e.workflow_id, e.run_id, e.event_id, event_type(e), e.at_us, encode_event(e))
+                (
+                    e.lsn,
+                    e.workflow_id,
+                    e.run_id,
+                    e.event_id,
+                    event_type(e),
+                    e.at_us,
+                    encode_event(e),
+                )
                 for e in events
             ],
         )
@@ -243,12 +251,19 @@ class PartitionStore:
 
     def insert_activity(self, row: ActivityRow) -> None:
         self._conn.execute(
-            f"INSERT INTO workflow_activities ({_ACTIVITY_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO workflow_activities ({_ACTIVITY_COLUMNS}) "
+            "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
             msgspec.structs.astuple(row),
         )
 
     def update_activity(
-        self, workflow_id: str, run_id: str, seq: int, attempt: int, state: str, next_at_us: int | None
+        self,
+        workflow_id: str,
+        run_id: str,
+        seq: int,
+        attempt: int,
+        state: str,
+        next_at_us: int | None,
     ) -> None:
         self._conn.execute(
             "UPDATE workflow_activities SET attempt = ?, state = ?, next_at_us = ? "
@@ -256,7 +271,9 @@ class PartitionStore:
             (attempt, state, next_at_us, workflow_id, run_id, seq),
         )
 
-    def set_activity_heartbeat(self, workflow_id: str, run_id: str, seq: int, details: bytes) -> None:
+    def set_activity_heartbeat(
+        self, workflow_id: str, run_id: str, seq: int, details: bytes
+    ) -> None:
         self._conn.execute(
             "UPDATE workflow_activities SET heartbeat = ? "
             "WHERE workflow_id = ? AND run_id = ? AND seq = ?",
@@ -269,7 +286,9 @@ class PartitionStore:
             (workflow_id, run_id, seq),
         )
 
-    def activities(self, workflow_id: str | None = None, run_id: str | None = None) -> list[ActivityRow]:
+    def activities(
+        self, workflow_id: str | None = None, run_id: str | None = None
+    ) -> list[ActivityRow]:
         sql = f"SELECT {_ACTIVITY_COLUMNS} FROM workflow_activities"
         params: tuple[str, ...] = ()
         if workflow_id is not None:
@@ -299,10 +318,10 @@ class PartitionStore:
 
     def delete_run_state(self, workflow_id: str, run_id: str) -> None:
         """Drop the timers and activities of a run that closed."""
+        # Table names are constants here; IDs stay parameters.
         for table in ("workflow_timers", "workflow_activities"):
             self._conn.execute(
-                f"DELETE FROM {table} WHERE workflow_id = ? AND run_id = ?",  # noqa: S608  # reason: table names are constants
-                (workflow_id, run_id),
+                f"DELETE FROM {table} WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id)
             )
 
     # -- signals ----------------------------------------------------------------------------

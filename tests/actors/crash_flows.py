@@ -16,6 +16,7 @@ start (buffered durably before the kill); those with ``n % 4 == 2`` are signalle
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -133,10 +134,8 @@ def _start(engine: df.Engine, data_dir: Path, count: int) -> None:
         client.start(crash_order, n, timeout, workflow_id=wid)
     for n in range(count):
         if signalled_early(n):
-            try:
+            with contextlib.suppress(df.WorkflowClosed):
                 client.get_handle(workflow_id(n)).signal(SIGNAL, bonus(n))
-            except df.WorkflowClosed:
-                pass
     _write_json(data_dir / READY_FILE, {"pid": os.getpid(), "count": count})
     print("READY", flush=True)
     while True:
@@ -149,10 +148,9 @@ def _resume(engine: df.Engine, data_dir: Path) -> None:
     wids = sorted({d.workflow_id for d in client.list(workflow_type="crash_order")})
     for wid in wids:
         if signalled_late(number_of(wid)):
-            try:
+            # A killed earlier resume may have signalled it already, and it finished.
+            with contextlib.suppress(df.WorkflowClosed):
                 client.get_handle(wid).signal(SIGNAL, bonus(number_of(wid)))
-            except df.WorkflowClosed:
-                pass  # a killed earlier resume signalled it and it finished
     results = {}
     for wid in wids:
         remaining = max(0.1, deadline - time.monotonic())

@@ -201,7 +201,8 @@ def snapshot(data_dir: Path, pid: int) -> Snapshot:
             ):
                 snap.timers[(wid, seq)] = fire_at_us
             snap.open_runs |= {
-                wid for (wid,) in conn.execute(
+                wid
+                for (wid,) in conn.execute(
                     "SELECT workflow_id FROM workflows WHERE status = 'running'"
                 )
             }

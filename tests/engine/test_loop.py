@@ -61,7 +61,7 @@ async def loop_task_group(ctx: df.WorkflowContext) -> str:
                 _spawn(asyncio.sleep(0))
                 group.create_task(ctx.activity(loop_echo, i))
             group.create_task(fail_soon())
-    except BaseExceptionGroup:
+    except BaseExceptionGroup:  # noqa: F821  # reason: 3.11+ only; the test is skipped before
         outcome = "aborted"
     return outcome
 
@@ -70,8 +70,12 @@ def _drive(workflow: object, completes_first: int) -> list[str]:
     """Run a workflow, completing one chosen activity first, then always the newest one."""
     definition = workflow_definition(workflow)  # type: ignore[arg-type]
     started = ev.WorkflowStarted(
-        workflow_id="w", run_id="r", workflow_type=definition.name, args=encode([]),
-        at_us=1_000_000, python=PYTHON_VERSION,
+        workflow_id="w",
+        run_id="r",
+        workflow_type=definition.name,
+        args=encode([]),
+        at_us=1_000_000,
+        python=PYTHON_VERSION,
     )
     run = WorkflowRun(definition, started)
     trace: list[str] = []
@@ -92,8 +96,17 @@ def _drive(workflow: object, completes_first: int) -> list[str]:
         cmd = pending.pop(seq)
         at += 1000
         value = decode(cmd.args)[0]
-        apply(ev.ActivityCompleted(workflow_id="w", run_id="r", workflow_type=definition.name,
-                                   seq=seq, activity=cmd.activity, result=encode(value), at_us=at))
+        apply(
+            ev.ActivityCompleted(
+                workflow_id="w",
+                run_id="r",
+                workflow_type=definition.name,
+                seq=seq,
+                activity=cmd.activity,
+                result=encode(value),
+                at_us=at,
+            )
+        )
     run.discard()
     return trace
 
