@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import duraflow as df
-from benchmarks.common import print_table, summary_ms, write_json
+from benchmarks.common import RESULTS_DIR, print_table, summary_ms, write_json
 
 
 @df.activity
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--timers", type=int, default=200)
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--synchronous", default="FULL")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "core.json")
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory() as tmp,
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             ),
         ],
     )
-    path = write_json("core", {"config": config, "results": results})
+    path = write_json(args.json, {"config": config, "results": results})
     print(f"\nJSON: {path}")
     return results
 

@@ -82,8 +82,8 @@ def print_table(title: str, rows: list[tuple[str, str]]) -> None:
         print(f"{key:<{width}}  {value}")
 
 
-def write_json(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+def write_json(path: Path, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` with the machine's facts to ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=2))
     return path
