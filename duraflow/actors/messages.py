@@ -28,6 +28,7 @@ class Start(Message, kw_only=True):
     code_ref: str
     args: bytes
     id_conflict: str = "fail"
+    run_id: str | None = None
     parent_id: str | None = None
     parent_run_id: str | None = None
     parent_seq: int | None = None

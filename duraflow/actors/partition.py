@@ -36,6 +36,7 @@ from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
 from duraflow.errors import (
+    ConfigurationError,
     DuraflowError,
     PartitionUnavailable,
     QueryFailed,
@@ -328,10 +329,16 @@ class Partition:
     def _start(self, req: m.Start) -> m.StartReply:
         check_workflow_id(req.workflow_id)
         if req.id_conflict not in m.ID_CONFLICT_POLICIES:
-            raise ValueError(
+            raise ConfigurationError(
                 f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {req.id_conflict!r}"
             )
         existing = self._open.get(req.workflow_id)
+        if req.run_id is not None:
+            # The client picks the run ID, so a retried start (the reply was lost) is a no-op.
+            if existing is not None and existing.row.run_id == req.run_id:
+                return m.StartReply(req.run_id, started=True)
+            if existing is None and self._db().get_run(req.workflow_id, req.run_id) is not None:
+                return m.StartReply(req.run_id, started=True)
         if req.parent_run_id is not None:
             same = existing.row if existing else self._db().latest_run(req.workflow_id)
             if same is not None and (same.parent_run_id, same.parent_seq) == (
@@ -353,7 +360,7 @@ class Partition:
         now_us = self._now_us()
         row = WorkflowRow(
             req.workflow_id,
-            uuid.uuid4().hex,
+            req.run_id or uuid.uuid4().hex,
             definition.name,
             definition.code_ref,
             "running",

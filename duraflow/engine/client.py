@@ -253,6 +253,7 @@ class Client:
                 code_ref=definition.code_ref,
                 args=data,
                 id_conflict=id_conflict,
+                run_id=uuid.uuid4().hex,
             ),
         )
         return WorkflowHandle(self, workflow_id, reply.run_id)

@@ -155,6 +155,8 @@ class ActivityDefinition:
     code_ref: str
     options: ActivityOptions
     is_async: bool
+    inline: bool = False
+    ray_options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 _lock = threading.Lock()
@@ -203,6 +205,11 @@ def activity(
     start_to_close_timeout: Duration | None = None,
     schedule_to_close_timeout: Duration | None = None,
     heartbeat_timeout: Duration | None = None,
+    inline: bool = False,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    resources: dict[str, float] | None = None,
+    runtime_env: dict[str, Any] | None = None,
 ) -> Any:
     """Register a function (sync or async) as an activity: an at-least-once unit of work.
 
@@ -212,9 +219,24 @@ def activity(
         start_to_close_timeout: limit for one attempt.
         schedule_to_close_timeout: limit for all attempts together, retries included.
         heartbeat_timeout: an attempt fails if it does not call ``heartbeat()`` this often.
+        inline: run in the partition's own process (threads for sync functions, its event
+            loop for async ones) instead of as a Ray task: for cheap steps. Activities always
+            run inline on the in-process runtime.
+        num_cpus, num_gpus, resources, runtime_env: passed to Ray for the activity's task
+            (Ray's defaults when not given: one CPU).
 
     The function is returned unchanged and can still be called directly.
     """
+    ray_options: dict[str, Any] = {
+        key: value
+        for key, value in (
+            ("num_cpus", num_cpus),
+            ("num_gpus", num_gpus),
+            ("resources", resources),
+            ("runtime_env", runtime_env),
+        )
+        if value is not None
+    }
 
     def register(f: F) -> F:
         options = ActivityOptions(
@@ -228,7 +250,13 @@ def activity(
             heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
         )
         definition = ActivityDefinition(
-            name or f.__name__, f, _code_ref(f), options, inspect.iscoroutinefunction(f)
+            name or f.__name__,
+            f,
+            _code_ref(f),
+            options,
+            inspect.iscoroutinefunction(f),
+            inline=inline,
+            ray_options=ray_options,
         )
         with _lock:
             _activities[definition.name] = definition
@@ -299,6 +327,26 @@ def resolve_activity(name: str, code_ref: str = "") -> ActivityDefinition:
             "module that defines it before opening the engine"
         )
     return found
+
+
+def main_module_definitions() -> list[WorkflowDefinition | ActivityDefinition]:
+    """Definitions made in ``__main__``: a script's, which other processes cannot import."""
+    with _lock:
+        found: list[WorkflowDefinition | ActivityDefinition] = [
+            d for d in (*_workflows.values(), *_activities.values())
+            if d.code_ref.startswith("__main__:")
+        ]
+    return found
+
+
+def register_definitions(definitions: list[WorkflowDefinition | ActivityDefinition]) -> None:
+    """Register definitions shipped from another process (by value, for development)."""
+    with _lock:
+        for definition in definitions:
+            if isinstance(definition, WorkflowDefinition):
+                _workflows[definition.name] = definition
+            else:
+                _activities[definition.name] = definition
 
 
 def _import_module_of(code_ref: str) -> None:
