@@ -131,6 +131,7 @@ class Partition:
         synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
         max_resident_runs: int | None = None,
+        hibernate_after_s: float | None = None,
     ) -> None:
         self.index = index
         self._path = path
@@ -139,7 +140,9 @@ class Partition:
         self._send = send
         self._clock = clock
         self._max_resident = max_resident_runs
-        self._lru: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._hibernate_after = hibernate_after_s
+        self._lru: collections.OrderedDict[str, float] = collections.OrderedDict()
+        self._sweeper: asyncio.TimerHandle | None = None
         self._store: PartitionStore | None = None
         self._open: dict[str, OpenRun] = {}
         self._attempts = AttemptTable()
@@ -166,6 +169,8 @@ class Partition:
         self._load()
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
         self._post(_Due(), None)
+        if self._hibernate_after is not None:
+            self._sweep()
 
     async def close(self) -> None:
         """Stop turning and close the file; in-flight requests fail as PartitionUnavailable."""
@@ -176,6 +181,8 @@ class Partition:
                 await self._worker
         if self._due_handle is not None:
             self._due_handle.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
         for _, future in self._inbox:
             if future is not None and not future.done():
                 future.set_exception(PartitionUnavailable(f"partition {self.index} closed"))
@@ -550,9 +557,9 @@ class Partition:
         return open_run.run
 
     def _touch(self, workflow_id: str) -> None:
-        """Mark a run most recently used (for the resident-run cap)."""
+        """Mark a run most recently used (for the resident cap and idle hibernation)."""
         lru = self._lru
-        lru[workflow_id] = None
+        lru[workflow_id] = time.monotonic()
         lru.move_to_end(workflow_id)
 
     def _evict_over_cap(self) -> None:
@@ -564,11 +571,27 @@ class Partition:
         if cap is None:
             return
         while len(self._lru) > cap:
-            workflow_id, _ = self._lru.popitem(last=False)
-            open_run = self._open.get(workflow_id)
-            if open_run is not None and open_run.run is not None:
-                open_run.run.discard()
-                open_run.run = None
+            self._hibernate(self._lru.popitem(last=False)[0])
+
+    def _sweep(self) -> None:
+        """Hibernate runs idle for longer than ``hibernate_after_s``; runs between turns."""
+        idle_s = self._hibernate_after
+        assert idle_s is not None
+        horizon = time.monotonic() - idle_s
+        lru = self._lru
+        while lru:
+            workflow_id, touched = next(iter(lru.items()))
+            if touched > horizon:
+                break
+            del lru[workflow_id]
+            self._hibernate(workflow_id)
+        self._sweeper = self._require_loop().call_later(max(0.05, idle_s / 2), self._sweep)
+
+    def _hibernate(self, workflow_id: str) -> None:
+        open_run = self._open.get(workflow_id)
+        if open_run is not None and open_run.run is not None:
+            open_run.run.discard()
+            open_run.run = None
 
     def _mark_stuck(self, open_run: OpenRun, exc: BaseException) -> None:
         open_run.stuck = f"{type(exc).__name__}: {exc}"
@@ -882,6 +905,14 @@ class Partition:
             return
         self._db().update_activity(*key, number, "running", None)
         self._begin_attempt(attempt, number)
+
+    def heartbeat(self, key: tuple[str, str, int], number: int, details: bytes | None) -> bool:
+        """Queue a heartbeat of attempt ``number``; False if that attempt is no longer wanted."""
+        attempt = self._attempts.get(key)
+        if attempt is None or attempt.number != number or not attempt.running:
+            return False
+        self._post(_Heartbeat(key, number, details), None)
+        return True
 
     def _heartbeat(self, beat: _Heartbeat) -> None:
         attempt = self._attempts.get(beat.key)

@@ -1,0 +1,293 @@
+"""Ray Host: one named async actor per partition, and activities as Ray tasks.
+
+Each partition is hosted by a Ray actor named ``partition-NNNN`` in the deployment's namespace
+(``get_if_exists``, ``max_restarts=-1``). The actor opens its partition in ``__init__``, so a
+restarted actor recovers from its SQLite file at once, without any client. The partition file's
+exclusive lock fences it: a replacement cannot open the file while a stalled old owner still
+holds it, and keeps trying until the old one is gone.
+
+Activities run as Ray tasks (``max_retries=0``: retrying is the engine's job) with the
+activity's ``num_cpus``, ``num_gpus``, ``resources`` and ``runtime_env``; ``inline=True``
+activities run in the actor's own process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import ray
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
+
+from duraflow.actors import messages as m
+from duraflow.actors.local_host import partition_path
+from duraflow.actors.partition import Partition
+from duraflow.actors.router import partition_of
+from duraflow.engine.activities import (
+    ActivityInfo,
+    ActivityOutcome,
+    ActivityTask,
+    InlineExecutor,
+    failure_of,
+    run_async_attempt,
+    run_sync_attempt,
+)
+from duraflow.engine.definitions import ActivityDefinition, register_definitions
+from duraflow.errors import DuraflowError, PartitionUnavailable, WorkflowClosed
+
+log = logging.getLogger("duraflow.ray")
+
+DEFAULT_NAMESPACE = "duraflow"
+OPEN_RETRY_S = 0.5
+"""How often a new partition actor retries opening a file still locked by an old owner."""
+CALL_RETRY_WINDOW_S = 60.0
+"""How long a client keeps retrying a call while the partition's actor restarts."""
+
+
+def actor_name(index: int) -> str:
+    return f"partition-{index:04d}"
+
+
+class HostSettings(msgspec.Struct, frozen=True):
+    """What a partition actor is created with (kept tiny: Ray re-runs __init__ with it)."""
+
+    data_dir: str
+    partitions: int
+    namespace: str
+    synchronous: str = "FULL"
+    activity_threads: int = 64
+    max_resident_runs: int | None = None
+    hibernate_after_s: float | None = None
+    app_modules: tuple[str, ...] = ()
+
+
+class _Failure(msgspec.Struct):
+    """A duraflow error travelling back to the caller as a value, not a Ray task error."""
+
+    error: Any
+
+
+@ray.remote(max_retries=0)
+def _run_activity(
+    definition: ActivityDefinition, args: bytes, info: ActivityInfo, actor: Any
+) -> ActivityOutcome:
+    """One activity attempt as a Ray task; heartbeats go to the owning partition's actor."""
+    key = (info.workflow_id, info.run_id, info.seq)
+
+    def send_heartbeat(details: bytes | None) -> None:
+        if not ray.get(actor.heartbeat.remote(key, info.attempt, details)):
+            task.cancelled.set()  # the next heartbeat() raises ActivityCancelledError
+
+    task = ActivityTask(definition, args, info, send_heartbeat)
+    if definition.is_async:
+        return asyncio.run(run_async_attempt(task))
+    return run_sync_attempt(task)
+
+
+class RayExecutor:
+    """Runs activity attempts as Ray tasks (inline ones in this process)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, actor: Any, threads: int) -> None:
+        self._loop = loop
+        self._actor = actor
+        self._inline = InlineExecutor(loop, threads)
+
+    def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
+        definition = task.definition
+        if definition.inline:
+            self._inline.start(task, done)
+            return
+        ref = _run_activity.options(**definition.ray_options).remote(
+            definition, task.args, task.info, self._actor
+        )
+        task.cancel_hook = lambda: ray.cancel(ref)
+        self._loop.create_task(self._wait(ref, done, definition.name))
+
+    async def _wait(self, ref: Any, done: Callable[[ActivityOutcome], None], name: str) -> None:
+        try:
+            outcome = await ref
+        except ray.exceptions.TaskCancelledError:
+            outcome = ActivityOutcome(
+                ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
+            )
+        except ray.exceptions.RayTaskError as exc:
+            outcome = failure_of(exc.cause if exc.cause is not None else exc)
+        except Exception as exc:  # noqa: BLE001  # reason: a lost worker is a failed attempt
+            outcome = failure_of(exc)
+        done(outcome)
+
+    def close(self) -> None:
+        self._inline.close()
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000)
+class PartitionActor:
+    """The Ray actor that hosts one Partition. Opens it (recovers) as soon as it starts."""
+
+    async def __init__(self, index: int, settings: bytes, shipped: bytes | None = None) -> None:
+        self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
+        for module in self._settings.app_modules:
+            __import__(module)
+        if shipped is not None:
+            register_definitions(ray.cloudpickle.loads(shipped))  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
+        self._index = index
+        self._peers: dict[int, Any] = {}
+        loop = asyncio.get_running_loop()
+        me = ray.get_runtime_context().current_actor
+        self._executor = RayExecutor(loop, me, self._settings.activity_threads)
+        self._partition = Partition(
+            index,
+            partition_path(Path(self._settings.data_dir), index),
+            executor=self._executor,
+            send=self._send,
+            synchronous=self._settings.synchronous,
+            max_resident_runs=self._settings.max_resident_runs,
+            hibernate_after_s=self._settings.hibernate_after_s,
+        )
+        self._opened = loop.create_task(self._open())
+
+    async def _open(self) -> None:
+        while True:
+            try:
+                await self._partition.open()
+                return
+            except PartitionUnavailable as exc:
+                # Fencing: the old owner still holds the file. Wait for it to go.
+                log.warning("partition %d waits for its file: %s", self._index, exc)
+                await asyncio.sleep(OPEN_RETRY_S)
+
+    async def call(self, request: Any) -> Any:
+        """One request to the partition; duraflow errors come back as values."""
+        await self._opened
+        try:
+            return await self._partition.handle(request)
+        except DuraflowError as exc:
+            return _Failure(exc)
+
+    async def heartbeat(self, key: tuple[str, str, int], number: int, details: bytes | None) -> bool:
+        """A heartbeat from an activity task; False when that attempt is no longer wanted."""
+        await self._opened
+        return self._partition.heartbeat(key, number, details)
+
+    async def status(self) -> dict[str, Any]:
+        """PID, node, partition count and this partition's run counts."""
+        await self._opened
+        return {
+            "index": self._index,
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "partitions": self._settings.partitions,
+            "data_dir": self._settings.data_dir,
+            **self._partition.stats(),
+        }
+
+    async def _send(self, workflow_id: str, request: Any) -> Any:
+        index = partition_of(workflow_id, self._settings.partitions)
+        peer = self._peers.get(index)
+        if peer is None:
+            peer = ray.get_actor(actor_name(index), namespace=self._settings.namespace)
+            self._peers[index] = peer
+        reply = await peer.call.remote(request)
+        if isinstance(reply, _Failure):
+            raise reply.error
+        return reply
+
+
+def start_or_join_ray(address: str | None, namespace: str) -> None:
+    """Join the Ray cluster at ``address`` (or start a local one) unless already connected."""
+    if ray.is_initialized():
+        return
+    if address is None:
+        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+
+
+class RayHost:
+    """The client side of Ray hosting: actor handles, with retries across actor restarts."""
+
+    def __init__(self, handles: list[Any]) -> None:
+        self._handles = handles
+        self.partitions = len(handles)
+
+    @classmethod
+    def create(
+        cls, settings: HostSettings, *, detached: bool = False, shipped: bytes | None = None
+    ) -> RayHost:
+        """Create (or find) the partition actors of a deployment and wait until they serve."""
+        encoded = msgspec.msgpack.encode(settings)
+        options: dict[str, Any] = {"namespace": settings.namespace, "get_if_exists": True}
+        if detached:
+            options["lifetime"] = "detached"
+        handles = [
+            PartitionActor.options(name=actor_name(i), **options).remote(i, encoded, shipped)
+            for i in range(settings.partitions)
+        ]
+        statuses = ray.get([h.status.remote() for h in handles])
+        for status in statuses:
+            if Path(status["data_dir"]) != Path(settings.data_dir):
+                raise DuraflowError(
+                    f"namespace {settings.namespace!r} already serves {status['data_dir']}, not "
+                    f"{settings.data_dir}: use another namespace"
+                )
+        return cls(handles)
+
+    @classmethod
+    def connect(cls, namespace: str) -> RayHost:
+        """Find the partition actors of a running deployment by name."""
+        try:
+            first = ray.get_actor(actor_name(0), namespace=namespace)
+        except ValueError:
+            raise PartitionUnavailable(
+                f"no duraflow deployment in Ray namespace {namespace!r}: start one with "
+                "'duraflow serve' (or df.Engine(runtime='ray'))"
+            ) from None
+        partitions = ray.get(first.status.remote())["partitions"]
+        handles = [first] + [
+            ray.get_actor(actor_name(i), namespace=namespace) for i in range(1, partitions)
+        ]
+        return cls(handles)
+
+    async def call(self, partition: int, request: Any) -> Any:
+        """Send ``request``; retried while the actor restarts (every request is idempotent)."""
+        deadline = time.monotonic() + CALL_RETRY_WINDOW_S
+        retried = False
+        delay = 0.05
+        while True:
+            try:
+                reply = await self._handles[partition].call.remote(request)
+            except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
+                if time.monotonic() + delay > deadline:
+                    raise PartitionUnavailable(
+                        f"partition {partition} did not come back within "
+                        f"{CALL_RETRY_WINDOW_S:.0f}s: {exc}"
+                    ) from None
+                retried = True
+                await asyncio.sleep(delay)
+                delay = min(1.0, delay * 2)
+                continue
+            if isinstance(reply, _Failure):
+                if retried and isinstance(reply.error, WorkflowClosed) and isinstance(
+                    request, m.Terminate
+                ):
+                    return None  # the first, lost attempt terminated it
+                raise reply.error
+            return reply
+
+    def statuses(self) -> list[dict[str, Any]]:
+        return list(ray.get([h.status.remote() for h in self._handles]))
+
+    def stats(self) -> list[dict[str, int]]:
+        return [
+            {k: v for k, v in s.items() if k in ("open", "resident", "lsn")}
+            for s in self.statuses()
+        ]
+
+    def close(self) -> None:
+        """Nothing to stop on the client side; actors live with the cluster or the driver."""
