@@ -123,22 +123,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--partitions", type=int, default=4)
     parser.add_argument("--synchronous", default="FULL")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "core.json")
+    parser.add_argument("--runtime", choices=("local", "ray"), default="local")
     args = parser.parse_args(argv)
     with (
         tempfile.TemporaryDirectory() as tmp,
         df.Engine(
-            Path(tmp) / "data", partitions=args.partitions, synchronous=args.synchronous
+            Path(tmp) / "data",
+            runtime=args.runtime,
+            partitions=args.partitions,
+            synchronous=args.synchronous,
         ) as engine,
     ):
         results = asyncio.run(run_all(engine.client(), args))
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
-    config = {"runtime": "local", "partitions": args.partitions, "synchronous": args.synchronous}
+    config = {"runtime": args.runtime, "partitions": args.partitions, "synchronous": args.synchronous}
     w1, un, sig, tim = (
         results[k]
         for k in ("w1_throughput", "w1_unloaded", "w2_signal_unloaded", "w3_timer_lateness")
     )
     print_table(
-        f"duraflow core, in-process ({args.partitions} partitions, synchronous={args.synchronous})",
+        f"duraflow core, runtime={args.runtime} ({args.partitions} partitions, "
+        f"synchronous={args.synchronous})",
         [
             (
                 f"W1 {w1['workflows']} x 3-activity workflows",

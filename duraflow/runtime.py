@@ -5,17 +5,29 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import Protocol
 
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.engine.client import BlockingRunner, Client
+from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
+from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError
 
 DEFAULT_DATA_DIR = ".duraflow"
 DEFAULT_PARTITIONS = 4
+IDLE_BEFORE_HIBERNATE_S = 60.0
+RUNTIMES = ("ray", "local")
 DEPLOYMENT_FILE = "deployment.json"
 DATA_FORMAT = 1
+
+
+class RayHostProtocol(Host, Protocol):
+    """What the engine needs of a host besides ``call``."""
+
+    def stats(self) -> list[dict[str, int]]: ...
+
+    def close(self) -> None: ...
 
 
 class Deployment(msgspec.Struct, frozen=True):
@@ -55,7 +67,12 @@ class Engine:
     """A duraflow engine over one data directory.
 
     Args:
-        data_dir: where partition files live (default ``./.duraflow``).
+        data_dir: where partition files live (default ``./.duraflow``). On a Ray cluster
+            with several nodes it must be a folder every node sees at the same path.
+        runtime: ``"ray"`` (default): partitions are Ray actors and activities Ray tasks, on
+            the cluster at ``address`` or on a local Ray started for this engine;
+            ``"local"``: partitions on a background thread of this process, activities on
+            its threads (tests, embedding).
         partitions: partition count, fixed when the data directory is created (default 4).
         synchronous: SQLite ``synchronous`` mode: ``"FULL"`` (default; survives power loss)
             or ``"NORMAL"`` (survives a killed process, not power loss).
@@ -63,6 +80,11 @@ class Engine:
         max_resident_runs: per partition, how many runs stay in memory between turns; the
             least recently used beyond it are dropped and rebuilt by replay when next needed
             (default: no cap).
+        hibernate_after: runs idle (waiting on a timer or signal) this long are dropped from
+            memory and rebuilt by replay when woken (default 60 s; None keeps them).
+        address: the Ray cluster to join (``"auto"``, ``"ray://..."``); None starts a local
+            Ray unless this process is already connected. Ray runtime only.
+        namespace: the Ray namespace of this deployment's actors (default ``"duraflow"``).
 
     Workflow and activity modules must be imported before the engine opens a data directory
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
@@ -73,20 +95,44 @@ class Engine:
         self,
         data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
         *,
+        runtime: str = "ray",
         partitions: int | None = None,
         synchronous: str = "FULL",
         activity_threads: int = 64,
         max_resident_runs: int | None = None,
+        hibernate_after: Duration | None = IDLE_BEFORE_HIBERNATE_S,
+        address: str | None = None,
+        namespace: str | None = None,
     ) -> None:
+        if runtime not in RUNTIMES:
+            raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.data_dir = Path(data_dir).resolve()
+        self.runtime = runtime
         self.deployment = load_deployment(self.data_dir, partitions)
-        self._host = LocalHost(
-            self.data_dir,
-            self.deployment.partitions,
-            synchronous=synchronous,
-            activity_threads=activity_threads,
-            max_resident_runs=max_resident_runs,
-        )
+        idle_s = None if hibernate_after is None else parse_duration(hibernate_after)
+        self._host: LocalHost | RayHostProtocol
+        if runtime == "local":
+            self._host = LocalHost(
+                self.data_dir,
+                self.deployment.partitions,
+                synchronous=synchronous,
+                activity_threads=activity_threads,
+                max_resident_runs=max_resident_runs,
+                hibernate_after_s=idle_s,
+            )
+        else:
+            from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+
+            settings = ray_host.HostSettings(
+                data_dir=str(self.data_dir),
+                partitions=self.deployment.partitions,
+                namespace=namespace or ray_host.DEFAULT_NAMESPACE,
+                synchronous=synchronous,
+                activity_threads=activity_threads,
+                max_resident_runs=max_resident_runs,
+                hibernate_after_s=idle_s,
+            )
+            self._host = ray_host.EngineOnRay.start(settings, address)
         self._runner = BlockingRunner()
         self._client = Client(self._host, self._runner)
 
@@ -99,7 +145,8 @@ class Engine:
         return self._host.stats()
 
     def close(self) -> None:
-        """Close all partitions (open runs resume when the data directory is opened again)."""
+        """Close the partitions this engine started (open runs resume when the data directory
+        is opened again) and, if this engine started Ray, Ray too."""
         self._host.close()
         self._runner.close()
 
@@ -113,3 +160,13 @@ class Engine:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _connect_on_ray(address: str, namespace: str) -> Host:
+    from duraflow.actors import ray_host  # imports ray: only for Ray clients
+
+    ray_host.start_or_join_ray(address, namespace)
+    return ray_host.RayHost.connect(namespace)
+
+
+set_connector(_connect_on_ray)

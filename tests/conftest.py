@@ -26,7 +26,7 @@ def engine(data_dir: Path) -> Iterator[df.Engine]:
 
     synchronous=NORMAL keeps the suite fast; durability under FULL is the crash test's job.
     """
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as eng:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as eng:
         yield eng
 
 

@@ -710,7 +710,7 @@ def test_bad_signal_names_and_reasons_never_reach_history(
 ) -> None:
     # Its own engine, so the test can reopen the data directory: the keeper's history must
     # still replay after the refused call (a non-str name in history would not decode).
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         keeper = start_keeper(engine.client())
         length = keeper.describe().history_length
 
@@ -719,7 +719,7 @@ def test_bad_signal_names_and_reasons_never_reach_history(
 
         assert named in str(caught.value)
         assert length == keeper.describe().history_length
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         assert_keeper_intact(engine.client().get_handle("bad-keeper"))
 
 

@@ -417,7 +417,7 @@ def test_query_cannot_consume_the_runs_randomness(data_dir: Path) -> None:
     """A query that drew from ctx.random() would shift the values the run sees next, and a
     replay (which runs no queries) would then disagree with the live run."""
     wid = new_id("query-random")
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         handle = engine.client().start(wf_query_random, workflow_id=wid)
         first = query_when_ready(handle, "values")
         for name in ("peek_random", "peek_uuid", "peek_randint"):
@@ -426,7 +426,7 @@ def test_query_cannot_consume_the_runs_randomness(data_dir: Path) -> None:
         handle.signal("next")
         live = wait_until(lambda: (v := handle.query("values"))[1:] and v, what="second value")
         assert first == live[:1]
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         handle = engine.client().get_handle(wid)
         assert live == handle.query("values")  # rebuilt by replay
         handle.signal("finish")
@@ -498,14 +498,14 @@ def test_cancel_while_an_activity_runs_cancels_it_and_runs_cleanup(
 
 def test_a_repeated_cancel_is_ignored_also_after_a_restart(data_dir: Path) -> None:
     wid = new_id("cancel-twice")
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         handle = engine.client().start(wf_cancel_counter, workflow_id=wid)
         handle.cancel("first")
         wait_until(lambda: query_when_ready(handle, "seen") == 1, what="cancel seen")
         handle.cancel("second, while resident")
         assert 1 == handle.query("seen")
         length = handle.describe().history_length
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         handle = engine.client().get_handle(wid)
         handle.cancel("third, after a restart")
         assert length == handle.describe().history_length
@@ -810,7 +810,7 @@ def _exists(handle: df.WorkflowHandle) -> bool:
 
 def test_now_random_uuid_are_the_same_after_restart_and_replay(data_dir: Path) -> None:
     wid = new_id("deterministic")
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         client = engine.client()
         handle = client.start(wf_deterministic, workflow_id=wid)
         before = query_when_ready(handle, "values")
@@ -821,7 +821,7 @@ def test_now_random_uuid_are_the_same_after_restart_and_replay(data_dir: Path) -
     assert 0.0 <= before["random"] < 1.0
     assert before["now"] <= before["now_after_activity"]
 
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         client = engine.client()
         handle = client.get_handle(wid)
         assert before == handle.query("values")  # rebuilt by replay in a fresh engine
@@ -861,7 +861,7 @@ def test_asyncio_sleep_is_a_durable_timer(data_dir: Path) -> None:
     from duraflow.actors.router import partition_of
 
     wid = new_id("durable-sleep")
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         handle = engine.client().start(wf_asyncio_sleep, 0.3, workflow_id=wid)
         assert "running" == handle.describe().status
         started = time.monotonic()
@@ -882,7 +882,7 @@ def test_asyncio_sleep_is_a_durable_timer(data_dir: Path) -> None:
     assert 1 == len(timers)
     assert ["workflow.started", "workflow.timer_started"] == types
 
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL") as engine:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
         elapsed = engine.client().get_handle(wid).result(timeout=10)
         assert time.monotonic() - started >= 0.25
     assert 0.3 <= elapsed < 5

@@ -28,6 +28,7 @@ class LocalHost:
         synchronous: str = "FULL",
         activity_threads: int = 64,
         max_resident_runs: int | None = None,
+        hibernate_after_s: float | None = None,
     ) -> None:
         self.partitions = partitions
         self._loop = asyncio.new_event_loop()
@@ -44,6 +45,7 @@ class LocalHost:
                 send=self._send,
                 synchronous=synchronous,
                 max_resident_runs=max_resident_runs,
+                hibernate_after_s=hibernate_after_s,
             )
             for i in range(partitions)
         ]

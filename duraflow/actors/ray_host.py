@@ -14,6 +14,7 @@ activities run in the actor's own process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -38,7 +39,11 @@ from duraflow.engine.activities import (
     run_async_attempt,
     run_sync_attempt,
 )
-from duraflow.engine.definitions import ActivityDefinition, register_definitions
+from duraflow.engine.definitions import (
+    ActivityDefinition,
+    main_module_definitions,
+    register_definitions,
+)
 from duraflow.errors import DuraflowError, PartitionUnavailable, WorkflowClosed
 
 log = logging.getLogger("duraflow.ray")
@@ -175,6 +180,12 @@ class PartitionActor:
         await self._opened
         return self._partition.heartbeat(key, number, details)
 
+    async def shutdown(self) -> None:
+        """Close the partition (its file and lock) before the actor is killed."""
+        await self._opened
+        await self._partition.close()
+        self._executor.close()
+
     async def status(self) -> dict[str, Any]:
         """PID, node, partition count and this partition's run counts."""
         await self._opened
@@ -199,14 +210,19 @@ class PartitionActor:
         return reply
 
 
-def start_or_join_ray(address: str | None, namespace: str) -> None:
-    """Join the Ray cluster at ``address`` (or start a local one) unless already connected."""
+def start_or_join_ray(address: str | None, namespace: str) -> bool:
+    """Join the Ray cluster at ``address`` (or start a local one) unless already connected.
+
+    Returns:
+        True if this call started a new local Ray (its owner should shut it down).
+    """
     if ray.is_initialized():
-        return
+        return False
     if address is None:
         ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
-    else:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
+        return True
+    ray.init(address=address, namespace=namespace, log_to_driver=False)
+    return False
 
 
 class RayHost:
@@ -291,3 +307,34 @@ class RayHost:
 
     def close(self) -> None:
         """Nothing to stop on the client side; actors live with the cluster or the driver."""
+
+
+class EngineOnRay(RayHost):
+    """A RayHost that owns what it started: its partition actors and, maybe, Ray itself."""
+
+    def __init__(self, handles: list[Any], created: bool, started_ray: bool) -> None:
+        super().__init__(handles)
+        self._created = created
+        self._started_ray = started_ray
+
+    @classmethod
+    def start(cls, settings: HostSettings, address: str | None) -> EngineOnRay:
+        """Start or join Ray, then create (or find, if served already) the partition actors."""
+        started_ray = start_or_join_ray(address, settings.namespace)
+        try:
+            existing = ray.get_actor(actor_name(0), namespace=settings.namespace)
+        except ValueError:
+            existing = None
+        shipped_defs = main_module_definitions()
+        shipped = ray.cloudpickle.dumps(shipped_defs) if shipped_defs else None  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
+        host = RayHost.create(settings, shipped=shipped)
+        return cls(host._handles, existing is None, started_ray)
+
+    def close(self) -> None:
+        if self._created:
+            with contextlib.suppress(Exception):  # an actor may be restarting or gone
+                ray.get([h.shutdown.remote() for h in self._handles], timeout=30)
+            for handle in self._handles:
+                ray.kill(handle, no_restart=True)
+        if self._started_ray:
+            ray.shutdown()

@@ -38,6 +38,17 @@ class Host(Protocol):
     async def call(self, partition: int, request: Any) -> Any: ...
 
 
+_connector: Callable[[str, str], Host] | None = None
+"""Makes the host of a running deployment; set by duraflow.runtime, the composition root
+(the engine layer does not import the hosts)."""
+
+
+def set_connector(connector: Callable[[str, str], Host]) -> None:
+    """Install how :meth:`Client.connect` reaches a deployment (called by duraflow.runtime)."""
+    global _connector  # noqa: PLW0603  # reason: one process-wide seam, set once at import
+    _connector = connector
+
+
 class BlockingRunner:
     """Runs the async twins for the blocking API on one private background loop."""
 
@@ -210,6 +221,22 @@ class Client:
     def __init__(self, host: Host, runner: BlockingRunner) -> None:
         self._host = host
         self._runner = runner
+
+    @classmethod
+    def connect(cls, address: str = "auto", *, namespace: str = "duraflow") -> Client:
+        """A client of a deployment already running on a Ray cluster (``duraflow serve``, or
+        an engine in another driver), from any Ray driver.
+
+        Raises:
+            PartitionUnavailable: no deployment in that namespace.
+        """
+        if _connector is None:
+            raise RuntimeError("import duraflow (not duraflow.engine.client alone) to connect")
+        return cls(_connector(address, namespace), BlockingRunner())
+
+    def close(self) -> None:
+        """Stop this client's background loop (a connected client; an engine's closes with it)."""
+        self._runner.close()
 
     def _block(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._runner.run(coro)

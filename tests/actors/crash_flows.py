@@ -166,7 +166,7 @@ def main(argv: list[str]) -> int:
         return 2
     data_dir = Path(argv[0]).resolve()
     _executions_log = data_dir / EXECUTIONS_FILE
-    with df.Engine(data_dir, partitions=PARTITIONS) as engine:
+    with df.Engine(data_dir, runtime="local", partitions=PARTITIONS) as engine:
         if argv[1] == "resume":
             _resume(engine, data_dir)
         else:

@@ -376,7 +376,7 @@ def test_sigkill_mid_flight_then_reopen_loses_nothing_and_repeats_nothing(
     first.wait_ready()
     # Single writer: this process cannot open the directory while the child lives.
     with pytest.raises(df.PartitionUnavailable):
-        df.Engine(data_dir, partitions=flows.PARTITIONS)
+        df.Engine(data_dir, runtime="local", partitions=flows.PARTITIONS)
 
     total = count * TOTAL_STEPS
     wait_for_progress(first, completed=total // 4, running=5, timers=5)
@@ -441,8 +441,8 @@ def test_a_live_process_holds_the_data_dir_and_sigkill_frees_it(tmp_path: Path, 
     child.wait_ready()
     for _ in range(2):  # a refused open leaves nothing locked behind in this process
         with pytest.raises(df.PartitionUnavailable):
-            df.Engine(data_dir, partitions=flows.PARTITIONS)
+            df.Engine(data_dir, runtime="local", partitions=flows.PARTITIONS)
     child.kill()
-    with df.Engine(data_dir, partitions=flows.PARTITIONS) as engine:
+    with df.Engine(data_dir, runtime="local", partitions=flows.PARTITIONS) as engine:
         assert engine.client().list() == []
         assert [s["open"] for s in engine.stats()] == [0] * flows.PARTITIONS

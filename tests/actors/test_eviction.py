@@ -40,7 +40,7 @@ async def evict_flow(ctx: df.WorkflowContext, rounds: int) -> dict[str, object]:
 
 def _run_all(data_dir: Path, cap: int | None) -> dict[str, object]:
     results = {}
-    with df.Engine(data_dir, partitions=2, synchronous="NORMAL", max_resident_runs=cap) as eng:
+    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL", max_resident_runs=cap) as eng:
         client = eng.client()
         handles = [client.start(evict_flow, 3, workflow_id=f"ev-{i}") for i in range(6)]
         for round_ in range(3):
@@ -67,7 +67,7 @@ def test_evicted_runs_replay_to_the_same_results(tmp_path: Path, cap: int) -> No
 
 
 def test_query_rebuilds_an_evicted_run(tmp_path: Path) -> None:
-    with df.Engine(tmp_path, partitions=1, max_resident_runs=0) as eng:
+    with df.Engine(tmp_path, runtime="local", partitions=1, max_resident_runs=0) as eng:
         handle = eng.client().start(evict_flow, 2, workflow_id="ev-query")
         for _ in range(200):
             if handle.query("total") == 10:

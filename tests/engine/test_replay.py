@@ -62,7 +62,7 @@ def wait_until(predicate: Callable[[], T], timeout: float = 10.0, what: str = "c
 
 
 def open_engine(data_dir: Path) -> df.Engine:
-    return df.Engine(data_dir, partitions=PARTITIONS, synchronous="NORMAL")
+    return df.Engine(data_dir, runtime="local", partitions=PARTITIONS, synchronous="NORMAL")
 
 
 def phase(handle: df.WorkflowHandle) -> str | None:
