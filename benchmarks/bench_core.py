@@ -136,7 +136,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ):
         results = asyncio.run(run_all(engine.client(), args))
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
-    config = {"runtime": args.runtime, "partitions": args.partitions, "synchronous": args.synchronous}
+    config = {
+        "runtime": args.runtime,
+        "partitions": args.partitions,
+        "synchronous": args.synchronous,
+    }
     w1, un, sig, tim = (
         results[k]
         for k in ("w1_throughput", "w1_unloaded", "w2_signal_unloaded", "w3_timer_lateness")

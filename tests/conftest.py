@@ -6,6 +6,9 @@ workflows names of their own.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -33,3 +36,46 @@ def engine(data_dir: Path) -> Iterator[df.Engine]:
 @pytest.fixture
 def client(engine: df.Engine) -> df.Client:
     return engine.client()
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    """One small local Ray for the whole session (starting one costs about 3 s).
+
+    ``address="local"`` always starts a fresh cluster (a stale cluster file from a crashed run
+    can make a bare ``ray.init()`` hang), in a short private temp dir (socket paths have a
+    length limit). Two CPUs and 4 units of a custom ``gadget`` resource, so tests can check
+    that activities ask Ray for what they declare.
+    """
+    import ray
+
+    temp_dir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    ray.init(
+        address="local",
+        num_cpus=2,
+        resources={"gadget": 4},
+        include_dashboard=False,
+        log_to_driver=False,
+        _temp_dir=temp_dir,
+    )
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def ray_engine(ray_session: None, data_dir: Path) -> Iterator[df.Engine]:
+    """A Ray-hosted engine with 2 partition actors in a namespace of its own; closing it
+    kills its actors, so tests do not pile up processes."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+    with df.Engine(
+        data_dir, runtime="ray", partitions=2, synchronous="NORMAL", namespace=namespace
+    ) as eng:
+        yield eng
+
+
+@pytest.fixture
+def ray_client(ray_engine: df.Engine) -> df.Client:
+    return ray_engine.client()

@@ -175,7 +175,9 @@ class PartitionActor:
         except DuraflowError as exc:
             return _Failure(exc)
 
-    async def heartbeat(self, key: tuple[str, str, int], number: int, details: bytes | None) -> bool:
+    async def heartbeat(
+        self, key: tuple[str, str, int], number: int, details: bytes | None
+    ) -> bool:
         """A heartbeat from an activity task; False when that attempt is no longer wanted."""
         await self._opened
         return self._partition.heartbeat(key, number, details)
@@ -289,8 +291,10 @@ class RayHost:
                 delay = min(1.0, delay * 2)
                 continue
             if isinstance(reply, _Failure):
-                if retried and isinstance(reply.error, WorkflowClosed) and isinstance(
-                    request, m.Terminate
+                if (
+                    retried
+                    and isinstance(reply.error, WorkflowClosed)
+                    and isinstance(request, m.Terminate)
                 ):
                     return None  # the first, lost attempt terminated it
                 raise reply.error

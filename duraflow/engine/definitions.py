@@ -333,7 +333,8 @@ def main_module_definitions() -> list[WorkflowDefinition | ActivityDefinition]:
     """Definitions made in ``__main__``: a script's, which other processes cannot import."""
     with _lock:
         found: list[WorkflowDefinition | ActivityDefinition] = [
-            d for d in (*_workflows.values(), *_activities.values())
+            d
+            for d in (*_workflows.values(), *_activities.values())
             if d.code_ref.startswith("__main__:")
         ]
     return found

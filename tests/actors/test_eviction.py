@@ -40,7 +40,9 @@ async def evict_flow(ctx: df.WorkflowContext, rounds: int) -> dict[str, object]:
 
 def _run_all(data_dir: Path, cap: int | None) -> dict[str, object]:
     results = {}
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL", max_resident_runs=cap) as eng:
+    with df.Engine(
+        data_dir, runtime="local", partitions=2, synchronous="NORMAL", max_resident_runs=cap
+    ) as eng:
         client = eng.client()
         handles = [client.start(evict_flow, 3, workflow_id=f"ev-{i}") for i in range(6)]
         for round_ in range(3):
