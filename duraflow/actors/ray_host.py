@@ -123,7 +123,7 @@ class RayExecutor:
             )
         except ray.exceptions.RayTaskError as exc:
             outcome = failure_of(exc.cause if exc.cause is not None else exc)
-        except Exception as exc:  # noqa: BLE001  # reason: a lost worker is a failed attempt
+        except Exception as exc:  # reason: a lost worker is a failed attempt
             outcome = failure_of(exc)
         done(outcome)
 

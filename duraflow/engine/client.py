@@ -45,7 +45,7 @@ _connector: Callable[[str, str], Host] | None = None
 
 def set_connector(connector: Callable[[str, str], Host]) -> None:
     """Install how :meth:`Client.connect` reaches a deployment (called by duraflow.runtime)."""
-    global _connector  # noqa: PLW0603  # reason: one process-wide seam, set once at import
+    global _connector  # reason: one process-wide seam, set once at import
     _connector = connector
 
 
