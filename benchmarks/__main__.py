@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_core
+from benchmarks import bench_core, bench_parked
 
-SUITES = {"core": bench_core.main}
+SUITES = {"core": bench_core.main, "parked": bench_parked.main}
 
 
 def main() -> None:

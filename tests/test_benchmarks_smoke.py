@@ -24,14 +24,16 @@ def test_core_benchmark_smoke_run_prints_a_table_and_writes_json(
             "3",
             "--synchronous",
             "NORMAL",
+            "--runtimes",
+            "local",
             "--json",
             str(out_file),
         ]
     )
     out = capsys.readouterr().out
-    assert "workflows/s" in out
-    assert 20 == results["w1_throughput"]["workflows"]
-    assert results["w3_timer_lateness"]["p99_ms"] >= 0
+    assert "wf/s" in out
+    assert 20 == results["local"]["w1_throughput_inline"]["workflows"]
+    assert results["local"]["w3_timer_lateness"]["p99_ms"] >= 0
     written = json.loads(out_file.read_text())
-    assert 20 == written["results"]["w1_throughput"]["workflows"]
+    assert 20 == written["results"]["local"]["w1_throughput_inline"]["workflows"]
     assert written["machine"]["cores"] >= 1

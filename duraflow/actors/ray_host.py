@@ -70,6 +70,11 @@ class HostSettings(msgspec.Struct, frozen=True):
     max_resident_runs: int | None = None
     hibernate_after_s: float | None = None
     app_modules: tuple[str, ...] = ()
+    actor_resources: dict[str, float] | None = None
+    """Custom Ray resources each partition actor asks for (``PartitionActor.options(resources=
+    ...)``), to pin partitions to the nodes that offer them (for example nodes that see the
+    shared data folder). Actors asking for nothing ignore soft node affinity, so this is the way
+    to keep them off a head node. None: no custom resources."""
 
 
 class _Failure(msgspec.Struct):
@@ -131,7 +136,7 @@ class RayExecutor:
         self._inline.close()
 
 
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=10_000)
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=100_000)
 class PartitionActor:
     """The Ray actor that hosts one Partition. Opens it (recovers) as soon as it starts."""
 
@@ -243,6 +248,8 @@ class RayHost:
         options: dict[str, Any] = {"namespace": settings.namespace, "get_if_exists": True}
         if detached:
             options["lifetime"] = "detached"
+        if settings.actor_resources:
+            options["resources"] = dict(settings.actor_resources)
         handles = [
             PartitionActor.options(name=actor_name(i), **options).remote(i, encoded, shipped)
             for i in range(settings.partitions)
