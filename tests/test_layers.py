@@ -66,3 +66,8 @@ def test_engine_stays_pure(module: str) -> None:
 def test_only_storage_touches_sqlite() -> None:
     users = {m for m, imports in MODULES.items() if "sqlite3" in imports}
     assert set() == {m for m in users if not m.startswith("duraflow.storage")}
+
+
+def test_only_the_ray_host_imports_ray() -> None:
+    users = {m for m, imports in MODULES.items() if any(i.split(".")[0] == "ray" for i in imports)}
+    assert {"duraflow.actors.ray_host"} == users
