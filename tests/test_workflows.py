@@ -343,8 +343,8 @@ async def wf_many(ctx: df.WorkflowContext, i: int) -> int:
 # -- signals --------------------------------------------------------------------------------------
 
 
-def test_signals_are_buffered_in_order_before_the_workflow_waits(client: df.Client) -> None:
-    handle = client.start(wf_signal_order, workflow_id=new_id("sig-order"))
+def test_signals_are_buffered_in_order_before_the_workflow_waits(any_client: df.Client) -> None:
+    handle = any_client.start(wf_signal_order, workflow_id=new_id("sig-order"))
     handle.signal("item", 1)
     handle.signal("other", "x")
     handle.signal("item", 2)
@@ -367,13 +367,13 @@ def test_wait_for_signal_timeout_without_default_raises_timeout_error(client: df
     assert "TimeoutError" == caught.value.cause_type
 
 
-def test_signal_to_a_closed_workflow_raises(client: df.Client) -> None:
-    handle = client.start(wf_wait_signal, workflow_id=new_id("sig-closed"))
+def test_signal_to_a_closed_workflow_raises(any_client: df.Client) -> None:
+    handle = any_client.start(wf_wait_signal, workflow_id=new_id("sig-closed"))
     handle.signal("finish", 1)
     handle.result(timeout=10)
     with pytest.raises(df.WorkflowClosed):
         handle.signal("finish", 2)
-    missing = client.get_handle(new_id("never-started"))
+    missing = any_client.get_handle(new_id("never-started"))
     with pytest.raises(df.WorkflowNotFound):
         missing.signal("finish")
     with pytest.raises(df.WorkflowNotFound):
@@ -385,8 +385,8 @@ def test_signal_to_a_closed_workflow_raises(client: df.Client) -> None:
 # -- queries --------------------------------------------------------------------------------------
 
 
-def test_query_reflects_state_and_never_writes_history(client: df.Client) -> None:
-    handle = client.start(wf_counter, workflow_id=new_id("query"))
+def test_query_reflects_state_and_never_writes_history(any_client: df.Client) -> None:
+    handle = any_client.start(wf_counter, workflow_id=new_id("query"))
     assert {"count": 0, "last": None} == query_when_ready(handle, "state")
     handle.signal("add", 5)
     wait_until(lambda: handle.query("state")["count"] == 5, what="first signal applied")
@@ -413,11 +413,11 @@ def test_query_reflects_state_and_never_writes_history(client: df.Client) -> Non
         handle.query("state")
 
 
-def test_query_cannot_consume_the_runs_randomness(data_dir: Path) -> None:
+def test_query_cannot_consume_the_runs_randomness(open_any_engine: Callable[[], df.Engine]) -> None:
     """A query that drew from ctx.random() would shift the values the run sees next, and a
     replay (which runs no queries) would then disagree with the live run."""
     wid = new_id("query-random")
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
+    with open_any_engine() as engine:
         handle = engine.client().start(wf_query_random, workflow_id=wid)
         first = query_when_ready(handle, "values")
         for name in ("peek_random", "peek_uuid", "peek_randint"):
@@ -426,7 +426,7 @@ def test_query_cannot_consume_the_runs_randomness(data_dir: Path) -> None:
         handle.signal("next")
         live = wait_until(lambda: (v := handle.query("values"))[1:] and v, what="second value")
         assert first == live[:1]
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
+    with open_any_engine() as engine:
         handle = engine.client().get_handle(wid)
         assert live == handle.query("values")  # rebuilt by replay
         handle.signal("finish")
@@ -547,8 +547,8 @@ def test_terminate_runs_no_more_workflow_code(client: df.Client) -> None:
 # -- result, ID conflicts, runs -----------------------------------------------------------------
 
 
-def test_result_timeout_leaves_the_run_going(client: df.Client) -> None:
-    handle = client.start(wf_wait_signal, "v", workflow_id=new_id("result-timeout"))
+def test_result_timeout_leaves_the_run_going(any_client: df.Client) -> None:
+    handle = any_client.start(wf_wait_signal, "v", workflow_id=new_id("result-timeout"))
     started = time.monotonic()
     with pytest.raises(df.ResultTimeout):
         handle.result(timeout=0.1)
@@ -571,21 +571,21 @@ def test_id_conflict_fail(client: df.Client) -> None:
     assert [1, "x"] == first.result(timeout=10)
 
 
-def test_id_conflict_use_existing(client: df.Client) -> None:
+def test_id_conflict_use_existing(any_client: df.Client) -> None:
     wid = new_id("conflict-use")
-    first = client.start(wf_wait_signal, 1, workflow_id=wid)
-    second = client.start(wf_wait_signal, 2, workflow_id=wid, id_conflict="use_existing")
+    first = any_client.start(wf_wait_signal, 1, workflow_id=wid)
+    second = any_client.start(wf_wait_signal, 2, workflow_id=wid, id_conflict="use_existing")
     assert first.run_id == second.run_id
     second.signal("finish", "x")
     assert [1, "x"] == first.result(timeout=10)
-    listed = client.list(workflow_type="wf_wait_signal")
+    listed = any_client.list(workflow_type="wf_wait_signal")
     assert 1 == len([d for d in listed if d.workflow_id == wid])
 
 
-def test_id_conflict_terminate_existing(client: df.Client) -> None:
+def test_id_conflict_terminate_existing(any_client: df.Client) -> None:
     wid = new_id("conflict-terminate")
-    first = client.start(wf_wait_signal, 1, workflow_id=wid)
-    second = client.start(wf_wait_signal, 2, workflow_id=wid, id_conflict="terminate_existing")
+    first = any_client.start(wf_wait_signal, 1, workflow_id=wid)
+    second = any_client.start(wf_wait_signal, 2, workflow_id=wid, id_conflict="terminate_existing")
     assert first.run_id != second.run_id
     with pytest.raises(df.WorkflowTerminatedError):
         first.result(timeout=10)
@@ -593,7 +593,7 @@ def test_id_conflict_terminate_existing(client: df.Client) -> None:
     assert "running" == second.describe().status
     with pytest.raises(df.WorkflowClosed):
         first.signal("finish", "to the terminated run")  # the handle is pinned to its run
-    client.get_handle(wid).signal("finish", "y")
+    any_client.get_handle(wid).signal("finish", "y")
     assert [2, "y"] == second.result(timeout=10)
 
 
@@ -602,19 +602,19 @@ def test_bad_id_conflict_policy_is_refused(client: df.Client) -> None:
         client.start(wf_listed_b, id_conflict="replace")
 
 
-def test_closed_id_started_again_gets_a_new_run(client: df.Client) -> None:
+def test_closed_id_started_again_gets_a_new_run(any_client: df.Client) -> None:
     wid = new_id("rerun")
-    old = client.start(wf_wait_signal, "first", workflow_id=wid)
+    old = any_client.start(wf_wait_signal, "first", workflow_id=wid)
     old.signal("finish", 1)
     assert ["first", 1] == old.result(timeout=10)
 
-    new = client.start(wf_wait_signal, "second", workflow_id=wid)
+    new = any_client.start(wf_wait_signal, "second", workflow_id=wid)
     assert old.run_id != new.run_id
 
-    latest = client.get_handle(wid)
+    latest = any_client.get_handle(wid)
     assert new.run_id == latest.describe().run_id
     assert "running" == latest.describe().status
-    pinned = client.get_handle(wid, run_id=old.run_id)
+    pinned = any_client.get_handle(wid, run_id=old.run_id)
     assert old.run_id == pinned.describe().run_id
     assert "completed" == pinned.describe().status
     assert ["first", 1] == pinned.result(timeout=10)
@@ -625,7 +625,7 @@ def test_closed_id_started_again_gets_a_new_run(client: df.Client) -> None:
     assert ["second", 2] == latest.result(timeout=10)
     assert ["first", 1] == pinned.result(timeout=10)
     with pytest.raises(df.WorkflowNotFound):
-        client.get_handle(wid, run_id="0" * 32).describe()
+        any_client.get_handle(wid, run_id="0" * 32).describe()
 
 
 # -- describe and list -----------------------------------------------------------------------------
@@ -670,28 +670,28 @@ def test_describe_fields(client: df.Client) -> None:
     assert isinstance(done, df.WorkflowDescription)
 
 
-def test_list_filters_by_status_and_type(client: df.Client) -> None:
-    running = [client.start(wf_listed_a, workflow_id=new_id("list-a")) for _ in range(3)]
-    done_a = client.start(wf_listed_a, workflow_id=new_id("list-a"))
+def test_list_filters_by_status_and_type(any_client: df.Client) -> None:
+    running = [any_client.start(wf_listed_a, workflow_id=new_id("list-a")) for _ in range(3)]
+    done_a = any_client.start(wf_listed_a, workflow_id=new_id("list-a"))
     done_a.signal("finish", "ok")
     done_a.result(timeout=10)
-    done_b = [client.start(wf_listed_b, workflow_id=new_id("list-b")) for _ in range(2)]
+    done_b = [any_client.start(wf_listed_b, workflow_id=new_id("list-b")) for _ in range(2)]
     for h in done_b:
         h.result(timeout=10)
 
     def ids(**filters: Any) -> set[str]:
-        return {d.workflow_id for d in client.list(**filters)}
+        return {d.workflow_id for d in any_client.list(**filters)}
 
     assert {h.workflow_id for h in running} == ids(status="running", workflow_type="wf_listed_a")
     assert {done_a.workflow_id} == ids(status="completed", workflow_type="wf_listed_a")
     assert {h.workflow_id for h in done_b} == ids(workflow_type="wf_listed_b")
     assert set() == ids(status="running", workflow_type="wf_listed_b")
     assert {h.workflow_id for h in [*running, done_a]} == ids(workflow_type="wf_listed_a")
-    everything = client.list()
+    everything = any_client.list()
     assert 6 <= len(everything)
     starts = [d.start_time for d in everything]
     assert sorted(starts, reverse=True) == starts
-    assert 2 == len(client.list(limit=2))
+    assert 2 == len(any_client.list(limit=2))
     assert {0, 1} >= {d.partition for d in everything}
     for h in running:
         h.terminate("cleanup")
@@ -700,16 +700,16 @@ def test_list_filters_by_status_and_type(client: df.Client) -> None:
 # -- child workflows -------------------------------------------------------------------------------
 
 
-def test_parent_fans_out_to_children_on_both_partitions(client: df.Client) -> None:
+def test_parent_fans_out_to_children_on_both_partitions(any_client: df.Client) -> None:
     pid = new_id("fanout")
-    out = client.execute(wf_fanout_parent, 20, workflow_id=pid, timeout=30)
+    out = any_client.execute(wf_fanout_parent, 20, workflow_id=pid, timeout=30)
     assert sum(i * i for i in range(20)) == out["sum"]
     assert 20 == len(set(out["ids"]))
-    descriptions = [client.get_handle(cid).describe() for cid in out["ids"]]
+    descriptions = [any_client.get_handle(cid).describe() for cid in out["ids"]]
     assert {"completed"} == {d.status for d in descriptions}
     assert {pid} == {d.parent_workflow_id for d in descriptions}
     assert {0, 1} == {d.partition for d in descriptions}
-    assert 1 == client.get_handle(out["ids"][1]).result(timeout=10)
+    assert 1 == any_client.get_handle(out["ids"][1]).result(timeout=10)
 
 
 def test_execute_child(client: df.Client) -> None:
@@ -718,21 +718,21 @@ def test_execute_child(client: df.Client) -> None:
     assert 49 == client.get_handle(child_id).result(timeout=10)
 
 
-def test_failing_child_raises_child_workflow_error_in_parent(client: df.Client) -> None:
+def test_failing_child_raises_child_workflow_error_in_parent(any_client: df.Client) -> None:
     pid = new_id("failing-parent")
-    child_id, status, cause_type, cause_message = client.execute(
+    child_id, status, cause_type, cause_message = any_client.execute(
         wf_failing_child_parent, workflow_id=pid, timeout=10
     )
     assert "failed" == status
     assert "ValueError" == cause_type
     assert "child went wrong" == cause_message
-    assert "failed" == client.get_handle(child_id).describe().status
+    assert "failed" == any_client.get_handle(child_id).describe().status
 
 
-def test_child_id_already_running_fails_the_child_handle(client: df.Client) -> None:
+def test_child_id_already_running_fails_the_child_handle(any_client: df.Client) -> None:
     taken = new_id("taken")
-    squatter = client.start(wf_wait_signal, "squatter", workflow_id=taken)
-    out = client.execute(wf_taken_child_parent, taken, timeout=10)
+    squatter = any_client.start(wf_wait_signal, "squatter", workflow_id=taken)
+    out = any_client.execute(wf_taken_child_parent, taken, timeout=10)
     assert [taken, "not_started", "WorkflowAlreadyRunning"] == out
     described = squatter.describe()
     assert "running" == described.status
@@ -742,10 +742,10 @@ def test_child_id_already_running_fails_the_child_handle(client: df.Client) -> N
     assert ["squatter", 1] == squatter.result(timeout=10)
 
 
-def test_child_is_terminated_when_parent_completes(client: df.Client) -> None:
+def test_child_is_terminated_when_parent_completes(any_client: df.Client) -> None:
     child_id = new_id("policy-child")
-    parent = client.start(wf_policy_parent, child_id, "terminate", True)
-    child = client.get_handle(child_id)
+    parent = any_client.start(wf_policy_parent, child_id, "terminate", True)
+    child = any_client.get_handle(child_id)
     wait_until(lambda: _exists(child), what="child started")
     parent.signal("finish")
     assert "parent done" == parent.result(timeout=10)
@@ -774,10 +774,10 @@ def test_child_is_terminated_when_parent_is_terminated(client: df.Client) -> Non
     wait_until(lambda: status_of(child) == "terminated", what="child terminated")
 
 
-def test_child_is_cancelled_with_request_cancel_policy(client: df.Client) -> None:
+def test_child_is_cancelled_with_request_cancel_policy(any_client: df.Client) -> None:
     child_id = new_id("policy-child-cancel")
-    parent = client.start(wf_policy_parent, child_id, "request_cancel", True)
-    child = client.get_handle(child_id)
+    parent = any_client.start(wf_policy_parent, child_id, "request_cancel", True)
+    child = any_client.get_handle(child_id)
     wait_until(lambda: _exists(child), what="child started")
     parent.signal("finish")
     parent.result(timeout=10)
@@ -808,9 +808,11 @@ def _exists(handle: df.WorkflowHandle) -> bool:
 # -- determinism -------------------------------------------------------------------------------
 
 
-def test_now_random_uuid_are_the_same_after_restart_and_replay(data_dir: Path) -> None:
+def test_now_random_uuid_are_the_same_after_restart_and_replay(
+    open_any_engine: Callable[[], df.Engine],
+) -> None:
     wid = new_id("deterministic")
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
+    with open_any_engine() as engine:
         client = engine.client()
         handle = client.start(wf_deterministic, workflow_id=wid)
         before = query_when_ready(handle, "values")
@@ -821,7 +823,7 @@ def test_now_random_uuid_are_the_same_after_restart_and_replay(data_dir: Path) -
     assert 0.0 <= before["random"] < 1.0
     assert before["now"] <= before["now_after_activity"]
 
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
+    with open_any_engine() as engine:
         client = engine.client()
         handle = client.get_handle(wid)
         assert before == handle.query("values")  # rebuilt by replay in a fresh engine
@@ -856,12 +858,14 @@ def test_asyncio_wait_for_and_timeout_around_activities_and_signals(client: df.C
     assert 1 == calls(key + "-fast", "slow-finished")
 
 
-def test_asyncio_sleep_is_a_durable_timer(data_dir: Path) -> None:
+def test_asyncio_sleep_is_a_durable_timer(
+    open_any_engine: Callable[[], df.Engine], data_dir: Path
+) -> None:
     from duraflow.actors.local_host import partition_path
     from duraflow.actors.router import partition_of
 
     wid = new_id("durable-sleep")
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
+    with open_any_engine() as engine:
         handle = engine.client().start(wf_asyncio_sleep, 0.3, workflow_id=wid)
         assert "running" == handle.describe().status
         started = time.monotonic()
@@ -882,7 +886,7 @@ def test_asyncio_sleep_is_a_durable_timer(data_dir: Path) -> None:
     assert 1 == len(timers)
     assert ["workflow.started", "workflow.timer_started"] == types
 
-    with df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL") as engine:
+    with open_any_engine() as engine:
         elapsed = engine.client().get_handle(wid).result(timeout=10)
         assert time.monotonic() - started >= 0.25
     assert 0.3 <= elapsed < 5
@@ -891,8 +895,8 @@ def test_asyncio_sleep_is_a_durable_timer(data_dir: Path) -> None:
 # -- async twins -------------------------------------------------------------------------------
 
 
-def test_async_twins(engine: df.Engine) -> None:
-    client = engine.client()
+def test_async_twins(any_client: df.Client) -> None:
+    client = any_client
 
     async def main() -> None:
         wid = new_id("async")
@@ -944,3 +948,16 @@ def test_a_thousand_workflows_started_at_once_all_complete(engine: df.Engine) ->
     assert [2 * i for i in range(1000)] == results
     assert 1000 == len(client.list(status="completed", workflow_type="wf_many", limit=5000))
     assert elapsed < 60
+
+
+@df.workflow
+async def wf_collect_signals(ctx: df.WorkflowContext, n: int) -> list[object]:
+    return [await ctx.wait_for_signal("item") for _ in range(n)]
+
+
+def test_a_signal_resent_with_the_same_request_id_is_appended_once(client: df.Client) -> None:
+    handle = client.start(wf_collect_signals, 2)
+    handle.signal("item", "a", request_id="req-1")
+    handle.signal("item", "a", request_id="req-1")  # a resend after a lost reply
+    handle.signal("item", "b", request_id="req-2")
+    assert ["a", "b"] == handle.result(timeout=10)

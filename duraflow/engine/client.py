@@ -91,27 +91,36 @@ class WorkflowHandle:
     async def _call(self, request: Any) -> Any:
         return await self._client._call(self.workflow_id, request)
 
-    async def signal_async(self, name: str, payload: Any = None) -> None:
+    async def signal_async(
+        self, name: str, payload: Any = None, *, request_id: str | None = None
+    ) -> None:
         """Append a signal durably; returns once the owning partition committed it.
+
+        Args:
+            request_id: makes the signal idempotent: a signal whose request ID was already
+                accepted is not appended again. Pass your own when you may resend after an
+                error (e.g. PartitionUnavailable); by default each call gets a fresh one.
 
         Raises:
             WorkflowNotFound, WorkflowClosed: no open run to signal.
             PayloadError: ``payload`` cannot be encoded.
         """
         _check_text(name, "signal name")
+        if request_id is not None:
+            _check_text(request_id, "request_id")
         data = encode(payload, f"payload of signal {name!r}")
         request = m.Signal(
             workflow_id=self.workflow_id,
             run_id=self.run_id,
             name=name,
             payload=data,
-            request_id=uuid.uuid4().hex,
+            request_id=request_id or uuid.uuid4().hex,
         )
         await self._call(request)
 
-    def signal(self, name: str, payload: Any = None) -> None:
+    def signal(self, name: str, payload: Any = None, *, request_id: str | None = None) -> None:
         """Blocking twin of :meth:`signal_async`."""
-        self._client._block(self.signal_async(name, payload))
+        self._client._block(self.signal_async(name, payload, request_id=request_id))
 
     async def query_async(self, name: str, *args: Any) -> Any:
         """Ask the run's query handler ``name``; read-only, writes no history.
