@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
-from duraflow.errors import ConfigurationError
+from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
 DEFAULT_DATA_DIR = ".duraflow"
 DEFAULT_PARTITIONS = 4
@@ -85,6 +89,9 @@ class Engine:
         address: the Ray cluster to join (``"auto"``, ``"ray://..."``); None starts a local
             Ray unless this process is already connected. Ray runtime only.
         namespace: the Ray namespace of this deployment's actors (default ``"duraflow"``).
+        partition_resources: custom Ray resources each partition actor asks for, e.g.
+            ``{"duraflow_partition": 1}`` to place partitions only on the nodes started with
+            that resource (Ray runtime only; default: none).
 
     Workflow and activity modules must be imported before the engine opens a data directory
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
@@ -103,6 +110,7 @@ class Engine:
         hibernate_after: Duration | None = IDLE_BEFORE_HIBERNATE_S,
         address: str | None = None,
         namespace: str | None = None,
+        partition_resources: dict[str, float] | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -131,6 +139,7 @@ class Engine:
                 activity_threads=activity_threads,
                 max_resident_runs=max_resident_runs,
                 hibernate_after_s=idle_s,
+                actor_resources=partition_resources,
             )
             self._host = ray_host.EngineOnRay.start(settings, address)
         self._runner = BlockingRunner()
@@ -162,10 +171,189 @@ class Engine:
         self.close()
 
 
+# -- serving on a running Ray cluster: what `duraflow serve / status / stop` do ------------------
+
+SERVE_TIMEOUT_S = 120.0
+"""How long :func:`serve` waits for every partition to open (recover) its file."""
+STATUS_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 30.0
+CLEANUP_TIMEOUT_S = 5.0
+
+
+class Served(msgspec.Struct, frozen=True):
+    """What :func:`serve` found running or started.
+
+    Attributes:
+        already_running: the namespace already served this data directory with these
+            settings; nothing was created.
+        statuses: one dict per partition (``index``, ``pid``, ``node_ip``, ``open``, ...).
+    """
+
+    namespace: str
+    data_dir: str
+    partitions: int
+    app_modules: tuple[str, ...]
+    already_running: bool
+    statuses: list[dict[str, Any]]
+
+
+def serve(
+    data_dir: str | os.PathLike[str],
+    *,
+    address: str = "auto",
+    app_modules: Sequence[str] = (),
+    partitions: int | None = None,
+    namespace: str | None = None,
+    synchronous: str = "FULL",
+    partition_resources: dict[str, float] | None = None,
+    timeout: float = SERVE_TIMEOUT_S,
+) -> Served:
+    """Serve ``data_dir`` on the running Ray cluster at ``address``: create its detached
+    partition actors and wait until every partition has opened (recovered) its file.
+
+    The actors outlive this process and restart on failure; each imports ``app_modules``
+    when it starts, so a restarted partition finds its workflow code without any client.
+    They go away with the cluster or with :func:`stop_serving`. Serving again with the same
+    settings finds the running actors and changes nothing.
+
+    Args:
+        data_dir: the data directory; every node that may host a partition must see it at
+            the same path.
+        address: the cluster (``"auto"`` on one of its nodes, or the head's ``host:port``).
+        app_modules: modules defining the workflows and activities (imported here first, so
+            an unimportable module fails now rather than in every actor).
+        partitions: partition count; fixed when the data directory is created (default 4).
+        namespace: the Ray namespace of the actors (default ``"duraflow"``).
+        synchronous: SQLite ``synchronous`` mode of the partitions.
+        partition_resources: custom Ray resources each partition actor asks for, to keep
+            partitions on the nodes that offer them (those that see the data directory).
+        timeout: seconds to wait for the partitions to open.
+
+    Raises:
+        ConfigurationError: ``partitions`` differs from the count recorded in ``data_dir``;
+            the namespace already serves another data directory or other app modules; an app
+            module cannot be imported; the cluster cannot be joined.
+        PartitionUnavailable: a partition did not open within ``timeout``.
+    """
+    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+
+    mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
+    if mode not in SYNCHRONOUS_MODES:
+        raise ConfigurationError(
+            f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}"
+        )
+    modules = tuple(app_modules)
+    for module in modules:
+        _import_app(module)
+    path = Path(data_dir).resolve()
+    if (path / DEPLOYMENT_FILE).exists():
+        load_deployment(path, partitions)  # a partition count that differs fails before Ray
+    namespace = namespace or ray_host.DEFAULT_NAMESPACE
+    _join(address, namespace)
+    running = ray_host.running_status(namespace, timeout)
+    if running is not None:
+        if Path(running["data_dir"]) != path:
+            raise ConfigurationError(
+                f"Ray namespace {namespace!r} already serves {running['data_dir']}, not "
+                f"{path}: serve it in another namespace (--namespace), or stop that one "
+                f"first (duraflow stop --namespace {namespace})"
+            )
+        running_modules = tuple(running.get("app_modules", ()))
+        if running_modules != modules:
+            raise ConfigurationError(
+                f"Ray namespace {namespace!r} already serves {path} with app modules "
+                f"{list(running_modules)}, not {list(modules)}: stop it first "
+                f"(duraflow stop --namespace {namespace}), then serve again"
+            )
+    deployment = load_deployment(path, partitions)
+    settings = ray_host.HostSettings(
+        data_dir=str(path),
+        partitions=deployment.partitions,
+        namespace=namespace,
+        synchronous=mode,
+        hibernate_after_s=IDLE_BEFORE_HIBERNATE_S,
+        app_modules=modules,
+        actor_resources=partition_resources,
+    )
+    try:
+        host = ray_host.RayHost.create(settings, detached=True, timeout=timeout)
+    except PartitionUnavailable:
+        if running is None:  # remove the actors this call created (some may be up)
+            with contextlib.suppress(PartitionUnavailable):
+                ray_host.stop_partition_actors(namespace, timeout=CLEANUP_TIMEOUT_S)
+        raise
+    return Served(
+        namespace=namespace,
+        data_dir=str(path),
+        partitions=deployment.partitions,
+        app_modules=modules,
+        already_running=running is not None,
+        statuses=host.statuses(),
+    )
+
+
+def serving_status(
+    *, address: str = "auto", namespace: str | None = None, timeout: float = STATUS_TIMEOUT_S
+) -> list[dict[str, Any]]:
+    """One dict per partition of the deployment served in ``namespace``: ``index``, ``pid``,
+    ``node_ip``, ``node_id``, ``open``, ``resident``, ``lsn``, ``data_dir`` — or ``index`` and
+    ``error`` for a partition that did not answer within ``timeout``.
+
+    Raises:
+        PartitionUnavailable: nothing is served in that namespace.
+        ConfigurationError: the cluster cannot be joined.
+    """
+    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+
+    namespace = namespace or ray_host.DEFAULT_NAMESPACE
+    _join(address, namespace)
+    return ray_host.RayHost.connect(namespace).status_reports(timeout)
+
+
+def stop_serving(
+    *, address: str = "auto", namespace: str | None = None, timeout: float = STOP_TIMEOUT_S
+) -> list[int]:
+    """Close every partition served in ``namespace`` and kill its actor for good; the data
+    directory stays as it is (open runs resume when it is served again).
+
+    Returns:
+        The indexes of the partitions stopped.
+
+    Raises:
+        PartitionUnavailable: nothing is served in that namespace.
+        ConfigurationError: the cluster cannot be joined.
+    """
+    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+
+    namespace = namespace or ray_host.DEFAULT_NAMESPACE
+    _join(address, namespace)
+    return ray_host.stop_partition_actors(namespace, timeout)
+
+
+def _join(address: str, namespace: str) -> None:
+    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+
+    if not address:
+        raise ConfigurationError(
+            "the address of a running Ray cluster is needed: 'auto' on one of its nodes, or "
+            "the head's host:port (start one with 'ray start --head')"
+        )
+    ray_host.join_cluster(address, namespace)
+
+
+def _import_app(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # reason: any error raised by the app's import is the app's
+        raise ConfigurationError(
+            f"cannot import app module {module!r}: {type(exc).__name__}: {exc}"
+        ) from None
+
+
 def _connect_on_ray(address: str, namespace: str) -> Host:
     from duraflow.actors import ray_host  # imports ray: only for Ray clients
 
-    ray_host.start_or_join_ray(address, namespace)
+    _join(address, namespace)
     return ray_host.RayHost.connect(namespace)
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -79,3 +79,51 @@ def ray_engine(ray_session: None, data_dir: Path) -> Iterator[df.Engine]:
 @pytest.fixture
 def ray_client(ray_engine: df.Engine) -> df.Client:
     return ray_engine.client()
+
+
+# -- the same test on both runtimes ---------------------------------------------------------------
+
+RUNTIME_PARAMS = [pytest.param("local", id="local"), pytest.param("ray", id="ray")]
+
+
+@pytest.fixture(params=RUNTIME_PARAMS)
+def runtime(request: pytest.FixtureRequest) -> str:
+    """``"local"``, then ``"ray"``: a test taking it (or a fixture below) runs on both.
+
+    Ray variants cost about a second each (two partition actors start and are killed), so
+    only a representative subset of tests uses these; deselect them with ``-k "not ray"``.
+    """
+    if request.param == "ray":
+        request.getfixturevalue("ray_session")
+    return str(request.param)
+
+
+@pytest.fixture
+def any_engine(runtime: str, request: pytest.FixtureRequest) -> df.Engine:
+    """The ``engine`` fixture on the local runtime, ``ray_engine`` on Ray."""
+    engine: df.Engine = request.getfixturevalue("engine" if runtime == "local" else "ray_engine")
+    return engine
+
+
+@pytest.fixture
+def any_client(any_engine: df.Engine) -> df.Client:
+    """The client of ``any_engine``: the in-process engine, then a Ray-hosted one."""
+    return any_engine.client()
+
+
+@pytest.fixture
+def open_any_engine(runtime: str, data_dir: Path) -> Callable[[], df.Engine]:
+    """Opens an engine over ``data_dir`` on ``runtime``, as often as a test likes (to close it
+    and open the same data directory again). On Ray every opening uses the same namespace, as
+    a redeployment would; closing kills the partition actors, so the next opening starts new
+    ones that recover from the files."""
+    namespace = f"test-{uuid.uuid4().hex[:12]}"
+
+    def open_engine() -> df.Engine:
+        if runtime == "local":
+            return df.Engine(data_dir, runtime="local", partitions=2, synchronous="NORMAL")
+        return df.Engine(
+            data_dir, runtime="ray", partitions=2, synchronous="NORMAL", namespace=namespace
+        )
+
+    return open_engine

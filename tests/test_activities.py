@@ -337,13 +337,13 @@ FAST_RETRY = {"initial_interval": 0.01, "backoff_coefficient": 1.0}
 # -- results, sync and async, concurrency ------------------------------------------------------
 
 
-def test_activity_result_flows_back_to_workflow_and_caller(client: df.Client) -> None:
+def test_activity_result_flows_back_to_workflow_and_caller(any_client: df.Client) -> None:
     order = {
         "id": "o-1",
         "items": [{"sku": "b", "qty": 2, "price": 5}, {"sku": "a", "qty": 1, "price": 7}],
     }
 
-    result = client.execute(act_wf_shape, order, timeout=30)
+    result = any_client.execute(act_wf_shape, order, timeout=30)
 
     expected = {
         "id": "o-1",
@@ -354,8 +354,8 @@ def test_activity_result_flows_back_to_workflow_and_caller(client: df.Client) ->
     assert expected == result
 
 
-def test_sync_and_async_activities_both_run(client: df.Client, data_dir: Path) -> None:
-    handle = client.start(act_wf_mixed, 7, workflow_id=new_id("mixed"))
+def test_sync_and_async_activities_both_run(any_client: df.Client, data_dir: Path) -> None:
+    handle = any_client.start(act_wf_mixed, 7, workflow_id=new_id("mixed"))
 
     assert [21, 42] == handle.result(timeout=30)
     events = history(data_dir, handle.workflow_id)

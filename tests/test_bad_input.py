@@ -371,8 +371,8 @@ def test_closed_workflow_refuses_signal_query_cancel(client: df.Client, call: An
 # -- queries ------------------------------------------------------------------------------------
 
 
-def test_unknown_query_names_the_known_ones(client: df.Client) -> None:
-    keeper = start_keeper(client)
+def test_unknown_query_names_the_known_ones(any_client: df.Client) -> None:
+    keeper = start_keeper(any_client)
 
     with pytest.raises(df.UnknownQuery) as caught:
         keeper.query("nope")
@@ -395,8 +395,8 @@ def test_query_handler_that_raises(client: df.Client) -> None:
     assert_keeper_intact(keeper)
 
 
-def test_query_result_that_cannot_be_encoded(client: df.Client) -> None:
-    keeper = start_keeper(client)
+def test_query_result_that_cannot_be_encoded(any_client: df.Client) -> None:
+    keeper = start_keeper(any_client)
 
     with pytest.raises(df.PayloadError) as caught:
         keeper.query("unencodable")
@@ -558,8 +558,8 @@ def test_invalid_workflow_ids(client: df.Client, workflow_id: Any, named: str) -
     assert_keeper_intact(keeper)
 
 
-def test_invalid_workflow_id_for_a_child(client: df.Client) -> None:
-    assert "caught: workflow ID 'a\\x00b' holds control character '\\x00'" == client.execute(
+def test_invalid_workflow_id_for_a_child(any_client: df.Client) -> None:
+    assert "caught: workflow ID 'a\\x00b' holds control character '\\x00'" == any_client.execute(
         bad_wf_child_bad_id, workflow_id="bad-child-id", timeout=30
     )
 
@@ -609,8 +609,8 @@ def test_odd_but_valid_ids_are_ordinary_data(client: df.Client, data_dir: Path) 
 # -- workflows and activities that fail --------------------------------------------------------
 
 
-def test_workflow_that_raises(client: df.Client) -> None:
-    handle = client.start(bad_raises, "order 7 is invalid", workflow_id="bad-raises")
+def test_workflow_that_raises(any_client: df.Client) -> None:
+    handle = any_client.start(bad_raises, "order 7 is invalid", workflow_id="bad-raises")
 
     with pytest.raises(df.WorkflowFailedError) as caught:
         handle.result(timeout=30)
@@ -632,7 +632,7 @@ def test_workflow_that_raises(client: df.Client) -> None:
     )
     # a closed run answers result() again with the same failure
     with pytest.raises(df.WorkflowFailedError):
-        client.get_handle("bad-raises").result(timeout=30)
+        any_client.get_handle("bad-raises").result(timeout=30)
 
 
 def test_workflow_that_raises_a_custom_error(client: df.Client) -> None:

@@ -33,6 +33,7 @@ class Attempt:
         "options",
         "running",
         "scheduled_at_us",
+        "started_at",
     )
 
     def __init__(
@@ -51,6 +52,10 @@ class Attempt:
         self.number = 0
         self.running = False
         self.last_heartbeat = 0.0
+        self.started_at: float | None = None
+        """When the current attempt started running; None while it waits to (a Ray task
+        waiting for a worker or resources). Its start_to_close and heartbeat timeouts count
+        from here."""
         self.heartbeat_details: bytes | None = None
         self._task: ActivityTask | None = None
 
@@ -75,6 +80,7 @@ class Attempt:
         self.number = number
         self.running = True
         self.last_heartbeat = now
+        self.started_at = now
 
     def stop(self) -> None:
         """The current attempt is over (or unwanted): tell its code, if it still runs."""
@@ -99,6 +105,8 @@ class Attempt:
             heartbeat_details=decode(self.heartbeat_details),
         )
         self._task = ActivityTask(self.definition, self.args, info, heartbeat)
+        options = self.options
+        self._task.timed = bool(options.start_to_close_timeout or options.heartbeat_timeout)
         return self._task
 
 

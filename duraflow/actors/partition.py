@@ -795,6 +795,8 @@ class Partition:
         self._executor.start(
             task, lambda outcome: self.post_threadsafe(_ActivityDone(attempt.key, number, outcome))
         )
+        if task.reports_start:
+            attempt.started_at = None  # its timeouts are armed again by its first heartbeat
 
     def _recover(self) -> None:
         """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
@@ -918,7 +920,18 @@ class Partition:
         attempt = self._attempts.get(beat.key)
         if attempt is None or attempt.number != beat.number or not attempt.running:
             return
-        attempt.last_heartbeat = self._clock()
+        now = attempt.last_heartbeat = self._clock()
+        if attempt.started_at is None:  # it has waited to run until now
+            attempt.started_at = now
+            options = attempt.options
+            if options.start_to_close_timeout is not None:
+                self._push(
+                    now + options.start_to_close_timeout, "attempt_timeout", (beat.key, beat.number)
+                )
+            if options.heartbeat_timeout is not None:
+                self._push(
+                    now + options.heartbeat_timeout, "heartbeat_check", (beat.key, beat.number)
+                )
         if beat.details is not None:
             attempt.heartbeat_details = beat.details
             self._db().set_activity_heartbeat(*beat.key, beat.details)
@@ -983,9 +996,12 @@ class Partition:
                 f"schedule_to_close_timeout of {options.schedule_to_close_timeout}s elapsed",
             )
             return
-        if attempt.number != number or not attempt.running:
-            return
+        if attempt.number != number or not attempt.running or attempt.started_at is None:
+            return  # over, or still waiting to run (its start arms these deadlines again)
         if kind == "attempt_timeout":
+            assert options.start_to_close_timeout is not None
+            if self._clock() < attempt.started_at + options.start_to_close_timeout:
+                return  # armed at dispatch; the deadline armed at its start is later
             self._attempt_failed(
                 attempt,
                 "TimeoutError",

@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
+import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -44,13 +46,24 @@ from duraflow.engine.definitions import (
     main_module_definitions,
     register_definitions,
 )
-from duraflow.errors import DuraflowError, PartitionUnavailable, WorkflowClosed
+from duraflow.errors import (
+    ConfigurationError,
+    DuraflowError,
+    PartitionUnavailable,
+    WorkflowClosed,
+)
 
 log = logging.getLogger("duraflow.ray")
 
 DEFAULT_NAMESPACE = "duraflow"
 OPEN_RETRY_S = 0.5
 """How often a new partition actor retries opening a file still locked by an old owner."""
+FENCED_CALL_WAIT_S = 10.0
+"""How long a call to a partition actor whose file another live process still holds waits
+before it fails with PartitionUnavailable (retriable) instead of hanging."""
+_PARTITION_NAME = re.compile(r"partition-\d{4,}")
+JOIN_PROBE_TIMEOUT_S = 5.0
+"""How long joining a cluster waits for its address to accept a TCP connection."""
 CALL_RETRY_WINDOW_S = 60.0
 """How long a client keeps retrying a call while the partition's actor restarts."""
 
@@ -85,19 +98,58 @@ class _Failure(msgspec.Struct):
 
 @ray.remote(max_retries=0)
 def _run_activity(
-    definition: ActivityDefinition, args: bytes, info: ActivityInfo, actor: Any
+    definition: ActivityDefinition, args: bytes, info: ActivityInfo, actor: Any, timed: bool
 ) -> ActivityOutcome:
-    """One activity attempt as a Ray task; heartbeats go to the owning partition's actor."""
+    """One activity attempt as a Ray task; heartbeats go to the owning partition's actor.
+
+    A task with a start-to-close or heartbeat timeout first sends a heartbeat of its own (one
+    actor call, skipped for activities without those timeouts): the timeouts then count
+    from when it really started, not from when it was submitted (a task can wait seconds for
+    a worker process or for resources), and an attempt that is no longer wanted by then (it
+    timed out or was cancelled while queued) does not run the activity at all.
+    """
     key = (info.workflow_id, info.run_id, info.seq)
 
     def send_heartbeat(details: bytes | None) -> None:
         if not ray.get(actor.heartbeat.remote(key, info.attempt, details)):
             task.cancelled.set()  # the next heartbeat() raises ActivityCancelledError
 
+    if timed and not ray.get(actor.heartbeat.remote(key, info.attempt, None)):
+        return ActivityOutcome(
+            ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
+        )
     task = ActivityTask(definition, args, info, send_heartbeat)
     if definition.is_async:
-        return asyncio.run(run_async_attempt(task))
+        return asyncio.run(_interruptible(run_async_attempt(task)))
     return run_sync_attempt(task)
+
+
+CANCEL_POLL_S = 0.05
+"""How often an async attempt's event loop wakes so that a ``ray.cancel`` reaches it."""
+
+
+async def _interruptible(attempt: Coroutine[Any, Any, ActivityOutcome]) -> ActivityOutcome:
+    """Run ``attempt`` with the loop waking every CANCEL_POLL_S.
+
+    ``ray.cancel`` interrupts the task's main thread like Ctrl-C (``_thread.interrupt_main``),
+    which Python only notices while it runs bytecode: an event loop idle in ``select`` (an
+    activity awaiting a long sleep or an event) would keep a cancelled, timed-out attempt
+    and its worker until the awaited thing happened, maybe never.
+    """
+
+    loop = asyncio.get_running_loop()
+    wakeup: asyncio.TimerHandle | None = None
+
+    def wake() -> None:
+        nonlocal wakeup
+        wakeup = loop.call_later(CANCEL_POLL_S, wake)
+
+    wake()
+    try:
+        return await attempt
+    finally:
+        assert wakeup is not None
+        wakeup.cancel()
 
 
 class RayExecutor:
@@ -114,9 +166,11 @@ class RayExecutor:
             self._inline.start(task, done)
             return
         ref = _run_activity.options(**definition.ray_options).remote(
-            definition, task.args, task.info, self._actor
+            definition, task.args, task.info, self._actor, task.timed
         )
         task.cancel_hook = lambda: ray.cancel(ref)
+        # _run_activity heartbeats first thing when a timeout must count from its start.
+        task.reports_start = task.timed
         self._loop.create_task(self._wait(ref, done, definition.name))
 
     async def _wait(self, ref: Any, done: Callable[[ActivityOutcome], None], name: str) -> None:
@@ -160,6 +214,7 @@ class PartitionActor:
             max_resident_runs=self._settings.max_resident_runs,
             hibernate_after_s=self._settings.hibernate_after_s,
         )
+        self._fenced: PartitionUnavailable | None = None
         self._opened = loop.create_task(self._open())
 
     async def _open(self) -> None:
@@ -170,10 +225,20 @@ class PartitionActor:
             except PartitionUnavailable as exc:
                 # Fencing: the old owner still holds the file. Wait for it to go.
                 log.warning("partition %d waits for its file: %s", self._index, exc)
+                self._fenced = exc
                 await asyncio.sleep(OPEN_RETRY_S)
 
     async def call(self, request: Any) -> Any:
         """One request to the partition; duraflow errors come back as values."""
+        if not self._opened.done():
+            await asyncio.wait([self._opened], timeout=FENCED_CALL_WAIT_S)
+            if not self._opened.done() and self._fenced is not None:
+                return _Failure(
+                    PartitionUnavailable(
+                        f"partition {self._index} cannot open its file yet: {self._fenced} "
+                        "(an old owner still runs); retry later"
+                    )
+                )
         await self._opened
         try:
             return await self._partition.handle(request)
@@ -200,8 +265,10 @@ class PartitionActor:
             "index": self._index,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address(),
             "partitions": self._settings.partitions,
             "data_dir": self._settings.data_dir,
+            "app_modules": list(self._settings.app_modules),
             **self._partition.stats(),
         }
 
@@ -232,6 +299,136 @@ def start_or_join_ray(address: str | None, namespace: str) -> bool:
     return False
 
 
+def join_cluster(address: str, namespace: str) -> None:
+    """Join the running Ray cluster at ``address`` as a driver, unless connected already.
+
+    Raises:
+        ConfigurationError: it cannot be joined; the message says why (token auth included).
+    """
+    if ray.is_initialized():
+        return
+    _probe(address)
+    try:
+        ray.init(address=address, namespace=namespace, log_to_driver=False)
+    except Exception as exc:  # reason: ray.init raises ConnectionError, RuntimeError, ...
+        raise ConfigurationError(_join_failure(address, exc)) from None
+
+
+def _probe(address: str) -> None:
+    """Fail fast when nothing listens at the cluster's address: ray.init would retry for
+    minutes (a typo, a stopped cluster, a stale address file left by a crashed one)."""
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        target = canonicalize_bootstrap_address(address)  # "auto": RAY_ADDRESS or the file
+        host, _, port = (target or "").rpartition(":")
+        port_number = int(port)
+    except Exception:  # reason: private API, ray:// or no address found: ray.init will say
+        return
+    try:
+        socket.create_connection((host.strip("[]"), port_number), JOIN_PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        raise ConfigurationError(
+            f"no Ray cluster answers at {target} (from address {address!r}): {exc}. Is it "
+            "running? 'ray start --head' starts one"
+        ) from None
+
+
+def _join_failure(address: str, exc: BaseException) -> str:
+    cause: BaseException | None = exc
+    while cause is not None:
+        if type(cause).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(cause):
+            return (
+                f"the Ray cluster at {address} refused the connection (token authentication): "
+                "set RAY_AUTH_MODE=token and give this process the cluster's token "
+                "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
+            )
+        cause = cause.__cause__ or cause.__context__
+    return (
+        f"cannot join the Ray cluster at {address!r}: {_first_line(exc)} (is it running? "
+        "'ray start --head' starts one; use address 'auto' on one of its nodes, or the head's "
+        "host:port)"
+    )
+
+
+def running_status(namespace: str, timeout: float) -> dict[str, Any] | None:
+    """The status of partition 0 of the deployment served in ``namespace`` (None if none)."""
+    try:
+        first = ray.get_actor(actor_name(0), namespace=namespace)
+    except ValueError:
+        return None
+    return _wait_opened([first], timeout)[0]
+
+
+def stop_partition_actors(namespace: str, timeout: float) -> list[int]:
+    """Close every partition actor of ``namespace`` (files and locks released), then kill it
+    for good. Returns the indexes of the partitions stopped.
+
+    Raises:
+        PartitionUnavailable: no partition actor in ``namespace``.
+    """
+    names = sorted(
+        a["name"]
+        for a in ray.util.list_named_actors(all_namespaces=True)
+        if a["namespace"] == namespace and _PARTITION_NAME.fullmatch(a["name"])
+    )
+    if not names:
+        raise PartitionUnavailable(f"no duraflow deployment in Ray namespace {namespace!r}")
+    handles = []
+    for name in names:
+        with contextlib.suppress(ValueError):  # died meanwhile
+            handles.append(ray.get_actor(name, namespace=namespace))
+    with contextlib.suppress(Exception):  # an actor may be restarting or gone
+        ray.get([h.shutdown.remote() for h in handles], timeout=timeout)
+    for handle in handles:
+        ray.kill(handle, no_restart=True)
+    return [int(name.removeprefix("partition-")) for name in names]
+
+
+def _wait_opened(handles: list[Any], timeout: float | None) -> list[dict[str, Any]]:
+    """The statuses of ``handles`` (partitions 0, 1, ...) once each opened its file."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    return [_status_of(handle, index, deadline) for index, handle in enumerate(handles)]
+
+
+def _status_of(handle: Any, index: int, deadline: float | None) -> dict[str, Any]:
+    """``handle.status()``, retried while the actor restarts, until ``deadline``."""
+    delay = 0.05
+    while True:
+        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            status: dict[str, Any] = ray.get(handle.status.remote(), timeout=remaining)
+            return status
+        except ray.exceptions.GetTimeoutError:
+            raise PartitionUnavailable(
+                f"partition {index} did not open in time: another process may hold its file, "
+                "or no node offers the resources its actor asks for (the actor's log in the "
+                "Ray session's logs folder says more)"
+            ) from None
+        except ActorUnavailableError as exc:  # restarting: calls queue again after ~0.5 s
+            if deadline is not None and time.monotonic() + delay > deadline:
+                raise PartitionUnavailable(
+                    f"partition {index} did not come back in time: {_first_line(exc)}"
+                ) from None
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
+        except RayActorError as exc:
+            if getattr(exc, "actor_init_failed", False):  # the traceback's last line says why
+                why = str(exc).strip().splitlines()[-1]
+                raise PartitionUnavailable(
+                    f"the actor of partition {index} failed to start: {why} (its log in the "
+                    "Ray session's logs folder has the traceback)"
+                ) from None
+            raise PartitionUnavailable(
+                f"the actor of partition {index} failed: {_first_line(exc)}"
+            ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class RayHost:
     """The client side of Ray hosting: actor handles, with retries across actor restarts."""
 
@@ -241,9 +438,19 @@ class RayHost:
 
     @classmethod
     def create(
-        cls, settings: HostSettings, *, detached: bool = False, shipped: bytes | None = None
+        cls,
+        settings: HostSettings,
+        *,
+        detached: bool = False,
+        shipped: bytes | None = None,
+        timeout: float | None = None,
     ) -> RayHost:
-        """Create (or find) the partition actors of a deployment and wait until they serve."""
+        """Create (or find) the partition actors of a deployment and wait until they serve.
+
+        Raises:
+            PartitionUnavailable: a partition did not open within ``timeout`` seconds, or its
+                actor failed to start (an app module it cannot import, for one).
+        """
         encoded = msgspec.msgpack.encode(settings)
         options: dict[str, Any] = {"namespace": settings.namespace, "get_if_exists": True}
         if detached:
@@ -254,7 +461,7 @@ class RayHost:
             PartitionActor.options(name=actor_name(i), **options).remote(i, encoded, shipped)
             for i in range(settings.partitions)
         ]
-        statuses = ray.get([h.status.remote() for h in handles])
+        statuses = _wait_opened(handles, timeout)
         for status in statuses:
             if Path(status["data_dir"]) != Path(settings.data_dir):
                 raise DuraflowError(
@@ -273,7 +480,8 @@ class RayHost:
                 f"no duraflow deployment in Ray namespace {namespace!r}: start one with "
                 "'duraflow serve' (or df.Engine(runtime='ray'))"
             ) from None
-        partitions = ray.get(first.status.remote())["partitions"]
+        deadline = time.monotonic() + CALL_RETRY_WINDOW_S
+        partitions = _status_of(first, 0, deadline)["partitions"]
         handles = [first] + [
             ray.get_actor(actor_name(i), namespace=namespace) for i in range(1, partitions)
         ]
@@ -309,6 +517,27 @@ class RayHost:
 
     def statuses(self) -> list[dict[str, Any]]:
         return list(ray.get([h.status.remote() for h in self._handles]))
+
+    def status_reports(self, timeout: float) -> list[dict[str, Any]]:
+        """Each partition's status, or ``{"index": i, "error": why}`` for a partition that did
+        not answer within ``timeout`` seconds (restarting, stalled, or gone)."""
+        deadline = time.monotonic() + timeout
+        refs = [h.status.remote() for h in self._handles]
+        ray.wait(refs, num_returns=len(refs), timeout=timeout)
+        reports: list[dict[str, Any]] = []
+        for index, ref in enumerate(refs):
+            try:
+                reports.append(ray.get(ref, timeout=0))
+            except ray.exceptions.GetTimeoutError:
+                reports.append({"index": index, "error": f"no answer within {timeout:g}s"})
+            except ActorUnavailableError:  # restarting: ask again until the deadline
+                try:
+                    reports.append(_status_of(self._handles[index], index, deadline))
+                except PartitionUnavailable as exc:
+                    reports.append({"index": index, "error": str(exc)})
+            except ray.exceptions.RayError as exc:
+                reports.append({"index": index, "error": _first_line(exc)})
+        return reports
 
     def stats(self) -> list[dict[str, int]]:
         return [

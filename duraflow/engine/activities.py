@@ -65,6 +65,11 @@ class ActivityTask:
         self.send_heartbeat = heartbeat
         self.cancelled = threading.Event()
         self.cancel_hook: Callable[[], None] | None = None
+        self.timed = False
+        """Whether this attempt has a start-to-close or heartbeat timeout."""
+        self.reports_start = False
+        """Set by an executor whose attempts may wait before they run (Ray tasks): such an
+        attempt sends a first heartbeat when it starts, and its timeouts count from there."""
 
     def cancel(self) -> None:
         """Tell the attempt it is no longer wanted (heartbeat raises; async code is cancelled)."""

@@ -216,9 +216,11 @@ def activity(
     Args:
         name: the activity name recorded in history (defaults to the function name).
         retry: the retry policy (default: Temporal's, 1 s doubling to 100 s, unlimited attempts).
-        start_to_close_timeout: limit for one attempt.
+        start_to_close_timeout: limit for one attempt, from when it starts running (a Ray
+            task waiting for a worker or for its resources has not started yet).
         schedule_to_close_timeout: limit for all attempts together, retries included.
-        heartbeat_timeout: an attempt fails if it does not call ``heartbeat()`` this often.
+        heartbeat_timeout: an attempt fails if it does not call ``heartbeat()`` this often
+            (from when it starts running, like ``start_to_close_timeout``).
         inline: run in the partition's own process (threads for sync functions, its event
             loop for async ones) instead of as a Ray task: for cheap steps. Activities always
             run inline on the in-process runtime.

@@ -1,0 +1,366 @@
+"""The ``duraflow`` command: serve a data directory on a Ray cluster, and thin client commands.
+
+    duraflow serve --data-dir DIR --app mypackage.workflows [--partitions P] [--address auto]
+    duraflow status | stop
+    duraflow list [--status S] [--type T] | describe ID | result ID [--timeout S]
+    duraflow signal ID NAME [JSON] | cancel ID | terminate ID [--reason R]
+
+Every command takes ``--address`` (default ``auto``: the cluster this node belongs to) and
+``--namespace`` (default ``duraflow``). The work is done by :mod:`duraflow.runtime` and the
+:class:`~duraflow.Client`; this module only parses arguments and prints.
+
+Exit codes: 0 done; 1 the workflow failed, was cancelled or terminated, or ``result`` timed
+out; 2 an error (bad input, no such workflow, nothing served, Ray unreachable), printed as one
+line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+
+from duraflow import runtime
+from duraflow.engine.client import Client
+from duraflow.errors import DuraflowError, ResultTimeout, WorkflowFailedError
+from duraflow.storage.codec import to_json
+
+DEFAULT_ADDRESS = "auto"
+DEFAULT_NAMESPACE = "duraflow"
+EXIT_FAILED = 1
+EXIT_ERROR = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``duraflow`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (WorkflowFailedError, ResultTimeout) as exc:
+        print(f"duraflow: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except DuraflowError as exc:
+        print(f"duraflow: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+# -- deployment ------------------------------------------------------------------------------
+
+
+def _serve(args: argparse.Namespace) -> int:
+    # Like `python -m`: app modules are found from the current directory (Ray puts this
+    # driver's current directory on the partition actors' sys.path too).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    served = runtime.serve(
+        args.data_dir,
+        address=args.address,
+        app_modules=args.app,
+        partitions=args.partitions,
+        namespace=args.namespace,
+        synchronous=args.synchronous,
+        partition_resources=args.partition_resources,
+        timeout=args.timeout,
+    )
+    what = "Already serving" if served.already_running else "Serving"
+    apps = ", ".join(served.app_modules) or "none"
+    print(
+        f"{what} {served.data_dir} ({served.partitions} partitions, app modules: {apps}) "
+        f"in Ray namespace {served.namespace!r}."
+    )
+    print()
+    _print_table(served.statuses)
+    ns = served.namespace
+    options = f"--namespace {ns}" + ("" if args.address == "auto" else f" --address {args.address}")
+    print(
+        f"""
+The partition actors live on in the Ray cluster after this command exits; a partition
+whose process dies is restarted by Ray and recovers from its file. Connect from any Ray
+driver of the cluster:
+
+    import duraflow as df
+    client = df.Client.connect({json.dumps(args.address)}, namespace={json.dumps(ns)})
+
+    duraflow status {options}    # partitions, nodes, open and resident runs
+    duraflow stop {options}      # closes the partitions; the data stays"""
+    )
+    if args.address != "auto":
+        print("\n(With an explicit address Ray sends its token only if RAY_AUTH_MODE=token.)")
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    reports = runtime.serving_status(
+        address=args.address, namespace=args.namespace, timeout=args.timeout
+    )
+    if args.json:
+        _print_json(reports)
+        return 0
+    served = next((r for r in reports if "data_dir" in r), None)
+    if served is not None:
+        print(
+            f"Ray namespace {args.namespace!r} serves {served['data_dir']} "
+            f"({served['partitions']} partitions)."
+        )
+        print()
+    _print_table(reports)
+    missing = [r["index"] for r in reports if "error" in r]
+    if missing:
+        print(f"duraflow: error: partitions {missing} did not answer", file=sys.stderr)
+        return EXIT_ERROR
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    stopped = runtime.stop_serving(
+        address=args.address, namespace=args.namespace, timeout=args.timeout
+    )
+    print(
+        f"Stopped {len(stopped)} partition actors in Ray namespace {args.namespace!r}; "
+        "the data directory is kept (serve it again to resume its open workflows)."
+    )
+    return 0
+
+
+def _print_table(reports: list[dict[str, Any]]) -> None:
+    header = ("PARTITION", "NODE", "PID", "OPEN", "RESIDENT", "PARKED", "LSN")
+    rows = []
+    for r in reports:
+        if "error" in r:
+            rows.append((str(r["index"]), f"unavailable: {r['error']}", "", "", "", "", ""))
+            continue
+        node = f"{r.get('node_ip', '?')} {str(r.get('node_id', ''))[:8]}".strip()
+        parked = r["open"] - r["resident"]
+        row = (r["index"], node, r["pid"], r["open"], r["resident"], parked, r["lsn"])
+        rows.append(tuple(str(v) for v in row))
+    healthy = [r for r in reports if "error" not in r]
+    if len(healthy) > 1:
+        open_, resident = sum(r["open"] for r in healthy), sum(r["resident"] for r in healthy)
+        rows.append(("total", "", "", str(open_), str(resident), str(open_ - resident), ""))
+    widths = [max(len(x) for x in column) for column in zip(header, *rows, strict=False)]
+    for row in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+# -- client commands ---------------------------------------------------------------------------
+
+
+def _with_client(command: Callable[[Client, argparse.Namespace], int | None]) -> Any:
+    def run(args: argparse.Namespace) -> int | None:
+        client = Client.connect(args.address, namespace=args.namespace)
+        try:
+            return command(client, args)
+        finally:
+            client.close()
+
+    return run
+
+
+def _list(client: Client, args: argparse.Namespace) -> None:
+    for description in client.list(args.status, args.type, args.limit):
+        print(to_json(description))
+
+
+def _describe(client: Client, args: argparse.Namespace) -> None:
+    _print_json(client.get_handle(args.workflow_id, args.run_id).describe())
+
+
+def _signal(client: Client, args: argparse.Namespace) -> None:
+    client.get_handle(args.workflow_id, args.run_id).signal(args.name, args.payload)
+    print(f"signal {args.name!r} sent to {args.workflow_id!r}")
+
+
+def _cancel(client: Client, args: argparse.Namespace) -> None:
+    client.get_handle(args.workflow_id, args.run_id).cancel(args.reason)
+    print(f"cancellation requested for {args.workflow_id!r}")
+
+
+def _terminate(client: Client, args: argparse.Namespace) -> None:
+    client.get_handle(args.workflow_id, args.run_id).terminate(args.reason)
+    print(f"terminated {args.workflow_id!r}")
+
+
+def _result(client: Client, args: argparse.Namespace) -> None:
+    _print_json(client.get_handle(args.workflow_id, args.run_id).result(args.timeout))
+
+
+def _print_json(value: Any) -> None:
+    print(msgspec.json.format(to_json(value), indent=2))
+
+
+# -- arguments ---------------------------------------------------------------------------------
+
+
+def _json_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text}") from None
+
+
+def _resources(text: str) -> dict[str, float]:
+    value = _json_value(text)
+    if not (
+        isinstance(value, dict)
+        and all(isinstance(v, (int, float)) and v > 0 for v in value.values())
+    ):
+        raise argparse.ArgumentTypeError(
+            f'expected a JSON object of resource amounts > 0, like {{"duraflow": 1}}: {text}'
+        )
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    return parse
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--address",
+        default=DEFAULT_ADDRESS,
+        help="the Ray cluster: 'auto' (default) on one of its nodes, or the head's host:port "
+        "(then set RAY_AUTH_MODE=token when the cluster uses token authentication)",
+    )
+    common.add_argument(
+        "--namespace",
+        default=DEFAULT_NAMESPACE,
+        help="the Ray namespace of the deployment (default: %(default)s)",
+    )
+    parser = argparse.ArgumentParser(
+        prog="duraflow",
+        description="Durable workflows on Ray: serve a data directory on a Ray cluster, "
+        "and look at or steer its workflows.",
+        epilog="Exit codes: 0 done, 1 the workflow failed/was cancelled/terminated or result "
+        "timed out, 2 error.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="create the partition actors of a data directory on a running Ray cluster",
+        description="Create the detached partition actors of DATA_DIR on the running Ray "
+        "cluster, wait until every partition has opened its file, print how to connect, and "
+        "exit; the actors live on with the cluster. Run it again after the cluster was "
+        "restarted: open workflows resume from the data directory.",
+    )
+    p.add_argument(
+        "--data-dir",
+        required=True,
+        help="the data directory; every node of the cluster must see it at the same path",
+    )
+    p.add_argument(
+        "--app",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="module with the workflows and activities, imported by every partition when it "
+        "starts (repeat for several); found from the current directory like 'python -m'",
+    )
+    p.add_argument(
+        "--partitions",
+        type=_positive(int),
+        default=None,
+        help="partition count, fixed when the data directory is created (default 4)",
+    )
+    p.add_argument(
+        "--synchronous",
+        type=str.upper,
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite synchronous mode: FULL (default, survives power loss) or NORMAL "
+        "(survives a killed process)",
+    )
+    p.add_argument(
+        "--partition-resources",
+        type=_resources,
+        default=None,
+        metavar="JSON",
+        help="custom Ray resources each partition actor asks for, e.g. '{\"duraflow\": 1}': "
+        "partitions then run only on nodes started with them (ray start --resources=...)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=runtime.SERVE_TIMEOUT_S,
+        help="seconds to wait for the partitions to open (default %(default)g)",
+    )
+    p.set_defaults(run=_serve)
+
+    p = sub.add_parser(
+        "status",
+        parents=[common],
+        help="partitions: node, pid, open / resident / parked workflows, LSN",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=runtime.STATUS_TIMEOUT_S,
+        help="seconds to wait for each partition (default %(default)g)",
+    )
+    p.set_defaults(run=_status)
+
+    p = sub.add_parser(
+        "stop",
+        parents=[common],
+        help="close the partitions and kill their actors (the data directory is kept)",
+    )
+    p.add_argument(
+        "--timeout",
+        type=_positive(float),
+        default=runtime.STOP_TIMEOUT_S,
+        help="seconds to wait for the partitions to close (default %(default)g)",
+    )
+    p.set_defaults(run=_stop)
+
+    p = sub.add_parser("list", parents=[common], help="workflow runs, newest first (JSON lines)")
+    p.add_argument("--status", help="running, completed, failed, cancelled or terminated")
+    p.add_argument("--type", help="workflow type name")
+    p.add_argument("--limit", type=_positive(int), default=1000, help="default %(default)s")
+    p.set_defaults(run=_with_client(_list))
+
+    def run_command(name: str, help: str, command: Any) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, parents=[common], help=help)
+        p.add_argument("workflow_id", metavar="ID", help="workflow ID")
+        p.add_argument("--run-id", help="a run of the ID (default: its latest run)")
+        p.set_defaults(run=_with_client(command))
+        return p
+
+    run_command("describe", "status, type, times, history length of a workflow (JSON)", _describe)
+    p = run_command("signal", "send a signal to a workflow", _signal)
+    p.add_argument("name", metavar="NAME", help="signal name")
+    p.add_argument(
+        "payload", metavar="JSON", type=_json_value, nargs="?", help="payload (default null)"
+    )
+    p = run_command("cancel", "ask a workflow to cancel (it may clean up)", _cancel)
+    p.add_argument("--reason", default="", help="why")
+    p = run_command(
+        "terminate", "close a workflow at once, running no more of its code", _terminate
+    )
+    p.add_argument("--reason", default="", help="why (recorded)")
+    p = run_command("result", "wait for a workflow's result and print it (JSON)", _result)
+    p.add_argument("--timeout", type=_positive(float), default=None, help="seconds (default: wait)")
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
