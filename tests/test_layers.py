@@ -23,6 +23,7 @@ ENGINE_MAY_IMPORT = {
     "duraflow.actors.router",
     "duraflow.storage.codec",
     "duraflow.cdc.events",
+    "duraflow.cdc.subscribers",  # the client is the user's door to the CDC stream
     "duraflow.errors",
 }
 

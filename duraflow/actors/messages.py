@@ -80,6 +80,31 @@ class ChildClosed(Message, kw_only=True):
     error_message: str = ""
 
 
+class ReadEvents(msgspec.Struct, frozen=True, kw_only=True):
+    """Read a partition's events after ``after_lsn`` (its change log), optionally filtered.
+
+    ``limit`` bounds the events *scanned*; with ``wait_s`` > 0 the partition holds the
+    request until an event newer than ``after_lsn`` is committed or the time is up.
+    """
+
+    after_lsn: int = 0
+    limit: int = 1000
+    wait_s: float = 0.0
+    event_types: tuple[str, ...] | None = None
+    workflow_type: str | None = None
+    workflow_id: str | None = None
+
+
+class EventBatch(msgspec.Struct, frozen=True):
+    """Encoded events (``duraflow.cdc.events``) and where to resume: ``next_after_lsn`` is
+    the last LSN scanned (filtered-out events included); ``head_lsn`` the newest committed."""
+
+    partition: int
+    events: list[bytes]
+    next_after_lsn: int
+    head_lsn: int
+
+
 class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     """List runs of one partition, newest first."""
 
@@ -133,7 +158,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     partition: int = 0
 
 
-_request_types = (*Request.__args__, ListWorkflows)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
+_request_types = (*Request.__args__, ListWorkflows, ReadEvents)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
 _validators = {t: msgspec.msgpack.Decoder(t) for t in _request_types}
 _outbox_encoder = msgspec.msgpack.Encoder()
 

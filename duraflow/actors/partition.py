@@ -30,8 +30,9 @@ import msgspec
 
 from duraflow.actors import messages as m
 from duraflow.actors.attempts import Attempt, AttemptTable
+from duraflow.actors.partition_activities import ActivityDone, ActivitySteps, Heartbeat
 from duraflow.cdc import events as ev
-from duraflow.engine.activities import ActivityExecutor, ActivityOutcome
+from duraflow.engine.activities import ActivityExecutor
 from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
@@ -88,18 +89,6 @@ class _Effects:
         self.closed: list[tuple[list[asyncio.Future[Any]], m.Outcome]] = []
 
 
-class _ActivityDone(msgspec.Struct):
-    key: tuple[str, str, int]
-    number: int
-    outcome: ActivityOutcome
-
-
-class _Heartbeat(msgspec.Struct):
-    key: tuple[str, str, int]
-    number: int
-    details: bytes | None
-
-
 class _Due(msgspec.Struct):
     pass
 
@@ -110,7 +99,7 @@ class _Delivered(msgspec.Struct):
     error: BaseException | None
 
 
-class Partition:
+class Partition(ActivitySteps):
     """The single writer of one partition's workflows.
 
     Args:
@@ -158,6 +147,8 @@ class Partition:
         self._fx = _Effects()
         self._closing = False
         self._recovering = False
+        self._notified_lsn = 0
+        self._event_waiters: list[asyncio.Future[None]] = []
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -220,6 +211,8 @@ class Partition:
         if self._closing:
             raise PartitionUnavailable(f"partition {self.index} is closed")
         request = m.validated(request)
+        if isinstance(request, m.ReadEvents):
+            return await self._read_events(request)  # a read of committed rows: no turn
         future = self._require_loop().create_future()
         self._post(request, future)
         return await future
@@ -289,6 +282,42 @@ class Partition:
             loop.create_task(self._deliver(outbox_id, target, message))
         self._arm()
         self._evict_over_cap()
+        if self._lsn > self._notified_lsn:
+            self._notified_lsn = self._lsn
+            for waiter in self._event_waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._event_waiters.clear()
+
+    async def _read_events(self, req: m.ReadEvents) -> m.EventBatch:
+        """Events after ``req.after_lsn``; between turns everything up to ``_lsn`` is committed."""
+        if req.wait_s > 0 and self._lsn <= req.after_lsn:
+            waiter = self._require_loop().create_future()
+            self._event_waiters.append(waiter)
+            try:
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(waiter, req.wait_s)
+            finally:
+                if waiter in self._event_waiters:
+                    self._event_waiters.remove(waiter)
+        rows = self._db().read_events(req.after_lsn, req.limit) if req.limit > 0 else []
+        types = set(req.event_types) if req.event_types is not None else None
+        events = []
+        for _lsn, workflow_id, kind, body in rows:
+            if types is not None and kind not in types:
+                continue
+            if req.workflow_id is not None and workflow_id != req.workflow_id:
+                continue
+            if req.workflow_type is not None and (
+                ev.decode_event(body).workflow_type != req.workflow_type
+            ):
+                continue
+            events.append(body)
+        if rows and len(rows) == req.limit:
+            resume = rows[-1][0]
+        else:
+            resume = max(req.after_lsn, self._lsn)
+        return m.EventBatch(self.index, events, resume, self._lsn)
 
     def _reload(self) -> None:
         """After a rolled-back turn: forget memory, reload what is durable."""
@@ -321,9 +350,9 @@ class Partition:
             return self._list(item)
         if isinstance(item, m.ChildClosed):
             return self._child_closed(item)
-        if isinstance(item, _ActivityDone):
+        if isinstance(item, ActivityDone):
             return self._activity_done(item)
-        if isinstance(item, _Heartbeat):
+        if isinstance(item, Heartbeat):
             return self._heartbeat(item)
         if isinstance(item, _Due):
             return self._fire_due()
@@ -768,36 +797,6 @@ class Partition:
             "at_us": at_us,
         }
 
-    # -- activities ------------------------------------------------------------------------------
-
-    def _begin_attempt(self, attempt: Attempt, number: int) -> None:
-        """Mark attempt ``number`` running; it is dispatched after this turn commits."""
-        now = self._clock()
-        attempt.begin(number, now)
-        options = attempt.options
-        key = attempt.key
-        if options.start_to_close_timeout is not None:
-            self._push(now + options.start_to_close_timeout, "attempt_timeout", (key, number))
-        if options.heartbeat_timeout is not None:
-            self._push(now + options.heartbeat_timeout, "heartbeat_check", (key, number))
-        if number == 1 and options.schedule_to_close_timeout is not None:
-            deadline = attempt.scheduled_at_us / 1e6 + options.schedule_to_close_timeout
-            self._push(deadline, "schedule_timeout", (key, 0))
-        self._fx.dispatch.append(attempt)
-
-    def _start_attempt(self, attempt: Attempt) -> None:
-        if self._attempts.get(attempt.key) is not attempt or not attempt.running:
-            return  # resolved or cancelled in the same turn
-        number = attempt.number
-        task = attempt.task(
-            lambda details: self.post_threadsafe(_Heartbeat(attempt.key, number, details))
-        )
-        self._executor.start(
-            task, lambda outcome: self.post_threadsafe(_ActivityDone(attempt.key, number, outcome))
-        )
-        if task.reports_start:
-            attempt.started_at = None  # its timeouts are armed again by its first heartbeat
-
     def _recover(self) -> None:
         """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
         resend undelivered outbox messages."""
@@ -809,132 +808,7 @@ class Partition:
                 self._db().set_stuck(open_run.row.workflow_id, open_run.row.run_id, None)
         for row_id, target, data in self._db().outbox():
             self._fx.sends.append((row_id, target, m.decode_outbox(data)))
-        for row in self._db().activities():
-            open_run = self._open.get(row.workflow_id)
-            if open_run is None or open_run.row.run_id != row.run_id:
-                continue
-            attempt = self._attempts.restore(row)
-            open_run.activity_seqs.add(row.seq)
-            timeout = attempt.options.schedule_to_close_timeout
-            if timeout is not None:
-                self._push(
-                    attempt.scheduled_at_us / 1e6 + timeout, "schedule_timeout", (attempt.key, 0)
-                )
-            if row.state == "backoff":
-                self._push((row.next_at_us or 0) / 1e6, "retry", (attempt.key, row.attempt + 1))
-            else:
-                self._attempt_failed(
-                    attempt,
-                    "PartitionRestarted",
-                    "the partition restarted while this attempt was running",
-                    delay=0.0,
-                )
-
-    def _activity_done(self, done: _ActivityDone) -> None:
-        attempt = self._attempts.get(done.key)
-        if attempt is None or attempt.number != done.number or not attempt.running:
-            return  # a late outcome of an attempt that timed out or was cancelled
-        outcome = done.outcome
-        if outcome.ok:
-            self._activity_resolved(attempt, True, outcome.result or b"", "", "")
-        else:
-            self._attempt_failed(attempt, outcome.error_type, outcome.error_message)
-
-    def _attempt_failed(
-        self, attempt: Attempt, error_type: str, message: str, delay: float | None = None
-    ) -> None:
-        attempt.stop()
-        open_run = self._open[attempt.key[0]]
-        retry = attempt.options.retry
-        following = attempt.number + 1
-        wait = retry.delay_before(following) if delay is None else delay
-        now = self._clock()
-        deadline = attempt.deadline()
-        if (
-            error_type != "PayloadError"
-            and retry.allows(following, error_type)
-            and (deadline is None or now + wait < deadline)
-        ):
-            next_at_us = round((now + wait) * 1e6)
-            wid, rid, seq = attempt.key
-            self._db().update_activity(wid, rid, seq, attempt.number, "backoff", next_at_us)
-            retry_event = ev.ActivityRetry(
-                **self._base(open_run.row, self._now_us()),
-                seq=seq,
-                activity=attempt.definition.name,
-                attempt=attempt.number,
-                error_type=error_type,
-                error_message=message,
-                next_attempt_at_us=next_at_us,
-            )
-            self._append(open_run, [retry_event])
-            if wait <= 0:
-                self._retry_due(attempt.key, following)
-            else:
-                self._push(now + wait, "retry", (attempt.key, following))
-        else:
-            self._activity_resolved(attempt, False, b"", error_type, message)
-
-    def _activity_resolved(
-        self, attempt: Attempt, ok: bool, result: bytes, error_type: str, message: str
-    ) -> None:
-        wid, rid, seq = attempt.key
-        open_run = self._open[wid]
-        self._attempts.drop(attempt.key)
-        open_run.activity_seqs.discard(seq)
-        self._db().delete_activity(wid, rid, seq)
-        base = self._base(open_run.row, self._now_us())
-        name = attempt.definition.name
-        event: ev.Event
-        if ok:
-            event = ev.ActivityCompleted(
-                **base, seq=seq, activity=name, result=result, attempt=attempt.number
-            )
-        else:
-            event = ev.ActivityFailed(
-                **base,
-                seq=seq,
-                activity=name,
-                error_type=error_type,
-                error_message=message,
-                attempt=attempt.number,
-            )
-        self._resolve(open_run, event)
-
-    def _retry_due(self, key: tuple[str, str, int], number: int) -> None:
-        attempt = self._attempts.get(key)
-        if attempt is None or attempt.running or attempt.number != number - 1:
-            return
-        self._db().update_activity(*key, number, "running", None)
-        self._begin_attempt(attempt, number)
-
-    def heartbeat(self, key: tuple[str, str, int], number: int, details: bytes | None) -> bool:
-        """Queue a heartbeat of attempt ``number``; False if that attempt is no longer wanted."""
-        attempt = self._attempts.get(key)
-        if attempt is None or attempt.number != number or not attempt.running:
-            return False
-        self._post(_Heartbeat(key, number, details), None)
-        return True
-
-    def _heartbeat(self, beat: _Heartbeat) -> None:
-        attempt = self._attempts.get(beat.key)
-        if attempt is None or attempt.number != beat.number or not attempt.running:
-            return
-        now = attempt.last_heartbeat = self._clock()
-        if attempt.started_at is None:  # it has waited to run until now
-            attempt.started_at = now
-            options = attempt.options
-            if options.start_to_close_timeout is not None:
-                self._push(
-                    now + options.start_to_close_timeout, "attempt_timeout", (beat.key, beat.number)
-                )
-            if options.heartbeat_timeout is not None:
-                self._push(
-                    now + options.heartbeat_timeout, "heartbeat_check", (beat.key, beat.number)
-                )
-        if beat.details is not None:
-            attempt.heartbeat_details = beat.details
-            self._db().set_activity_heartbeat(*beat.key, beat.details)
+        self._recover_activities()
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -980,44 +854,6 @@ class Partition:
         open_run.timer_seqs.discard(seq)
         self._db().delete_timer(wid, rid, seq)
         self._resolve(open_run, ev.TimerFired(**self._base(open_run.row, self._now_us()), seq=seq))
-
-    def _attempt_deadline(self, kind: str, key: tuple[str, str, int], number: int) -> None:
-        attempt = self._attempts.get(key)
-        if attempt is None:
-            return
-        options = attempt.options
-        if kind == "schedule_timeout":
-            attempt.stop()
-            self._activity_resolved(
-                attempt,
-                False,
-                b"",
-                "TimeoutError",
-                f"schedule_to_close_timeout of {options.schedule_to_close_timeout}s elapsed",
-            )
-            return
-        if attempt.number != number or not attempt.running or attempt.started_at is None:
-            return  # over, or still waiting to run (its start arms these deadlines again)
-        if kind == "attempt_timeout":
-            assert options.start_to_close_timeout is not None
-            if self._clock() < attempt.started_at + options.start_to_close_timeout:
-                return  # armed at dispatch; the deadline armed at its start is later
-            self._attempt_failed(
-                attempt,
-                "TimeoutError",
-                f"start_to_close_timeout of {options.start_to_close_timeout}s elapsed",
-            )
-        elif kind == "heartbeat_check":
-            assert options.heartbeat_timeout is not None
-            silent_until = attempt.last_heartbeat + options.heartbeat_timeout
-            if silent_until <= self._clock():
-                self._attempt_failed(
-                    attempt,
-                    "TimeoutError",
-                    f"no heartbeat within heartbeat_timeout of {options.heartbeat_timeout}s",
-                )
-            else:
-                self._push(silent_until, "heartbeat_check", (key, number))
 
     # -- outbox: messages to other workflows ---------------------------------------------------
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 from duraflow.actors import messages as m
 from duraflow.actors.router import partition_of
+from duraflow.cdc.subscribers import Subscription
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.errors import (
@@ -332,6 +333,39 @@ class Client:
     def get_handle(self, workflow_id: str, run_id: str | None = None) -> WorkflowHandle:
         """A handle to an existing workflow ID (its latest run unless ``run_id`` is given)."""
         return WorkflowHandle(self, check_workflow_id(workflow_id), run_id)
+
+    def subscribe(
+        self,
+        event_types: list[str] | tuple[str, ...] | None = None,
+        *,
+        workflow_type: str | None = None,
+        workflow_id: str | None = None,
+        from_: str | Mapping[int, int] = "latest",
+        buffer: int = 1000,
+    ) -> Subscription:
+        """Subscribe to history events (CDC): at least once, in order per partition.
+
+        Args:
+            event_types: e.g. ``["workflow.completed"]`` (default: every type).
+            workflow_type, workflow_id: only events of these workflows.
+            from_: ``"latest"`` (only new events, default), ``"earliest"`` (everything still
+                in the partitions) or ``subscription.offsets`` saved earlier, to resume.
+            buffer: events held for a slow reader; when full, reading from partitions pauses
+                (workflows are never slowed down).
+
+        Returns:
+            A Subscription: iterate it with ``for`` or ``async for``; ``.offsets`` says where it
+            is; close it when done.
+        """
+        return Subscription(
+            self._host,
+            self._runner,
+            event_types=event_types,
+            workflow_type=workflow_type,
+            workflow_id=workflow_id,
+            from_=from_,
+            buffer=buffer,
+        )
 
     async def list_async(
         self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000

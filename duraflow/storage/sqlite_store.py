@@ -240,12 +240,15 @@ class PartitionStore:
         row = self._conn.execute("SELECT max(lsn) FROM workflow_history").fetchone()
         return int(row[0] or 0)
 
-    def read_events(self, after_lsn: int, limit: int) -> list[AnyEvent]:
+    def read_events(self, after_lsn: int, limit: int) -> list[tuple[int, str, str, bytes]]:
+        """(LSN, workflow ID, event type, encoded event) of events after ``after_lsn``, in
+        LSN order: the history table read as the partition's change log (the CDC outbox)."""
         rows = self._conn.execute(
-            "SELECT body FROM workflow_history WHERE lsn > ? ORDER BY lsn LIMIT ?",
+            "SELECT lsn, workflow_id, event_type, body FROM workflow_history "
+            "WHERE lsn > ? ORDER BY lsn LIMIT ?",
             (after_lsn, limit),
         ).fetchall()
-        return [decode_event(r[0]) for r in rows]
+        return [(int(lsn), str(wid), str(kind), bytes(body)) for lsn, wid, kind, body in rows]
 
     # -- activities -------------------------------------------------------------------------
 
