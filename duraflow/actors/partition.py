@@ -313,10 +313,9 @@ class Partition(ActivitySteps):
             ):
                 continue
             events.append(body)
-        if rows and len(rows) == req.limit:
-            resume = rows[-1][0]
-        else:
-            resume = max(req.after_lsn, self._lsn)
+        # A full page resumes after its last row; otherwise everything committed was scanned.
+        full = bool(rows) and len(rows) == req.limit
+        resume = rows[-1][0] if full else max(req.after_lsn, self._lsn)
         return m.EventBatch(self.index, events, resume, self._lsn)
 
     def _reload(self) -> None:

@@ -4,6 +4,7 @@ workflows down; on both runtimes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import pytest
@@ -31,10 +32,8 @@ async def cdc_child(ctx: df.WorkflowContext, fail: bool) -> str:
 @df.workflow
 async def cdc_everything(ctx: df.WorkflowContext) -> str:
     await ctx.activity(cdc_flaky, False)
-    try:
+    with contextlib.suppress(df.ActivityError):
         await ctx.activity(cdc_flaky, True)  # one retry, then activity_failed
-    except df.ActivityError:
-        pass
     task = asyncio.ensure_future(ctx.activity(cdc_flaky, False))
     await asyncio.sleep(0)  # the task schedules its activity
     task.cancel()  # activity_cancelled
@@ -43,10 +42,8 @@ async def cdc_everything(ctx: df.WorkflowContext) -> str:
     await asyncio.wait_for(ctx.activity(cdc_flaky, False), 60)  # timer_cancelled when done
     await ctx.wait_for_signal("go")
     await ctx.execute_child(cdc_child, False)  # child_started, child_completed
-    try:
-        await ctx.execute_child(cdc_child, True)
-    except df.ChildWorkflowError:
-        pass  # child_failed
+    with contextlib.suppress(df.ChildWorkflowError):
+        await ctx.execute_child(cdc_child, True)  # child_failed
     return "done"
 
 
