@@ -116,6 +116,8 @@ class Engine:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
         self.data_dir = Path(data_dir).resolve()
         self.runtime = runtime
+        self.namespace: str | None = None
+        """The Ray namespace of this engine's partition actors (Ray runtime only)."""
         self.deployment = load_deployment(self.data_dir, partitions)
         idle_s = None if hibernate_after is None else parse_duration(hibernate_after)
         self._host: LocalHost | RayHostProtocol
@@ -142,6 +144,7 @@ class Engine:
                 actor_resources=partition_resources,
             )
             self._host = ray_host.EngineOnRay.start(settings, address)
+            self.namespace = settings.namespace
         self._runner = BlockingRunner()
         self._client = Client(self._host, self._runner)
 
