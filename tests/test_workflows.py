@@ -961,3 +961,14 @@ def test_a_signal_resent_with_the_same_request_id_is_appended_once(client: df.Cl
     handle.signal("item", "a", request_id="req-1")  # a resend after a lost reply
     handle.signal("item", "b", request_id="req-2")
     assert ["a", "b"] == handle.result(timeout=10)
+
+
+def test_history_lists_every_recorded_event_of_a_run(any_client: df.Client) -> None:
+    handle = any_client.start(wf_collect_signals, 1)
+    handle.signal("item", "x")
+    assert ["x"] == handle.result(timeout=30)
+    kinds = [type(e).__name__ for e in handle.history()]
+    assert ["WorkflowStarted", "SignalReceived", "WorkflowCompleted"] == kinds
+    assert [1, 2, 3] == [e.event_id for e in handle.history()]
+    with pytest.raises(df.WorkflowNotFound):
+        any_client.get_handle("wf-no-such-history").history()

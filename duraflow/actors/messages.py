@@ -68,6 +68,12 @@ class Describe(Message, kw_only=True):
     run_id: str | None = None
 
 
+class History(Message, kw_only=True):
+    """The recorded events of a run (the latest one unless ``run_id`` is given)."""
+
+    run_id: str | None = None
+
+
 class ChildClosed(Message, kw_only=True):
     """A child's outcome, sent to its parent (``workflow_id`` is the parent's)."""
 
@@ -114,7 +120,9 @@ class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
 
 
 OutboxMessage = Start | Terminate | Cancel | ChildClosed
-Request = Start | Signal | Query | Cancel | Terminate | AwaitResult | Describe | ChildClosed
+Request = (
+    Start | Signal | Query | Cancel | Terminate | AwaitResult | Describe | History | ChildClosed
+)
 
 
 class StartReply(msgspec.Struct, frozen=True):

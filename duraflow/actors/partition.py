@@ -345,6 +345,14 @@ class Partition(ActivitySteps):
             return self._await_result(item, future)
         if isinstance(item, m.Describe):
             return self._describe(item)
+        if isinstance(item, m.History):
+            open_run = self._open.get(item.workflow_id)
+            if open_run is not None and item.run_id in (None, open_run.row.run_id):
+                key = open_run.key
+            else:
+                row = self._closed_row(item.workflow_id, item.run_id)
+                key = (row.workflow_id, row.run_id)
+            return [ev.encode_event(e) for e in self._db().history(*key)]
         if isinstance(item, m.ListWorkflows):
             return self._list(item)
         if isinstance(item, m.ChildClosed):
@@ -487,7 +495,12 @@ class Partition(ActivitySteps):
     def _describe(self, req: m.Describe) -> m.WorkflowDescription:
         open_run = self._open.get(req.workflow_id)
         if open_run is not None and req.run_id in (None, open_run.row.run_id):
-            pending = sorted(a.definition.name for a in self._attempts.of_run(open_run.key))
+            wid, rid = open_run.key
+            pending = sorted(
+                attempt.definition.name
+                for seq in open_run.activity_seqs
+                if (attempt := self._attempts.get((wid, rid, seq))) is not None
+            )
             return _description(
                 open_run.row, self._last_event_id(open_run), pending, open_run.stuck, self.index
             )

@@ -15,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 
 from duraflow.actors import messages as m
 from duraflow.actors.router import partition_of
+from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
@@ -185,6 +186,17 @@ class WorkflowHandle:
     def result(self, timeout: Duration | None = None) -> Any:
         """Blocking twin of :meth:`result_async`."""
         return self._client._block(self.result_async(timeout))
+
+    async def history_async(self) -> list[AnyEvent]:
+        """Every recorded event of the run, in order (see ``duraflow.cdc.events``)."""
+        encoded: list[bytes] = await self._call(
+            m.History(workflow_id=self.workflow_id, run_id=self.run_id)
+        )
+        return [decode_event(data) for data in encoded]
+
+    def history(self) -> list[AnyEvent]:
+        """Blocking twin of :meth:`history_async`."""
+        return self._client._block(self.history_async())
 
     async def describe_async(self) -> m.WorkflowDescription:
         """Status, type, times, history length and pending activities of the run."""
