@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import msgspec
 
@@ -150,9 +150,6 @@ class AttemptTable:
         attempt = self._by_key.pop(key, None)
         if attempt is not None:
             attempt.stop()
-
-    def of_run(self, run_key: tuple[str, str]) -> Iterator[Attempt]:
-        return (a for k, a in self._by_key.items() if k[:2] == run_key)
 
     def cancel_all(self) -> None:
         for attempt in self._by_key.values():
