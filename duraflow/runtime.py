@@ -13,6 +13,7 @@ from typing import Any, Protocol
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
+from duraflow.actors.partition import DEFAULT_RETENTION_S
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
@@ -92,6 +93,8 @@ class Engine:
         partition_resources: custom Ray resources each partition actor asks for, e.g.
             ``{"duraflow_partition": 1}`` to place partitions only on the nodes started with
             that resource (Ray runtime only; default: none).
+        retention: how long a closed run stays in its partition's file once the archive has
+            it (default 24 h; 0 allowed); after that it is answered from the archive only.
 
     Workflow and activity modules must be imported before the engine opens a data directory
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
@@ -111,6 +114,7 @@ class Engine:
         address: str | None = None,
         namespace: str | None = None,
         partition_resources: dict[str, float] | None = None,
+        retention: Duration = DEFAULT_RETENTION_S,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -120,6 +124,7 @@ class Engine:
         """The Ray namespace of this engine's partition actors (Ray runtime only)."""
         self.deployment = load_deployment(self.data_dir, partitions)
         idle_s = None if hibernate_after is None else parse_duration(hibernate_after)
+        retention_s = parse_duration(retention, "retention")
         self._host: LocalHost | RayHostProtocol
         if runtime == "local":
             self._host = LocalHost(
@@ -129,6 +134,7 @@ class Engine:
                 activity_threads=activity_threads,
                 max_resident_runs=max_resident_runs,
                 hibernate_after_s=idle_s,
+                retention_s=retention_s,
             )
         else:
             from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
@@ -141,6 +147,7 @@ class Engine:
                 activity_threads=activity_threads,
                 max_resident_runs=max_resident_runs,
                 hibernate_after_s=idle_s,
+                retention_s=retention_s,
                 actor_resources=partition_resources,
             )
             self._host = ray_host.EngineOnRay.start(settings, address)

@@ -7,7 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from duraflow.actors.partition import Partition
+from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
 from duraflow.actors.router import partition_of
 from duraflow.engine.activities import InlineExecutor
 
@@ -29,6 +29,7 @@ class LocalHost:
         activity_threads: int = 64,
         max_resident_runs: int | None = None,
         hibernate_after_s: float | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.partitions = partitions
         self._loop = asyncio.new_event_loop()
@@ -46,6 +47,7 @@ class LocalHost:
                 synchronous=synchronous,
                 max_resident_runs=max_resident_runs,
                 hibernate_after_s=hibernate_after_s,
+                retention_s=retention_s,
             )
             for i in range(partitions)
         ]

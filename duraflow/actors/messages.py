@@ -111,6 +111,13 @@ class EventBatch(msgspec.Struct, frozen=True):
     head_lsn: int
 
 
+class Archived(msgspec.Struct, frozen=True, kw_only=True):
+    """From the archive's consumer: every event of this partition up to ``lsn`` is committed
+    to the archive, so closed runs past their retention may leave the partition's file."""
+
+    lsn: int
+
+
 class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     """List runs of one partition, newest first."""
 
@@ -166,7 +173,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     partition: int = 0
 
 
-_request_types = (*Request.__args__, ListWorkflows, ReadEvents)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
+_request_types = (*Request.__args__, ListWorkflows, ReadEvents, Archived)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
 _validators = {t: msgspec.msgpack.Decoder(t) for t in _request_types}
 _outbox_encoder = msgspec.msgpack.Encoder()
 

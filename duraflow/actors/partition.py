@@ -55,6 +55,10 @@ Send = Callable[[str, Any], Awaitable[Any]]
 """How a partition reaches the owner of another workflow ID: ``await send(workflow_id, msg)``."""
 
 OUTBOX_RETRY_S = 0.5
+DEFAULT_RETENTION_S = 86_400.0
+"""How long a closed run stays in its partition's file after it is archived."""
+PRUNE_BATCH = 1000
+"""Closed runs deleted per turn; more are left to the following turns."""
 _DEFERRED = object()
 
 
@@ -121,6 +125,7 @@ class Partition(ActivitySteps):
         clock: Callable[[], float] = time.time,
         max_resident_runs: int | None = None,
         hibernate_after_s: float | None = None,
+        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.index = index
         self._path = path
@@ -147,6 +152,8 @@ class Partition(ActivitySteps):
         self._fx = _Effects()
         self._closing = False
         self._recovering = False
+        self._retention_s = retention_s
+        self._archived_lsn = 0
         self._notified_lsn = 0
         self._event_waiters: list[asyncio.Future[None]] = []
 
@@ -189,6 +196,9 @@ class Partition(ActivitySteps):
     def _load(self) -> None:
         store = self._db()
         self._lsn = store.max_lsn()
+        self._archived_lsn = int(store.get_meta("archived_lsn") or 0)
+        # Pruned runs take their rows with them; LSNs must still never go back.
+        self._lsn = max(self._lsn, self._archived_lsn)
         self._open = {row.workflow_id: OpenRun(row, None) for row in store.open_runs()}
         for timer in store.timers():
             open_run = self._open.get(timer.workflow_id)
@@ -353,6 +363,8 @@ class Partition(ActivitySteps):
                 row = self._closed_row(item.workflow_id, item.run_id)
                 key = (row.workflow_id, row.run_id)
             return [ev.encode_event(e) for e in self._db().history(*key)]
+        if isinstance(item, m.Archived):
+            return self._archived(item)
         if isinstance(item, m.ListWorkflows):
             return self._list(item)
         if isinstance(item, m.ChildClosed):
@@ -511,6 +523,24 @@ class Partition(ActivitySteps):
     def _list(self, req: m.ListWorkflows) -> list[m.WorkflowDescription]:
         rows = self._db().list_workflows(req.status, req.workflow_type, req.limit)
         return [_description(row, 0, [], None, self.index) for row in rows]
+
+    def _archived(self, req: m.Archived) -> None:
+        if req.lsn > self._archived_lsn:
+            self._archived_lsn = min(req.lsn, self._lsn)
+            self._db().set_meta("archived_lsn", str(self._archived_lsn))
+        self._prune()
+
+    def _prune(self) -> None:
+        """Delete closed runs that are archived and past the retention period (tiering)."""
+        if self._archived_lsn == 0:
+            return
+        store = self._db()
+        cutoff_us = self._now_us() - round(self._retention_s * 1e6)
+        runs = store.prunable_runs(cutoff_us, self._archived_lsn, PRUNE_BATCH)
+        for workflow_id, run_id in runs:
+            store.delete_run(workflow_id, run_id)
+        if len(runs) == PRUNE_BATCH:
+            self._push(self._clock(), "prune", None)  # the rest in the next turns
 
     def _child_closed(self, msg: m.ChildClosed) -> None:
         open_run = self._open.get(msg.workflow_id)
@@ -855,6 +885,8 @@ class Partition(ActivitySteps):
                 self._retry_due(*key)
             elif kind == "outbox":
                 self._resend(key)
+            elif kind == "prune":
+                self._prune()
             else:
                 self._attempt_deadline(kind, *key)
 

@@ -30,7 +30,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from duraflow.actors import messages as m
 from duraflow.actors.local_host import partition_path
-from duraflow.actors.partition import Partition
+from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
 from duraflow.actors.router import partition_of
 from duraflow.engine.activities import (
     ActivityInfo,
@@ -82,6 +82,7 @@ class HostSettings(msgspec.Struct, frozen=True):
     activity_threads: int = 64
     max_resident_runs: int | None = None
     hibernate_after_s: float | None = None
+    retention_s: float = DEFAULT_RETENTION_S
     app_modules: tuple[str, ...] = ()
     actor_resources: dict[str, float] | None = None
     """Custom Ray resources each partition actor asks for (``PartitionActor.options(resources=
@@ -213,6 +214,7 @@ class PartitionActor:
             synchronous=self._settings.synchronous,
             max_resident_runs=self._settings.max_resident_runs,
             hibernate_after_s=self._settings.hibernate_after_s,
+            retention_s=self._settings.retention_s,
         )
         self._fenced: PartitionUnavailable | None = None
         self._opened = loop.create_task(self._open())

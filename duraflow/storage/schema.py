@@ -84,6 +84,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE workflows ADD COLUMN stuck TEXT;
     """,
+    # 3: closed runs by close time, for pruning archived runs.
+    """
+    CREATE INDEX workflows_closed ON workflows (closed_at_us) WHERE status != 'running';
+    """,
 )
 
 

@@ -319,6 +319,28 @@ class PartitionStore:
         ).fetchall()
         return [TimerRow(*r) for r in rows]
 
+    def prunable_runs(
+        self, closed_before_us: int, archived_lsn: int, limit: int
+    ) -> list[tuple[str, str]]:
+        """Closed runs closed before ``closed_before_us`` whose every event is archived."""
+        rows = self._conn.execute(
+            "SELECT w.workflow_id, w.run_id FROM workflows AS w "
+            "WHERE w.status != 'running' AND w.closed_at_us <= ? AND NOT EXISTS ("
+            "  SELECT 1 FROM workflow_history AS h "
+            "  WHERE h.workflow_id = w.workflow_id AND h.run_id = w.run_id AND h.lsn > ?"
+            ") LIMIT ?",
+            (closed_before_us, archived_lsn, limit),
+        ).fetchall()
+        return [(str(w), str(r)) for w, r in rows]
+
+    def delete_run(self, workflow_id: str, run_id: str) -> None:
+        """Remove every row of a closed run (it lives on in the archive)."""
+        # Table names are constants here; IDs stay parameters.
+        for table in ("workflow_history", "workflow_signals", "workflows"):
+            self._conn.execute(
+                f"DELETE FROM {table} WHERE workflow_id = ? AND run_id = ?", (workflow_id, run_id)
+            )
+
     def delete_run_state(self, workflow_id: str, run_id: str) -> None:
         """Drop the timers and activities of a run that closed."""
         # Table names are constants here; IDs stay parameters.
