@@ -1,12 +1,12 @@
-"""Entry point: ``./dev bench [core] [options]`` (or ``python -m benchmarks``)."""
+"""Entry point: ``./dev bench [core|parked|archive] [options]`` (or ``python -m benchmarks``)."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_core, bench_parked
+from benchmarks import bench_archive, bench_core, bench_parked
 
-SUITES = {"core": bench_core.main, "parked": bench_parked.main}
+SUITES = {"core": bench_core.main, "parked": bench_parked.main, "archive": bench_archive.main}
 
 
 def main() -> None:

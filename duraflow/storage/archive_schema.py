@@ -1,0 +1,423 @@
+"""The archive's three tables (history, workflows, activities): schemas and how rows are made.
+
+``history`` holds one row per event, made from events by :func:`history_rows`. ``workflows``
+(one row per closed run) and ``activities`` (one row per closed activity) are derived from
+history rows by the SQL in :data:`WORKFLOWS_SQL` and :data:`ACTIVITIES_SQL` (DuckDB), so the
+cold tier (``storage/iceberg.py``) and the query views over warm segments
+(``storage/query.py``) compute them the same way.
+
+Every table carries ``partition`` and ``lsn``: for a history row, the event's own; for a
+derived row, those of the event that closed it. Offsets per partition are what make each
+table exactly-once (see ``storage/iceberg.py``).
+
+Schema evolution: add optional columns only (DuckDB's ``read_parquet`` binds by name); never
+rename, retype or reuse a field ID.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import msgspec
+import pyarrow as pa
+import pyarrow.compute as pc
+from pyiceberg.io.pyarrow import schema_to_pyarrow
+from pyiceberg.partitioning import PartitionField, PartitionSpec
+from pyiceberg.schema import Schema
+from pyiceberg.table.sorting import SortField, SortOrder
+from pyiceberg.transforms import IdentityTransform
+from pyiceberg.types import (
+    BinaryType,
+    DateType,
+    IntegerType,
+    LongType,
+    NestedField,
+    StringType,
+    TimestamptzType,
+)
+
+from duraflow.cdc.events import Event, encode_event, event_type
+from duraflow.storage import codec
+
+US_PER_DAY = 86_400_000_000
+PAYLOAD_FIELDS = frozenset({"args", "result", "payload"})
+"""Event fields holding msgpack made by ``storage/codec.py``; ``data`` shows them decoded."""
+
+_COMMON_FIELDS = frozenset(
+    {"workflow_id", "run_id", "workflow_type", "event_id", "partition", "lsn", "at_us"}
+)
+
+
+def _field(field_id: int, name: str, kind: object, required: bool = True) -> NestedField:
+    return NestedField(field_id, name, kind, required=required)  # type: ignore[arg-type]  # reason: pyiceberg types are pydantic models
+
+
+HISTORY_SCHEMA = Schema(
+    _field(1, "workflow_id", StringType()),
+    _field(2, "run_id", StringType()),
+    _field(3, "workflow_type", StringType()),
+    _field(4, "event_id", LongType()),
+    _field(5, "event_type", StringType()),
+    _field(6, "partition", IntegerType()),
+    _field(7, "lsn", LongType()),
+    _field(8, "event_time", TimestamptzType()),
+    _field(9, "event_date", DateType()),
+    _field(10, "data", StringType()),
+    _field(11, "raw", BinaryType()),
+)
+"""One row per event. ``data`` is JSON of the type-specific fields (payloads decoded);
+``raw`` is the whole event as msgpack (``encode_event``), so a history read back from the
+archive replays exactly even where JSON cannot say a payload value exactly."""
+
+WORKFLOWS_SCHEMA = Schema(
+    _field(1, "workflow_id", StringType()),
+    _field(2, "run_id", StringType()),
+    _field(3, "workflow_type", StringType()),
+    _field(4, "status", StringType()),
+    _field(5, "start_time", TimestamptzType(), required=False),
+    _field(6, "close_time", TimestamptzType()),
+    _field(7, "duration_ms", LongType(), required=False),
+    _field(8, "activity_count", LongType()),
+    _field(9, "retry_count", LongType()),
+    _field(10, "error_type", StringType(), required=False),
+    _field(11, "error_message", StringType(), required=False),
+    _field(12, "close_date", DateType()),
+    _field(13, "partition", IntegerType()),
+    _field(14, "lsn", LongType()),
+)
+"""One row per closed run; ``status`` is completed, failed, cancelled or terminated."""
+
+ACTIVITIES_SCHEMA = Schema(
+    _field(1, "workflow_id", StringType()),
+    _field(2, "run_id", StringType()),
+    _field(3, "workflow_type", StringType()),
+    _field(4, "seq", LongType()),
+    _field(5, "activity", StringType()),
+    _field(6, "attempts", IntegerType()),
+    _field(7, "scheduled_at", TimestamptzType(), required=False),
+    _field(8, "closed_at", TimestamptzType()),
+    _field(9, "duration_ms", LongType(), required=False),
+    _field(10, "outcome", StringType()),
+    _field(11, "error_type", StringType(), required=False),
+    _field(12, "error_message", StringType(), required=False),
+    _field(13, "closed_date", DateType()),
+    _field(14, "partition", IntegerType()),
+    _field(15, "lsn", LongType()),
+)
+"""One row per activity execution that closed (its own event, or its run closing first);
+``outcome`` is completed, failed or cancelled."""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What the archive knows about one of its tables.
+
+    Attributes:
+        name: the table's name in the catalog namespace.
+        schema: its Iceberg schema; ``arrow`` is the same as an Arrow schema.
+        date_column: the identity partition column (a UTC date).
+        key: the columns that identify a row (duplicates are dropped on commit).
+        sort: the order ``compact`` writes a day in.
+    """
+
+    name: str
+    schema: Schema
+    date_column: str
+    key: tuple[str, ...]
+    sort: tuple[str, ...]
+
+    @property
+    def arrow(self) -> pa.Schema:
+        return _ARROW[self.name]
+
+    def partition_spec(self) -> PartitionSpec:
+        source = self.schema.find_field(self.date_column)
+        return PartitionSpec(
+            PartitionField(
+                source_id=source.field_id,
+                field_id=1000,
+                transform=IdentityTransform(),
+                name=self.date_column,
+            )
+        )
+
+    def sort_order(self) -> SortOrder:
+        fields = [
+            SortField(source_id=self.schema.find_field(c).field_id, transform=IdentityTransform())
+            for c in self.sort
+        ]
+        return SortOrder(*fields)
+
+    def empty(self) -> pa.Table:
+        """A table with no rows and the right columns."""
+        return self.arrow.empty_table()
+
+
+HISTORY = TableSpec(
+    "history",
+    HISTORY_SCHEMA,
+    "event_date",
+    key=("partition", "lsn"),
+    sort=("workflow_id", "run_id", "event_id"),
+)
+WORKFLOWS = TableSpec(
+    "workflows",
+    WORKFLOWS_SCHEMA,
+    "close_date",
+    key=("workflow_id", "run_id"),
+    sort=("workflow_id", "run_id"),
+)
+ACTIVITIES = TableSpec(
+    "activities",
+    ACTIVITIES_SCHEMA,
+    "closed_date",
+    key=("workflow_id", "run_id", "seq"),
+    sort=("workflow_id", "run_id", "seq"),
+)
+TABLES: dict[str, TableSpec] = {spec.name: spec for spec in (HISTORY, WORKFLOWS, ACTIVITIES)}
+_ARROW = {
+    spec.name: schema_to_pyarrow(spec.schema, include_field_ids=False) for spec in TABLES.values()
+}
+
+# -- events to history rows -------------------------------------------------------------------
+
+_json = msgspec.json.Encoder()
+_fields_by_type: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+
+
+def _fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(plain fields, payload fields) of an event class, beyond the common ones."""
+    found = _fields_by_type.get(cls)
+    if found is None:
+        names = [n for n in cls.__struct_fields__ if n not in _COMMON_FIELDS]  # type: ignore[attr-defined]  # reason: every Event is a msgspec Struct
+        found = (
+            tuple(n for n in names if n not in PAYLOAD_FIELDS),
+            tuple(n for n in names if n in PAYLOAD_FIELDS),
+        )
+        _fields_by_type[cls] = found
+    return found
+
+
+def _decoded(data: bytes) -> object:
+    """A payload decoded for people; bytes that do not decode become ``{"$msgpack": base64}``."""
+    if not data:
+        return None
+    try:
+        return codec.decode(data)
+    except (msgspec.DecodeError, TypeError, ValueError, RecursionError):
+        return _undecoded(data)
+
+
+def _undecoded(data: bytes) -> dict[str, str]:
+    return {"$msgpack": base64.b64encode(data).decode("ascii")}
+
+
+def event_data(event: Event) -> str:
+    """JSON text of an event's type-specific fields, payloads decoded where possible.
+
+    A payload that decodes to something JSON cannot hold (a msgpack extension type) is shown
+    as ``{"$msgpack": base64}``; the ``raw`` column keeps every event exactly.
+    """
+    plain, payloads = _fields(type(event))
+    fields = {name: getattr(event, name) for name in plain}
+    for name in payloads:
+        fields[name] = _decoded(getattr(event, name))
+    try:
+        return _json.encode(fields).decode()
+    except (TypeError, ValueError, msgspec.EncodeError):
+        for name in payloads:
+            data = getattr(event, name)
+            try:
+                _json.encode(fields[name])
+            except (TypeError, ValueError, msgspec.EncodeError):
+                fields[name] = _undecoded(data)
+        return _json.encode(fields).decode()
+
+
+def history_rows(events: Iterable[Event]) -> pa.Table:
+    """One ``history`` row per event, in the order given."""
+    columns: dict[str, list[object]] = {name: [] for name in HISTORY.arrow.names}
+    at_us: list[int] = []
+    for event in events:
+        columns["workflow_id"].append(event.workflow_id)
+        columns["run_id"].append(event.run_id)
+        columns["workflow_type"].append(event.workflow_type)
+        columns["event_id"].append(event.event_id)
+        columns["event_type"].append(event_type(event))
+        columns["partition"].append(event.partition)
+        columns["lsn"].append(event.lsn)
+        at_us.append(event.at_us)
+        columns["data"].append(event_data(event))
+        columns["raw"].append(encode_event(event))
+    schema = HISTORY.arrow
+    arrays = {name: pa.array(values, schema.field(name).type) for name, values in columns.items()}
+    arrays["event_time"] = pa.array(at_us, pa.int64()).cast(schema.field("event_time").type)
+    days = pa.array([us // US_PER_DAY for us in at_us], pa.int32())
+    arrays["event_date"] = days.cast(pa.date32())
+    return pa.Table.from_arrays([arrays[n] for n in schema.names], schema=schema)
+
+
+def max_lsns(rows: pa.Table) -> dict[int, int]:
+    """The highest LSN of each partition in history rows."""
+    if rows.num_rows == 0:
+        return {}
+    grouped = rows.group_by("partition", use_threads=False).aggregate([("lsn", "max")])
+    return dict(zip(grouped["partition"].to_pylist(), grouped["lsn_max"].to_pylist(), strict=True))
+
+
+def drop_duplicates(rows: pa.Table, key: tuple[str, ...]) -> pa.Table:
+    """``rows`` keeping the first row of each ``key`` (in their original order)."""
+    if rows.num_rows < 2:
+        return rows
+    numbered = rows.select(list(key)).append_column("__row", pa.array(range(rows.num_rows)))
+    first = numbered.group_by(list(key), use_threads=False).aggregate([("__row", "min")])
+    if first.num_rows == rows.num_rows:
+        return rows
+    keep = first["__row_min"]
+    return rows.take(pc.take(keep, pc.sort_indices(keep)))
+
+
+# -- history rows to workflows and activities (DuckDB SQL) -----------------------------------
+
+RUN_CLOSING = ("workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.terminated")
+ACTIVITY_CLOSING = (
+    "workflow.activity_completed",
+    "workflow.activity_failed",
+    "workflow.activity_cancelled",
+)
+_RUN_CLOSING = ", ".join(f"'{t}'" for t in RUN_CLOSING)
+_ACTIVITY_CLOSING = ", ".join(f"'{t}'" for t in ACTIVITY_CLOSING)
+
+CLOSERS_SQL = f"""
+SELECT workflow_id, run_id, max(event_id) AS upto
+FROM {{source}}
+WHERE event_type IN ({_RUN_CLOSING}, {_ACTIVITY_CLOSING})
+GROUP BY workflow_id, run_id
+"""
+"""Runs with a closing event in ``{source}``, and the last such event ID: deriving their rows
+needs every event of the run up to ``upto``."""
+
+WORKFLOWS_SQL = f"""
+WITH closing AS (
+    SELECT DISTINCT ON (workflow_id, run_id) *
+    FROM {{source}}
+    WHERE event_type IN ({_RUN_CLOSING})
+    ORDER BY workflow_id, run_id, event_id
+),
+events AS (
+    SELECT DISTINCT ON (workflow_id, run_id, event_id)
+           workflow_id, run_id, event_id, event_type, event_time
+    FROM {{context}} SEMI JOIN closing USING (workflow_id, run_id)
+),
+counts AS (
+    SELECT workflow_id, run_id,
+           min(event_time) FILTER (WHERE event_type = 'workflow.started') AS start_time,
+           count(*) FILTER (WHERE event_type = 'workflow.activity_scheduled') AS activity_count,
+           count(*) FILTER (WHERE event_type = 'workflow.step.retry') AS retry_count
+    FROM events
+    GROUP BY workflow_id, run_id
+)
+SELECT c.workflow_id, c.run_id, c.workflow_type,
+       replace(c.event_type, 'workflow.', '') AS status,
+       n.start_time,
+       c.event_time AS close_time,
+       date_diff('millisecond', n.start_time, c.event_time) AS duration_ms,
+       coalesce(n.activity_count, 0) AS activity_count,
+       coalesce(n.retry_count, 0) AS retry_count,
+       CASE c.event_type
+           WHEN 'workflow.failed' THEN c.data ->> '$.error_type'
+           WHEN 'workflow.cancelled' THEN 'CancelledError'
+           WHEN 'workflow.terminated' THEN 'Terminated'
+       END AS error_type,
+       CASE c.event_type
+           WHEN 'workflow.failed' THEN c.data ->> '$.error_message'
+           WHEN 'workflow.cancelled' THEN coalesce(nullif(c.data ->> '$.reason', ''), 'cancelled')
+           WHEN 'workflow.terminated' THEN coalesce(nullif(c.data ->> '$.reason', ''), 'terminated')
+       END AS error_message,
+       c.event_date AS close_date,
+       c.partition,
+       c.lsn
+FROM closing c LEFT JOIN counts n USING (workflow_id, run_id)
+"""
+"""``workflows`` rows for the runs that close in ``{source}``; ``{context}`` must hold every
+event of those runs (duplicates allowed)."""
+
+ACTIVITIES_SQL = f"""
+WITH run_closing AS (
+    SELECT DISTINCT ON (workflow_id, run_id) *
+    FROM {{source}}
+    WHERE event_type IN ({_RUN_CLOSING})
+    ORDER BY workflow_id, run_id, event_id
+),
+activity_closing AS (
+    SELECT DISTINCT ON (workflow_id, run_id, seq) *
+    FROM (
+        SELECT *, CAST(data ->> '$.seq' AS BIGINT) AS seq
+        FROM {{source}}
+        WHERE event_type IN ({_ACTIVITY_CLOSING})
+    )
+    ORDER BY workflow_id, run_id, seq, event_id
+),
+runs AS (
+    SELECT workflow_id, run_id FROM run_closing
+    UNION
+    SELECT workflow_id, run_id FROM activity_closing
+),
+events AS (
+    SELECT DISTINCT ON (workflow_id, run_id, event_id)
+           workflow_id, run_id, event_id, event_type, event_time, data
+    FROM {{context}} SEMI JOIN runs USING (workflow_id, run_id)
+    WHERE event_type IN ('workflow.activity_scheduled', 'workflow.step.retry', {_ACTIVITY_CLOSING})
+),
+steps AS (
+    SELECT workflow_id, run_id, CAST(data ->> '$.seq' AS BIGINT) AS seq,
+           min(event_time) FILTER (WHERE event_type = 'workflow.activity_scheduled')
+               AS scheduled_at,
+           any_value(data ->> '$.activity') AS activity,
+           count(*) FILTER (WHERE event_type = 'workflow.step.retry') AS retries,
+           count(*) FILTER (WHERE event_type IN ({_ACTIVITY_CLOSING})) AS closings
+    FROM events
+    GROUP BY ALL
+),
+closed_by_event AS (
+    SELECT a.workflow_id, a.run_id, a.workflow_type, a.seq,
+           a.data ->> '$.activity' AS activity,
+           CASE a.event_type
+               WHEN 'workflow.activity_cancelled' THEN coalesce(s.retries, 0) + 1
+               ELSE CAST(a.data ->> '$.attempt' AS INTEGER)
+           END AS attempts,
+           s.scheduled_at,
+           a.event_time AS closed_at,
+           replace(a.event_type, 'workflow.activity_', '') AS outcome,
+           CASE a.event_type
+               WHEN 'workflow.activity_failed' THEN a.data ->> '$.error_type'
+               WHEN 'workflow.activity_cancelled' THEN 'CancelledError'
+           END AS error_type,
+           CASE a.event_type
+               WHEN 'workflow.activity_failed' THEN a.data ->> '$.error_message'
+               WHEN 'workflow.activity_cancelled' THEN 'activity cancelled'
+           END AS error_message,
+           a.event_date AS closed_date, a.partition, a.lsn
+    FROM activity_closing a LEFT JOIN steps s USING (workflow_id, run_id, seq)
+),
+closed_by_run AS (
+    SELECT s.workflow_id, s.run_id, r.workflow_type, s.seq, s.activity,
+           s.retries + 1 AS attempts,
+           s.scheduled_at,
+           r.event_time AS closed_at,
+           'cancelled' AS outcome,
+           'CancelledError' AS error_type,
+           'run ' || replace(r.event_type, 'workflow.', '') || ' first' AS error_message,
+           r.event_date AS closed_date, r.partition, r.lsn
+    FROM steps s JOIN run_closing r USING (workflow_id, run_id)
+    WHERE s.closings = 0 AND s.scheduled_at IS NOT NULL
+)
+SELECT *, date_diff('millisecond', scheduled_at, closed_at) AS duration_ms FROM closed_by_event
+UNION ALL BY NAME
+SELECT *, date_diff('millisecond', scheduled_at, closed_at) AS duration_ms FROM closed_by_run
+"""
+"""``activities`` rows for the activities that close in ``{source}``, by their own event or by
+their run closing while they were still open; ``{context}`` must hold every event of those
+runs (duplicates allowed)."""

@@ -1,0 +1,215 @@
+"""The archive's pyiceberg catalog: a SQLite SqlCatalog, a local or S3 warehouse, three tables.
+
+The catalog database is always a SQLite file in the archive directory; the warehouse (where
+data and metadata files go) is a folder beside it by default, or ``s3://bucket/prefix``.
+pyiceberg creates no buckets: the bucket must exist.
+
+Note:
+    S3 credentials are passed to pyiceberg and to pyarrow only. They never appear in a repr,
+    a log line or an error message of ours; errors from below are scrubbed of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.fs
+from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.table import Table
+
+from duraflow.errors import ConfigurationError
+from duraflow.storage.archive_schema import TABLES, TableSpec
+
+NAMESPACE = "duraflow"
+CATALOG_NAME = "duraflow"
+CATALOG_FILE = "catalog.sqlite"
+WAREHOUSE_DIR = "warehouse"
+URL_SPECIAL = ("%", "#", "?")
+"""Characters a local archive path cannot hold (they mean something in a URL)."""
+ROW_GROUP_ROWS = 16_384
+"""Rows per Parquet row group: small enough that DuckDB skips most of a sorted day when it
+looks for one workflow, big enough that a full scan stays fast."""
+
+TABLE_PROPERTIES = {
+    # Commit cost grows with the snapshots and manifests kept: merge manifests, drop old
+    # metadata files, and expire snapshots regularly (storage/iceberg.py: expire).
+    "commit.manifest-merge.enabled": "true",
+    "write.metadata.delete-after-commit.enabled": "true",
+    "write.metadata.previous-versions-max": "20",
+    # pyiceberg would re-apply an append on top of a concurrent commit; our offsets must be
+    # re-read first, so a conflict fails and storage/iceberg.py: commit starts over.
+    "commit.retry.num-retries": "0",
+    "write.parquet.row-group-limit": str(ROW_GROUP_ROWS),
+    "write.parquet.compression-codec": "zstd",
+}
+
+
+@dataclass(frozen=True)
+class S3Config:
+    """Where an S3 (or S3-compatible) warehouse is and how to sign in.
+
+    Attributes:
+        endpoint: ``http://127.0.0.1:9000`` for moto or MinIO; ``None`` for AWS itself.
+        access_key_id, secret_access_key: credentials; ``None`` lets pyarrow find them in the
+            environment. Never shown by ``repr``.
+        region: the bucket's region.
+    """
+
+    endpoint: str | None = None
+    access_key_id: str | None = None
+    secret_access_key: str | None = None
+    region: str = "us-east-1"
+
+    def __repr__(self) -> str:
+        hidden = "<hidden>" if self.access_key_id or self.secret_access_key else None
+        return f"S3Config(endpoint={self.endpoint!r}, region={self.region!r}, credentials={hidden})"
+
+    def catalog_properties(self) -> dict[str, str]:
+        """pyiceberg FileIO properties for this bucket."""
+        props = {"py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO", "s3.region": self.region}
+        if self.endpoint:
+            props["s3.endpoint"] = self.endpoint
+        if self.access_key_id:
+            props["s3.access-key-id"] = self.access_key_id
+        if self.secret_access_key:
+            props["s3.secret-access-key"] = self.secret_access_key
+        return props
+
+    def filesystem(self) -> pyarrow.fs.S3FileSystem:
+        """A pyarrow filesystem over the bucket (DuckDB reads through it, via pyarrow)."""
+        options: dict[str, Any] = {"region": self.region}
+        if self.endpoint:
+            scheme, _, rest = self.endpoint.partition("://")
+            options["endpoint_override"] = rest if rest else scheme
+            options["scheme"] = scheme if rest else "https"
+        if self.access_key_id:
+            options["access_key"] = self.access_key_id
+            options["secret_key"] = self.secret_access_key
+        return pyarrow.fs.S3FileSystem(**options)
+
+    def scrub(self, message: str) -> str:
+        """``message`` with the credentials taken out."""
+        for secret in (self.secret_access_key, self.access_key_id):
+            if secret:
+                message = message.replace(secret, "<hidden>")
+        return message
+
+
+class Archive:
+    """The three Iceberg tables of one archive, and how to read their files.
+
+    Attributes:
+        catalog: the pyiceberg catalog.
+        history, workflows, activities: the tables (pyiceberg ``Table`` objects).
+        warehouse: ``file:///...`` or ``s3://bucket/prefix``.
+        s3: the S3 settings of an S3 warehouse, else ``None``.
+    """
+
+    def __init__(
+        self, catalog: SqlCatalog, tables: dict[str, Table], warehouse: str, s3: S3Config | None
+    ) -> None:
+        self.catalog = catalog
+        self.tables = tables
+        self.warehouse = warehouse
+        self.s3 = s3
+
+    def __repr__(self) -> str:
+        return f"Archive(warehouse={self.warehouse!r})"
+
+    @property
+    def history(self) -> Table:
+        return self.tables["history"]
+
+    @property
+    def workflows(self) -> Table:
+        return self.tables["workflows"]
+
+    @property
+    def activities(self) -> Table:
+        return self.tables["activities"]
+
+    def refresh(self) -> None:
+        """Reload every table's metadata (another process may have committed)."""
+        for table in self.tables.values():
+            table.refresh()
+
+    def filesystem(self) -> pyarrow.fs.FileSystem | None:
+        """The pyarrow filesystem data files are read through; ``None`` for local files."""
+        return None if self.s3 is None else self.s3.filesystem()
+
+
+def open_archive(
+    archive_dir: str | Path, *, warehouse: str | None = None, s3: S3Config | None = None
+) -> Archive:
+    """Open the archive in ``archive_dir``, creating its catalog and tables when missing.
+
+    Args:
+        archive_dir: a local folder; it holds the catalog database, and the warehouse unless
+            ``warehouse`` says otherwise.
+        warehouse: ``s3://bucket/prefix`` (the bucket must exist), a ``file://`` URI or a
+            path; default ``<archive_dir>/warehouse``.
+        s3: endpoint, credentials and region for an ``s3://`` warehouse.
+
+    Raises:
+        ConfigurationError: the warehouse cannot be used (the message names it, never the
+            credentials).
+    """
+    root = Path(archive_dir).resolve()
+    _check_path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    location = _warehouse_uri(root, warehouse)
+    if location.startswith("s3://"):
+        s3 = s3 or S3Config()
+    elif s3 is not None:
+        raise ConfigurationError(f"S3 settings were given for a local warehouse {location!r}")
+    properties = {"uri": f"sqlite:///{root / CATALOG_FILE}", "warehouse": location}
+    if s3 is not None:
+        properties |= s3.catalog_properties()
+    try:
+        catalog = SqlCatalog(CATALOG_NAME, **properties)
+        catalog.create_namespace_if_not_exists(NAMESPACE)
+        tables = {name: _open_table(catalog, spec) for name, spec in TABLES.items()}
+    except ConfigurationError:
+        raise
+    except Exception as exc:
+        message = f"cannot open the archive warehouse {location!r}: {type(exc).__name__}: {exc}"
+        raise ConfigurationError(s3.scrub(message) if s3 else message) from None
+    return Archive(catalog, tables, location, s3)
+
+
+def _warehouse_uri(root: Path, warehouse: str | None) -> str:
+    if warehouse is None:
+        folder = root / WAREHOUSE_DIR
+    elif warehouse.startswith("s3://"):
+        if not warehouse.removeprefix("s3://").strip("/"):
+            raise ConfigurationError(f"an S3 warehouse needs a bucket: {warehouse!r}")
+        return warehouse.rstrip("/")
+    elif warehouse.startswith("file://"):
+        folder = Path(warehouse.removeprefix("file://"))
+    elif "://" in warehouse:
+        raise ConfigurationError(f"warehouse must be s3://, file:// or a path: {warehouse!r}")
+    else:
+        folder = Path(warehouse).resolve()
+    _check_path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"file://{folder}"  # not as_uri(): pyiceberg does not unquote %20 and the like
+
+
+def _check_path(folder: Path) -> None:
+    # The catalog and pyiceberg turn paths into URLs without quoting them
+    if any(c in str(folder) for c in URL_SPECIAL):
+        raise ConfigurationError(
+            f"archive paths cannot contain any of {' '.join(URL_SPECIAL)}: {str(folder)!r}"
+        )
+
+
+def _open_table(catalog: SqlCatalog, spec: TableSpec) -> Table:
+    return catalog.create_table_if_not_exists(
+        (NAMESPACE, spec.name),
+        schema=spec.schema,
+        partition_spec=spec.partition_spec(),
+        sort_order=spec.sort_order(),
+        properties=TABLE_PROPERTIES,
+    )

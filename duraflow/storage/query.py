@@ -1,0 +1,120 @@
+"""DuckDB over the archive: views ``history``, ``workflows`` and ``activities``, cold and warm.
+
+Cold rows come from the Iceberg tables' current snapshots: pyiceberg plans the files and
+DuckDB reads the Parquet itself (no iceberg or httpfs extension needed, so it works offline;
+S3 files go through a pyarrow filesystem). Warm rows come from the warm segments not yet
+committed: a segment row shows only if its LSN is above the ``history`` table's offset for its
+partition, so nothing appears twice. ``workflows`` and ``activities`` rows for runs and
+activities that closed in those warm rows are derived on the fly, the way the cold tier will
+derive them when it archives the segments.
+
+The views show the archive as it was at :meth:`ArchiveQuery.refresh` (called when opening).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import duckdb
+import pyarrow as pa
+
+from duraflow.storage.archive_schema import ACTIVITIES, HISTORY, WORKFLOWS
+from duraflow.storage.catalog import Archive
+from duraflow.storage.iceberg import (
+    committed_offsets,
+    data_files,
+    derive,
+    register_files,
+    rows_after,
+)
+from duraflow.storage.warm import list_segments, read_segments
+
+VIEWS = ("history", "workflows", "activities")
+
+
+class ArchiveQuery:
+    """A DuckDB connection whose views ``history``, ``workflows`` and ``activities`` show the
+    archive: the cold tier plus warm segments not yet committed.
+
+    Args:
+        archive: the archive (``catalog.open_archive``).
+        warm_dir: the warm tier's folder, if there is one.
+        connection: a DuckDB connection to add the views to (default: a new in-memory one).
+    """
+
+    def __init__(
+        self,
+        archive: Archive,
+        warm_dir: str | Path | None = None,
+        *,
+        connection: duckdb.DuckDBPyConnection | None = None,
+    ) -> None:
+        self.archive = archive
+        self.warm_dir = Path(warm_dir) if warm_dir is not None else None
+        self.con = connection if connection is not None else duckdb.connect()
+        self.refresh()
+
+    def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
+        """Run SQL against the views (``?`` parameters bind ``params``)."""
+        return self.con.sql(query, params=params)
+
+    def refresh(self) -> None:
+        """Rebuild the views over what the archive and the warm folder hold now."""
+        con = self.con
+        # Warm first, cold second: a segment deleted in between was committed before its
+        # deletion, so the cold snapshot taken afterwards has its rows.
+        segments = list_segments(self.warm_dir) if self.warm_dir is not None else []
+        warm = read_segments(segments, missing_ok=True)
+        self.archive.refresh()
+        done = {name: committed_offsets(self.archive.tables[name], refresh=False) for name in VIEWS}
+        for spec in (HISTORY, WORKFLOWS, ACTIVITIES):
+            paths = data_files(self.archive.tables[spec.name])
+            register_files(con, f"_cold_{spec.name}", self.archive, spec, paths)
+        con.register("_warm_history", rows_after(warm, done["history"]))
+        workflows, activities = self._derive_warm(done)
+        con.register("_warm_workflows", workflows)
+        con.register("_warm_activities", activities)
+        for name in VIEWS:
+            con.execute(
+                f"CREATE OR REPLACE TEMP VIEW {name} AS "
+                f"SELECT * FROM _cold_{name} UNION ALL BY NAME SELECT * FROM _warm_{name}"
+            )
+
+    def _derive_warm(self, done: dict[str, dict[int, int]]) -> tuple[pa.Table, pa.Table]:
+        """Rows of runs and activities that closed in history not yet in workflows/activities:
+        the warm rows, and cold history rows above the derived tables' offsets (left by a
+        crash between the history commit and theirs)."""
+        con = self.con
+        parts = ["SELECT * FROM _warm_history"]
+        for partition, top in sorted(done["history"].items()):
+            low = min(done["workflows"].get(partition, -1), done["activities"].get(partition, -1))
+            if low < top:
+                parts.append(
+                    f"SELECT * FROM _cold_history "
+                    f"WHERE partition = {int(partition)} AND lsn > {int(low)}"
+                )
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _known AS {' UNION ALL BY NAME '.join(parts)}")
+        if not con.execute("SELECT 1 FROM _known LIMIT 1").fetchall():
+            return WORKFLOWS.empty(), ACTIVITIES.empty()
+        return derive(con, "_known", self.archive, done["workflows"], done["activities"])
+
+    def close(self) -> None:
+        self.con.close()
+
+    def __enter__(self) -> ArchiveQuery:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def connect(archive: Archive, warm_dir: str | Path | None = None) -> ArchiveQuery:
+    """An :class:`ArchiveQuery` over ``archive`` and the warm segments in ``warm_dir``."""
+    return ArchiveQuery(archive, warm_dir)
