@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
 from collections.abc import Sequence
@@ -14,9 +15,12 @@ import msgspec
 
 from duraflow.actors.local_host import LocalHost
 from duraflow.actors.partition import DEFAULT_RETENTION_S
+from duraflow.cdc.consumer import COMMIT_INTERVAL_S, Consumer, ConsumerThread, archive_paths
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.storage.catalog import S3Config
+from duraflow.storage.query import open_query
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
 DEFAULT_DATA_DIR = ".duraflow"
@@ -115,6 +119,10 @@ class Engine:
         namespace: str | None = None,
         partition_resources: dict[str, float] | None = None,
         retention: Duration = DEFAULT_RETENTION_S,
+        archive: bool = True,
+        warehouse: str | None = None,
+        s3: S3Config | None = None,
+        archive_interval: Duration = COMMIT_INTERVAL_S,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -125,6 +133,9 @@ class Engine:
         self.deployment = load_deployment(self.data_dir, partitions)
         idle_s = None if hibernate_after is None else parse_duration(hibernate_after)
         retention_s = parse_duration(retention, "retention")
+        interval_s = parse_duration(archive_interval, "archive_interval")
+        self._consumer: ConsumerThread | None = None
+        self._consumer_actor: Any = None
         self._host: LocalHost | RayHostProtocol
         if runtime == "local":
             self._host = LocalHost(
@@ -136,6 +147,16 @@ class Engine:
                 hibernate_after_s=idle_s,
                 retention_s=retention_s,
             )
+            if archive:
+                self._consumer = ConsumerThread(
+                    Consumer(
+                        self._host,
+                        self.data_dir,
+                        warehouse=warehouse,
+                        s3=s3,
+                        commit_interval_s=interval_s,
+                    )
+                )
         else:
             from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
 
@@ -149,11 +170,20 @@ class Engine:
                 hibernate_after_s=idle_s,
                 retention_s=retention_s,
                 actor_resources=partition_resources,
+                archive=archive,
+                warehouse=warehouse,
+                archive_interval_s=interval_s,
             )
-            self._host = ray_host.EngineOnRay.start(settings, address)
+            ray_engine = ray_host.EngineOnRay.start(settings, address, s3)
+            self._host = ray_engine
+            self._consumer_actor = ray_engine.consumer
             self.namespace = settings.namespace
         self._runner = BlockingRunner()
-        self._client = Client(self._host, self._runner)
+        opener = None
+        if archive:
+            root, warm = archive_paths(self.data_dir)
+            opener = functools.partial(open_query, root, warm, warehouse=warehouse, s3=s3)
+        self._client = Client(self._host, self._runner, opener)
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""
@@ -163,9 +193,40 @@ class Engine:
         """Per-partition counts: open runs, resident runs, LSN."""
         return self._host.stats()
 
+    def duckdb(self) -> Any:
+        """A DuckDB session over the archive and live runs (see :meth:`Client.duckdb`)."""
+        return self._client.duckdb()
+
+    def sync_archive(self, timeout: float = 30.0) -> bool:
+        """Wait until every event committed so far is queryable in the archive (warm or cold
+        tier); False if ``timeout`` seconds passed first.
+
+        Raises:
+            ConfigurationError: the engine was made with ``archive=False``.
+        """
+        if self._consumer is not None:
+            return bool(self._consumer.call(self._consumer.consumer.caught_up(timeout)))
+        if self._consumer_actor is not None:
+            from duraflow.actors import ray_host  # imports ray: only on the Ray runtime
+
+            return bool(ray_host.call_actor(self._consumer_actor, "caught_up", timeout))
+        raise ConfigurationError("this engine has no archive (archive=False)")
+
+    def commit_archive(self) -> dict[int, int]:
+        """Commit the warm tier to the Iceberg tables now; returns the offsets per partition."""
+        if self._consumer is not None:
+            return dict(self._consumer.call(self._consumer.consumer.commit()))
+        if self._consumer_actor is not None:
+            from duraflow.actors import ray_host  # imports ray: only on the Ray runtime
+
+            return dict(ray_host.call_actor(self._consumer_actor, "commit"))
+        raise ConfigurationError("this engine has no archive (archive=False)")
+
     def close(self) -> None:
         """Close the partitions this engine started (open runs resume when the data directory
         is opened again) and, if this engine started Ray, Ray too."""
+        if self._consumer is not None:
+            self._consumer.close()
         self._host.close()
         self._runner.close()
 
@@ -360,11 +421,14 @@ def _import_app(module: str) -> None:
         ) from None
 
 
-def _connect_on_ray(address: str, namespace: str) -> Host:
+def _connect_on_ray(address: str, namespace: str) -> tuple[Host, Any]:
     from duraflow.actors import ray_host  # imports ray: only for Ray clients
 
     _join(address, namespace)
-    return ray_host.RayHost.connect(namespace)
+    host = ray_host.RayHost.connect(namespace)
+    data_dir = Path(host.statuses()[0]["data_dir"])
+    root, warm = archive_paths(data_dir)
+    return host, functools.partial(open_query, root, warm)
 
 
 set_connector(_connect_on_ray)

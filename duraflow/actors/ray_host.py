@@ -32,6 +32,7 @@ from duraflow.actors import messages as m
 from duraflow.actors.local_host import partition_path
 from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
 from duraflow.actors.router import partition_of
+from duraflow.cdc.consumer import COMMIT_INTERVAL_S, Consumer
 from duraflow.engine.activities import (
     ActivityInfo,
     ActivityOutcome,
@@ -52,6 +53,7 @@ from duraflow.errors import (
     PartitionUnavailable,
     WorkflowClosed,
 )
+from duraflow.storage.catalog import S3Config
 
 log = logging.getLogger("duraflow.ray")
 
@@ -83,6 +85,9 @@ class HostSettings(msgspec.Struct, frozen=True):
     max_resident_runs: int | None = None
     hibernate_after_s: float | None = None
     retention_s: float = DEFAULT_RETENTION_S
+    archive: bool = True
+    warehouse: str | None = None
+    archive_interval_s: float = COMMIT_INTERVAL_S
     app_modules: tuple[str, ...] = ()
     actor_resources: dict[str, float] | None = None
     """Custom Ray resources each partition actor asks for (``PartitionActor.options(resources=
@@ -284,6 +289,67 @@ class PartitionActor:
         if isinstance(reply, _Failure):
             raise reply.error
         return reply
+
+
+CONSUMER_NAME = "consumer"
+
+
+@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=100)
+class ConsumerActor:
+    """The archive's stream consumer as a Ray actor; restarts resume from the archive."""
+
+    async def __init__(self, settings: bytes, s3: S3Config | None = None) -> None:
+        self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
+        namespace = self._settings.namespace
+        handles = [
+            ray.get_actor(actor_name(i), namespace=namespace)
+            for i in range(self._settings.partitions)
+        ]
+        self._consumer = Consumer(
+            RayHost(handles),
+            Path(self._settings.data_dir),
+            warehouse=self._settings.warehouse,
+            s3=s3,
+            commit_interval_s=self._settings.archive_interval_s,
+        )
+        self._task = asyncio.get_running_loop().create_task(self._consumer.run())
+
+    async def status(self) -> dict[str, Any]:
+        """PID, node and the consumer's counters and offsets."""
+        return {
+            "pid": os.getpid(),
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "running": not self._task.done(),
+            **self._consumer.status(),
+        }
+
+    async def caught_up(self, timeout: float) -> bool:
+        return await self._consumer.caught_up(timeout)
+
+    async def commit(self) -> dict[int, int]:
+        return await self._consumer.commit()
+
+    async def shutdown(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(BaseException):
+            await self._task
+
+
+def call_actor(actor: Any, method: str, *args: Any) -> Any:
+    """Call ``actor.method(*args)`` and wait for the result (for callers that do not import ray)."""
+    return ray.get(getattr(actor, method).remote(*args))
+
+
+def start_consumer(settings: HostSettings, *, detached: bool, s3: S3Config | None) -> Any:
+    """Create (or find) the deployment's consumer actor."""
+    options: dict[str, Any] = {
+        "name": CONSUMER_NAME,
+        "namespace": settings.namespace,
+        "get_if_exists": True,
+    }
+    if detached:
+        options["lifetime"] = "detached"
+    return ConsumerActor.options(**options).remote(msgspec.msgpack.encode(settings), s3)
 
 
 def start_or_join_ray(address: str | None, namespace: str) -> bool:
@@ -554,13 +620,18 @@ class RayHost:
 class EngineOnRay(RayHost):
     """A RayHost that owns what it started: its partition actors and, maybe, Ray itself."""
 
-    def __init__(self, handles: list[Any], created: bool, started_ray: bool) -> None:
+    def __init__(
+        self, handles: list[Any], created: bool, started_ray: bool, consumer: Any = None
+    ) -> None:
         super().__init__(handles)
         self._created = created
         self._started_ray = started_ray
+        self.consumer = consumer
 
     @classmethod
-    def start(cls, settings: HostSettings, address: str | None) -> EngineOnRay:
+    def start(
+        cls, settings: HostSettings, address: str | None, s3: S3Config | None = None
+    ) -> EngineOnRay:
         """Start or join Ray, then create (or find, if served already) the partition actors."""
         started_ray = start_or_join_ray(address, settings.namespace)
         try:
@@ -570,9 +641,14 @@ class EngineOnRay(RayHost):
         shipped_defs = main_module_definitions()
         shipped = ray.cloudpickle.dumps(shipped_defs) if shipped_defs else None  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
         host = RayHost.create(settings, shipped=shipped)
-        return cls(host._handles, existing is None, started_ray)
+        consumer = start_consumer(settings, detached=False, s3=s3) if settings.archive else None
+        return cls(host._handles, existing is None, started_ray, consumer)
 
     def close(self) -> None:
+        if self._created and self.consumer is not None:
+            with contextlib.suppress(Exception):  # it may be restarting or gone
+                ray.get(self.consumer.shutdown.remote(), timeout=30)
+            ray.kill(self.consumer, no_restart=True)
         if self._created:
             with contextlib.suppress(Exception):  # an actor may be restarting or gone
                 ray.get([h.shutdown.remote() for h in self._handles], timeout=30)

@@ -13,6 +13,8 @@ import uuid
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
+import msgspec
+
 from duraflow.actors import messages as m
 from duraflow.actors.router import partition_of
 from duraflow.cdc.events import AnyEvent, decode_event
@@ -40,12 +42,16 @@ class Host(Protocol):
     async def call(self, partition: int, request: Any) -> Any: ...
 
 
-_connector: Callable[[str, str], Host] | None = None
+ArchiveOpener = Callable[[list[dict[str, Any]]], Any]
+"""Opens the archive's DuckDB views, given the live runs for ``live_workflows`` (set by
+duraflow.runtime: the engine layer does not import storage)."""
+
+_connector: Callable[[str, str], tuple[Host, ArchiveOpener | None]] | None = None
 """Makes the host of a running deployment; set by duraflow.runtime, the composition root
 (the engine layer does not import the hosts)."""
 
 
-def set_connector(connector: Callable[[str, str], Host]) -> None:
+def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveOpener | None]]) -> None:
     """Install how :meth:`Client.connect` reaches a deployment (called by duraflow.runtime)."""
     global _connector  # reason: one process-wide seam, set once at import
     _connector = connector
@@ -240,9 +246,12 @@ def _unwrap(outcome: m.Outcome) -> Any:
 class Client:
     """Starts workflows and makes handles. Get one from ``Engine.client()``."""
 
-    def __init__(self, host: Host, runner: BlockingRunner) -> None:
+    def __init__(
+        self, host: Host, runner: BlockingRunner, archive: ArchiveOpener | None = None
+    ) -> None:
         self._host = host
         self._runner = runner
+        self._archive = archive
 
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = "duraflow") -> Client:
@@ -254,7 +263,8 @@ class Client:
         """
         if _connector is None:
             raise RuntimeError("import duraflow (not duraflow.engine.client alone) to connect")
-        return cls(_connector(address, namespace), BlockingRunner())
+        host, archive = _connector(address, namespace)
+        return cls(host, BlockingRunner(), archive)
 
     def close(self) -> None:
         """Stop this client's background loop (a connected client; an engine's closes with it)."""
@@ -378,6 +388,31 @@ class Client:
             from_=from_,
             buffer=buffer,
         )
+
+    def duckdb(self) -> Any:
+        """A DuckDB session over the archive: views ``history``, ``workflows`` and
+        ``activities`` (archived and warm rows, each once) and ``live_workflows`` (runs in
+        the partitions now). Use ``.sql(query)`` on it, or its ``.con`` DuckDB connection;
+        close it when done (it is a context manager).
+
+        Raises:
+            ConfigurationError: the engine was made with ``archive=False``.
+        """
+        if self._archive is None:
+            raise ConfigurationError(
+                "this client has no archive to query: open the engine with archive=True "
+                "(the default)"
+            )
+        live = [msgspec.structs.asdict(d) for d in self.list(limit=1_000_000)]
+        return self._archive(live)
+
+    def sql(self, query: str, params: Any = None) -> Any:
+        """Run SQL over the archive and live runs (see :meth:`duckdb`); a pyarrow Table.
+
+        Example: ``client.sql("SELECT workflow_type, count(*) FROM workflows GROUP BY 1")``.
+        """
+        with self.duckdb() as session:
+            return session.sql(query, params).to_arrow_table()
 
     async def list_async(
         self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000

@@ -21,7 +21,7 @@ import duckdb
 import pyarrow as pa
 
 from duraflow.storage.archive_schema import ACTIVITIES, HISTORY, WORKFLOWS
-from duraflow.storage.catalog import Archive
+from duraflow.storage.catalog import Archive, S3Config, open_archive
 from duraflow.storage.iceberg import (
     committed_offsets,
     data_files,
@@ -113,6 +113,49 @@ class ArchiveQuery:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+LIVE_WORKFLOWS = pa.schema(
+    [
+        ("workflow_id", pa.string()),
+        ("run_id", pa.string()),
+        ("workflow_type", pa.string()),
+        ("status", pa.string()),
+        ("start_time", pa.timestamp("us", tz="UTC")),
+        ("close_time", pa.timestamp("us", tz="UTC")),
+        ("parent_workflow_id", pa.string()),
+        ("error_type", pa.string()),
+        ("error_message", pa.string()),
+        ("stuck", pa.string()),
+        ("partition", pa.int32()),
+    ]
+)
+"""The ``live_workflows`` view: runs still in the partitions' files (open ones, and closed
+ones not yet past their retention)."""
+
+
+def add_live_workflows(query: ArchiveQuery, rows: list[dict[str, Any]]) -> ArchiveQuery:
+    """Register ``live_workflows`` (rows from the partitions, newest first) on ``query``."""
+    table = pa.Table.from_pylist(
+        [{name: row.get(name) for name in LIVE_WORKFLOWS.names} for row in rows],
+        schema=LIVE_WORKFLOWS,
+    )
+    query.con.register("_live_workflows", table)
+    query.con.execute("CREATE OR REPLACE TEMP VIEW live_workflows AS SELECT * FROM _live_workflows")
+    return query
+
+
+def open_query(
+    archive_dir: Path,
+    warm_dir: Path | None,
+    live_rows: list[dict[str, Any]],
+    *,
+    warehouse: str | None = None,
+    s3: S3Config | None = None,
+) -> ArchiveQuery:
+    """Open the archive in ``archive_dir`` and a DuckDB session with all four views."""
+    archive = open_archive(archive_dir, warehouse=warehouse, s3=s3)
+    return add_live_workflows(ArchiveQuery(archive, warm_dir), live_rows)
 
 
 def connect(archive: Archive, warm_dir: str | Path | None = None) -> ArchiveQuery:

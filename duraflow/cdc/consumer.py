@@ -1,0 +1,213 @@
+"""Stream consumer: each partition's change log → warm Parquet segments → Iceberg.
+
+One consumer per deployment (a thread of the engine in-process, a Ray actor on Ray). It
+long-polls every partition for events after the last LSN it holds, writes each batch as a warm
+Parquet segment at once (queryable within about a second), and every ``commit_interval_s``
+commits the warm segments to the Iceberg tables ``history``, ``workflows`` and ``activities``
+with their offsets in the same transaction (exactly once: after a crash anywhere it resumes
+from the archive's offsets and the segments left on disk). After each commit it tells every
+partition how far the archive reaches (``Archived``), so closed runs past their retention can
+leave the partition's file. It reads partitions only through the Host, never their files.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from duraflow.actors import messages as m
+from duraflow.cdc.events import decode_event
+from duraflow.storage.archive_schema import history_rows
+from duraflow.storage.catalog import Archive, S3Config, open_archive
+from duraflow.storage.iceberg import archive_batch, resume_offsets
+from duraflow.storage.warm import (
+    archived_segments,
+    delete_segments,
+    list_segments,
+    read_segments,
+    write_segment,
+)
+
+if TYPE_CHECKING:
+    from duraflow.engine.client import Host
+
+log = logging.getLogger("duraflow.consumer")
+
+COMMIT_INTERVAL_S = 5.0
+"""How often warm segments become one Iceberg commit (commit cost grows per snapshot: batch)."""
+READ_BATCH = 5000
+"""Events read from one partition per request."""
+POLL_WAIT_S = 1.0
+
+
+def archive_paths(data_dir: Path) -> tuple[Path, Path]:
+    """(archive folder, warm segment folder) of a data directory."""
+    root = data_dir / "archive"
+    return root, root / "warm"
+
+
+@dataclass
+class ConsumerStats:
+    """Counters for status and benchmarks."""
+
+    events_read: int = 0
+    segments_written: int = 0
+    commits: int = 0
+    rows_committed: int = 0
+    offsets: dict[int, int] = field(default_factory=dict)
+    last_error: str | None = None
+
+
+class Consumer:
+    """Moves every partition's events into the archive. Run :meth:`run` on an event loop."""
+
+    def __init__(
+        self,
+        host: Host,
+        data_dir: Path,
+        *,
+        warehouse: str | None = None,
+        s3: S3Config | None = None,
+        commit_interval_s: float = COMMIT_INTERVAL_S,
+    ) -> None:
+        self._host = host
+        self._root, self._warm = archive_paths(data_dir)
+        self._warehouse = warehouse
+        self._s3 = s3
+        self._interval = commit_interval_s
+        self._archive: Archive | None = None
+        self.stats = ConsumerStats()
+        self._read_to: dict[int, int] = {}
+        self._ready = asyncio.Event()
+
+    async def run(self) -> None:
+        """Read, write warm segments and commit, until cancelled."""
+        self._archive = await asyncio.to_thread(
+            open_archive, self._root, warehouse=self._warehouse, s3=self._s3
+        )
+        self._warm.mkdir(parents=True, exist_ok=True)
+        committed = await asyncio.to_thread(resume_offsets, self._archive)
+        read_from = dict(committed)
+        for segment in list_segments(self._warm):  # written before a crash, not committed yet
+            read_from[segment.partition] = max(
+                read_from.get(segment.partition, 0), segment.last_lsn
+            )
+        self._read_to = {p: read_from.get(p, 0) for p in range(self._host.partitions)}
+        self._ready.set()
+        readers = [
+            asyncio.create_task(self._read(p, self._read_to[p]))
+            for p in range(self._host.partitions)
+        ]
+        try:
+            await self._commit_forever()
+        finally:
+            for reader in readers:
+                reader.cancel()
+            for reader in readers:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
+
+    async def _read(self, partition: int, after: int) -> None:
+        while True:
+            try:
+                request = m.ReadEvents(after_lsn=after, limit=READ_BATCH, wait_s=POLL_WAIT_S)
+                batch: m.EventBatch = await self._host.call(partition, request)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a restarting partition: try again shortly
+                self.stats.last_error = f"read partition {partition}: {exc!r}"
+                await asyncio.sleep(POLL_WAIT_S)
+                continue
+            if batch.events:
+                rows = history_rows([decode_event(body) for body in batch.events])
+                await asyncio.to_thread(write_segment, self._warm, rows)
+                self.stats.events_read += len(batch.events)
+                self.stats.segments_written += 1
+            after = self._read_to[partition] = batch.next_after_lsn
+
+    async def _commit_forever(self) -> None:
+        while True:
+            started = time.monotonic()
+            try:
+                await self.commit()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the next round retries; nothing is lost
+                self.stats.last_error = f"commit: {exc!r}"
+                log.exception("archive commit failed; retrying")
+            await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
+
+    async def commit(self) -> dict[int, int]:
+        """Commit the warm segments to Iceberg now; tell partitions how far the archive is."""
+        archive = self._archive
+        assert archive is not None, "Consumer.run() first"
+        segments = list_segments(self._warm)
+        offsets = await asyncio.to_thread(resume_offsets, archive)
+        pending = [s for s in segments if s.last_lsn > offsets.get(s.partition, 0)]
+        if pending:
+            rows = await asyncio.to_thread(read_segments, pending)
+            result = await asyncio.to_thread(archive_batch, archive, rows)
+            self.stats.commits += 1
+            self.stats.rows_committed += result.history_rows
+            offsets = await asyncio.to_thread(resume_offsets, archive)
+        await asyncio.to_thread(delete_segments, archived_segments(segments, offsets))
+        self.stats.offsets = dict(offsets)
+        await self._report(offsets)
+        return offsets
+
+    async def _report(self, offsets: dict[int, int]) -> None:
+        for partition, lsn in offsets.items():
+            if partition >= self._host.partitions:
+                continue
+            with contextlib.suppress(Exception):  # a restarting partition hears it next round
+                await self._host.call(partition, m.Archived(lsn=lsn))
+
+    async def caught_up(self, timeout: float) -> bool:
+        """Wait until every event committed in the partitions before this call is in the
+        archive's warm or cold tier (queryable); False if ``timeout`` passed first."""
+        deadline = time.monotonic() + timeout
+        await asyncio.wait_for(self._ready.wait(), timeout)
+        heads = {}
+        for partition in range(self._host.partitions):
+            batch: m.EventBatch = await self._host.call(partition, m.ReadEvents(limit=0))
+            heads[partition] = batch.head_lsn
+        while any(self._read_to.get(p, 0) < head for p, head in heads.items()):
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def status(self) -> dict[str, Any]:
+        return {**self.stats.__dict__, "read_to": dict(self._read_to)}
+
+
+class ConsumerThread:
+    """Runs a Consumer on an event loop of its own thread (the in-process runtime)."""
+
+    def __init__(self, consumer: Consumer) -> None:
+        self.consumer = consumer
+        self._loop = asyncio.new_event_loop()
+        self._task = self._loop.create_task(consumer.run())
+        self._thread = threading.Thread(target=self._main, name="duraflow-consumer", daemon=True)
+        self._thread.start()
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        with contextlib.suppress(asyncio.CancelledError):
+            self._loop.run_until_complete(self._task)
+
+    def call(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run a coroutine of the consumer's on its loop and wait for it."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self._task.cancel)
+        self._thread.join(timeout=30)
+        if not self._thread.is_alive():
+            self._loop.close()
