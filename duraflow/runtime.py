@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import os
 from collections.abc import Sequence
@@ -20,7 +19,7 @@ from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
 from duraflow.storage.catalog import S3Config
-from duraflow.storage.query import open_query
+from duraflow.storage.query import ArchiveReader
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
 DEFAULT_DATA_DIR = ".duraflow"
@@ -28,6 +27,8 @@ DEFAULT_PARTITIONS = 4
 IDLE_BEFORE_HIBERNATE_S = 60.0
 RUNTIMES = ("ray", "local")
 DEPLOYMENT_FILE = "deployment.json"
+ANSWER_MARGIN_S = 10.0
+"""How much longer than its own timeout a call to the archive consumer may take to answer."""
 DATA_FORMAT = 1
 
 
@@ -179,11 +180,11 @@ class Engine:
             self._consumer_actor = ray_engine.consumer
             self.namespace = settings.namespace
         self._runner = BlockingRunner()
-        opener = None
+        reader = None
         if archive:
             root, warm = archive_paths(self.data_dir)
-            opener = functools.partial(open_query, root, warm, warehouse=warehouse, s3=s3)
-        self._client = Client(self._host, self._runner, opener)
+            reader = ArchiveReader(root, warm, warehouse=warehouse, s3=s3)
+        self._client = Client(self._host, self._runner, reader)
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""
@@ -205,21 +206,37 @@ class Engine:
             ConfigurationError: the engine was made with ``archive=False``.
         """
         if self._consumer is not None:
-            return bool(self._consumer.call(self._consumer.consumer.caught_up(timeout)))
+            waiting = self._consumer.consumer.caught_up(timeout)
+            return bool(self._consumer.call(waiting, timeout + ANSWER_MARGIN_S))
         if self._consumer_actor is not None:
             from duraflow.actors import ray_host  # imports ray: only on the Ray runtime
 
-            return bool(ray_host.call_actor(self._consumer_actor, "caught_up", timeout))
+            return bool(
+                ray_host.call_actor(
+                    self._consumer_actor, "caught_up", timeout, timeout=timeout + ANSWER_MARGIN_S
+                )
+            )
         raise ConfigurationError("this engine has no archive (archive=False)")
 
-    def commit_archive(self) -> dict[int, int]:
-        """Commit the warm tier to the Iceberg tables now; returns the offsets per partition."""
+    def commit_archive(self, timeout: float = 120.0) -> dict[int, int]:
+        """Commit the warm tier to the Iceberg tables now; returns the offsets per partition.
+
+        Raises:
+            ConfigurationError: the engine was made with ``archive=False``.
+            TimeoutError: the archive could not be opened or committed within ``timeout``
+                seconds (an unreachable warehouse, say).
+        """
         if self._consumer is not None:
-            return dict(self._consumer.call(self._consumer.consumer.commit()))
+            committing = self._consumer.consumer.commit(timeout)
+            return dict(self._consumer.call(committing, timeout + ANSWER_MARGIN_S))
         if self._consumer_actor is not None:
             from duraflow.actors import ray_host  # imports ray: only on the Ray runtime
 
-            return dict(ray_host.call_actor(self._consumer_actor, "commit"))
+            return dict(
+                ray_host.call_actor(
+                    self._consumer_actor, "commit", timeout, timeout=timeout + ANSWER_MARGIN_S
+                )
+            )
         raise ConfigurationError("this engine has no archive (archive=False)")
 
     def close(self) -> None:
@@ -353,6 +370,7 @@ def serve(
             with contextlib.suppress(PartitionUnavailable):
                 ray_host.stop_partition_actors(namespace, timeout=CLEANUP_TIMEOUT_S)
         raise
+    ray_host.start_consumer(settings, detached=True, s3=None)  # the archive's stream consumer
     return Served(
         namespace=namespace,
         data_dir=str(path),
@@ -428,7 +446,7 @@ def _connect_on_ray(address: str, namespace: str) -> tuple[Host, Any]:
     host = ray_host.RayHost.connect(namespace)
     data_dir = Path(host.statuses()[0]["data_dir"])
     root, warm = archive_paths(data_dir)
-    return host, functools.partial(open_query, root, warm)
+    return host, ArchiveReader(root, warm)
 
 
 set_connector(_connect_on_ray)

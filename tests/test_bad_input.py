@@ -592,7 +592,14 @@ def test_odd_but_valid_ids_are_ordinary_data(client: df.Client, data_dir: Path) 
     assert set(ORDINARY_IDS) == listed
     # Files are named by partition number, never by workflow ID, and nothing appeared beside
     # the data directory.
-    engine_file = re.compile(r"deployment\.json|partitions/p000[01]\.sqlite(-wal|-shm|\.lock)?")
+    engine_file = re.compile(
+        r"deployment\.json|partitions/p000[01]\.sqlite(-wal|-shm|\.lock)?"
+        r"|archive/catalog\.sqlite(-journal|-wal|-shm)?"
+        r"|archive/warm/p\d{5}-\d{20}-\d{20}\.parquet"
+        r"|archive/warehouse/duraflow/(history|workflows|activities)/("
+        r"metadata/[0-9a-f-]+\.metadata\.json|metadata/(snap-)?[0-9a-f-]+(-m\d+)?\.avro"
+        r"|data/(event|close|closed)_date=\d{4}-\d{2}-\d{2}/[0-9a-f-]+\.parquet)"
+    )
     assert set() == {f for f in files_under(data_dir) if not engine_file.fullmatch(f)}
     assert {"data"} == set(os.listdir(data_dir.parent))
     # The tables are all still there, in every partition file.

@@ -326,8 +326,8 @@ class ConsumerActor:
     async def caught_up(self, timeout: float) -> bool:
         return await self._consumer.caught_up(timeout)
 
-    async def commit(self) -> dict[int, int]:
-        return await self._consumer.commit()
+    async def commit(self, timeout: float | None = None) -> dict[int, int]:
+        return await self._consumer.commit(timeout)
 
     async def shutdown(self) -> None:
         self._task.cancel()
@@ -335,9 +335,31 @@ class ConsumerActor:
             await self._task
 
 
-def call_actor(actor: Any, method: str, *args: Any) -> Any:
-    """Call ``actor.method(*args)`` and wait for the result (for callers that do not import ray)."""
-    return ray.get(getattr(actor, method).remote(*args))
+def call_actor(actor: Any, method: str, *args: Any, timeout: float | None = None) -> Any:
+    """Call ``actor.method(*args)`` and wait for the result (for callers that do not import
+    ray); retried while the actor restarts (for up to CALL_RETRY_WINDOW_S without a
+    ``timeout``), so ``method`` must be idempotent.
+
+    Raises:
+        TimeoutError: no answer within ``timeout`` seconds, or the actor did not come back.
+    """
+    window = CALL_RETRY_WINDOW_S if timeout is None else timeout
+    deadline = time.monotonic() + window
+    delay = 0.05
+    while True:
+        remaining = None if timeout is None else max(0.0, deadline - time.monotonic())
+        try:
+            return ray.get(getattr(actor, method).remote(*args), timeout=remaining)
+        except ray.exceptions.GetTimeoutError:
+            raise TimeoutError(f"{method}() did not answer within {timeout}s") from None
+        except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
+            if time.monotonic() + delay > deadline:
+                raise TimeoutError(
+                    f"{method}() failed and the actor did not come back within {window:g}s: "
+                    f"{_first_line(exc)}"
+                ) from None
+            time.sleep(delay)
+            delay = min(1.0, delay * 2)
 
 
 def start_consumer(settings: HostSettings, *, detached: bool, s3: S3Config | None) -> Any:
@@ -446,6 +468,8 @@ def stop_partition_actors(namespace: str, timeout: float) -> list[int]:
     for name in names:
         with contextlib.suppress(ValueError):  # died meanwhile
             handles.append(ray.get_actor(name, namespace=namespace))
+    with contextlib.suppress(ValueError):  # the archive's consumer, if it runs
+        handles.insert(0, ray.get_actor(CONSUMER_NAME, namespace=namespace))
     with contextlib.suppress(Exception):  # an actor may be restarting or gone
         ray.get([h.shutdown.remote() for h in handles], timeout=timeout)
     for handle in handles:
