@@ -1,12 +1,17 @@
-"""Entry point: ``./dev bench [core|parked|archive] [options]`` (or ``python -m benchmarks``)."""
+"""Entry point: ``./dev bench [core|parked|archive|lag] [options]`` or ``python -m benchmarks``."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_archive, bench_core, bench_parked
+from benchmarks import bench_archive, bench_core, bench_lag, bench_parked
 
-SUITES = {"core": bench_core.main, "parked": bench_parked.main, "archive": bench_archive.main}
+SUITES = {
+    "core": bench_core.main,
+    "parked": bench_parked.main,
+    "archive": bench_archive.main,
+    "lag": bench_lag.main,
+}
 
 
 def main() -> None:

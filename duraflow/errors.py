@@ -58,7 +58,14 @@ class InvalidDuration(DuraflowError, ValueError):
 
 
 class WorkflowNotFound(DuraflowError, LookupError):
-    """No workflow (or no run) with that workflow ID."""
+    """No workflow (or no run) with that workflow ID.
+
+    Attributes:
+        maybe_archived: set by a partition that has moved closed runs to the archive, so the
+            run may be there (the client then looks it up in the archive).
+    """
+
+    maybe_archived: bool = False
 
 
 class WorkflowAlreadyRunning(DuraflowError):

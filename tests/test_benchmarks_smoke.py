@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_core
+from benchmarks import bench_core, bench_lag
 
 
 def test_core_benchmark_smoke_run_prints_a_table_and_writes_json(
@@ -37,3 +37,34 @@ def test_core_benchmark_smoke_run_prints_a_table_and_writes_json(
     written = json.loads(out_file.read_text())
     assert 20 == written["results"]["local"]["w1_throughput_inline"]["workflows"]
     assert written["machine"]["cores"] >= 1
+
+
+def test_lag_benchmark_smoke_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    out_file = tmp_path / "lag.json"
+    results = bench_lag.main(
+        [
+            "--workflows",
+            "10",
+            "--rate",
+            "50",
+            "--archive-interval",
+            "0.5",
+            "--synchronous",
+            "NORMAL",
+            "--runtimes",
+            "local",
+            "--timeout",
+            "60",
+            "--json",
+            str(out_file),
+        ]
+    )
+    assert "visible in workflows" in capsys.readouterr().out
+    local = results["local"]
+    assert (10, 10, 10) == (
+        local["closed_seen"],
+        local["visible"]["runs"],
+        local["iceberg"]["runs"],
+    )
+    assert 0 <= local["visible"]["p50_ms"] <= local["iceberg"]["p99_ms"] + 1000
+    assert 10 == json.loads(out_file.read_text())["results"]["local"]["workflows"]

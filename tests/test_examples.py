@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,63 @@ def test_order_example_runs_and_one_order_times_out(tmp_path: Path) -> None:
     )
     assert "open orders left: 0" in out
     assert (tmp_path / ".duraflow" / "deployment.json").exists()
+
+
+def _table(out: str, title: str) -> dict[str, list[str]]:
+    """The rows of a table the analytics example printed under ``title``, by first cell."""
+    lines = out.split(f"\n{title}\n", 1)[1].splitlines()
+    assert set(lines[1]) <= {"-", " "}, lines[:2]  # header, then the dashes
+    rows = {}
+    for line in lines[2:]:
+        if not line.strip() or line.startswith("..."):
+            break
+        cells = re.split(r"\s{2,}", line.strip())
+        rows[cells[0]] = cells[1:]
+    return rows
+
+
+def _number(cell: str) -> int:
+    return int(cell.replace(",", ""))
+
+
+def test_analytics_example_answers_with_sql(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "analytics.py")],
+        cwd=tmp_path,  # the example keeps its data in ./.duraflow-analytics
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stderr
+    out = done.stdout
+    summary = re.search(
+        r"300 orders: (\d+) shipped, (\d+) cancelled \(payment timeout\), "
+        r"(\d+) waiting on payment",
+        out,
+    )
+    assert summary, out
+    shipped, cancelled, waiting = (int(g) for g in summary.groups())
+    assert shipped > 0 and cancelled > 0 and waiting > 0
+    failed_attempts = int(re.search(r"flaky services: (\d+) activity attempts failed", out)[1])
+
+    p95 = _table(out, "p95 duration per workflow type")
+    assert shipped + cancelled == _number(p95["process_order"][0])
+    assert shipped == _number(p95["ship_order"][0])
+    p50_ms, p95_ms = _number(p95["process_order"][1]), _number(p95["process_order"][2])
+    assert 0 < p50_ms <= p95_ms
+
+    retries = _table(out, "activities with most retries")
+    assert ["reserve_inventory", "book_carrier"] == list(retries)[:2]  # most retries first
+    assert "300" == retries["reserve_inventory"][0]
+    assert "0" == retries["send_receipt"][1]
+    assert failed_attempts == sum(_number(row[1]) for row in retries.values())
+
+    waiting_rows = _table(out, "workflows waiting on payment (times in UTC)")
+    assert min(waiting, 10) == len(waiting_rows)
+    assert all(order_id.startswith("order-o-") for order_id in waiting_rows)
+    assert f"\n{waiting} orders waiting on payment\n" in out
+
+    ended = _table(out, "how orders ended (workflows joined with activities)")
+    assert shipped == _number(ended["shipped"][0])
+    assert cancelled == _number(ended["cancelled (payment timeout)"][0])
+    assert (tmp_path / ".duraflow-analytics" / "archive").is_dir()

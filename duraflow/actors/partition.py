@@ -154,6 +154,7 @@ class Partition(ActivitySteps):
         self._recovering = False
         self._retention_s = retention_s
         self._archived_lsn = 0
+        self._pruned = False  # some closed run left this file for the archive
         self._notified_lsn = 0
         self._event_waiters: list[asyncio.Future[None]] = []
 
@@ -197,6 +198,7 @@ class Partition(ActivitySteps):
         store = self._db()
         self._lsn = store.max_lsn()
         self._archived_lsn = int(store.get_meta("archived_lsn") or 0)
+        self._pruned = store.get_meta("pruned") == "1"
         # Pruned runs take their rows with them; LSNs must still never go back.
         self._lsn = max(self._lsn, self._archived_lsn)
         self._open = {row.workflow_id: OpenRun(row, None) for row in store.open_runs()}
@@ -539,6 +541,9 @@ class Partition(ActivitySteps):
         runs = store.prunable_runs(cutoff_us, self._archived_lsn, PRUNE_BATCH)
         for workflow_id, run_id in runs:
             store.delete_run(workflow_id, run_id)
+        if runs and not self._pruned:
+            self._pruned = True
+            store.set_meta("pruned", "1")
         if len(runs) == PRUNE_BATCH:
             self._push(self._clock(), "prune", None)  # the rest in the next turns
 
@@ -601,9 +606,11 @@ class Partition(ActivitySteps):
         store = self._db()
         row = store.get_run(workflow_id, run_id) if run_id else store.latest_run(workflow_id)
         if row is None:
-            raise WorkflowNotFound(
+            error = WorkflowNotFound(
                 f"no workflow {workflow_id!r}" + (f" with run {run_id}" if run_id else "")
             )
+            error.maybe_archived = self._pruned
+            raise error
         return row
 
     def _resident(self, open_run: OpenRun) -> WorkflowRun | None:

@@ -669,14 +669,13 @@ class EngineOnRay(RayHost):
         return cls(host._handles, existing is None, started_ray, consumer)
 
     def close(self) -> None:
-        if self._created and self.consumer is not None:
-            with contextlib.suppress(Exception):  # it may be restarting or gone
-                ray.get(self.consumer.shutdown.remote(), timeout=30)
-            ray.kill(self.consumer, no_restart=True)
         if self._created:
+            # All at once: a consumer actor still starting (a new worker process, a second or
+            # so) must not keep the partitions running, their timers firing, meanwhile.
+            owned = [*self._handles, *([self.consumer] if self.consumer is not None else [])]
             with contextlib.suppress(Exception):  # an actor may be restarting or gone
-                ray.get([h.shutdown.remote() for h in self._handles], timeout=30)
-            for handle in self._handles:
+                ray.get([h.shutdown.remote() for h in owned], timeout=30)
+            for handle in owned:
                 ray.kill(handle, no_restart=True)
         if self._started_ray:
             ray.shutdown()

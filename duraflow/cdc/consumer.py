@@ -13,6 +13,7 @@ leave the partition's file. It reads partitions only through the Host, never the
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -44,6 +45,8 @@ COMMIT_INTERVAL_S = 5.0
 READ_BATCH = 5000
 """Events read from one partition per request."""
 POLL_WAIT_S = 1.0
+OPEN_RETRY_MAX_S = 10.0
+"""Longest pause between attempts to open an archive that cannot be opened (S3 down, say)."""
 
 
 def archive_paths(data_dir: Path) -> tuple[Path, Path]:
@@ -85,14 +88,35 @@ class Consumer:
         self.stats = ConsumerStats()
         self._read_to: dict[int, int] = {}
         self._ready = asyncio.Event()
+        self._committing = asyncio.Lock()  # one committer: the timer's round or a caller's
+
+    def _scrub(self, text: str) -> str:
+        """``text`` without the S3 credentials (for logs and status)."""
+        return self._s3.scrub(text) if self._s3 is not None else text
+
+    def _open_archive(self) -> tuple[Archive, dict[int, int]]:
+        archive = open_archive(self._root, warehouse=self._warehouse, s3=self._s3)
+        return archive, resume_offsets(archive)
+
+    async def _open(self) -> tuple[Archive, dict[int, int]]:
+        """Open the archive and read its offsets, retrying while that fails (a warehouse that
+        is down or not there yet); ``last_error`` and the log say why meanwhile."""
+        delay = 0.5
+        while True:
+            try:
+                return await asyncio.to_thread(self._open_archive)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.stats.last_error = self._scrub(f"open archive: {exc!r}")
+                log.warning("cannot open the archive; retrying: %s", self.stats.last_error)
+                await asyncio.sleep(delay)
+                delay = min(OPEN_RETRY_MAX_S, delay * 2)
 
     async def run(self) -> None:
         """Read, write warm segments and commit, until cancelled."""
-        self._archive = await asyncio.to_thread(
-            open_archive, self._root, warehouse=self._warehouse, s3=self._s3
-        )
+        self._archive, committed = await self._open()
         self._warm.mkdir(parents=True, exist_ok=True)
-        committed = await asyncio.to_thread(resume_offsets, self._archive)
         read_from = dict(committed)
         for segment in list_segments(self._warm):  # written before a crash, not committed yet
             read_from[segment.partition] = max(
@@ -121,7 +145,7 @@ class Consumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a restarting partition: try again shortly
-                self.stats.last_error = f"read partition {partition}: {exc!r}"
+                self.stats.last_error = self._scrub(f"read partition {partition}: {exc!r}")
                 await asyncio.sleep(POLL_WAIT_S)
                 continue
             if batch.events:
@@ -139,14 +163,34 @@ class Consumer:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the next round retries; nothing is lost
-                self.stats.last_error = f"commit: {exc!r}"
-                log.exception("archive commit failed; retrying")
+                self.stats.last_error = self._scrub(f"commit: {exc!r}")
+                # no traceback: text from below may hold credentials; last_error is scrubbed
+                log.warning("archive commit failed; retrying: %s", self.stats.last_error)
             await asyncio.sleep(max(0.0, self._interval - (time.monotonic() - started)))
 
-    async def commit(self) -> dict[int, int]:
-        """Commit the warm segments to Iceberg now; tell partitions how far the archive is."""
+    async def commit(self, timeout: float | None = None) -> dict[int, int]:
+        """Commit the warm segments to Iceberg now; tell partitions how far the archive is.
+
+        Waits (up to ``timeout`` seconds) for :meth:`run` to open the archive, and for a
+        commit already under way.
+
+        Raises:
+            TimeoutError: the archive did not open within ``timeout`` (``last_error`` in
+                :meth:`status` says why).
+        """
+        if not self._ready.is_set():
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout)
+            except asyncio.TimeoutError:
+                raise TimeoutError(
+                    f"the archive did not open within {timeout}s: {self.stats.last_error}"
+                ) from None
+        async with self._committing:
+            return await self._commit()
+
+    async def _commit(self) -> dict[int, int]:
         archive = self._archive
-        assert archive is not None, "Consumer.run() first"
+        assert archive is not None
         segments = list_segments(self._warm)
         offsets = await asyncio.to_thread(resume_offsets, archive)
         pending = [s for s in segments if s.last_lsn > offsets.get(s.partition, 0)]
@@ -172,7 +216,10 @@ class Consumer:
         """Wait until every event committed in the partitions before this call is in the
         archive's warm or cold tier (queryable); False if ``timeout`` passed first."""
         deadline = time.monotonic() + timeout
-        await asyncio.wait_for(self._ready.wait(), timeout)
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
         heads = {}
         for partition in range(self._host.partitions):
             batch: m.EventBatch = await self._host.call(partition, m.ReadEvents(limit=0))
@@ -203,11 +250,29 @@ class ConsumerThread:
             self._loop.run_until_complete(self._task)
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
-        """Run a coroutine of the consumer's on its loop and wait for it."""
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+        """Run a coroutine of the consumer's on its loop and wait for it.
+
+        Raises:
+            RuntimeError: the consumer is closed or its thread has stopped.
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        if not self._thread.is_alive() or self._loop.is_closed():
+            coro.close()
+            raise RuntimeError("the archive consumer is not running (closed, or it failed)")
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # the coroutine's own TimeoutError (the same class since 3.11)
+                raise
+            future.cancel()
+            raise TimeoutError(f"the archive consumer did not answer within {timeout}s") from None
 
     def close(self) -> None:
-        self._loop.call_soon_threadsafe(self._task.cancel)
-        self._thread.join(timeout=30)
+        if self._loop.is_closed():
+            return
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._task.cancel)
+            self._thread.join(timeout=30)
         if not self._thread.is_alive():
             self._loop.close()

@@ -8,6 +8,7 @@ and the Ray host implement (httpx's transport seam).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping
@@ -17,6 +18,7 @@ import msgspec
 
 from duraflow.actors import messages as m
 from duraflow.actors.router import partition_of
+from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
@@ -27,6 +29,7 @@ from duraflow.errors import (
     ResultTimeout,
     WorkflowCancelledError,
     WorkflowFailedError,
+    WorkflowNotFound,
     WorkflowTerminatedError,
 )
 from duraflow.storage.codec import decode, encode
@@ -42,16 +45,24 @@ class Host(Protocol):
     async def call(self, partition: int, request: Any) -> Any: ...
 
 
-ArchiveOpener = Callable[[list[dict[str, Any]]], Any]
-"""Opens the archive's DuckDB views, given the live runs for ``live_workflows`` (set by
-duraflow.runtime: the engine layer does not import storage)."""
+class ArchiveAccess(Protocol):
+    """The archive as a client reads it (``duraflow.storage.query.ArchiveReader``, wired by
+    duraflow.runtime: the engine layer does not import storage)."""
 
-_connector: Callable[[str, str], tuple[Host, ArchiveOpener | None]] | None = None
+    def open(self, live: list[dict[str, Any]]) -> Any:
+        """A DuckDB session over the archive's views, with ``live`` as ``live_workflows``."""
+
+    def run_events(self, workflow_id: str, run_id: str | None) -> list[bytes]:
+        """The encoded events of a closed run in the archive (the latest closed run of the
+        ID when ``run_id`` is None), in order; empty when the archive has none."""
+
+
+_connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]] | None = None
 """Makes the host of a running deployment; set by duraflow.runtime, the composition root
 (the engine layer does not import the hosts)."""
 
 
-def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveOpener | None]]) -> None:
+def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]]) -> None:
     """Install how :meth:`Client.connect` reaches a deployment (called by duraflow.runtime)."""
     global _connector  # reason: one process-wide seam, set once at import
     _connector = connector
@@ -98,6 +109,22 @@ class WorkflowHandle:
 
     async def _call(self, request: Any) -> Any:
         return await self._client._call(self.workflow_id, request)
+
+    async def _call_or_archive(
+        self, request: Any, from_archive: Callable[[list[AnyEvent]], Any]
+    ) -> Any:
+        """``request`` to the partition; for a closed run that has left the partition
+        (WorkflowNotFound there: archived and past its retention), ``from_archive`` of its
+        events in the archive. An archive that cannot be read raises its own error."""
+        try:
+            return await self._call(request)
+        except WorkflowNotFound as exc:
+            if not exc.maybe_archived:  # the partition never let a run go: none to look up
+                raise
+            events = await self._client._archived_run(self.workflow_id, self.run_id)
+            if events is None:
+                raise
+            return from_archive(events)
 
     async def signal_async(
         self, name: str, payload: Any = None, *, request_id: str | None = None
@@ -168,16 +195,18 @@ class WorkflowHandle:
         self._client._block(self.terminate_async(reason))
 
     async def result_async(self, timeout: Duration | None = None) -> Any:
-        """Wait for the run to close and return its result.
+        """Wait for the run to close and return its result (from the archive for a run that
+        has left its partition).
 
         Raises:
+            WorkflowNotFound: no such run in the partition or the archive.
             WorkflowFailedError: it failed (``WorkflowCancelledError`` / ``WorkflowTerminatedError``
                 when cancelled or terminated).
             ResultTimeout: ``timeout`` elapsed first; the run goes on.
         """
         request = m.AwaitResult(workflow_id=self.workflow_id, run_id=self.run_id)
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        waiting = self._call(request)
+        waiting = self._call_or_archive(request, _archived_outcome)
         if seconds is None:
             outcome = await waiting
         else:
@@ -194,21 +223,21 @@ class WorkflowHandle:
         return self._client._block(self.result_async(timeout))
 
     async def history_async(self) -> list[AnyEvent]:
-        """Every recorded event of the run, in order (see ``duraflow.cdc.events``)."""
-        encoded: list[bytes] = await self._call(
-            m.History(workflow_id=self.workflow_id, run_id=self.run_id)
-        )
-        return [decode_event(data) for data in encoded]
+        """Every recorded event of the run, in order (see ``duraflow.cdc.events``); from the
+        archive for a closed run that has left its partition."""
+        request = m.History(workflow_id=self.workflow_id, run_id=self.run_id)
+        encoded: list[bytes] | list[AnyEvent] = await self._call_or_archive(request, list)
+        return [decode_event(e) if isinstance(e, bytes) else e for e in encoded]
 
     def history(self) -> list[AnyEvent]:
         """Blocking twin of :meth:`history_async`."""
         return self._client._block(self.history_async())
 
     async def describe_async(self) -> m.WorkflowDescription:
-        """Status, type, times, history length and pending activities of the run."""
-        result: m.WorkflowDescription = await self._call(
-            m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
-        )
+        """Status, type, times, history length and pending activities of the run; from the
+        archive for a closed run that has left its partition."""
+        request = m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
+        result: m.WorkflowDescription = await self._call_or_archive(request, _archived_description)
         return result
 
     def describe(self) -> m.WorkflowDescription:
@@ -243,11 +272,58 @@ def _unwrap(outcome: m.Outcome) -> Any:
     )
 
 
+def _closing(events: list[AnyEvent]) -> tuple[str, str | None, str | None, bytes | None]:
+    """(status, error type, error message, result) of a closed run's events, as its
+    partition recorded them when it closed."""
+    for event in reversed(events):
+        if isinstance(event, ev.WorkflowCompleted):
+            return "completed", None, None, event.result
+        if isinstance(event, ev.WorkflowFailed):
+            return "failed", event.error_type, event.error_message, None
+        if isinstance(event, ev.WorkflowCancelled):
+            return "cancelled", "CancelledError", event.reason or "cancelled", None
+        if isinstance(event, ev.WorkflowTerminated):
+            return "terminated", "Terminated", event.reason or "terminated", None
+    raise ValueError("the run has no closing event")
+
+
+def _archived_outcome(events: list[AnyEvent]) -> m.Outcome:
+    """How an archived run closed (what its partition answered ``AwaitResult`` with)."""
+    status, error_type, error_message, result = _closing(events)
+    return m.Outcome(
+        events[0].workflow_id, events[0].run_id, status, result, error_type, error_message
+    )
+
+
+def _archived_description(events: list[AnyEvent]) -> m.WorkflowDescription:
+    """An archived run described as its partition described it once closed."""
+    started = events[0]
+    status, error_type, error_message, _ = _closing(events)
+    closed_at = next(e.at_us for e in reversed(events) if isinstance(e, ev.CLOSING))
+
+    def when(us: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp(us / 1e6, tz=dt.timezone.utc)
+
+    return m.WorkflowDescription(
+        workflow_id=started.workflow_id,
+        run_id=started.run_id,
+        workflow_type=started.workflow_type,
+        status=status,
+        start_time=when(started.at_us),
+        close_time=when(closed_at),
+        parent_workflow_id=started.parent_id if isinstance(started, ev.WorkflowStarted) else None,
+        history_length=max(e.event_id for e in events),
+        error_type=error_type,
+        error_message=error_message,
+        partition=started.partition,
+    )
+
+
 class Client:
     """Starts workflows and makes handles. Get one from ``Engine.client()``."""
 
     def __init__(
-        self, host: Host, runner: BlockingRunner, archive: ArchiveOpener | None = None
+        self, host: Host, runner: BlockingRunner, archive: ArchiveAccess | None = None
     ) -> None:
         self._host = host
         self._runner = runner
@@ -276,6 +352,16 @@ class Client:
     async def _call(self, workflow_id: str, request: Any) -> Any:
         check_workflow_id(workflow_id)
         return await self._host.call(partition_of(workflow_id, self._host.partitions), request)
+
+    async def _archived_run(self, workflow_id: str, run_id: str | None) -> list[AnyEvent] | None:
+        """The events of a closed run found in the archive (None if none, or no archive)."""
+        if self._archive is None:
+            return None
+        encoded = await asyncio.to_thread(self._archive.run_events, workflow_id, run_id)
+        events = [decode_event(data) for data in encoded]
+        if not events or not any(isinstance(e, ev.CLOSING) for e in events):
+            return None
+        return events
 
     async def start_async(
         self,
@@ -404,7 +490,7 @@ class Client:
                 "(the default)"
             )
         live = [msgspec.structs.asdict(d) for d in self.list(limit=1_000_000)]
-        return self._archive(live)
+        return self._archive.open(live)
 
     def sql(self, query: str, params: Any = None) -> Any:
         """Run SQL over the archive and live runs (see :meth:`duckdb`); a pyarrow Table.

@@ -11,13 +11,16 @@ Note:
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow.fs
 from pyiceberg.catalog.sql import SqlCatalog
+from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table
+from sqlalchemy.exc import SQLAlchemyError
 
 from duraflow.errors import ConfigurationError
 from duraflow.storage.archive_schema import TABLES, TableSpec
@@ -25,6 +28,8 @@ from duraflow.storage.archive_schema import TABLES, TableSpec
 NAMESPACE = "duraflow"
 CATALOG_NAME = "duraflow"
 CATALOG_FILE = "catalog.sqlite"
+OPEN_ATTEMPTS = 4
+"""Tries at opening the catalog database (a concurrent first opening can fail once)."""
 WAREHOUSE_DIR = "warehouse"
 URL_SPECIAL = ("%", "#", "?")
 """Characters a local archive path cannot hold (they mean something in a URL)."""
@@ -167,16 +172,23 @@ def open_archive(
     properties = {"uri": f"sqlite:///{root / CATALOG_FILE}", "warehouse": location}
     if s3 is not None:
         properties |= s3.catalog_properties()
-    try:
-        catalog = SqlCatalog(CATALOG_NAME, **properties)
-        catalog.create_namespace_if_not_exists(NAMESPACE)
-        tables = {name: _open_table(catalog, spec) for name, spec in TABLES.items()}
-    except ConfigurationError:
-        raise
-    except Exception as exc:
-        message = f"cannot open the archive warehouse {location!r}: {type(exc).__name__}: {exc}"
-        raise ConfigurationError(s3.scrub(message) if s3 else message) from None
-    return Archive(catalog, tables, location, s3)
+    for attempt in range(1, OPEN_ATTEMPTS + 1):
+        try:
+            catalog = SqlCatalog(CATALOG_NAME, **properties)
+            catalog.create_namespace_if_not_exists(NAMESPACE)
+            tables = {name: _open_table(catalog, spec) for name, spec in TABLES.items()}
+            return Archive(catalog, tables, location, s3)
+        except ConfigurationError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, SQLAlchemyError) and attempt < OPEN_ATTEMPTS:
+                # Two processes (or threads) creating the same new catalog race in pyiceberg's
+                # check-then-create ("table ... already exists"): the next attempt finds it.
+                time.sleep(0.05 * attempt)
+                continue
+            message = f"cannot open the archive warehouse {location!r}: {type(exc).__name__}: {exc}"
+            raise ConfigurationError(s3.scrub(message) if s3 else message) from None
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _warehouse_uri(root: Path, warehouse: str | None) -> str:
@@ -206,10 +218,21 @@ def _check_path(folder: Path) -> None:
 
 
 def _open_table(catalog: SqlCatalog, spec: TableSpec) -> Table:
-    return catalog.create_table_if_not_exists(
-        (NAMESPACE, spec.name),
-        schema=spec.schema,
-        partition_spec=spec.partition_spec(),
-        sort_order=spec.sort_order(),
-        properties=TABLE_PROPERTIES,
-    )
+    # Load first: pyiceberg's create_table_if_not_exists writes a new metadata file before it
+    # finds the table exists, leaving one orphan file per table on every open (and writing
+    # where a reader such as `duraflow sql --data-dir` should only read).
+    identifier = (NAMESPACE, spec.name)
+    try:
+        return catalog.load_table(identifier)
+    except NoSuchTableError:
+        pass
+    try:
+        return catalog.create_table(
+            identifier,
+            schema=spec.schema,
+            partition_spec=spec.partition_spec(),
+            sort_order=spec.sort_order(),
+            properties=TABLE_PROPERTIES,
+        )
+    except TableAlreadyExistsError:  # created meanwhile by another process
+        return catalog.load_table(identifier)

@@ -13,14 +13,19 @@ The views show the archive as it was at :meth:`ArchiveQuery.refresh` (called whe
 
 from __future__ import annotations
 
+import contextlib
+import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyiceberg.expressions import EqualTo
 
-from duraflow.storage.archive_schema import ACTIVITIES, HISTORY, WORKFLOWS
+from duraflow.storage.archive_schema import ACTIVITIES, HISTORY, RUN_CLOSING, WORKFLOWS
 from duraflow.storage.catalog import Archive, S3Config, open_archive
 from duraflow.storage.iceberg import (
     committed_offsets,
@@ -161,3 +166,117 @@ def open_query(
 def connect(archive: Archive, warm_dir: str | Path | None = None) -> ArchiveQuery:
     """An :class:`ArchiveQuery` over ``archive`` and the warm segments in ``warm_dir``."""
     return ArchiveQuery(archive, warm_dir)
+
+
+class ArchiveReader:
+    """The archive as a client reads it: DuckDB sessions over its views (:meth:`open`) and
+    the events of one archived run (:meth:`run_events`), for runs that left the partitions.
+
+    Args:
+        archive_dir, warm_dir: the archive's folder and its warm tier's.
+        warehouse, s3: as for ``catalog.open_archive``.
+    """
+
+    def __init__(
+        self,
+        archive_dir: Path,
+        warm_dir: Path | None,
+        *,
+        warehouse: str | None = None,
+        s3: S3Config | None = None,
+    ) -> None:
+        self._dir = archive_dir
+        self._warm = warm_dir
+        self._warehouse = warehouse
+        self._s3 = s3
+        self._archive: Archive | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None  # kept: connecting costs ~10 ms
+        self._lock = threading.Lock()
+        self._segment_ids: dict[str, frozenset[str]] = {}
+        """Workflow IDs in each warm segment, by file name (a segment's rows never change)."""
+
+    def __repr__(self) -> str:
+        return f"ArchiveReader({str(self._dir)!r}, warehouse={self._warehouse!r})"
+
+    def open(self, live_rows: list[dict[str, Any]]) -> ArchiveQuery:
+        """A DuckDB session with the views ``history``, ``workflows``, ``activities`` and
+        ``live_workflows`` (``live_rows``)."""
+        return open_query(self._dir, self._warm, live_rows, warehouse=self._warehouse, s3=self._s3)
+
+    __call__ = open
+
+    def run_events(self, workflow_id: str, run_id: str | None = None) -> list[bytes]:
+        """The events (msgpack, ``events.encode_event``) of one closed run in the archive, in
+        order: run ``run_id``, or the latest run of ``workflow_id`` that has closed. Empty if
+        the archive has no such closed run."""
+        with self._lock:  # one look-up at a time per reader: pyiceberg tables are refreshed
+            if self._archive is None:
+                self._archive = open_archive(self._dir, warehouse=self._warehouse, s3=self._s3)
+                self._con = duckdb.connect()
+            # Warm first, cold second (as in ArchiveQuery.refresh): a segment deleted in
+            # between was committed before, so the cold snapshot read afterwards has its rows.
+            warm = self._warm_rows(workflow_id)
+            return run_events(self._archive, warm, workflow_id, run_id, connection=self._con)
+
+    def _warm_rows(self, workflow_id: str) -> pa.Table:
+        """The warm rows of ``workflow_id``, reading only the segments that hold it."""
+        segments = list_segments(self._warm) if self._warm is not None else []
+        known = self._segment_ids
+        for name in known.keys() - {s.path.name for s in segments}:
+            del known[name]  # committed and deleted
+        holding = []
+        for segment in segments:
+            ids = known.get(segment.path.name)
+            if ids is None:
+                try:
+                    column = pq.read_table(segment.path, columns=["workflow_id"])["workflow_id"]
+                except FileNotFoundError:
+                    continue  # committed and deleted since it was listed
+                ids = known[segment.path.name] = frozenset(column.to_pylist())
+            if workflow_id in ids:
+                holding.append(segment)
+        rows = read_segments(holding, missing_ok=True)
+        return rows.filter(pc.equal(rows["workflow_id"], workflow_id))
+
+
+def run_events(
+    archive: Archive,
+    warm: pa.Table,
+    workflow_id: str,
+    run_id: str | None = None,
+    *,
+    connection: duckdb.DuckDBPyConnection | None = None,
+) -> list[bytes]:
+    """The events of one closed run of ``workflow_id`` (see :meth:`ArchiveReader.run_events`)
+    in the cold tier and ``warm`` (warm history rows; those the cold tier has are ignored).
+    ``connection``: a DuckDB connection to use (its views ``_cold`` and ``_warm`` replaced)."""
+    history = archive.history
+    history.refresh()
+    warm = rows_after(warm, committed_offsets(history, refresh=False))
+    paths = data_files(history, EqualTo("workflow_id", workflow_id))
+    with contextlib.nullcontext(connection) if connection else duckdb.connect() as con:
+        register_files(con, "_cold", archive, HISTORY, paths)
+        con.register("_warm", warm)
+        found = (
+            con.sql(
+                "SELECT DISTINCT ON (run_id, event_id) run_id, event_id, event_type, lsn, raw "
+                "FROM (SELECT run_id, event_id, event_type, lsn, raw FROM _cold "
+                "      WHERE workflow_id = $1 "
+                "      UNION ALL SELECT run_id, event_id, event_type, lsn, raw FROM _warm) "
+                "ORDER BY run_id, event_id",
+                params=[workflow_id],
+            )
+            .to_arrow_table()
+            .to_pylist()
+        )
+    closed = {row["run_id"] for row in found if row["event_type"] in RUN_CLOSING}
+    if run_id is None:  # the closed run of this ID that started last (one partition: LSNs)
+        latest = max(
+            (row for row in found if row["run_id"] in closed), key=lambda r: r["lsn"], default=None
+        )
+        if latest is None:
+            return []
+        run_id = latest["run_id"]
+    if run_id not in closed:
+        return []
+    return [bytes(row["raw"]) for row in found if row["run_id"] == run_id]

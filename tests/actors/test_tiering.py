@@ -46,7 +46,9 @@ def _archive_everything(engine: df.Engine) -> list[int]:
 
 
 def test_archived_closed_runs_leave_the_partition_after_retention(data_dir: Path) -> None:
-    with df.Engine(data_dir, runtime="local", partitions=2, retention=0) as engine:
+    # archive=False: the reports are made up here, and no archive answers for pruned runs
+    # (tests/cdc/test_archive_tiering.py has the real consumer and the archive's answers).
+    with df.Engine(data_dir, runtime="local", partitions=2, retention=0, archive=False) as engine:
         client = engine.client()
         done = [client.start(tier_quick, i, workflow_id=f"tier-{i}") for i in range(10)]
         assert list(range(10)) == [h.result(timeout=10) for h in done]
@@ -67,12 +69,14 @@ def test_archived_closed_runs_leave_the_partition_after_retention(data_dir: Path
 
 
 def test_retention_keeps_recent_runs_and_unarchived_runs_stay(data_dir: Path) -> None:
-    with df.Engine(data_dir, runtime="local", partitions=1, retention="1h") as engine:
+    with df.Engine(
+        data_dir, runtime="local", partitions=1, retention="1h", archive=False
+    ) as engine:
         client = engine.client()
         assert 1 == client.start(tier_quick, 1, workflow_id="tier-recent").result(timeout=10)
         _archive_everything(engine)
         assert 1 == _rows(data_dir, "workflows")  # closed a moment ago: kept for an hour
-    with df.Engine(data_dir, runtime="local", partitions=1, retention=0) as engine:
+    with df.Engine(data_dir, runtime="local", partitions=1, retention=0, archive=False) as engine:
         client = engine.client()
         assert 2 == client.start(tier_quick, 2, workflow_id="tier-unarchived").result(timeout=10)
         # No new Archived report covers the new run's events: it stays; the old one goes.
