@@ -239,6 +239,21 @@ class Engine:
             )
         raise ConfigurationError("this engine has no archive (archive=False)")
 
+    def maintain_archive(self, keep_snapshots: Duration = "1h", timeout: float = 600.0) -> Any:
+        """Compact each closed day of the archive's tables into one sorted file and expire
+        snapshots older than ``keep_snapshots``; returns what was done per table.
+
+        Run it now and then (e.g. daily): commits stay cheap only while few snapshots are kept.
+        """
+        keep_s = parse_duration(keep_snapshots, "keep_snapshots")
+        if self._consumer is not None:
+            return self._consumer.call(self._consumer.consumer.maintain(keep_s), timeout)
+        if self._consumer_actor is not None:
+            from duraflow.actors import ray_host  # imports ray: only on the Ray runtime
+
+            return ray_host.call_actor(self._consumer_actor, "maintain", keep_s, timeout=timeout)
+        raise ConfigurationError("this engine has no archive (archive=False)")
+
     def close(self) -> None:
         """Close the partitions this engine started (open runs resume when the data directory
         is opened again) and, if this engine started Ray, Ray too."""

@@ -329,6 +329,9 @@ class ConsumerActor:
     async def commit(self, timeout: float | None = None) -> dict[int, int]:
         return await self._consumer.commit(timeout)
 
+    async def maintain(self, keep_snapshots_s: float) -> dict[str, Any]:
+        return await self._consumer.maintain(keep_snapshots_s)
+
     async def shutdown(self) -> None:
         self._task.cancel()
         with contextlib.suppress(BaseException):

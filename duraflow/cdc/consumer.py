@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import datetime as dt
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from duraflow.actors import messages as m
 from duraflow.cdc.events import decode_event
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, S3Config, open_archive
-from duraflow.storage.iceberg import archive_batch, resume_offsets
+from duraflow.storage.iceberg import archive_batch, compact, days, expire, resume_offsets
 from duraflow.storage.warm import (
     archived_segments,
     delete_segments,
@@ -188,6 +189,30 @@ class Consumer:
         async with self._committing:
             return await self._commit()
 
+    async def maintain(self, keep_snapshots_s: float) -> dict[str, Any]:
+        """Expire snapshots older than ``keep_snapshots_s`` and compact every closed day (one
+        file per day, sorted) in all three tables; between commits, never during one."""
+        await self.commit()  # also waits until the archive is open
+        archive = self._archive
+        assert archive is not None
+        before = time.time() - keep_snapshots_s
+        today = dt.datetime.now(dt.timezone.utc).date()
+        report: dict[str, Any] = {}
+        async with self._committing:
+            for name, table in archive.tables.items():
+                compacted = []
+                for day in await asyncio.to_thread(days, table):
+                    if day < today:
+                        done = await asyncio.to_thread(compact, table, day)
+                        compacted.append((str(day), done.files_before, done.files_after))
+                expired = await asyncio.to_thread(expire, table, before)
+                report[name] = {
+                    "compacted_days": compacted,
+                    "snapshots_expired": expired.snapshots_expired,
+                    "data_files_deleted": expired.data_files_deleted,
+                }
+        return report
+
     async def _commit(self) -> dict[int, int]:
         archive = self._archive
         assert archive is not None
@@ -248,6 +273,9 @@ class ConsumerThread:
         asyncio.set_event_loop(self._loop)
         with contextlib.suppress(asyncio.CancelledError):
             self._loop.run_until_complete(self._task)
+        # A cancelled commit or segment write may still run in an executor thread: let it
+        # finish, so that close() returns only when the consumer no longer touches files.
+        self._loop.run_until_complete(self._loop.shutdown_default_executor())
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine of the consumer's on its loop and wait for it.

@@ -75,3 +75,27 @@ def test_processes_opening_a_new_archive_at_once_all_get_it(tmp_path: Path) -> N
         with concurrent.futures.ThreadPoolExecutor(4) as pool:
             opened = [pool.submit(open_together) for _ in range(4)]
             assert all(len(f.result(timeout=60).tables) == 3 for f in opened)
+
+
+@df.workflow
+async def cons_maintained(ctx: df.WorkflowContext, n: int) -> int:
+    return n
+
+
+def test_maintain_archive_expires_snapshots_and_keeps_every_row(tmp_path: Path) -> None:
+    with df.Engine(
+        tmp_path / "data", runtime="local", partitions=2, archive_interval="1h"
+    ) as engine:
+        client = engine.client()
+        for batch in range(3):  # three commits: three snapshots per table
+            for i in range(5):
+                client.start(cons_maintained, i, workflow_id=f"maint-{batch}-{i}").result(
+                    timeout=10
+                )
+            assert engine.sync_archive(20)
+            engine.commit_archive()
+        before = client.sql("SELECT count(*) AS n FROM history").to_pylist()
+        report = engine.maintain_archive(keep_snapshots=0)
+        assert report["history"]["snapshots_expired"] >= 2
+        assert before == client.sql("SELECT count(*) AS n FROM history").to_pylist()
+        assert [{"n": 15}] == client.sql("SELECT count(*) AS n FROM workflows").to_pylist()
