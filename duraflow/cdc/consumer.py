@@ -224,7 +224,10 @@ class Consumer:
             result = await asyncio.to_thread(archive_batch, archive, rows)
             self.stats.commits += 1
             self.stats.rows_committed += result.history_rows
-            offsets = await asyncio.to_thread(resume_offsets, archive)
+            # archive_batch brought all three tables at least to result.offsets: no need to
+            # read the catalog again.
+            for partition, lsn in result.offsets.items():
+                offsets[partition] = max(offsets.get(partition, 0), lsn)
         await asyncio.to_thread(delete_segments, archived_segments(segments, offsets))
         self.stats.offsets = dict(offsets)
         await self._report(offsets)

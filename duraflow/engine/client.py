@@ -484,20 +484,24 @@ class Client:
         Raises:
             ConfigurationError: the engine was made with ``archive=False``.
         """
+        return self._session(with_live=True)
+
+    def _session(self, with_live: bool) -> Any:
         if self._archive is None:
             raise ConfigurationError(
                 "this client has no archive to query: open the engine with archive=True "
                 "(the default)"
             )
-        live = [msgspec.structs.asdict(d) for d in self.list(limit=1_000_000)]
-        return self._archive.open(live)
+        # Listing every partition's runs costs a call to each; only pay it when asked for.
+        runs = self.list(limit=1_000_000) if with_live else []
+        return self._archive.open([msgspec.structs.asdict(d) for d in runs])
 
     def sql(self, query: str, params: Any = None) -> Any:
         """Run SQL over the archive and live runs (see :meth:`duckdb`); a pyarrow Table.
 
         Example: ``client.sql("SELECT workflow_type, count(*) FROM workflows GROUP BY 1")``.
         """
-        with self.duckdb() as session:
+        with self._session(with_live="live_workflows" in query.lower()) as session:
             return session.sql(query, params).to_arrow_table()
 
     async def list_async(
