@@ -71,6 +71,13 @@ class LocalHost:
         )
         return await asyncio.wrap_future(future)
 
+    async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
+        """Send ``requests`` for one turn; replies in order, an error in place of a failure."""
+        future = asyncio.run_coroutine_threadsafe(
+            self._parts[partition].handle_batch(requests), self._loop
+        )
+        return await asyncio.wrap_future(future)
+
     def stats(self) -> list[dict[str, int]]:
         async def collect() -> list[dict[str, int]]:
             return [p.stats() for p in self._parts]

@@ -61,7 +61,12 @@ class Terminate(Message, kw_only=True):
 
 
 class AwaitResult(Message, kw_only=True):
+    """Wait for a run to close. With ``mailbox``, the reply comes at once: the run's
+    :class:`Outcome` if it is closed, else None, and the outcome goes to that mailbox when
+    the run closes (see :class:`CollectResults`)."""
+
     run_id: str | None = None
+    mailbox: str | None = None
 
 
 class Describe(Message, kw_only=True):
@@ -118,6 +123,16 @@ class Archived(msgspec.Struct, frozen=True, kw_only=True):
     lsn: int
 
 
+class CollectResults(msgspec.Struct, frozen=True, kw_only=True):
+    """Take the outcomes waiting in ``mailbox`` (a client's, filled by ``AwaitResult`` with
+    ``mailbox``); with ``wait_s`` > 0 the partition holds the request until one arrives or
+    the time is up. The reply is a list of :class:`MailedOutcome`, or None when the partition
+    does not know the mailbox (it restarted, or the mailbox expired): register again."""
+
+    mailbox: str
+    wait_s: float = 0.0
+
+
 class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     """List runs of one partition, newest first."""
 
@@ -148,6 +163,13 @@ class Outcome(msgspec.Struct, frozen=True):
     error_message: str | None = None
 
 
+class MailedOutcome(msgspec.Struct, frozen=True):
+    """An outcome in a mailbox, with the run ID its ``AwaitResult`` asked for (None: latest)."""
+
+    requested_run_id: str | None
+    outcome: Outcome
+
+
 class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     """What ``handle.describe()`` and ``client.list()`` report about one run.
 
@@ -173,7 +195,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     partition: int = 0
 
 
-_request_types = (*Request.__args__, ListWorkflows, ReadEvents, Archived)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
+_request_types = (*Request.__args__, ListWorkflows, ReadEvents, Archived, CollectResults)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__
 _validators = {t: msgspec.msgpack.Decoder(t) for t in _request_types}
 _outbox_encoder = msgspec.msgpack.Encoder()
 
@@ -194,6 +216,29 @@ def validated(request: object) -> object:
         return decoder.decode(_outbox_encoder.encode(request))
     except (msgspec.ValidationError, msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
         raise PayloadError(f"malformed {type(request).__name__} request: {exc}") from None
+
+
+_batch_decoder = msgspec.msgpack.Decoder(list[Request])  # type: ignore[valid-type]  # reason: Request is a Union alias
+
+
+def encode_requests(requests: list[Request]) -> bytes:  # type: ignore[valid-type]  # reason: as above
+    """A batch of client requests as one msgpack payload (see :func:`decode_requests`)."""
+    try:
+        return _outbox_encoder.encode(requests)
+    except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
+        raise PayloadError(f"malformed request in a batch: {exc}") from None
+
+
+def decode_requests(data: bytes) -> list[Request]:  # type: ignore[valid-type]  # reason: as above
+    """Decode and check a batch of requests (every field against its message type).
+
+    Raises:
+        PayloadError: not a list of request messages, or a field of the wrong type (named).
+    """
+    try:
+        return _batch_decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise PayloadError(f"malformed request batch: {exc}") from None
 
 
 _outbox_decoder: msgspec.msgpack.Decoder[OutboxMessage] = msgspec.msgpack.Decoder(OutboxMessage)  # type: ignore[arg-type]  # reason: Union is a valid decoder type

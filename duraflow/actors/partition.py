@@ -30,6 +30,7 @@ import msgspec
 
 from duraflow.actors import messages as m
 from duraflow.actors.attempts import Attempt, AttemptTable
+from duraflow.actors.mailboxes import Mailboxes
 from duraflow.actors.partition_activities import ActivityDone, ActivitySteps, Heartbeat
 from duraflow.cdc import events as ev
 from duraflow.engine.activities import ActivityExecutor
@@ -40,6 +41,7 @@ from duraflow.errors import (
     ConfigurationError,
     DuraflowError,
     PartitionUnavailable,
+    PayloadError,
     QueryFailed,
     UnknownQuery,
     WorkflowAlreadyRunning,
@@ -65,7 +67,16 @@ _DEFERRED = object()
 class OpenRun:
     """An open run of this partition: its row, and its resident code if in memory."""
 
-    __slots__ = ("activity_seqs", "last_event_id", "row", "run", "stuck", "timer_seqs", "waiters")
+    __slots__ = (
+        "activity_seqs",
+        "last_event_id",
+        "mailed",
+        "row",
+        "run",
+        "stuck",
+        "timer_seqs",
+        "waiters",
+    )
 
     def __init__(self, row: WorkflowRow, last_event_id: int | None) -> None:
         self.row = row
@@ -73,6 +84,7 @@ class OpenRun:
         self.last_event_id = last_event_id
         self.stuck: str | None = None
         self.waiters: list[asyncio.Future[Any]] = []
+        self.mailed: list[tuple[str, str | None]] = []  # (mailbox, run ID asked for)
         self.timer_seqs: set[int] = set()
         self.activity_seqs: set[int] = set()
 
@@ -90,7 +102,7 @@ class _Effects:
         self.replies: list[tuple[asyncio.Future[Any] | None, Any, BaseException | None]] = []
         self.dispatch: list[Attempt] = []
         self.sends: list[tuple[int, str, m.OutboxMessage]] = []
-        self.closed: list[tuple[list[asyncio.Future[Any]], m.Outcome]] = []
+        self.closed: list[tuple[OpenRun, m.Outcome]] = []
 
 
 class _Due(msgspec.Struct):
@@ -157,6 +169,9 @@ class Partition(ActivitySteps):
         self._pruned = False  # some closed run left this file for the archive
         self._notified_lsn = 0
         self._event_waiters: list[asyncio.Future[None]] = []
+        self._mailboxes = Mailboxes()
+        self._turn_count = 0
+        self._turn_items = 0
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -185,6 +200,7 @@ class Partition(ActivitySteps):
         for _, future in self._inbox:
             if future is not None and not future.done():
                 future.set_exception(PartitionUnavailable(f"partition {self.index} closed"))
+        self._mailboxes.close()
         for open_run in self._open.values():
             for waiter in open_run.waiters:
                 if not waiter.done():
@@ -225,9 +241,32 @@ class Partition(ActivitySteps):
         request = m.validated(request)
         if isinstance(request, m.ReadEvents):
             return await self._read_events(request)  # a read of committed rows: no turn
+        if isinstance(request, m.CollectResults):
+            return await self._mailboxes.collect(request.mailbox, request.wait_s)
         future = self._require_loop().create_future()
         self._post(request, future)
         return await future
+
+    async def handle_batch(self, requests: list[m.Request]) -> list[Any]:  # type: ignore[valid-type]  # reason: Request is a Union alias
+        """Queue checked requests for one turn; their replies, an error in place of each that
+        failed. ``AwaitResult`` in a batch must name a mailbox (a batch never waits on a run).
+
+        Raises:
+            PartitionUnavailable: the partition is closed.
+        """
+        if self._closing:
+            raise PartitionUnavailable(f"partition {self.index} is closed")
+        loop = self._require_loop()
+        futures = []
+        for request in requests:
+            if isinstance(request, m.AwaitResult) and request.mailbox is None:
+                raise PayloadError("AwaitResult in a batch needs a mailbox")
+            future = loop.create_future()
+            self._inbox.append((request, future))
+            futures.append(future)
+        assert self._wake is not None
+        self._wake.set()
+        return await asyncio.gather(*futures, return_exceptions=True)
 
     def post_threadsafe(self, item: Any) -> None:
         """Queue an internal item from any thread (activity outcomes, heartbeats)."""
@@ -251,6 +290,8 @@ class Partition(ActivitySteps):
 
     def _turn(self, items: list[tuple[Any, asyncio.Future[Any] | None]]) -> None:
         fx = self._fx = _Effects()
+        self._turn_count += 1
+        self._turn_items += len(items)
         lsn_before = self._lsn
         try:
             with self._db().turn():
@@ -283,10 +324,12 @@ class Partition(ActivitySteps):
                 future.set_exception(error)
             else:
                 future.set_result(reply)
-        for waiters, outcome in fx.closed:
-            for waiter in waiters:
+        for closed, outcome in fx.closed:
+            for waiter in closed.waiters:
                 if not waiter.done():
                     waiter.set_result(outcome)
+            for mailbox, requested_run_id in closed.mailed:
+                self._mailboxes.deliver(mailbox, m.MailedOutcome(requested_run_id, outcome))
         for attempt in fx.dispatch:
             self._start_attempt(attempt)
         loop = self._require_loop()
@@ -500,6 +543,10 @@ class Partition(ActivitySteps):
     def _await_result(self, req: m.AwaitResult, future: asyncio.Future[Any] | None) -> Any:
         open_run = self._open.get(req.workflow_id)
         if open_run is not None and req.run_id in (None, open_run.row.run_id):
+            if req.mailbox is not None:
+                self._mailboxes.register(req.mailbox)
+                open_run.mailed.append((req.mailbox, req.run_id))
+                return None  # the outcome goes to the mailbox
             if future is not None:
                 open_run.waiters.append(future)
             return _DEFERRED
@@ -793,7 +840,7 @@ class Partition(ActivitySteps):
             elif policy == "request_cancel":
                 self._outbox(child_id, m.Cancel(workflow_id=child_id, reason=reason))
         outcome = m.Outcome(row.workflow_id, row.run_id, status, result, error_type, error_message)
-        self._fx.closed.append((open_run.waiters, outcome))
+        self._fx.closed.append((open_run, outcome))
         del self._open[row.workflow_id]
         self._lru.pop(row.workflow_id, None)
         if open_run.run is not None:
@@ -965,7 +1012,13 @@ class Partition(ActivitySteps):
     def stats(self) -> dict[str, int]:
         """Open and resident run counts (for status and benchmarks)."""
         resident = sum(1 for o in self._open.values() if o.run is not None)
-        return {"open": len(self._open), "resident": resident, "lsn": self._lsn}
+        return {
+            "open": len(self._open),
+            "resident": resident,
+            "lsn": self._lsn,
+            "turns": self._turn_count,
+            "turn_items": self._turn_items,
+        }
 
 
 def _outcome(row: WorkflowRow) -> m.Outcome:

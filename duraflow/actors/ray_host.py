@@ -237,6 +237,26 @@ class PartitionActor:
 
     async def call(self, request: Any) -> Any:
         """One request to the partition; duraflow errors come back as values."""
+        failure = await self._wait_opened()
+        if failure is not None:
+            return failure
+        try:
+            return await self._partition.handle(request)
+        except DuraflowError as exc:
+            return _Failure(exc)
+
+    async def call_batch(self, payload: bytes) -> Any:
+        """Requests encoded by ``messages.encode_requests``, handled in one turn: their
+        replies in order, each failure as a duraflow error value."""
+        failure = await self._wait_opened()
+        if failure is not None:
+            return failure
+        try:
+            return await self._partition.handle_batch(m.decode_requests(payload))
+        except DuraflowError as exc:
+            return _Failure(exc)
+
+    async def _wait_opened(self) -> _Failure | None:
         if not self._opened.done():
             await asyncio.wait([self._opened], timeout=FENCED_CALL_WAIT_S)
             if not self._opened.done() and self._fenced is not None:
@@ -247,10 +267,7 @@ class PartitionActor:
                     )
                 )
         await self._opened
-        try:
-            return await self._partition.handle(request)
-        except DuraflowError as exc:
-            return _Failure(exc)
+        return None
 
     async def heartbeat(
         self, key: tuple[str, str, int], number: int, details: bytes | None
@@ -524,6 +541,16 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _reply(request: Any, reply: Any, retried: bool) -> Any:
+    """``reply`` to ``request``, raising the error it carries."""
+    error = reply.error if isinstance(reply, _Failure) else reply
+    if not isinstance(error, BaseException):
+        return reply
+    if retried and isinstance(error, WorkflowClosed) and isinstance(request, m.Terminate):
+        return None  # the first, lost attempt terminated it
+    raise error
+
+
 class RayHost:
     """The client side of Ray hosting: actor handles, with retries across actor restarts."""
 
@@ -584,12 +611,33 @@ class RayHost:
 
     async def call(self, partition: int, request: Any) -> Any:
         """Send ``request``; retried while the actor restarts (every request is idempotent)."""
+        reply, retried = await self._retrying(partition, "call", request)
+        return _reply(request, reply, retried)
+
+    async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
+        """Send ``requests`` as one call for one turn; replies in order, an error value in
+        place of each that failed. Retried like :meth:`call`."""
+        replies, retried = await self._retrying(
+            partition, "call_batch", m.encode_requests(requests)
+        )
+        if isinstance(replies, _Failure):
+            raise replies.error
+        out = []
+        for request, reply in zip(requests, replies, strict=True):
+            try:
+                out.append(_reply(request, reply, retried))
+            except Exception as exc:  # reason: each failure is returned in its request's place
+                out.append(exc)
+        return out
+
+    async def _retrying(self, partition: int, method: str, payload: Any) -> tuple[Any, bool]:
         deadline = time.monotonic() + CALL_RETRY_WINDOW_S
         retried = False
         delay = 0.05
         while True:
             try:
-                reply = await self._handles[partition].call.remote(request)
+                actor_method = getattr(self._handles[partition], method)
+                return await actor_method.remote(payload), retried
             except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
                 if time.monotonic() + delay > deadline:
                     raise PartitionUnavailable(
@@ -599,16 +647,6 @@ class RayHost:
                 retried = True
                 await asyncio.sleep(delay)
                 delay = min(1.0, delay * 2)
-                continue
-            if isinstance(reply, _Failure):
-                if (
-                    retried
-                    and isinstance(reply.error, WorkflowClosed)
-                    and isinstance(request, m.Terminate)
-                ):
-                    return None  # the first, lost attempt terminated it
-                raise reply.error
-            return reply
 
     def statuses(self) -> list[dict[str, Any]]:
         return list(ray.get([h.status.remote() for h in self._handles]))
@@ -636,7 +674,7 @@ class RayHost:
 
     def stats(self) -> list[dict[str, int]]:
         return [
-            {k: v for k, v in s.items() if k in ("open", "resident", "lsn")}
+            {k: v for k, v in s.items() if k in ("open", "resident", "lsn", "turns", "turn_items")}
             for s in self.statuses()
         ]
 

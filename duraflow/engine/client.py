@@ -11,7 +11,7 @@ import asyncio
 import datetime as dt
 import threading
 import uuid
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -21,6 +21,7 @@ from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
+from duraflow.engine.batching import Batcher
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.errors import (
@@ -38,11 +39,14 @@ T = TypeVar("T")
 
 
 class Host(Protocol):
-    """Where partitions live. ``call`` may be awaited from any event loop."""
+    """Where partitions live. Calls may be awaited from any event loop."""
 
     partitions: int
 
     async def call(self, partition: int, request: Any) -> Any: ...
+
+    async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
+        """Replies to ``requests`` handled in one turn, an error in place of each failure."""
 
 
 class ArchiveAccess(Protocol):
@@ -111,13 +115,13 @@ class WorkflowHandle:
         return await self._client._call(self.workflow_id, request)
 
     async def _call_or_archive(
-        self, request: Any, from_archive: Callable[[list[AnyEvent]], Any]
+        self, calling: Awaitable[Any], from_archive: Callable[[list[AnyEvent]], Any]
     ) -> Any:
-        """``request`` to the partition; for a closed run that has left the partition
-        (WorkflowNotFound there: archived and past its retention), ``from_archive`` of its
-        events in the archive. An archive that cannot be read raises its own error."""
+        """The reply ``calling`` awaits from the partition; for a closed run that has left the
+        partition (WorkflowNotFound there: archived and past its retention), ``from_archive``
+        of its events in the archive. An archive that cannot be read raises its own error."""
         try:
-            return await self._call(request)
+            return await calling
         except WorkflowNotFound as exc:
             if not exc.maybe_archived:  # the partition never let a run go: none to look up
                 raise
@@ -204,9 +208,10 @@ class WorkflowHandle:
                 when cancelled or terminated).
             ResultTimeout: ``timeout`` elapsed first; the run goes on.
         """
-        request = m.AwaitResult(workflow_id=self.workflow_id, run_id=self.run_id)
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        waiting = self._call_or_archive(request, _archived_outcome)
+        waiting = self._call_or_archive(
+            self._client._result(self.workflow_id, self.run_id), _archived_outcome
+        )
         if seconds is None:
             outcome = await waiting
         else:
@@ -226,7 +231,9 @@ class WorkflowHandle:
         """Every recorded event of the run, in order (see ``duraflow.cdc.events``); from the
         archive for a closed run that has left its partition."""
         request = m.History(workflow_id=self.workflow_id, run_id=self.run_id)
-        encoded: list[bytes] | list[AnyEvent] = await self._call_or_archive(request, list)
+        encoded: list[bytes] | list[AnyEvent] = await self._call_or_archive(
+            self._call(request), list
+        )
         return [decode_event(e) if isinstance(e, bytes) else e for e in encoded]
 
     def history(self) -> list[AnyEvent]:
@@ -237,7 +244,9 @@ class WorkflowHandle:
         """Status, type, times, history length and pending activities of the run; from the
         archive for a closed run that has left its partition."""
         request = m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
-        result: m.WorkflowDescription = await self._call_or_archive(request, _archived_description)
+        result: m.WorkflowDescription = await self._call_or_archive(
+            self._call(request), _archived_description
+        )
         return result
 
     def describe(self) -> m.WorkflowDescription:
@@ -326,6 +335,7 @@ class Client:
         self, host: Host, runner: BlockingRunner, archive: ArchiveAccess | None = None
     ) -> None:
         self._host = host
+        self._batcher = Batcher(host)
         self._runner = runner
         self._archive = archive
 
@@ -351,7 +361,13 @@ class Client:
 
     async def _call(self, workflow_id: str, request: Any) -> Any:
         check_workflow_id(workflow_id)
-        return await self._host.call(partition_of(workflow_id, self._host.partitions), request)
+        partition = partition_of(workflow_id, self._host.partitions)
+        return await self._batcher.call(partition, request)
+
+    async def _result(self, workflow_id: str, run_id: str | None) -> m.Outcome:
+        check_workflow_id(workflow_id)
+        partition = partition_of(workflow_id, self._host.partitions)
+        return await self._batcher.result(partition, workflow_id, run_id)
 
     async def _archived_run(self, workflow_id: str, run_id: str | None) -> list[AnyEvent] | None:
         """The events of a closed run found in the archive (None if none, or no archive)."""

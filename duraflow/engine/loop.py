@@ -13,6 +13,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import weakref
 from asyncio import events
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -64,6 +65,7 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self._closed = False
         self._exception_handler: Any = None
         self._order = 0
+        self._tasks: weakref.WeakSet[asyncio.Task[Any]] = weakref.WeakSet()
         self.errors: list[str] = []
 
     def next_order(self) -> int:
@@ -149,7 +151,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
 
     def create_task(self, coro: Any, *, name: str | None = None, context: Any = None) -> Any:
         self._check_open()
-        return _OrderedTask(coro, loop=self, name=name, context=context)
+        task = _OrderedTask(coro, loop=self, name=name, context=context)
+        self._tasks.add(task)
+        return task
+
+    def tasks(self) -> list[asyncio.Task[Any]]:
+        """This loop's unfinished tasks (``asyncio.all_tasks`` would scan every loop's)."""
+        return [task for task in self._tasks if not task.done()]
 
     def get_task_factory(self) -> None:
         return None

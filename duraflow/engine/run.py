@@ -375,7 +375,7 @@ class WorkflowRun:
         if self._discarded:
             return
         self._discarded = True
-        for task in asyncio.all_tasks(self.loop):
+        for task in self.loop.tasks():
             coro = task.get_coro()
             # User finally-blocks may raise anything while their coroutine is closed.
             with contextlib.suppress(BaseException):

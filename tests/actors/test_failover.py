@@ -205,6 +205,13 @@ async def wait_restarted(handle: Any, old_pid: int, deadline: float) -> dict[str
         await asyncio.sleep(POLL_S)
 
 
+async def batches_sent() -> None:
+    """Let the client's queued requests go out: a call joins a batch, the batch is flushed on
+    the next loop iteration and sent (taking its retry deadline) on the one after."""
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 def kill_pid(pid: int) -> None:
     """SIGKILL an actor process whose PID the test looked up from its status()."""
     with contextlib.suppress(ProcessLookupError):
@@ -279,13 +286,13 @@ def test_sigkill_of_a_partition_actor_mid_run_loses_nothing_and_repeats_nothing(
             asyncio.ensure_future(send_until_acked(h, "late", deadline, late_errors["patient"]))
             for h in started[0::2]
         ]
-        await asyncio.sleep(0)  # each call above has taken its (long) retry deadline
+        await batches_sent()  # each call above has taken its (long) retry deadline
         monkeypatch.setattr(ray_host, "CALL_RETRY_WINDOW_S", SHORT_RETRY_WINDOW_S)
         hasty = [
             asyncio.ensure_future(send_until_acked(h, "late", deadline, late_errors["hasty"]))
             for h in started[1::2]
         ]
-        await asyncio.sleep(0)
+        await batches_sent()
         monkeypatch.undo()
         late = await asyncio.gather(*patient, *hasty)
         status = await restarted

@@ -1,0 +1,171 @@
+"""Client-side batching: requests to one partition made in the same event-loop iteration
+travel as one host call, and results come back through one long-poll per partition.
+
+A thousand ``start_async`` calls gathered together cost one call per partition, not a
+thousand; the partition handles the batch in one turn (one SQLite commit). Waiting for a
+thousand results costs one registration batch and a mailbox long-poll per partition
+(``messages.AwaitResult`` with a mailbox, ``messages.CollectResults``), not a thousand held
+calls. Alone, a request goes out at once: batching adds no wait, only what the loop was
+already doing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+import weakref
+from typing import Any, Protocol
+
+from duraflow.actors import messages as m
+
+MAX_BATCH = 1000
+"""Requests per host call; more made at once go as several calls."""
+
+COLLECT_WAIT_S = 30.0
+"""How long one mailbox long-poll is held at the partition when nothing arrives."""
+
+
+class BatchHost(Protocol):
+    partitions: int
+
+    async def call(self, partition: int, request: Any) -> Any: ...
+
+    async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]: ...
+
+
+_Key = tuple[str, str | None]  # (workflow ID, run ID asked for)
+
+
+class _LoopState:
+    """What one event loop has queued and awaits (futures belong to their loop)."""
+
+    def __init__(self) -> None:
+        self.queues: dict[int, list[tuple[Any, asyncio.Future[Any]]]] = {}
+        self.mailbox = uuid.uuid4().hex
+        self.waiting: dict[int, dict[_Key, list[asyncio.Future[m.Outcome]]]] = {}
+        self.collectors: dict[int, asyncio.Task[None]] = {}
+
+
+class Batcher:
+    """Sends a client's requests to partitions in batches (see the module docstring)."""
+
+    def __init__(self, host: BatchHost) -> None:
+        self._host = host
+        self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]
+        self._loops = weakref.WeakKeyDictionary()
+
+    def _state(self) -> tuple[asyncio.AbstractEventLoop, _LoopState]:
+        loop = asyncio.get_running_loop()
+        state = self._loops.get(loop)
+        if state is None:
+            state = self._loops[loop] = _LoopState()
+        return loop, state
+
+    # -- requests ---------------------------------------------------------------------------
+
+    async def call(self, partition: int, request: Any) -> Any:
+        """``request``'s reply, sent together with the others made in this loop iteration."""
+        loop, state = self._state()
+        queue = state.queues.get(partition)
+        if queue is None:
+            queue = state.queues[partition] = []
+            loop.call_soon(self._flush, loop, state, partition)
+        future: asyncio.Future[Any] = loop.create_future()
+        queue.append((request, future))
+        if len(queue) >= MAX_BATCH:
+            self._flush(loop, state, partition)
+        return await future
+
+    def _flush(self, loop: asyncio.AbstractEventLoop, state: _LoopState, partition: int) -> None:
+        items = state.queues.pop(partition, None)
+        if items:
+            loop.create_task(self._send(partition, items))
+
+    async def _send(self, partition: int, items: list[tuple[Any, asyncio.Future[Any]]]) -> None:
+        try:
+            replies = await self._host.call_batch(partition, [request for request, _ in items])
+        except Exception as exc:  # reason: the batch failed as a whole; every caller sees why
+            for _, future in items:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), reply in zip(items, replies, strict=True):
+            if future.done():
+                continue  # its caller stopped waiting
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    # -- results ----------------------------------------------------------------------------
+
+    async def result(self, partition: int, workflow_id: str, run_id: str | None) -> m.Outcome:
+        """The outcome of the run once it closes (registered with this loop's mailbox)."""
+        loop, state = self._state()
+        waiting = state.waiting.setdefault(partition, {})
+        key = (workflow_id, run_id)
+        future: asyncio.Future[m.Outcome] = loop.create_future()
+        futures = waiting.get(key)
+        if futures is None:
+            futures = waiting[key] = [future]
+            loop.create_task(self._register(state, partition, key))
+        else:
+            futures.append(future)
+        try:
+            return await future
+        finally:
+            if key in waiting and future in waiting[key]:
+                waiting[key].remove(future)
+                if not waiting[key]:
+                    del waiting[key]
+
+    async def _register(self, state: _LoopState, partition: int, key: _Key) -> None:
+        request = m.AwaitResult(workflow_id=key[0], run_id=key[1], mailbox=state.mailbox)
+        try:
+            outcome = await self.call(partition, request)
+        except Exception as exc:  # reason: WorkflowNotFound and friends go to the waiters
+            self._settle(state, partition, key, error=exc)
+            return
+        if outcome is not None:
+            self._settle(state, partition, key, outcome=outcome)
+        elif partition not in state.collectors:
+            task = asyncio.get_running_loop().create_task(self._collect(state, partition))
+            state.collectors[partition] = task
+
+    async def _collect(self, state: _LoopState, partition: int) -> None:
+        """Long-poll this loop's mailbox at ``partition`` while anything waits there."""
+        waiting = state.waiting[partition]
+        request = m.CollectResults(mailbox=state.mailbox, wait_s=COLLECT_WAIT_S)
+        try:
+            while waiting:
+                try:
+                    mailed = await self._host.call(partition, request)
+                except Exception as exc:  # reason: the partition is gone for good; say so
+                    for key in list(waiting):
+                        self._settle(state, partition, key, error=exc)
+                    return
+                if mailed is None:  # the partition restarted and forgot the mailbox
+                    await asyncio.gather(*(self._register(state, partition, k) for k in waiting))
+                    continue
+                for item in mailed:
+                    key = (item.outcome.workflow_id, item.requested_run_id)
+                    self._settle(state, partition, key, outcome=item.outcome)
+        finally:
+            del state.collectors[partition]
+
+    @staticmethod
+    def _settle(
+        state: _LoopState,
+        partition: int,
+        key: _Key,
+        *,
+        outcome: m.Outcome | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        for future in state.waiting.get(partition, {}).pop(key, []):
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(outcome)  # type: ignore[arg-type]  # reason: one of the two is set
