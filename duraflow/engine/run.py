@@ -107,7 +107,7 @@ class WorkflowRun:
         )
         self.loop = WorkflowLoop(self)
         self.ctx = WorkflowContext(self)
-        self.random = random.Random(started.run_id)
+        self._random: random.Random | None = None
         self.signals: dict[str, collections.deque[Any]] = {}
         self.signal_waiters: dict[str, collections.deque[asyncio.Future[Any]]] = {}
         self.query_handlers: dict[str, Callable[..., Any]] = {}
@@ -129,6 +129,13 @@ class WorkflowRun:
         self._divergence: str | None = None
         self._in_query = False
         self._discarded = False
+
+    @property
+    def random(self) -> random.Random:
+        """The run's deterministic generator, seeded by its run ID (made on first use)."""
+        if self._random is None:
+            self._random = random.Random(self.started.run_id)
+        return self._random
 
     @property
     def replaying(self) -> bool:
