@@ -1,26 +1,30 @@
-"""Entry point: ``./dev bench [core|parked|archive|lag] [options]`` or ``python -m benchmarks``."""
+"""Entry point: ``python -m benchmarks [options]`` (or ``./dev bench``) runs the whole suite
+(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos [options]`` runs
+one part alone."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_archive, bench_core, bench_lag, bench_parked
+from benchmarks import bench_archive, bench_core, bench_dbos, bench_lag, bench_parked, suite
 
-SUITES = {
+PARTS = {
     "core": bench_core.main,
     "parked": bench_parked.main,
     "archive": bench_archive.main,
     "lag": bench_lag.main,
+    "dbos": bench_dbos.main,
 }
 
 
 def main() -> None:
     args = sys.argv[1:]
-    name = args[0] if args and not args[0].startswith("-") else "core"
-    rest = args[1:] if args and not args[0].startswith("-") else args
-    if name not in SUITES:
-        raise SystemExit(f"unknown benchmark {name!r}; choose from {sorted(SUITES)}")
-    SUITES[name](rest)
+    if args and not args[0].startswith("-"):
+        if args[0] not in PARTS:
+            raise SystemExit(f"unknown benchmark {args[0]!r}; choose from {sorted(PARTS)}")
+        PARTS[args[0]](args[1:])
+    else:
+        suite.main(args)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,20 @@
-"""Core engine speed: workflows/s, start-to-result latency, signals, timers; in-process and
-Ray-hosted side by side (ratios in one run are what to compare: the machine is noisy).
+"""Core engine speed on duraflow: W1 (throughput, latency), W2 (signals), W3 (timers).
 
-Workloads (sizes are options, so CI can run a smoke version):
-  W1  N workflows of 3 no-op activities started at once: workflows/s, p50/p99 latency;
-      and the same workflow one at a time (unloaded latency). On Ray, once with inline
-      activities and once with activities as Ray tasks.
-  W2  signal round trip, unloaded: signal sent -> workflow completes -> result returned.
+  W1  N workflows of 3 no-op activities started at once: workflows/s, p50/p99 start-to-result
+      latency; and the same workflow one at a time (unloaded latency). On Ray, once with
+      inline activities and once with activities as Ray tasks.
+  W2  M workflows parked on a signal with their results awaited, all signalled at once:
+      send-to-completion p50/p99; and one at a time (unloaded).
   W3  M workflows each sleeping 1 s: timer lateness (fire time minus due time).
-  Floor: raw SQLite commits/s of one small transaction under the same synchronous mode.
+
+``python -m benchmarks`` runs these beside DBOS and the floors (see benchmarks/suite.py);
+``python -m benchmarks core`` runs them alone.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import sqlite3
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +22,7 @@ from typing import Any
 
 import duraflow as df
 from benchmarks.common import RESULTS_DIR, print_table, summary_ms, write_json
+from benchmarks.floors import ray_floor, sqlite_floor
 
 
 @df.activity
@@ -79,15 +80,35 @@ async def w1_unloaded(client: df.Client, n: int, inline: bool) -> dict[str, Any]
 
 
 async def w2_signal(client: df.Client, n: int) -> dict[str, Any]:
+    """Unloaded: one parked workflow at a time, its result awaited; signal sent -> result."""
     samples = []
     for _ in range(n):
         handle = await client.start_async(bench_wait_signal)
-        await asyncio.sleep(0.002)
+        result = asyncio.ensure_future(handle.result_async())
+        await asyncio.sleep(0.005)  # parked, and the result is being awaited
         t0 = time.perf_counter()
         await handle.signal_async("go", 1)
-        await handle.result_async()
+        await result
         samples.append(time.perf_counter() - t0)
     return {"samples": n, **summary_ms(samples)}
+
+
+async def w2_signal_loaded(client: df.Client, n: int) -> dict[str, Any]:
+    """``n`` workflows parked with their results awaited, then all signalled at once:
+    each one's time from the send to its result."""
+    handles = await asyncio.gather(*(client.start_async(bench_wait_signal) for _ in range(n)))
+    done_at: list[float] = []
+
+    async def wait(handle: df.WorkflowHandle) -> None:
+        await handle.result_async()
+        done_at.append(time.perf_counter())
+
+    waiting = asyncio.ensure_future(asyncio.gather(*(wait(h) for h in handles)))
+    await asyncio.sleep(0.2)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(h.signal_async("go", 1) for h in handles))
+    await waiting
+    return {"workflows": n, **summary_ms([t - t0 for t in done_at])}
 
 
 async def w3_timers(client: df.Client, n: int, seconds: float = 1.0) -> dict[str, Any]:
@@ -96,69 +117,59 @@ async def w3_timers(client: df.Client, n: int, seconds: float = 1.0) -> dict[str
     return {"timers": n, "sleep_s": seconds, **summary_ms(list(lateness))}
 
 
-def sqlite_floor(synchronous: str, commits: int = 2000) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory() as tmp:
-        conn = sqlite3.connect(Path(tmp) / "floor.sqlite", isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA synchronous={synchronous}")
-        conn.execute("CREATE TABLE h (lsn INTEGER PRIMARY KEY, wid TEXT, body BLOB)")
-        body = b"x" * 160
-        t0 = time.perf_counter()
-        for i in range(commits):
-            conn.execute("BEGIN IMMEDIATE")
-            conn.execute("INSERT INTO h VALUES (?, ?, ?)", (i, f"wf-{i}", body))
-            conn.execute("COMMIT")
-        elapsed = time.perf_counter() - t0
-        conn.close()
-    return {"commits": commits, "commits_per_s": commits / elapsed}
-
-
-async def run_runtime(client: df.Client, runtime: str, args: argparse.Namespace) -> dict[str, Any]:
+async def _workloads(client: df.Client, runtime: str, sizes: argparse.Namespace) -> dict[str, Any]:
     kinds = [True] if runtime == "local" else [True, False]
     results: dict[str, Any] = {}
     for inline in kinds:
         label = "inline" if inline else "ray_tasks"
         await w1_unloaded(client, 5, inline)  # warm-up (Ray starts task workers lazily)
-        results[f"w1_throughput_{label}"] = await w1_throughput(client, args.workflows, inline)
-        results[f"w1_unloaded_{label}"] = await w1_unloaded(client, args.samples, inline)
-    results["w2_signal_unloaded"] = await w2_signal(client, args.samples)
-    results["w3_timer_lateness"] = await w3_timers(client, args.timers)
+        results[f"w1_throughput_{label}"] = await w1_throughput(client, sizes.workflows, inline)
+        results[f"w1_unloaded_{label}"] = await w1_unloaded(client, sizes.samples, inline)
+    results["w2_signal_unloaded"] = await w2_signal(client, sizes.samples)
+    results["w2_signal_loaded"] = await w2_signal_loaded(client, sizes.signals)
+    results["w3_timer_lateness"] = await w3_timers(client, sizes.timers)
     return results
 
 
-def _cell(result: dict[str, Any] | None, fmt: str) -> str:
-    return "-" if result is None else fmt.format(**result)
+def run(runtime: str, sizes: argparse.Namespace) -> dict[str, Any]:
+    """W1-W3 on a fresh engine (``runtime`` "local" or "ray"); on Ray, the Ray floor too."""
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        df.Engine(
+            Path(tmp) / "data",
+            runtime=runtime,
+            partitions=sizes.partitions,
+            synchronous=sizes.synchronous,
+        ) as engine,
+    ):
+        results = asyncio.run(_workloads(engine.client(), runtime, sizes))
+        if runtime == "ray":
+            results["ray_floor"] = ray_floor()
+    return results
+
+
+def add_size_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workflows", type=int, default=1000, help="W1 workflows at once")
+    parser.add_argument("--samples", type=int, default=100, help="unloaded samples (W1, W2)")
+    parser.add_argument("--signals", type=int, default=200, help="W2 parked workflows")
+    parser.add_argument("--timers", type=int, default=200, help="W3 sleeping workflows")
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="benchmarks core", description=__doc__)
-    parser.add_argument("--workflows", type=int, default=1000)
-    parser.add_argument("--samples", type=int, default=100)
-    parser.add_argument("--timers", type=int, default=200)
-    parser.add_argument("--partitions", type=int, default=2)
-    parser.add_argument("--synchronous", default="FULL")
+    add_size_options(parser)
     parser.add_argument("--runtimes", default="local,ray", help="comma-separated: local, ray")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "core.json")
     args = parser.parse_args(argv)
     runtimes = [r for r in args.runtimes.split(",") if r]
-    results: dict[str, Any] = {}
-    for runtime in runtimes:
-        with (
-            tempfile.TemporaryDirectory() as tmp,
-            df.Engine(
-                Path(tmp) / "data",
-                runtime=runtime,
-                partitions=args.partitions,
-                synchronous=args.synchronous,
-            ) as engine,
-        ):
-            results[runtime] = asyncio.run(run_runtime(engine.client(), runtime, args))
+    results: dict[str, Any] = {runtime: run(runtime, args) for runtime in runtimes}
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
     columns = [
         (r, k) for r in runtimes for k in (["inline"] if r == "local" else ["inline", "ray_tasks"])
     ]
-    header = "  ".join(f"{f'{r}/{k}':>22}" for r, k in columns)
-    rows = []
+    rows = [("", "  ".join(f"{f'{r}/{k}':>22}" for r, k in columns))]
     thr = "{workflows_per_s:.0f} wf/s"
     lat = "{p50_ms:.1f} / {p99_ms:.1f} ms"
     for title, key, fmt in (
@@ -169,22 +180,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         cells = [_cell(results[r].get(f"{key}_{k}"), fmt) for r, k in columns]
         rows.append((title, "  ".join(f"{c:>22}" for c in cells)))
     for title, key in (
-        ("W2 signal round trip p50/p99", "w2_signal_unloaded"),
+        (f"W2 {args.signals} signalled at once p50/p99", "w2_signal_loaded"),
+        ("W2 signal unloaded p50/p99", "w2_signal_unloaded"),
         (f"W3 lateness, {args.timers} x 1 s timers p50/p99", "w3_timer_lateness"),
     ):
         cells = [_cell(results[r][key] if k == "inline" else None, lat) for r, k in columns]
         rows.append((title, "  ".join(f"{c:>22}" for c in cells)))
-    floor = results["sqlite_floor"]["commits_per_s"]
-    rows.append(("floor: SQLite 1-row commits", f"{floor:.0f} commits/s"))
+    floor = results["sqlite_floor"]
+    rows.append(("floor: SQLite 1-row commits", f"{floor['commits_per_s']:.0f} commits/s"))
     print_table(
-        f"duraflow core ({args.partitions} partitions, synchronous={args.synchronous})\n"
-        f"{'':<34}  {header}",
-        rows,
+        f"duraflow core ({args.partitions} partitions, synchronous={args.synchronous})", rows
     )
     config = {"runtimes": runtimes, "partitions": args.partitions, "synchronous": args.synchronous}
     path = write_json(args.json, {"config": config, "results": results})
     print(f"\nJSON: {path}")
     return results
+
+
+def _cell(result: dict[str, Any] | None, fmt: str) -> str:
+    return "-" if result is None else fmt.format(**result)
 
 
 if __name__ == "__main__":

@@ -88,6 +88,28 @@ async def scenario(client: df.Client, n: int, engine: df.Engine, wait_s: float) 
     }
 
 
+def run(
+    runtime: str,
+    workflows: int,
+    *,
+    partitions: int = 2,
+    synchronous: str = "FULL",
+    hibernate_after: float | None = None,
+) -> dict[str, Any]:
+    """One W4 run on a fresh engine (and, on Ray, a fresh local Ray) with the engine's
+    default settings; with ``hibernate_after`` it also waits until idle runs left memory and
+    measures RSS again."""
+    options: dict[str, Any] = {"partitions": partitions, "synchronous": synchronous}
+    if hibernate_after is not None:
+        options["hibernate_after"] = hibernate_after
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        df.Engine(Path(tmp) / "data", runtime=runtime, **options) as engine,
+    ):
+        wait_s = hibernate_after * 1.5 + 1 if hibernate_after else 0.0
+        return asyncio.run(scenario(engine.client(), workflows, engine, wait_s))
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="benchmarks parked", description=__doc__)
     parser.add_argument("--workflows", type=int, default=100_000)
@@ -97,18 +119,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--synchronous", default="FULL")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "parked.json")
     args = parser.parse_args(argv)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        df.Engine(
-            Path(tmp) / "data",
-            runtime=args.runtime,
-            partitions=args.partitions,
-            synchronous=args.synchronous,
-            hibernate_after=args.hibernate_after,
-        ) as engine,
-    ):
-        wait_s = args.hibernate_after * 1.5 + 1 if args.hibernate_after else 0.0
-        result = asyncio.run(scenario(engine.client(), args.workflows, engine, wait_s))
+    result = run(
+        args.runtime,
+        args.workflows,
+        partitions=args.partitions,
+        synchronous=args.synchronous,
+        hibernate_after=args.hibernate_after or None,
+    )
     config = {
         k: getattr(args, k) for k in ("runtime", "partitions", "hibernate_after", "synchronous")
     }

@@ -1,4 +1,4 @@
-"""The benchmark suite runs (tiny sizes): it must not rot between full runs."""
+"""The benchmark suite runs (tiny sizes of everything): it must not rot between full runs."""
 
 from __future__ import annotations
 
@@ -7,64 +7,32 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import bench_core, bench_lag
+from benchmarks import suite
 
 
-def test_core_benchmark_smoke_run_prints_a_table_and_writes_json(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path
+@pytest.mark.timeout(600)
+def test_the_suite_smoke_run_prints_the_table_and_writes_json(
+    ray_session: None, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    out_file = tmp_path / "core.json"
-    results = bench_core.main(
-        [
-            "--workflows",
-            "20",
-            "--samples",
-            "3",
-            "--timers",
-            "3",
-            "--synchronous",
-            "NORMAL",
-            "--runtimes",
-            "local",
-            "--json",
-            str(out_file),
-        ]
-    )
+    out_file = tmp_path / "suite.json"
+
+    results = suite.main(["--smoke", "--json", str(out_file)])
+
     out = capsys.readouterr().out
-    assert "wf/s" in out
-    assert 20 == results["local"]["w1_throughput_inline"]["workflows"]
-    assert results["local"]["w3_timer_lateness"]["p99_ms"] >= 0
+    assert "| W1 20 x 3 activities, inline" in out
+    assert "Ray vs DBOS" in out
+    for system in ("local", "ray"):
+        assert 20 == results[system]["w1_throughput_inline"]["workflows"]
+        assert 200 == results[system]["w4_parked_200"]["workflows"]
+        assert results[system]["w3_timer_lateness"]["p99_ms"] >= 0
+    assert 20 == results["dbos"]["w1_throughput"]["workflows"]
+    assert 200 == results["dbos"]["w4_parked"]["200"]["workflows"]
+    assert results["ray"]["ray_floor"]["round_trip"]["p50_ms"] > 0
+    assert (10, 10) == (
+        results["lag"]["ray"]["closed_seen"],
+        results["lag"]["ray"]["visible"]["runs"],
+    )
+    assert results["archive"]["5000"]["a1"]["events"] > 200 * 6
     written = json.loads(out_file.read_text())
-    assert 20 == written["results"]["local"]["w1_throughput_inline"]["workflows"]
     assert written["machine"]["cores"] >= 1
-
-
-def test_lag_benchmark_smoke_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    out_file = tmp_path / "lag.json"
-    results = bench_lag.main(
-        [
-            "--workflows",
-            "10",
-            "--rate",
-            "50",
-            "--archive-interval",
-            "0.5",
-            "--synchronous",
-            "NORMAL",
-            "--runtimes",
-            "local",
-            "--timeout",
-            "60",
-            "--json",
-            str(out_file),
-        ]
-    )
-    assert "visible in workflows" in capsys.readouterr().out
-    local = results["local"]
-    assert (10, 10, 10) == (
-        local["closed_seen"],
-        local["visible"]["runs"],
-        local["iceberg"]["runs"],
-    )
-    assert 0 <= local["visible"]["p50_ms"] <= local["iceberg"]["p99_ms"] + 1000
-    assert 10 == json.loads(out_file.read_text())["results"]["local"]["workflows"]
+    assert written["table"][0][:4] == ["workload", "in-process", "Ray", "DBOS"]

@@ -1,0 +1,364 @@
+"""The whole benchmark suite: every workload on duraflow in-process, duraflow on a local Ray,
+and DBOS Transact on its SQLite system database, in one run, with the floors beneath them.
+
+  W1  1,000 workflows of 3 no-op activities at once: workflows/s, p50/p99 start-to-result;
+      one at a time (unloaded). duraflow's no-op activities run inline (``inline=True``, the
+      choice for cheap steps); on Ray also as Ray tasks (the default for real work).
+  W2  200 workflows parked on a signal, all signalled: send-to-completion p50/p99; unloaded.
+  W3  200 workflows sleeping 1 s: lateness p50/p99.
+  W4  10,000 and 100,000 workflows parked on a signal: time to start, total RSS of every
+      process while parked, time to signal and complete all.
+  W5  archive: events/s into Iceberg, lag from ``workflow.completed`` to visible in SQL,
+      DuckDB query times over 1 M and 10 M history rows (duraflow only: DBOS has no archive).
+  Floors: raw SQLite on the partition schema, Ray's actor call.
+
+Every duraflow figure is printed beside DBOS's from the same run, as a ratio ("x better":
+throughput divided, latency and memory inverted), and the Ray column beside its target.
+``--smoke`` runs tiny sizes of everything (the test suite does, so the suite cannot rot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks import bench_archive, bench_core, bench_dbos, bench_lag, bench_parked
+from benchmarks.common import RESULTS_DIR, write_json
+from benchmarks.floors import sqlite_floor
+
+DBOS_DEFAULT_POOL_MAX = 10_000
+"""Above this many parked workflows DBOS runs with a bounded thread pool: with its default
+(unbounded) pool it grew to ~22,000 threads at ~23,000 parked and failed workflows with
+``can't start new thread`` on this machine (see benchmarks/bench_dbos.py)."""
+DBOS_BOUNDED_POOL = 64
+
+SMOKE = {
+    "workflows": 20,
+    "samples": 3,
+    "signals": 5,
+    "timers": 5,
+    "parked": "200",
+    "archive_workflows": 200,
+    "query_rows": "5000",
+    "lag_workflows": 10,
+}
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    bench_core.add_size_options(parser)
+    parser.add_argument("--parked", default="10000,100000", help="W4 sizes, comma-separated")
+    parser.add_argument(
+        "--dbos-parked-budget", type=float, default=900.0, help="DBOS W4 s per phase, <= 10,000"
+    )
+    parser.add_argument(
+        "--dbos-big-budget", type=float, default=300.0, help="DBOS W4 s per phase, > 10,000"
+    )
+    parser.add_argument("--archive-workflows", type=int, default=10_000, help="W5 throughput")
+    parser.add_argument("--query-rows", default="1000000,10000000", help="W5 DuckDB sizes")
+    parser.add_argument("--lag-workflows", type=int, default=500, help="W5 lag")
+    parser.add_argument("--systems", default="local,ray,dbos", help="comma-separated")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes of everything")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "suite.json")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(args, key, value)
+        args.synchronous = "NORMAL"
+    args.systems = [s for s in args.systems.split(",") if s]
+    args.parked = [int(n) for n in args.parked.split(",") if n]
+    args.query_rows = [int(n) for n in args.query_rows.split(",") if n]
+    return args
+
+
+def _quiet(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a sub-benchmark whose own table would clutter the suite's output."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return function(*args, **kwargs)
+
+
+def _step(title: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {title}", file=sys.stderr, flush=True)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    _step("floors: SQLite on the partition schema")
+    results["sqlite_floor"] = sqlite_floor(args.synchronous)
+    for system in ("local", "ray"):
+        if system in args.systems:
+            _step(f"duraflow {system}: W1-W3")
+            results[system] = bench_core.run(system, args)
+            for n in args.parked:
+                _step(f"duraflow {system}: W4 {n} parked")
+                results[system][f"w4_parked_{n}"] = bench_parked.run(
+                    system, n, partitions=args.partitions, synchronous=args.synchronous
+                )
+    if "dbos" in args.systems:
+        _step("DBOS: W1-W4, each workload in its own process")
+        results["dbos"] = bench_dbos.run(
+            workflows=args.workflows,
+            samples=args.samples,
+            signals=args.signals,
+            timers=args.timers,
+            parked_sizes=tuple(n for n in args.parked if n <= DBOS_DEFAULT_POOL_MAX),
+            parked_budget_s=args.dbos_parked_budget,
+        )
+        for n in args.parked:
+            if n > DBOS_DEFAULT_POOL_MAX:
+                _step(f"DBOS: W4 {n} parked, max_executor_threads={DBOS_BOUNDED_POOL}")
+                results["dbos"]["w4_parked"][str(n)] = bench_dbos.parked(
+                    n, args.dbos_big_budget, max_executor_threads=DBOS_BOUNDED_POOL
+                )
+    archive: dict[str, Any] = {}
+    for rows in args.query_rows:
+        _step(f"duraflow archive: throughput and DuckDB over {rows} history rows")
+        archive[str(rows)] = _quiet(
+            bench_archive.main,
+            [
+                "--workflows",
+                str(args.archive_workflows),
+                "--query-rows",
+                str(rows),
+                "--json",
+                str(RESULTS_DIR / f"archive-{rows}.json"),
+            ],
+        )
+    results["archive"] = archive
+    runtimes = ",".join(s for s in ("local", "ray") if s in args.systems)
+    if runtimes:
+        _step("duraflow archive: lag from workflow.completed to visible in SQL")
+        results["lag"] = _quiet(
+            bench_lag.main,
+            [
+                "--workflows",
+                str(args.lag_workflows),
+                "--synchronous",
+                args.synchronous,
+                "--runtimes",
+                runtimes,
+                "--json",
+                str(RESULTS_DIR / "lag.json"),
+            ],
+        )
+    return results
+
+
+# -- the table ------------------------------------------------------------------------------
+
+
+def _get(results: dict[str, Any], system: str, *path: str) -> Any:
+    value: Any = results.get(system)
+    if system == "dbos":  # DBOS has one kind of step: its keys carry no "_inline"
+        path = tuple(key.removesuffix("_inline") for key in path)
+    for key in path:
+        if not isinstance(value, dict) or key not in value:
+            return None
+        value = value[key]
+    return value
+
+
+def _num(value: Any, fmt: str) -> str:
+    return "-" if value is None else fmt.format(value)
+
+
+def _pair(result: Any, fmt: str = "{:.1f}") -> str:
+    if not isinstance(result, dict) or "p50_ms" not in result:
+        return "-" if not isinstance(result, dict) else _dnf(result)
+    return f"{fmt.format(result['p50_ms'])} / {fmt.format(result['p99_ms'])} ms"
+
+
+def _dnf(result: dict[str, Any]) -> str:
+    return "did not finish" if "did_not_finish" in result else "-"
+
+
+def _ratio(ours: Any, theirs: Any, higher_is_better: bool) -> str:
+    if not ours or not theirs:
+        return "-"
+    times = ours / theirs if higher_is_better else theirs / ours
+    return f"{times:,.1f}x"
+
+
+def _mark(value: Any, target: float, higher_is_better: bool) -> str:
+    if value is None:
+        return ""
+    met = value >= target if higher_is_better else value <= target
+    return "met" if met else "NOT met"
+
+
+def table(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """Rows: workload, in-process, Ray, DBOS, Ray vs DBOS, target for Ray (met or not)."""
+    rows: list[tuple[str, ...]] = [
+        ("workload", "in-process", "Ray", "DBOS", "Ray vs DBOS", "target (Ray)")
+    ]
+
+    def throughput(label: str, key: str, target: float | None) -> None:
+        vals = [_get(r, s, key, "workflows_per_s") for s in ("local", "ray", "dbos")]
+        goal = f">= {target:,.0f}: {_mark(vals[1], target, True)}" if target else ""
+        rows.append(
+            (label, *(_num(v, "{:,.0f} wf/s") for v in vals), _ratio(vals[1], vals[2], True), goal)
+        )
+
+    def latency(label: str, key: str, stat: str = "p50_ms", target: float | None = None) -> None:
+        cells = [_pair(_get(r, s, key)) for s in ("local", "ray", "dbos")]
+        ours, theirs = _get(r, "ray", key, stat), _get(r, "dbos", key, stat)
+        goal = ""
+        if target is not None:
+            goal = f"{stat[:3]} <= {target:g} ms: {_mark(ours, target, False)}"
+        rows.append((label, *cells, f"{_ratio(ours, theirs, False)} ({stat[:3]})", goal))
+
+    n = args.workflows
+    throughput(f"W1 {n} x 3 activities, inline", "w1_throughput_inline", 1100)
+    latency("W1 latency under load p50/p99", "w1_throughput_inline")
+    latency("W1 unloaded p50/p99", "w1_unloaded_inline", target=10)
+    ray_tasks = _get(r, "ray", "w1_throughput_ray_tasks", "workflows_per_s")
+    rows.append(
+        (
+            "W1 with activities as Ray tasks",
+            "",
+            f"{_num(ray_tasks, '{:,.0f} wf/s')}, {_pair(_get(r, 'ray', 'w1_unloaded_ray_tasks'))}"
+            " unloaded",
+            "",
+            "",
+            "",
+        )
+    )
+    latency(f"W2 {args.signals} signalled at once p50/p99", "w2_signal_loaded")
+    latency("W2 signal unloaded p50/p99", "w2_signal_unloaded", target=5)
+    latency(
+        f"W3 {args.timers} x 1 s timers, lateness p50/p99",
+        "w3_timer_lateness",
+        "p99_ms",
+        target=20,
+    )
+    for size in args.parked:
+        key = f"w4_parked_{size}"
+        dbos = _get(r, "dbos", "w4_parked", str(size)) or {}
+        unfinished = dbos.get("did_not_finish")
+        cells = {}
+        for metric, ours, theirs, fmt in (
+            ("start all", "start_s", "start_s", "{:,.1f} s"),
+            ("total RSS", "rss_parked_mib", "rss_mib", "{:,.0f} MiB"),
+            ("signal, complete all", "signal_and_complete_s", "complete_s", "{:,.1f} s"),
+        ):
+            vals = [_get(r, s, key, ours) for s in ("local", "ray")] + [dbos.get(theirs)]
+            texts = [_num(v, fmt) for v in vals]
+            if unfinished and vals[2] is None:
+                texts[2] = "did not finish"
+                if metric == "start all":
+                    texts[2] = f"{dbos.get('started', 0):,} started, then {unfinished}"
+                elif metric == "total RSS" and dbos.get("rss_mib_at_stop"):
+                    texts[2] = f"{dbos['rss_mib_at_stop']:,.0f} MiB at stop"
+            goal = ""
+            if metric == "total RSS" and size >= 100_000:
+                goal = f"<= 4,096 MiB: {_mark(vals[1], 4096, False)}"
+            rows.append(
+                (f"W4 {size:,} parked: {metric}", *texts, _ratio(vals[1], vals[2], False), goal)
+            )
+    for size, archived in (r.get("archive") or {}).items():
+        a1 = archived["a1"]
+        rows.append(
+            (
+                f"W5 archive, {a1['events']:,} events into Iceberg",
+                f"{a1['end_to_end_events_per_s']:,.0f} events/s",
+                "",
+                "n/a",
+                "",
+                f">= 50,000/s: {_mark(a1['end_to_end_events_per_s'], 50_000, True)}",
+            )
+        )
+        queries = archived["queries_after"]
+        for title in ("group by event_type (full scan)", "workflows join activities"):
+            rows.append(
+                (
+                    f"W5 DuckDB, {int(size):,} rows: {title}",
+                    _num(queries.get(title), "{:,.0f} ms"),
+                    "",
+                    "n/a",
+                    "",
+                    "",
+                )
+            )
+    lag = r.get("lag") or {}
+    if lag:
+        cells = [_pair(_get(lag, s, "visible"), "{:,.0f}") for s in ("local", "ray")]
+        p99 = _get(lag, "ray", "visible", "p99_ms")
+        rows.append(
+            (
+                "W5 lag completed -> in SQL p50/p99",
+                *cells,
+                "n/a",
+                "",
+                f"p99 <= 5,000 ms: {_mark(p99, 5000, False)}",
+            )
+        )
+    floor = r["sqlite_floor"]
+    rows.append(
+        (
+            "floor: SQLite 1-row commits",
+            f"{floor['commits_per_s']:,.0f}/s",
+            "",
+            "",
+            "",
+            "",
+        )
+    )
+    rows.append(
+        (
+            "floor: SQLite W1 rows, 1 / 50 per commit",
+            f"{floor['w1_one_per_commit_workflows_per_s']:,.0f} / "
+            f"{floor['w1_batched_workflows_per_s']:,.0f} wf/s",
+            "",
+            "",
+            "",
+            "",
+        )
+    )
+    ray_floor = _get(r, "ray", "ray_floor")
+    if ray_floor:
+        rows.append(
+            (
+                "floor: Ray actor call",
+                "",
+                f"{_pair(ray_floor['round_trip'], '{:.2f}')} round trip, "
+                f"{ray_floor['pipelined_calls_per_s']:,.0f} calls/s pipelined, "
+                f"{ray_floor['batched_us_per_request']:.0f} us/request in batches of 100",
+                "",
+                "",
+                "",
+            )
+        )
+    return rows
+
+
+def render(rows: list[tuple[str, ...]]) -> str:
+    """The rows as a Markdown table (README's Performance section takes it as it is)."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = []
+    for n, row in enumerate(rows):
+        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+        if n == 0:
+            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    args = parse(argv)
+    started = time.perf_counter()
+    results = run(args)
+    rows = table(args, results)
+    config = {k: v for k, v in vars(args).items() if k not in ("json",) and not callable(v)}
+    path = write_json(args.json, {"config": config, "results": results, "table": rows})
+    print(
+        f"\nduraflow vs DBOS Transact {results.get('dbos', {}).get('version', '')} "
+        f"({args.partitions} partitions, synchronous={args.synchronous}; "
+        f"{time.perf_counter() - started:,.0f} s)\n"
+    )
+    print(render(rows))
+    print(f"\nJSON (with the machine's facts): {path}")
+    return results
