@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
 import time
 from pathlib import Path
@@ -350,14 +351,17 @@ def render(rows: list[tuple[str, ...]]) -> str:
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     started = time.perf_counter()
+    load_before = os.getloadavg()[0]
     results = run(args)
+    results["load_average"] = {"before": load_before, "after": os.getloadavg()[0]}
     rows = table(args, results)
     config = {k: v for k, v in vars(args).items() if k not in ("json",) and not callable(v)}
     path = write_json(args.json, {"config": config, "results": results, "table": rows})
     print(
         f"\nduraflow vs DBOS Transact {results.get('dbos', {}).get('version', '')} "
         f"({args.partitions} partitions, synchronous={args.synchronous}; "
-        f"{time.perf_counter() - started:,.0f} s)\n"
+        f"{time.perf_counter() - started:,.0f} s; load average {load_before:.1f} before, "
+        f"{results['load_average']['after']:.1f} after)\n"
     )
     print(render(rows))
     print(f"\nJSON (with the machine's facts): {path}")

@@ -30,8 +30,9 @@ class TimerSink(Protocol):
 
 
 class _OrderedFuture(asyncio.Future):  # type: ignore[type-arg]  # reason: generic at runtime only
-    """A future whose hash is its creation order on the loop, so sets of them iterate the same
-    way on every replay (asyncio.wait returns sets; TaskGroup keeps one)."""
+    """A future whose hash is its creation order on the loop (mixed with the loop's salt), so
+    sets of them iterate the same way on every replay (asyncio.wait returns sets; TaskGroup
+    keeps one)."""
 
     def __init__(self, *, loop: WorkflowLoop) -> None:
         self._duraflow_order = loop.next_order()
@@ -58,8 +59,9 @@ class _OrderedTask(asyncio.Task):  # type: ignore[type-arg]  # reason: generic a
 class WorkflowLoop(asyncio.AbstractEventLoop):
     """The event loop of one workflow run. Not thread-safe; driven by its run only."""
 
-    def __init__(self, sink: TimerSink) -> None:
+    def __init__(self, sink: TimerSink, salt: int = 0) -> None:
         self._sink = sink
+        self._salt = salt
         self._ready: collections.deque[asyncio.Handle] = collections.deque()
         self._now = 0.0
         self._closed = False
@@ -69,9 +71,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         self.errors: list[str] = []
 
     def next_order(self) -> int:
-        """Creation order of the next future or task (their deterministic hash)."""
+        """The deterministic hash of the next future or task: its creation order, mixed with
+        the loop's salt (the same on every replay of the run). Without the salt, the first
+        task of every run would hash alike, and asyncio's process-wide set of all tasks
+        would degrade to a list with 100,000 runs resident. Tuples of ints hash the same in
+        every process (no hash randomization)."""
         self._order += 1
-        return self._order
+        return hash((self._salt, self._order))
 
     # -- driven by the run ---------------------------------------------------------------
 

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import random
 import sys
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -105,7 +106,7 @@ class WorkflowRun:
             parent_workflow_id=started.parent_id,
             parent_run_id=started.parent_run_id,
         )
-        self.loop = WorkflowLoop(self)
+        self.loop = WorkflowLoop(self, salt=zlib.crc32(started.run_id.encode()))
         self.ctx = WorkflowContext(self)
         self._random: random.Random | None = None
         self.signals: dict[str, collections.deque[Any]] = {}
