@@ -14,12 +14,14 @@ Every lag counts from the event's own time (``at_us``: the partition stamps it w
 the run's close) to the start of the first poll that saw the row: an upper bound, which
 includes up to one poll period (the poll's own duration is reported too); the lower bound is
 the start of the poll before, which did not see it yet. Run on the in-process runtime and on
-Ray side by side (``--runtimes``).
+Ray side by side (``--runtimes``). On Ray the archive consumer's own process is measured too:
+its CPU time (from /proc) per event it read while the runs went on.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import threading
 import time
@@ -133,6 +135,7 @@ def run_lag(runtime: str, args: argparse.Namespace) -> dict[str, Any]:
             watch = Watch()
             root, warm_dir = archive_paths(data_dir)
             engine.sync_archive(60)  # the consumer has made the archive: open it beside it
+            consumer_before = _consumer_cpu(engine)
             warm_and_cold = engine.duckdb()
             cold_only = ArchiveQuery(open_archive(root))  # Iceberg tables, no warm segments
             n = args.workflows
@@ -180,6 +183,7 @@ def run_lag(runtime: str, args: argparse.Namespace) -> dict[str, Any]:
             watch.stop.set()
             for thread in threads:
                 thread.join(5)
+            consumer = _consumer_cpu(engine)
             warm_and_cold.close()
             cold_only.close()
     return {
@@ -193,7 +197,33 @@ def run_lag(runtime: str, args: argparse.Namespace) -> dict[str, Any]:
         "iceberg_lower_bound": summary_ms(watch.lags(watch.iceberg_missed)),
         "poll": summary_ms(watch.polls),
         "iceberg_poll": summary_ms(watch.cold_polls),
+        "consumer": _cpu_per_event(consumer_before, consumer),
     }
+
+
+def _us(consumer: dict[str, float]) -> str:
+    return f"{consumer['us_per_event']:.0f} us"
+
+
+def _consumer_cpu(engine: df.Engine) -> tuple[float, int] | None:
+    """(CPU seconds, events read) of the archive consumer's process on Ray; None in-process
+    (the consumer is a thread of this process there)."""
+    if engine.runtime != "ray":
+        return None
+    from duraflow.actors.ray_host import call_actor
+
+    status = call_actor(engine._consumer_actor, "status", timeout=30)
+    fields = Path(f"/proc/{status['pid']}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), status["events_read"]
+
+
+def _cpu_per_event(
+    before: tuple[float, int] | None, after: tuple[float, int] | None
+) -> dict[str, float] | None:
+    if before is None or after is None:
+        return None
+    cpu_s, events = after[0] - before[0], after[1] - before[1]
+    return {"cpu_s": cpu_s, "events": events, "us_per_event": cpu_s / max(1, events) * 1e6}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -233,6 +263,15 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "runs seen visible / in Iceberg",
             "  ".join(
                 f"{results[r]['visible']['runs']:>9} / {results[r]['iceberg']['runs']:<8}"
+                for r in runtimes
+            ),
+        )
+    )
+    rows.append(
+        (
+            "archive consumer CPU per event (Ray)",
+            "  ".join(
+                f"{'-' if results[r]['consumer'] is None else _us(results[r]['consumer']):>20}"
                 for r in runtimes
             ),
         )

@@ -8,6 +8,12 @@ with their offsets in the same transaction (exactly once: after a crash anywhere
 from the archive's offsets and the segments left on disk). After each commit it tells every
 partition how far the archive reaches (``Archived``), so closed runs past their retention can
 leave the partition's file. It reads partitions only through the Host, never their files.
+
+Where the CPU goes, and what keeps it low: every read and every segment has a fixed cost, so
+after a read that emptied a partition the consumer lingers (``READ_LINGER_S``) before the next;
+a segment's rows stay in memory until their commit (the files are for crash recovery and for
+readers); and since every Iceberg commit costs more the more snapshots a table keeps, the
+consumer expires all but the last few (``KEEP_SNAPSHOTS``) after its commits.
 """
 
 from __future__ import annotations
@@ -23,13 +29,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import duckdb
+import pyarrow as pa
+
 from duraflow.actors import messages as m
 from duraflow.cdc.events import decode_event
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, S3Config, open_archive
-from duraflow.storage.iceberg import archive_batch, compact, days, expire, resume_offsets
+from duraflow.storage.iceberg import (
+    archive_batch,
+    compact,
+    days,
+    expire,
+    expire_all_but,
+    resume_offsets,
+)
 from duraflow.storage.warm import (
-    archived_segments,
+    Segment,
     delete_segments,
     list_segments,
     read_segments,
@@ -46,6 +62,20 @@ COMMIT_INTERVAL_S = 5.0
 READ_BATCH = 5000
 """Events read from one partition per request."""
 POLL_WAIT_S = 1.0
+READ_LINGER_S = 0.5
+"""After a read that took everything a partition had, how long to wait before the next: each
+read and each warm segment costs about a millisecond of CPU whatever its size, so reading
+every few events would cost far more per event than reading larger batches less often. It
+adds up to this much to the moment an event is queryable; :meth:`Consumer.caught_up` cuts it
+short."""
+KEEP_SNAPSHOTS = 8
+"""Snapshots each table keeps: after a commit the consumer expires older ones (the cost of
+every Iceberg commit grows with the snapshots a table holds, ~1 ms per snapshot per table)."""
+SNAPSHOT_MIN_AGE_S = 10.0
+"""Snapshots younger than this are never expired (a reader may be planning its files)."""
+PENDING_ROWS_IN_MEMORY = 1_000_000
+"""Warm rows kept in memory until their commit (above this, a commit reads them back from
+their segments: the commit is behind, say a warehouse that is down)."""
 OPEN_RETRY_MAX_S = 10.0
 """Longest pause between attempts to open an archive that cannot be opened (S3 down, say)."""
 
@@ -88,8 +118,14 @@ class Consumer:
         self._archive: Archive | None = None
         self.stats = ConsumerStats()
         self._read_to: dict[int, int] = {}
+        self._committed: dict[int, int] = {}  # what all three tables hold, for all we know
+        self._pending: list[tuple[Segment, pa.Table | None]] = []  # rows: None = on disk only
+        self._pending_rows = 0
         self._ready = asyncio.Event()
+        self._hurry = asyncio.Event()  # set while someone waits in caught_up(): no lingering
+        self._hurried = 0
         self._committing = asyncio.Lock()  # one committer: the timer's round or a caller's
+        self._duckdb: duckdb.DuckDBPyConnection | None = None  # used under _committing only
 
     def _scrub(self, text: str) -> str:
         """``text`` without the S3 credentials (for logs and status)."""
@@ -118,11 +154,13 @@ class Consumer:
         """Read, write warm segments and commit, until cancelled."""
         self._archive, committed = await self._open()
         self._warm.mkdir(parents=True, exist_ok=True)
+        self._committed = dict(committed)
         read_from = dict(committed)
         for segment in list_segments(self._warm):  # written before a crash, not committed yet
             read_from[segment.partition] = max(
                 read_from.get(segment.partition, 0), segment.last_lsn
             )
+            self._pending.append((segment, None))
         self._read_to = {p: read_from.get(p, 0) for p in range(self._host.partitions)}
         self._ready.set()
         readers = [
@@ -150,11 +188,29 @@ class Consumer:
                 await asyncio.sleep(POLL_WAIT_S)
                 continue
             if batch.events:
-                rows = history_rows([decode_event(body) for body in batch.events])
-                await asyncio.to_thread(write_segment, self._warm, rows)
+                rows = history_rows([decode_event(body) for body in batch.events], batch.events)
+                try:
+                    segment = await asyncio.to_thread(write_segment, self._warm, rows)
+                except OSError as exc:  # a full disk, say: read the same events again later
+                    self.stats.last_error = f"write warm segment of partition {partition}: {exc!r}"
+                    log.warning("%s; retrying", self.stats.last_error)
+                    await asyncio.sleep(POLL_WAIT_S)
+                    continue
+                self._keep(segment, rows)
                 self.stats.events_read += len(batch.events)
                 self.stats.segments_written += 1
             after = self._read_to[partition] = batch.next_after_lsn
+            if after >= batch.head_lsn and not self._hurry.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):  # read more at a time
+                    await asyncio.wait_for(self._hurry.wait(), READ_LINGER_S)
+
+    def _keep(self, segment: Segment, rows: pa.Table) -> None:
+        """Remember a segment until its commit, with its rows while memory allows."""
+        if self._pending_rows + rows.num_rows <= PENDING_ROWS_IN_MEMORY:
+            self._pending.append((segment, rows))
+            self._pending_rows += rows.num_rows
+        else:
+            self._pending.append((segment, None))
 
     async def _commit_forever(self) -> None:
         while True:
@@ -216,22 +272,40 @@ class Consumer:
     async def _commit(self) -> dict[int, int]:
         archive = self._archive
         assert archive is not None
-        segments = list_segments(self._warm)
-        offsets = await asyncio.to_thread(resume_offsets, archive)
-        pending = [s for s in segments if s.last_lsn > offsets.get(s.partition, 0)]
+        offsets = self._committed
+        pending = [(s, r) for s, r in self._pending if s.last_lsn > offsets.get(s.partition, 0)]
         if pending:
-            rows = await asyncio.to_thread(read_segments, pending)
-            result = await asyncio.to_thread(archive_batch, archive, rows)
+            rows = await asyncio.to_thread(_pending_rows, pending)
+            covered: dict[int, int] = {}
+            for segment, _ in pending:
+                covered[segment.partition] = max(
+                    covered.get(segment.partition, 0), segment.last_lsn
+                )
+            if self._duckdb is None:
+                self._duckdb = duckdb.connect()
+                self._duckdb.execute("SET threads = 1")  # a background job: least CPU per row
+            result = await asyncio.to_thread(
+                archive_batch, archive, rows, covered, connection=self._duckdb
+            )
             self.stats.commits += 1
             self.stats.rows_committed += result.history_rows
-            # archive_batch brought all three tables at least to result.offsets: no need to
-            # read the catalog again.
+            # archive_batch brought all three tables at least to result.offsets
             for partition, lsn in result.offsets.items():
                 offsets[partition] = max(offsets.get(partition, 0), lsn)
-        await asyncio.to_thread(delete_segments, archived_segments(segments, offsets))
+            try:
+                await asyncio.to_thread(_trim_snapshots, archive)
+            except Exception as exc:  # the next commit tries again; nothing is lost
+                self.stats.last_error = self._scrub(f"expire snapshots: {exc!r}")
+                log.warning("expiring old snapshots failed: %s", self.stats.last_error)
+        done = [(s, r) for s, r in self._pending if s.last_lsn <= offsets.get(s.partition, -1)]
+        if done:
+            await asyncio.to_thread(delete_segments, [s for s, _ in done])
+            gone = {id(s) for s, _ in done}
+            self._pending = [(s, r) for s, r in self._pending if id(s) not in gone]
+            self._pending_rows = sum(r.num_rows for _, r in self._pending if r is not None)
         self.stats.offsets = dict(offsets)
         await self._report(offsets)
-        return offsets
+        return dict(offsets)
 
     async def _report(self, offsets: dict[int, int]) -> None:
         for partition, lsn in offsets.items():
@@ -252,14 +326,36 @@ class Consumer:
         for partition in range(self._host.partitions):
             batch: m.EventBatch = await self._host.call(partition, m.ReadEvents(limit=0))
             heads[partition] = batch.head_lsn
-        while any(self._read_to.get(p, 0) < head for p, head in heads.items()):
-            if time.monotonic() > deadline:
-                return False
-            await asyncio.sleep(0.02)
-        return True
+        self._hurried += 1
+        self._hurry.set()
+        try:
+            while any(self._read_to.get(p, 0) < head for p, head in heads.items()):
+                if time.monotonic() > deadline:
+                    return False
+                await asyncio.sleep(0.02)
+            return True
+        finally:
+            self._hurried -= 1
+            if not self._hurried:
+                self._hurry.clear()
 
     def status(self) -> dict[str, Any]:
         return {**self.stats.__dict__, "read_to": dict(self._read_to)}
+
+
+def _trim_snapshots(archive: Archive) -> None:
+    """Expire the old snapshots of at most one table: one expiry per commit keeps up with
+    three tables (each needs one every ``KEEP_SNAPSHOTS`` commits) without making any one
+    commit round, and so the next commit, much longer than the others."""
+    for table in archive.tables.values():
+        if expire_all_but(table, KEEP_SNAPSHOTS, SNAPSHOT_MIN_AGE_S) is not None:
+            return
+
+
+def _pending_rows(pending: list[tuple[Segment, pa.Table | None]]) -> pa.Table:
+    """The rows of pending segments: kept in memory, or read back from their files."""
+    tables = [rows if rows is not None else read_segments([s]) for s, rows in pending]
+    return pa.concat_tables(tables)  # rows repeated across segments: archive_batch drops them
 
 
 class ConsumerThread:

@@ -2,9 +2,9 @@
 
 ``history`` holds one row per event, made from events by :func:`history_rows`. ``workflows``
 (one row per closed run) and ``activities`` (one row per closed activity) are derived from
-history rows by the SQL in :data:`WORKFLOWS_SQL` and :data:`ACTIVITIES_SQL` (DuckDB), so the
-cold tier (``storage/iceberg.py``) and the query views over warm segments
-(``storage/query.py``) compute them the same way.
+history rows by the SQL in :data:`WORKFLOWS_SQL` and :data:`ACTIVITIES_SQL` (DuckDB, over the
+rows :data:`FACTS_SQL` picks), so the cold tier (``storage/iceberg.py``) and the query views
+over warm segments (``storage/query.py``) compute them the same way.
 
 Every table carries ``partition`` and ``lsn``: for a history row, the event's own; for a
 derived row, those of the event that closed it. Offsets per partition are what make each
@@ -17,7 +17,7 @@ rename, retype or reuse a field ID.
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -38,10 +38,9 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from duraflow.cdc.events import Event, encode_event, event_type
+from duraflow.cdc.events import Event, encode_event
 from duraflow.storage import codec
 
-US_PER_DAY = 86_400_000_000
 PAYLOAD_FIELDS = frozenset({"args", "result", "payload"})
 """Event fields holding msgpack made by ``storage/codec.py``; ``data`` shows them decoded."""
 
@@ -184,15 +183,16 @@ _ARROW = {
 # -- events to history rows -------------------------------------------------------------------
 
 _json = msgspec.json.Encoder()
-_fields_by_type: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+_fields_by_type: dict[type, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
 
 
-def _fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(plain fields, payload fields) of an event class, beyond the common ones."""
+def _fields(cls: type) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """(tag, plain fields, payload fields) of an event class, beyond the common ones."""
     found = _fields_by_type.get(cls)
     if found is None:
         names = [n for n in cls.__struct_fields__ if n not in _COMMON_FIELDS]  # type: ignore[attr-defined]  # reason: every Event is a msgspec Struct
         found = (
+            cls.__struct_config__.tag,  # type: ignore[attr-defined]  # reason: as above
             tuple(n for n in names if n not in PAYLOAD_FIELDS),
             tuple(n for n in names if n in PAYLOAD_FIELDS),
         )
@@ -214,18 +214,14 @@ def _undecoded(data: bytes) -> dict[str, str]:
     return {"$msgpack": base64.b64encode(data).decode("ascii")}
 
 
-def event_data(event: Event) -> str:
-    """JSON text of an event's type-specific fields, payloads decoded where possible.
-
-    A payload that decodes to something JSON cannot hold (a msgpack extension type) is shown
-    as ``{"$msgpack": base64}``; the ``raw`` column keeps every event exactly.
-    """
-    plain, payloads = _fields(type(event))
+def _data_json(event: Event) -> bytes:
+    """UTF-8 JSON of an event's type-specific fields (see :func:`event_data`)."""
+    _, plain, payloads = _fields(type(event))
     fields = {name: getattr(event, name) for name in plain}
     for name in payloads:
         fields[name] = _decoded(getattr(event, name))
     try:
-        return _json.encode(fields).decode()
+        return _json.encode(fields)
     except (TypeError, ValueError, msgspec.EncodeError):
         for name in payloads:
             data = getattr(event, name)
@@ -233,29 +229,48 @@ def event_data(event: Event) -> str:
                 _json.encode(fields[name])
             except (TypeError, ValueError, msgspec.EncodeError):
                 fields[name] = _undecoded(data)
-        return _json.encode(fields).decode()
+        return _json.encode(fields)
 
 
-def history_rows(events: Iterable[Event]) -> pa.Table:
-    """One ``history`` row per event, in the order given."""
-    columns: dict[str, list[object]] = {name: [] for name in HISTORY.arrow.names}
-    at_us: list[int] = []
-    for event in events:
-        columns["workflow_id"].append(event.workflow_id)
-        columns["run_id"].append(event.run_id)
-        columns["workflow_type"].append(event.workflow_type)
-        columns["event_id"].append(event.event_id)
-        columns["event_type"].append(event_type(event))
-        columns["partition"].append(event.partition)
-        columns["lsn"].append(event.lsn)
-        at_us.append(event.at_us)
-        columns["data"].append(event_data(event))
-        columns["raw"].append(encode_event(event))
+def event_data(event: Event) -> str:
+    """JSON text of an event's type-specific fields, payloads decoded where possible.
+
+    A payload that decodes to something JSON cannot hold (a msgpack extension type) is shown
+    as ``{"$msgpack": base64}``; the ``raw`` column keeps every event exactly.
+    """
+    return _data_json(event).decode()
+
+
+def history_rows(events: Sequence[Event], raw: Sequence[bytes] | None = None) -> pa.Table:
+    """One ``history`` row per event, in the order given.
+
+    Args:
+        events: the events.
+        raw: the events' own msgpack (``encode_event``), as the partition stored them, when
+            the caller has it (the ``raw`` column is then not encoded again).
+    """
+    if raw is None:
+        raw = [encode_event(event) for event in events]
+    elif len(raw) != len(events):
+        raise ValueError(f"{len(events)} events but {len(raw)} encoded events")
     schema = HISTORY.arrow
-    arrays = {name: pa.array(values, schema.field(name).type) for name, values in columns.items()}
-    arrays["event_time"] = pa.array(at_us, pa.int64()).cast(schema.field("event_time").type)
-    days = pa.array([us // US_PER_DAY for us in at_us], pa.int32())
-    arrays["event_date"] = days.cast(pa.date32())
+    event_time = pa.array([e.at_us for e in events], pa.int64()).cast(
+        schema.field("event_time").type
+    )
+    arrays = {
+        "workflow_id": pa.array([e.workflow_id for e in events], pa.string()),
+        "run_id": pa.array([e.run_id for e in events], pa.string()),
+        "workflow_type": pa.array([e.workflow_type for e in events], pa.string()),
+        "event_id": pa.array([e.event_id for e in events], pa.int64()),
+        "event_type": pa.array([_fields(type(e))[0] for e in events], pa.string()),
+        "partition": pa.array([e.partition for e in events], pa.int32()),
+        "lsn": pa.array([e.lsn for e in events], pa.int64()),
+        "event_time": event_time,
+        "event_date": event_time.cast(pa.date32()),  # the UTC day
+        # JSON bytes are UTF-8: cast (which checks it) instead of decoding each in Python
+        "data": pa.array([_data_json(e) for e in events], pa.binary()).cast(pa.string()),
+        "raw": pa.array(raw, pa.binary()),
+    }
     return pa.Table.from_arrays([arrays[n] for n in schema.names], schema=schema)
 
 
@@ -287,29 +302,64 @@ ACTIVITY_CLOSING = (
     "workflow.activity_failed",
     "workflow.activity_cancelled",
 )
-_RUN_CLOSING = ", ".join(f"'{t}'" for t in RUN_CLOSING)
-_ACTIVITY_CLOSING = ", ".join(f"'{t}'" for t in ACTIVITY_CLOSING)
+FACT_TYPES = (
+    "workflow.started",
+    "workflow.activity_scheduled",
+    "workflow.step.retry",
+    *ACTIVITY_CLOSING,
+    *RUN_CLOSING,
+)
+"""The event types the derived tables are made from (the others never change them)."""
+
+
+def _sql_list(values: tuple[str, ...]) -> str:
+    return ", ".join(f"'{v}'" for v in values)
+
+
+_RUN_CLOSING = _sql_list(RUN_CLOSING)
+_ACTIVITY_CLOSING = _sql_list(ACTIVITY_CLOSING)
+_DATA_FIELDS = (
+    '{"seq": "BIGINT", "activity": "VARCHAR", "attempt": "INTEGER", '
+    '"error_type": "VARCHAR", "error_message": "VARCHAR", "reason": "VARCHAR"}'
+)
+
+FACTS_SQL = f"""
+SELECT workflow_id, run_id, workflow_type, event_id, event_type, partition, lsn, event_time,
+       event_date, d.seq, d.activity, d.attempt, d.error_type, d.error_message, d.reason,
+       {{in_batch}} AS in_batch
+FROM (
+    SELECT *, from_json(data, '{_DATA_FIELDS.replace("{", "{{").replace("}", "}}")}') AS d
+    FROM {{rows}}
+    WHERE event_type IN ({_sql_list(FACT_TYPES)})
+)
+"""
+"""The history rows in ``{rows}`` that the derived tables are made from, with the fields of
+``data`` they need parsed once (``{in_batch}``: whether these rows may close runs and
+activities, or only tell about runs closed by others). ``{facts}`` below is a table of these."""
 
 CLOSERS_SQL = f"""
 SELECT workflow_id, run_id, max(event_id) AS upto
-FROM {{source}}
-WHERE event_type IN ({_RUN_CLOSING}, {_ACTIVITY_CLOSING})
+FROM {{facts}}
+WHERE in_batch AND event_type IN ({_RUN_CLOSING}, {_ACTIVITY_CLOSING}) AND {{after}}
 GROUP BY workflow_id, run_id
 """
-"""Runs with a closing event in ``{source}``, and the last such event ID: deriving their rows
-needs every event of the run up to ``upto``."""
+"""Runs with a closing event above the offsets (``{after}``), and the last such event ID:
+deriving their rows needs every event of the run up to ``upto``."""
 
 WORKFLOWS_SQL = f"""
 WITH closing AS (
-    SELECT DISTINCT ON (workflow_id, run_id) *
-    FROM {{source}}
-    WHERE event_type IN ({_RUN_CLOSING})
+    SELECT DISTINCT ON (workflow_id, run_id)
+           workflow_id, run_id, workflow_type, event_type, event_time, event_date, partition,
+           lsn, error_type, error_message, reason
+    FROM {{facts}}
+    WHERE in_batch AND event_type IN ({_RUN_CLOSING}) AND {{after}}
     ORDER BY workflow_id, run_id, event_id
 ),
 events AS (
     SELECT DISTINCT ON (workflow_id, run_id, event_id)
            workflow_id, run_id, event_id, event_type, event_time
-    FROM {{context}} SEMI JOIN closing USING (workflow_id, run_id)
+    FROM {{facts}} SEMI JOIN closing USING (workflow_id, run_id)
+    WHERE event_type IN ('workflow.started', 'workflow.activity_scheduled', 'workflow.step.retry')
 ),
 counts AS (
     SELECT workflow_id, run_id,
@@ -327,97 +377,88 @@ SELECT c.workflow_id, c.run_id, c.workflow_type,
        coalesce(n.activity_count, 0) AS activity_count,
        coalesce(n.retry_count, 0) AS retry_count,
        CASE c.event_type
-           WHEN 'workflow.failed' THEN c.data ->> '$.error_type'
+           WHEN 'workflow.failed' THEN c.error_type
            WHEN 'workflow.cancelled' THEN 'CancelledError'
            WHEN 'workflow.terminated' THEN 'Terminated'
        END AS error_type,
        CASE c.event_type
-           WHEN 'workflow.failed' THEN c.data ->> '$.error_message'
-           WHEN 'workflow.cancelled' THEN coalesce(nullif(c.data ->> '$.reason', ''), 'cancelled')
-           WHEN 'workflow.terminated' THEN coalesce(nullif(c.data ->> '$.reason', ''), 'terminated')
+           WHEN 'workflow.failed' THEN c.error_message
+           WHEN 'workflow.cancelled' THEN coalesce(nullif(c.reason, ''), 'cancelled')
+           WHEN 'workflow.terminated' THEN coalesce(nullif(c.reason, ''), 'terminated')
        END AS error_message,
        c.event_date AS close_date,
        c.partition,
        c.lsn
 FROM closing c LEFT JOIN counts n USING (workflow_id, run_id)
 """
-"""``workflows`` rows for the runs that close in ``{source}``; ``{context}`` must hold every
-event of those runs (duplicates allowed)."""
+"""``workflows`` rows for the runs that close in the ``in_batch`` rows of ``{facts}`` above
+the offsets (``{after}``); ``{facts}`` must hold every event of those runs (duplicates
+allowed)."""
 
 ACTIVITIES_SQL = f"""
 WITH run_closing AS (
-    SELECT DISTINCT ON (workflow_id, run_id) *
-    FROM {{source}}
-    WHERE event_type IN ({_RUN_CLOSING})
-    ORDER BY workflow_id, run_id, event_id
-),
-activity_closing AS (
-    SELECT DISTINCT ON (workflow_id, run_id, seq) *
-    FROM (
-        SELECT *, CAST(data ->> '$.seq' AS BIGINT) AS seq
-        FROM {{source}}
-        WHERE event_type IN ({_ACTIVITY_CLOSING})
-    )
-    ORDER BY workflow_id, run_id, seq, event_id
-),
-runs AS (
-    SELECT workflow_id, run_id FROM run_closing
-    UNION
-    SELECT workflow_id, run_id FROM activity_closing
-),
-events AS (
-    SELECT DISTINCT ON (workflow_id, run_id, event_id)
-           workflow_id, run_id, event_id, event_type, event_time, data
-    FROM {{context}} SEMI JOIN runs USING (workflow_id, run_id)
-    WHERE event_type IN ('workflow.activity_scheduled', 'workflow.step.retry', {_ACTIVITY_CLOSING})
+    SELECT workflow_id, run_id,
+           arg_min({{{{'workflow_type': workflow_type, 'event_type': event_type,
+                      'event_time': event_time, 'event_date': event_date,
+                      'partition': partition, 'lsn': lsn}}}}, event_id) AS r
+    FROM {{facts}}
+    WHERE in_batch AND event_type IN ({_RUN_CLOSING}) AND {{after}}
+    GROUP BY workflow_id, run_id
 ),
 steps AS (
-    SELECT workflow_id, run_id, CAST(data ->> '$.seq' AS BIGINT) AS seq,
+    SELECT workflow_id, run_id, seq,
            min(event_time) FILTER (WHERE event_type = 'workflow.activity_scheduled')
                AS scheduled_at,
-           any_value(data ->> '$.activity') AS activity,
-           count(*) FILTER (WHERE event_type = 'workflow.step.retry') AS retries,
-           count(*) FILTER (WHERE event_type IN ({_ACTIVITY_CLOSING})) AS closings
-    FROM events
-    GROUP BY ALL
+           any_value(activity) AS activity,
+           count(DISTINCT event_id) FILTER (WHERE event_type = 'workflow.step.retry') AS retries,
+           count(*) FILTER (WHERE event_type IN ({_ACTIVITY_CLOSING})) AS closings,
+           arg_min({{{{'workflow_type': workflow_type, 'activity': activity, 'attempt': attempt,
+                      'event_type': event_type, 'event_time': event_time,
+                      'event_date': event_date, 'partition': partition, 'lsn': lsn,
+                      'error_type': error_type, 'error_message': error_message}}}}, event_id)
+               FILTER (WHERE in_batch AND event_type IN ({_ACTIVITY_CLOSING}) AND {{after}})
+               AS a
+    FROM {{facts}}
+    WHERE event_type IN ('workflow.activity_scheduled', 'workflow.step.retry', {_ACTIVITY_CLOSING})
+    GROUP BY workflow_id, run_id, seq
 ),
 closed_by_event AS (
-    SELECT a.workflow_id, a.run_id, a.workflow_type, a.seq,
-           a.data ->> '$.activity' AS activity,
+    SELECT workflow_id, run_id, a.workflow_type, seq, a.activity,
            CASE a.event_type
-               WHEN 'workflow.activity_cancelled' THEN coalesce(s.retries, 0) + 1
-               ELSE CAST(a.data ->> '$.attempt' AS INTEGER)
+               WHEN 'workflow.activity_cancelled' THEN retries + 1
+               ELSE a.attempt
            END AS attempts,
-           s.scheduled_at,
+           scheduled_at,
            a.event_time AS closed_at,
            replace(a.event_type, 'workflow.activity_', '') AS outcome,
            CASE a.event_type
-               WHEN 'workflow.activity_failed' THEN a.data ->> '$.error_type'
+               WHEN 'workflow.activity_failed' THEN a.error_type
                WHEN 'workflow.activity_cancelled' THEN 'CancelledError'
            END AS error_type,
            CASE a.event_type
-               WHEN 'workflow.activity_failed' THEN a.data ->> '$.error_message'
+               WHEN 'workflow.activity_failed' THEN a.error_message
                WHEN 'workflow.activity_cancelled' THEN 'activity cancelled'
            END AS error_message,
            a.event_date AS closed_date, a.partition, a.lsn
-    FROM activity_closing a LEFT JOIN steps s USING (workflow_id, run_id, seq)
+    FROM steps
+    WHERE a IS NOT NULL
 ),
 closed_by_run AS (
-    SELECT s.workflow_id, s.run_id, r.workflow_type, s.seq, s.activity,
+    SELECT s.workflow_id, s.run_id, c.r.workflow_type, s.seq, s.activity,
            s.retries + 1 AS attempts,
            s.scheduled_at,
-           r.event_time AS closed_at,
+           c.r.event_time AS closed_at,
            'cancelled' AS outcome,
            'CancelledError' AS error_type,
-           'run ' || replace(r.event_type, 'workflow.', '') || ' first' AS error_message,
-           r.event_date AS closed_date, r.partition, r.lsn
-    FROM steps s JOIN run_closing r USING (workflow_id, run_id)
+           'run ' || replace(c.r.event_type, 'workflow.', '') || ' first' AS error_message,
+           c.r.event_date AS closed_date, c.r.partition, c.r.lsn
+    FROM steps s JOIN run_closing c USING (workflow_id, run_id)
     WHERE s.closings = 0 AND s.scheduled_at IS NOT NULL
 )
 SELECT *, date_diff('millisecond', scheduled_at, closed_at) AS duration_ms FROM closed_by_event
 UNION ALL BY NAME
 SELECT *, date_diff('millisecond', scheduled_at, closed_at) AS duration_ms FROM closed_by_run
 """
-"""``activities`` rows for the activities that close in ``{source}``, by their own event or by
-their run closing while they were still open; ``{context}`` must hold every event of those
-runs (duplicates allowed)."""
+"""``activities`` rows for the activities that close in the ``in_batch`` rows of ``{facts}``
+above the offsets (``{after}``), by their own event or by their run closing while they were
+still open; ``{facts}`` must hold every event of those runs (duplicates allowed)."""

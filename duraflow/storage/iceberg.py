@@ -20,8 +20,11 @@ Note:
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import datetime as dt
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,13 +34,16 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 from pyiceberg.exceptions import CommitFailedException
 from pyiceberg.expressions import AlwaysTrue, BooleanExpression, EqualTo, In
+from pyiceberg.manifest import ManifestContent
 from pyiceberg.table import Table
+from pyiceberg.table.snapshots import Operation
 
 from duraflow.errors import DuraflowError
 from duraflow.storage.archive_schema import (
     ACTIVITIES,
     ACTIVITIES_SQL,
     CLOSERS_SQL,
+    FACTS_SQL,
     HISTORY,
     TABLES,
     WORKFLOWS,
@@ -53,10 +59,6 @@ COMMIT_ATTEMPTS = 5
 LOOKUP_FILTER_MAX_IDS = 1_000
 """Above this many workflow IDs, looking up archived runs skips pyiceberg's file pruning by ID
 (evaluating a huge IN list per file costs more than reading the files' ID columns)."""
-_CONTEXT_COLUMNS = (
-    "workflow_id, run_id, workflow_type, event_id, event_type, partition, lsn, "
-    "event_time, event_date, data"
-)
 
 
 class ArchiveStateError(DuraflowError):
@@ -114,7 +116,13 @@ def resume_offsets(archive: Archive) -> dict[int, int]:
     return {p: min(offsets.get(p, 0) for offsets in per_table) for p in sorted(partitions)}
 
 
-def commit(table: Table, rows: pa.Table, offsets: Mapping[int, int]) -> int:
+def commit(
+    table: Table,
+    rows: pa.Table,
+    offsets: Mapping[int, int],
+    *,
+    done: Mapping[int, int] | None = None,
+) -> int:
     """Append ``rows`` and advance ``table``'s offsets to ``offsets``, in one transaction.
 
     Rows at or below the table's committed offset of their partition are dropped first, and
@@ -126,6 +134,11 @@ def commit(table: Table, rows: pa.Table, offsets: Mapping[int, int]) -> int:
         rows: rows of that table (``partition`` and ``lsn`` say where each came from).
         offsets: the highest LSN of each partition these rows cover; it may be above the
             rows' own LSNs (a range with nothing for this table still moves it forward).
+        done: ``table``'s offsets, when the caller has just read them (``committed_offsets``):
+            the first attempt then skips reading them again. An append on top of someone
+            else's commit since fails (Iceberg checks the snapshot it appends to) and the next
+            attempt re-reads them; offsets moved without rows are not checked, as they are
+            not when read just before either (keep one committer per archive).
 
     Returns:
         How many rows were appended.
@@ -140,7 +153,8 @@ def commit(table: Table, rows: pa.Table, offsets: Mapping[int, int]) -> int:
     _check_covered(rows, offsets)
     rows = drop_duplicates(rows, spec.key)
     for attempt in range(COMMIT_ATTEMPTS):
-        done = committed_offsets(table)
+        if attempt or done is None:
+            done = committed_offsets(table)
         fresh = rows_after(rows, done)
         moved = {p: int(o) for p, o in offsets.items() if int(o) > done.get(p, -1)}
         if fresh.num_rows == 0 and not moved:
@@ -170,7 +184,7 @@ def rows_after(rows: pa.Table, offsets: Mapping[int, int]) -> pa.Table:
         if p in offsets:
             mine = pc.and_(mine, pc.greater(lsn, offsets[p]))
         keep = mine if keep is None else pc.or_(keep, mine)
-    return rows.filter(keep)
+    return rows if pc.all(keep).as_py() else rows.filter(keep)  # no copy when all are new
 
 
 def table_spec(table: Table) -> TableSpec:
@@ -194,7 +208,11 @@ def _check_covered(rows: pa.Table, offsets: Mapping[int, int]) -> None:
 
 
 def archive_batch(
-    archive: Archive, rows: pa.Table, offsets: Mapping[int, int] | None = None
+    archive: Archive,
+    rows: pa.Table,
+    offsets: Mapping[int, int] | None = None,
+    *,
+    connection: duckdb.DuckDBPyConnection | None = None,
 ) -> ArchiveResult:
     """Archive history rows: into ``history``, and the runs and activities they close into
     ``workflows`` and ``activities``; each table exactly once.
@@ -205,25 +223,62 @@ def archive_batch(
             repeat rows archived before.
         offsets: the highest LSN of each partition the batch covers; default: the highest in
             ``rows``.
+        connection: a DuckDB connection to derive ``workflows`` and ``activities`` rows on
+            (default: a new one; opening one costs some 20 ms, so a caller that archives
+            often keeps one). Not to be used by anyone else meanwhile.
     """
     rows = rows.select(HISTORY.arrow.names).cast(HISTORY.arrow)
     offsets = {int(p): int(o) for p, o in (offsets or max_lsns(rows)).items()}
-    history_rows = commit(archive.history, rows, offsets)
     workflows_done = committed_offsets(archive.workflows)
     activities_done = committed_offsets(archive.activities)
     if all(
         min(workflows_done.get(p, -1), activities_done.get(p, -1)) >= o for p, o in offsets.items()
     ):
-        return ArchiveResult(history_rows, 0, 0, offsets)
-    with duckdb.connect() as con:
-        con.register("_batch", rows)
-        workflows, activities = derive(con, "_batch", archive, workflows_done, activities_done)
+        return ArchiveResult(commit(archive.history, rows, offsets), 0, 0, offsets)
+    # Deriving (DuckDB, mostly without the GIL) goes on beside the history commit (pyiceberg,
+    # mostly Python); the derived tables are committed only after history, as before.
+    with concurrent.futures.ThreadPoolExecutor(1, "duraflow-derive") as pool:
+        derived = pool.submit(
+            _derive_batch, connection, rows, archive, workflows_done, activities_done
+        )
+        history_rows = commit(archive.history, rows, offsets)
+        workflows, activities = derived.result()
     return ArchiveResult(
         history_rows,
-        commit(archive.workflows, workflows, offsets),
-        commit(archive.activities, activities, offsets),
+        commit(archive.workflows, workflows, offsets, done=workflows_done),
+        commit(archive.activities, activities, offsets, done=activities_done),
         offsets,
     )
+
+
+def _derive_batch(
+    connection: duckdb.DuckDBPyConnection | None,
+    rows: pa.Table,
+    archive: Archive,
+    workflows_done: Mapping[int, int],
+    activities_done: Mapping[int, int],
+) -> tuple[pa.Table, pa.Table]:
+    with contextlib.nullcontext(connection) if connection else duckdb.connect() as con:
+        con.register("_batch", rows)
+        try:
+            return derive(
+                con,
+                "_batch",
+                archive,
+                workflows_done,
+                activities_done,
+                history=lambda: archive.catalog.load_table(archive.history.name()),
+            )
+        finally:
+            forget(con, "_batch")
+
+
+def forget(con: duckdb.DuckDBPyConnection, *names: str) -> None:
+    """Drop what :func:`derive` made on ``con``, and ``names`` registered by the caller (so a
+    kept connection does not hold on to a batch's rows)."""
+    for name in (*names, "_lookup_runs"):
+        con.unregister(name)
+    con.execute("DROP TABLE IF EXISTS _facts")
 
 
 def derive(
@@ -232,43 +287,47 @@ def derive(
     archive: Archive,
     workflows_done: Mapping[int, int],
     activities_done: Mapping[int, int],
+    *,
+    history: Callable[[], Table] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """``workflows`` and ``activities`` rows for what closes in ``known`` above the offsets.
 
     Args:
         con: a DuckDB connection where ``known`` (a table or view of history rows) exists.
+            Leaves a temporary table ``_facts`` on it (:func:`forget` drops it).
         known: the rows to look for closing events in; events of those runs that are not in
             it are looked up in the archived history.
         archive: the archive (its history table is read for the look-ups).
         workflows_done, activities_done: the offsets of the two tables; closing events at
             or below them already have their rows.
+        history: gives the ``history`` table to look up in (default ``archive.history``):
+            a thread of its own needs a table object of its own (pyiceberg fills caches
+            inside a table's metadata as it reads, under another thread's copy of it).
     """
+    after_workflows, after_activities = _after_sql(workflows_done), _after_sql(activities_done)
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW _source_workflows AS "
-        f"SELECT * FROM {known} WHERE {_after_sql(workflows_done)}"
+        "CREATE OR REPLACE TEMP TABLE _facts AS " + FACTS_SQL.format(rows=known, in_batch="TRUE")
     )
-    con.execute(
-        f"CREATE OR REPLACE TEMP VIEW _source_activities AS "
-        f"SELECT * FROM {known} WHERE {_after_sql(activities_done)}"
-    )
-    context = _context(con, known, archive)
-    workflows = con.sql(WORKFLOWS_SQL.format(source="_source_workflows", context=context))
-    activities = con.sql(ACTIVITIES_SQL.format(source="_source_activities", context=context))
+    lookup = history if history is not None else lambda: archive.history
+    after = f"(({after_workflows}) OR ({after_activities}))"
+    _add_archived(con, known, archive, lookup, after)
+    workflows = con.sql(WORKFLOWS_SQL.format(facts="_facts", after=after_workflows))
+    activities = con.sql(ACTIVITIES_SQL.format(facts="_facts", after=after_activities))
     return _as(WORKFLOWS, workflows), _as(ACTIVITIES, activities)
 
 
-def _context(con: duckdb.DuckDBPyConnection, known: str, archive: Archive) -> str:
-    """``known``, plus the archived events of runs whose events up to their last closing
-    event are not all in it. Returns a relation name or a parenthesised query."""
+def _add_archived(
+    con: duckdb.DuckDBPyConnection,
+    known: str,
+    archive: Archive,
+    history: Callable[[], Table],
+    after: str,
+) -> None:
+    """Add to ``_facts`` the archived events of the runs whose events up to their last
+    closing event above the offsets (``after``) are not all in ``known``."""
     incomplete = con.sql(
         f"""
-        WITH closers AS (
-            SELECT workflow_id, run_id, max(upto) AS upto FROM (
-                {CLOSERS_SQL.format(source="_source_workflows")}
-                UNION ALL
-                {CLOSERS_SQL.format(source="_source_activities")}
-            ) GROUP BY workflow_id, run_id
-        ),
+        WITH closers AS ({CLOSERS_SQL.format(facts="_facts", after=after)}),
         have AS (
             SELECT k.workflow_id, k.run_id, count(DISTINCT k.event_id) AS n
             FROM {known} k JOIN closers c USING (workflow_id, run_id)
@@ -282,24 +341,18 @@ def _context(con: duckdb.DuckDBPyConnection, known: str, archive: Archive) -> st
     )
     runs = _arrow(incomplete)
     if runs.num_rows == 0:
-        return known
+        return
     ids = set(runs["workflow_id"].to_pylist())
     row_filter: BooleanExpression = (
         In("workflow_id", ids) if len(ids) <= LOOKUP_FILTER_MAX_IDS else AlwaysTrue()
     )
-    register_files(
-        con, "_archived_history", archive, HISTORY, data_files(archive.history, row_filter)
-    )
+    register_files(con, "_archived_history", archive, HISTORY, data_files(history(), row_filter))
     con.register("_lookup_runs", runs)
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE _archived AS
-        SELECT {_CONTEXT_COLUMNS}
-        FROM _archived_history SEMI JOIN _lookup_runs USING (workflow_id, run_id)
-        WHERE workflow_id IN (SELECT workflow_id FROM _lookup_runs)
-        """
+    archived = (
+        "(SELECT * FROM _archived_history SEMI JOIN _lookup_runs USING (workflow_id, run_id) "
+        "WHERE workflow_id IN (SELECT workflow_id FROM _lookup_runs))"
     )
-    return f"(SELECT {_CONTEXT_COLUMNS} FROM {known} UNION ALL SELECT * FROM _archived)"
+    con.execute("INSERT INTO _facts " + FACTS_SQL.format(rows=archived, in_batch="FALSE"))
 
 
 def _after_sql(offsets: Mapping[int, int]) -> str:
@@ -327,19 +380,73 @@ def _arrow(relation: duckdb.DuckDBPyRelation) -> pa.Table:
 def data_files(table: Table, row_filter: BooleanExpression | None = None) -> list[str]:
     """The Parquet files of ``table``'s current snapshot (pruned by ``row_filter``).
 
+    Without a filter the answer comes from the snapshot's manifests, each read once per
+    process (manifest lists and manifests never change once written), so asking again after
+    a commit reads only what the commit wrote.
+
     Raises:
         ArchiveStateError: the table has delete files; reading its Parquet files alone would
             show deleted rows. (pyiceberg writes none; another writer might.)
     """
+    if row_filter is None or isinstance(row_filter, AlwaysTrue):
+        return _all_data_files(table)
     paths = []
-    for task in table.scan(row_filter=row_filter or AlwaysTrue()).plan_files():
+    for task in table.scan(row_filter=row_filter).plan_files():
         if task.delete_files:
-            raise ArchiveStateError(
-                f"table {'.'.join(table.name())} has delete files (for {task.file.file_path}); "
-                "duraflow reads plain Parquet and cannot apply them"
-            )
+            raise _has_deletes(table, task.file.file_path)
         paths.append(task.file.file_path)
     return paths
+
+
+MANIFEST_CACHE_ENTRIES = 20_000
+"""Manifest lists and manifests whose contents :func:`data_files` keeps (a few hundred bytes
+each; the cache starts over when full)."""
+_manifest_lists: dict[str, tuple[tuple[str, int], ...]] = {}  # list -> (manifest, content)
+_manifest_files: dict[str, tuple[str, ...]] = {}  # data manifest -> its live data files
+
+
+def _manifests_of(table: Table, snapshot: Any) -> tuple[tuple[str, int], ...]:
+    """(path, content) of each manifest ``snapshot`` reads, its list read once per process."""
+    found = _manifest_lists.get(snapshot.manifest_list)
+    if found is None:
+        found = tuple((m.manifest_path, int(m.content)) for m in snapshot.manifests(table.io))
+        _remember(_manifest_lists, snapshot.manifest_list, found)
+    return found
+
+
+def _all_data_files(table: Table) -> list[str]:
+    snapshot = table.current_snapshot()
+    if snapshot is None:
+        return []
+    manifests = _manifests_of(table, snapshot)
+    for path, content in manifests:
+        if content != ManifestContent.DATA:
+            raise _has_deletes(table, path)
+    paths: list[str] = []
+    by_path = None
+    for path, _ in manifests:
+        files = _manifest_files.get(path)
+        if files is None:
+            if by_path is None:
+                by_path = {m.manifest_path: m for m in snapshot.manifests(table.io)}
+            entries = by_path[path].fetch_manifest_entry(table.io, discard_deleted=True)
+            files = tuple(e.data_file.file_path for e in entries)
+            _remember(_manifest_files, path, files)
+        paths.extend(files)
+    return paths
+
+
+def _remember(cache: dict[str, Any], key: str, value: Any) -> None:
+    if len(cache) >= MANIFEST_CACHE_ENTRIES:
+        cache.clear()
+    cache[key] = value
+
+
+def _has_deletes(table: Table, where: str) -> ArchiveStateError:
+    return ArchiveStateError(
+        f"table {'.'.join(table.name())} has delete files (for {where}); "
+        "duraflow reads plain Parquet and cannot apply them"
+    )
 
 
 def register_files(
@@ -357,16 +464,22 @@ def register_files(
         return
     filesystem = archive.filesystem()
     if filesystem is None:
-        local = [p.removeprefix("file://") for p in paths]
-        con.read_parquet(local, union_by_name=True).create_view(files, replace=True)
+        local = ", ".join(_sql_text(p.removeprefix("file://")) for p in paths)
+        source = f"read_parquet([{local}], union_by_name = true)"
     else:
         keys = [p.removeprefix("s3://") for p in paths]
         dataset = ds.dataset(keys, schema=spec.arrow, format="parquet", filesystem=filesystem)
         con.register(files, dataset)
+        source = files
     con.execute(
         f"CREATE OR REPLACE TEMP VIEW {name} AS "
-        f"SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {files}"
+        f"SELECT * FROM {empty} UNION ALL BY NAME SELECT * FROM {source}"
     )
+
+
+def _sql_text(text: str) -> str:
+    """``text`` as an SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
 
 
 # -- maintenance -------------------------------------------------------------------------------
@@ -386,32 +499,58 @@ def expire(table: Table, older_than: dt.datetime | float) -> ExpireResult:
     cutoff = _utc(older_than)
     table.refresh()
     before = table.metadata.snapshots
-    live_before = _live_files(table, before)
+    if not any(s.timestamp_ms < cutoff.timestamp() * 1000 for s in before):
+        return ExpireResult(0, 0, 0)
+    # Data files leave a table only through a snapshot that is not an append (compact's
+    # overwrite). While every snapshot is an append, the current one reads every data file
+    # the others read, so only manifests and manifest lists can lose their last reader, and
+    # the manifests' entries need not be read at all.
+    with_data = any(s.summary is None or s.summary.operation != Operation.APPEND for s in before)
+    read: dict[str, list[str]] = {}
+    files = {s.snapshot_id: _files_of(table, s, with_data, read) for s in before}
     table.maintenance.expire_snapshots().older_than(cutoff).commit()
     table.refresh()
     after = table.metadata.snapshots
-    live_after = _live_files(table, after)
-    gone = [live_before[i] - live_after[i] for i in range(3)]
+    kept = [files.get(s.snapshot_id) or _files_of(table, s, with_data, read) for s in after]
+    gone = [
+        set().union(*(f[i] for f in files.values())) - set().union(*(f[i] for f in kept))
+        for i in range(3)
+    ]
     for paths in gone:
         for path in paths:
             table.io.delete(path)
     return ExpireResult(len(before) - len(after), len(gone[0]), len(gone[1]) + len(gone[2]))
 
 
-def _live_files(table: Table, snapshots: list[Any]) -> tuple[set[str], set[str], set[str]]:
-    """(data files, manifests, manifest lists) that ``snapshots`` read."""
+def _files_of(
+    table: Table, snapshot: Any, with_data: bool, read: dict[str, list[str]]
+) -> tuple[set[str], set[str], set[str]]:
+    """(data files, manifests, manifest list) that ``snapshot`` reads (no data files unless
+    ``with_data``); ``read`` keeps each manifest's data files for the next snapshot."""
     data: set[str] = set()
-    manifests: set[str] = set()
-    lists: set[str] = set()
-    for snapshot in snapshots:
-        lists.add(snapshot.manifest_list)
+    if with_data:
         for manifest in snapshot.manifests(table.io):
-            if manifest.manifest_path in manifests:
-                continue
-            manifests.add(manifest.manifest_path)
-            for entry in manifest.fetch_manifest_entry(table.io, discard_deleted=True):
-                data.add(entry.data_file.file_path)
-    return data, manifests, lists
+            files = read.get(manifest.manifest_path)
+            if files is None:
+                entries = manifest.fetch_manifest_entry(table.io, discard_deleted=True)
+                files = read[manifest.manifest_path] = [e.data_file.file_path for e in entries]
+            data.update(files)
+    manifests = {path for path, _ in _manifests_of(table, snapshot)}
+    return data, manifests, {snapshot.manifest_list}
+
+
+def expire_all_but(table: Table, keep: int, min_age_s: float) -> ExpireResult | None:
+    """Expire all but the newest ``keep`` snapshots of ``table``, and none younger than
+    ``min_age_s`` (a reader may be planning from it), when at least ``keep`` can go; else do
+    nothing and return None. Uses the table's metadata as loaded (a committer's own tables
+    are current)."""
+    stamps = sorted((s.timestamp_ms for s in table.metadata.snapshots), reverse=True)
+    if len(stamps) <= keep:
+        return None
+    cutoff_ms = min(stamps[keep - 1], (time.time() - min_age_s) * 1000)
+    if sum(1 for t in stamps if t < cutoff_ms) < keep:
+        return None
+    return expire(table, cutoff_ms / 1000)
 
 
 def compact(table: Table, day: dt.date) -> CompactResult:

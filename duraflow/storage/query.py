@@ -9,6 +9,11 @@ activities that closed in those warm rows are derived on the fly, the way the co
 derive them when it archives the segments.
 
 The views show the archive as it was at :meth:`ArchiveQuery.refresh` (called when opening).
+A refresh reads only what changed since the last one: warm segments are read once (their rows
+never change), Iceberg manifests once per process (``iceberg.data_files``), and the warm
+``workflows`` / ``activities`` rows are derived again only when the warm segments or the
+offsets moved. :class:`ArchiveReader` keeps one catalog and one DuckDB database for all its
+sessions (a cursor each), so a ``client.sql`` call opens neither.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyiceberg.expressions import EqualTo
 
-from duraflow.storage.archive_schema import ACTIVITIES, HISTORY, RUN_CLOSING, WORKFLOWS
+from duraflow.storage.archive_schema import (
+    ACTIVITIES,
+    HISTORY,
+    RUN_CLOSING,
+    WORKFLOWS,
+    drop_duplicates,
+)
 from duraflow.storage.catalog import Archive, S3Config, open_archive
 from duraflow.storage.iceberg import (
     committed_offsets,
@@ -34,9 +45,58 @@ from duraflow.storage.iceberg import (
     register_files,
     rows_after,
 )
-from duraflow.storage.warm import list_segments, read_segments
+from duraflow.storage.warm import Segment, list_segments, read_segments
 
 VIEWS = ("history", "workflows", "activities")
+
+
+class WarmCache:
+    """What sessions over one warm folder keep between refreshes: each segment's rows, by
+    file name (a segment never changes once written), and the ``workflows`` and
+    ``activities`` rows last derived from them. Thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._segments: dict[str, pa.Table] = {}
+        self._rows: tuple[tuple[str, ...], pa.Table] | None = None
+        self._derived: tuple[object, tuple[pa.Table, pa.Table]] | None = None
+
+    def rows(self, segments: list[Segment]) -> tuple[tuple[str, ...], pa.Table]:
+        """(names of the segments read, their rows: one per partition and LSN), reading only
+        segments not read before; segments deleted since they were listed are skipped (the
+        archiver deletes a segment only after its rows are committed)."""
+        with self._lock:
+            names, tables = [], []
+            for segment in segments:
+                name = segment.path.name
+                table = self._segments.get(name)
+                if table is None:
+                    try:
+                        table = pq.read_table(segment.path, schema=HISTORY.arrow)
+                    except FileNotFoundError:
+                        continue
+                    self._segments[name] = table
+                names.append(name)
+                tables.append(table)
+            key = tuple(names)
+            for gone in self._segments.keys() - set(key):
+                del self._segments[gone]
+            if self._rows is None or self._rows[0] != key:
+                rows = pa.concat_tables(tables) if tables else HISTORY.empty()
+                if len(tables) > 1:
+                    rows = drop_duplicates(rows, ("partition", "lsn"))
+                self._rows = (key, rows)
+            return self._rows
+
+    def derived(self, key: object) -> tuple[pa.Table, pa.Table] | None:
+        """The rows :meth:`keep_derived` kept under ``key``, if it was the last key."""
+        with self._lock:
+            found = self._derived
+        return found[1] if found is not None and found[0] == key else None
+
+    def keep_derived(self, key: object, rows: tuple[pa.Table, pa.Table]) -> None:
+        with self._lock:
+            self._derived = (key, rows)
 
 
 class ArchiveQuery:
@@ -47,6 +107,9 @@ class ArchiveQuery:
         archive: the archive (``catalog.open_archive``).
         warm_dir: the warm tier's folder, if there is one.
         connection: a DuckDB connection to add the views to (default: a new in-memory one).
+        cache: warm rows already read, shared by sessions over the same warm folder.
+        lock: held while ``archive``'s tables are refreshed and read, when sessions in
+            several threads share them.
     """
 
     def __init__(
@@ -55,10 +118,15 @@ class ArchiveQuery:
         warm_dir: str | Path | None = None,
         *,
         connection: duckdb.DuckDBPyConnection | None = None,
+        cache: WarmCache | None = None,
+        lock: threading.Lock | None = None,
     ) -> None:
         self.archive = archive
         self.warm_dir = Path(warm_dir) if warm_dir is not None else None
         self.con = connection if connection is not None else duckdb.connect()
+        self._cache = cache if cache is not None else WarmCache()
+        self._lock = lock if lock is not None else threading.Lock()
+        self._cold: dict[str, list[str]] = {}  # the files each cold view reads now
         self.refresh()
 
     def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
@@ -71,16 +139,24 @@ class ArchiveQuery:
         # Warm first, cold second: a segment deleted in between was committed before its
         # deletion, so the cold snapshot taken afterwards has its rows.
         segments = list_segments(self.warm_dir) if self.warm_dir is not None else []
-        warm = read_segments(segments, missing_ok=True)
-        self.archive.refresh()
-        done = {name: committed_offsets(self.archive.tables[name], refresh=False) for name in VIEWS}
+        names, warm = self._cache.rows(segments)
+        with self._lock:
+            self.archive.refresh()
+            done = {n: committed_offsets(self.archive.tables[n], refresh=False) for n in VIEWS}
+            cold = {name: data_files(self.archive.tables[name]) for name in VIEWS}
         for spec in (HISTORY, WORKFLOWS, ACTIVITIES):
-            paths = data_files(self.archive.tables[spec.name])
-            register_files(con, f"_cold_{spec.name}", self.archive, spec, paths)
+            if self._cold.get(spec.name) != cold[spec.name]:
+                register_files(con, f"_cold_{spec.name}", self.archive, spec, cold[spec.name])
+                self._cold[spec.name] = cold[spec.name]
         con.register("_warm_history", rows_after(warm, done["history"]))
-        workflows, activities = self._derive_warm(done)
-        con.register("_warm_workflows", workflows)
-        con.register("_warm_activities", activities)
+        key = (names, tuple(tuple(sorted(done[n].items())) for n in VIEWS))
+        derived = self._cache.derived(key)
+        if derived is None:
+            with self._lock:
+                derived = self._derive_warm(done)
+            self._cache.keep_derived(key, derived)
+        con.register("_warm_workflows", derived[0])
+        con.register("_warm_activities", derived[1])
         for name in VIEWS:
             con.execute(
                 f"CREATE OR REPLACE TEMP VIEW {name} AS "
@@ -189,19 +265,37 @@ class ArchiveReader:
         self._warm = warm_dir
         self._warehouse = warehouse
         self._s3 = s3
+        # Kept between calls: opening the catalog costs ~30 ms and a DuckDB database ~20 ms
+        # (each session gets a cursor of it: ~0.5 ms), and warm segments are read once.
         self._archive: Archive | None = None
-        self._con: duckdb.DuckDBPyConnection | None = None  # kept: connecting costs ~10 ms
-        self._lock = threading.Lock()
+        self._db: duckdb.DuckDBPyConnection | None = None
+        self._con: duckdb.DuckDBPyConnection | None = None  # run_events' own cursor
+        self._lock = threading.Lock()  # guards the above and the archive's pyiceberg tables
+        self._cache = WarmCache()
         self._segment_ids: dict[str, frozenset[str]] = {}
         """Workflow IDs in each warm segment, by file name (a segment's rows never change)."""
 
     def __repr__(self) -> str:
         return f"ArchiveReader({str(self._dir)!r}, warehouse={self._warehouse!r})"
 
+    def _opened(self) -> tuple[Archive, duckdb.DuckDBPyConnection]:
+        """The archive and the DuckDB database, opened on first use (call under the lock)."""
+        if self._archive is None:
+            self._archive = open_archive(self._dir, warehouse=self._warehouse, s3=self._s3)
+        if self._db is None:
+            self._db = duckdb.connect()
+        return self._archive, self._db
+
     def open(self, live_rows: list[dict[str, Any]]) -> ArchiveQuery:
         """A DuckDB session with the views ``history``, ``workflows``, ``activities`` and
         ``live_workflows`` (``live_rows``)."""
-        return open_query(self._dir, self._warm, live_rows, warehouse=self._warehouse, s3=self._s3)
+        with self._lock:
+            archive, db = self._opened()
+            cursor = db.cursor()
+        session = ArchiveQuery(
+            archive, self._warm, connection=cursor, cache=self._cache, lock=self._lock
+        )
+        return add_live_workflows(session, live_rows)
 
     __call__ = open
 
@@ -210,13 +304,13 @@ class ArchiveReader:
         order: run ``run_id``, or the latest run of ``workflow_id`` that has closed. Empty if
         the archive has no such closed run."""
         with self._lock:  # one look-up at a time per reader: pyiceberg tables are refreshed
-            if self._archive is None:
-                self._archive = open_archive(self._dir, warehouse=self._warehouse, s3=self._s3)
-                self._con = duckdb.connect()
+            archive, db = self._opened()
+            if self._con is None:
+                self._con = db.cursor()
             # Warm first, cold second (as in ArchiveQuery.refresh): a segment deleted in
             # between was committed before, so the cold snapshot read afterwards has its rows.
             warm = self._warm_rows(workflow_id)
-            return run_events(self._archive, warm, workflow_id, run_id, connection=self._con)
+            return run_events(archive, warm, workflow_id, run_id, connection=self._con)
 
     def _warm_rows(self, workflow_id: str) -> pa.Table:
         """The warm rows of ``workflow_id``, reading only the segments that hold it."""

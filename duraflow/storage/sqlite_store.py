@@ -243,12 +243,14 @@ class PartitionStore:
     def read_events(self, after_lsn: int, limit: int) -> list[tuple[int, str, str, bytes]]:
         """(LSN, workflow ID, event type, encoded event) of events after ``after_lsn``, in
         LSN order: the history table read as the partition's change log (the CDC outbox)."""
-        rows = self._conn.execute(
+        # The columns are INTEGER, TEXT, TEXT and BLOB NOT NULL: sqlite3 returns exactly
+        # (int, str, str, bytes), no conversion needed.
+        rows: list[tuple[int, str, str, bytes]] = self._conn.execute(
             "SELECT lsn, workflow_id, event_type, body FROM workflow_history "
             "WHERE lsn > ? ORDER BY lsn LIMIT ?",
             (after_lsn, limit),
         ).fetchall()
-        return [(int(lsn), str(wid), str(kind), bytes(body)) for lsn, wid, kind, body in rows]
+        return rows
 
     # -- activities -------------------------------------------------------------------------
 

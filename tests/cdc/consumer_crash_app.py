@@ -80,7 +80,7 @@ def pause_at(point: str, marker: str) -> None:
 
     if point == "between_tables":
 
-        def history_only(archive: Any, rows: Any, offsets: Any = None) -> Any:
+        def history_only(archive: Any, rows: Any, offsets: Any = None, **_: Any) -> Any:
             commit(archive.history, rows, offsets or max_lsns(rows))
             arrived()
 

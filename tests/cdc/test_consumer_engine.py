@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import duraflow as df
+from duraflow.storage.catalog import open_archive
 from tests.cdc import consumer_crash_app as app
 from tests.cdc.test_consumer_crash import check_exactly_once
 
@@ -99,3 +100,61 @@ def test_maintain_archive_expires_snapshots_and_keeps_every_row(tmp_path: Path) 
         assert report["history"]["snapshots_expired"] >= 2
         assert before == client.sql("SELECT count(*) AS n FROM history").to_pylist()
         assert [{"n": 15}] == client.sql("SELECT count(*) AS n FROM workflows").to_pylist()
+
+
+@df.workflow
+async def cons_trimmed(ctx: df.WorkflowContext, n: int) -> int:
+    return n
+
+
+def test_the_consumer_keeps_few_snapshots_and_every_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every commit adds a snapshot to each table, and a commit costs more the more snapshots
+    a table keeps: the consumer expires all but the last few after its commits."""
+    from duraflow.cdc import consumer
+
+    monkeypatch.setattr(consumer, "SNAPSHOT_MIN_AGE_S", 0.0)
+    monkeypatch.setattr(consumer, "KEEP_SNAPSHOTS", 2)
+    with df.Engine(
+        tmp_path / "data", runtime="local", partitions=2, archive_interval="1h"
+    ) as engine:
+        client = engine.client()
+        for batch in range(7):
+            client.start(cons_trimmed, batch, workflow_id=f"trim-{batch}").result(timeout=10)
+            assert engine.sync_archive(20)
+            engine.commit_archive()
+        archive = open_archive(tmp_path / "data" / "archive")
+        kept = {name: len(table.metadata.snapshots) for name, table in archive.tables.items()}
+        assert 2 <= kept["history"] < 4 and 2 <= kept["workflows"] < 4, kept  # of 7 commits
+        assert 0 == kept["activities"]  # these runs schedule no activity: offsets only
+        assert [{"n": 7}] == client.sql("SELECT count(*) AS n FROM workflows").to_pylist()
+        assert [{"n": 7}] == client.sql(
+            "SELECT count(DISTINCT workflow_id) AS n FROM history"
+        ).to_pylist()
+
+
+def test_a_warm_segment_that_cannot_be_written_is_read_again_later(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    warm = data_dir / "archive" / "warm"
+    with df.Engine(data_dir, runtime="local", partitions=1, archive_interval="1h") as engine:
+        client = engine.client()
+        assert engine.sync_archive(20)
+        warm.rmdir()
+        warm.write_bytes(b"not a folder")  # every segment write fails
+        for i in range(3):
+            client.start(cons_trimmed, i, workflow_id=f"blocked-{i}").result(timeout=10)
+        status = engine._consumer.consumer.status()  # type: ignore[union-attr]  # reason: local runtime
+        deadline = time.monotonic() + 10
+        while "write warm segment" not in str(status["last_error"]):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+            status = engine._consumer.consumer.status()  # type: ignore[union-attr]  # reason: as above
+        assert 0 == status["events_read"]
+        warm.unlink()
+        warm.mkdir()
+        assert engine.sync_archive(20)
+        engine.commit_archive()
+        assert [{"n": 3}] == client.sql("SELECT count(*) AS n FROM workflows").to_pylist()
+        (events,) = client.sql("SELECT count(*) AS n FROM history").to_pylist()
+        assert events["n"] == engine._consumer.consumer.status()["events_read"]  # type: ignore[union-attr]  # reason: as above

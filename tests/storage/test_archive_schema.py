@@ -7,6 +7,7 @@ import json
 
 import msgspec
 import pyarrow as pa
+import pytest
 from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.transforms import IdentityTransform
 
@@ -119,3 +120,15 @@ def test_drop_duplicates_keeps_first_rows_in_order() -> None:
     rows = pa.table({"partition": [1, 0, 1, 1], "lsn": [5, 5, 5, 6], "x": ["a", "b", "c", "d"]})
 
     assert ["a", "b", "d"] == drop_duplicates(rows, ("partition", "lsn"))["x"].to_pylist()
+
+
+def test_history_rows_keep_the_events_own_bytes_when_given() -> None:
+    events = one_of_each()
+    stored = [ev.encode_event(e) for e in events]
+
+    rows = history_rows(events, stored)
+
+    assert stored == rows["raw"].to_pylist()
+    assert history_rows(events).equals(rows)
+    with pytest.raises(ValueError, match="encoded events"):
+        history_rows(events, stored[:-1])

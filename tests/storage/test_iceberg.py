@@ -20,6 +20,7 @@ from duraflow.storage.iceberg import (
     data_files,
     days,
     expire,
+    expire_all_but,
     resume_offsets,
 )
 from duraflow.storage.query import connect
@@ -242,3 +243,105 @@ def test_a_commit_that_loses_a_race_starts_over_from_the_new_offsets(
     assert ([rows.num_rows], 0, 1) == (raced, appended, len(failures))
     assert (rows.num_rows, rows.num_rows) == _count(archive, "history")
     assert {0: fake.lsn[0]} == committed_offsets(archive.history)
+
+
+def _derived(archive: Archive) -> dict[str, list[tuple[object, ...]]]:
+    with connect(archive) as q:
+        return {
+            table: sorted(q.sql(f"SELECT * FROM {table}").fetchall(), key=repr)
+            for table in ("workflows", "activities")
+        }
+
+
+def test_derived_rows_do_not_depend_on_how_history_is_cut_into_batches(
+    tmp_path: Path,
+) -> None:
+    import random
+
+    rng = random.Random(7)
+    fake = FakePartitions(partitions=3)
+    activities: dict[tuple[str, int], str] = {}
+    open_runs: list[str] = []
+    cuts: list[int] = []
+    for n in range(1500):
+        if not open_runs or rng.random() < 0.15:
+            open_runs.append(f"wf-{n}")
+            fake.start(open_runs[-1], workflow_type=rng.choice(["a", "b"]))
+            continue
+        wid = rng.choice(open_runs)
+        run, roll = fake.runs[wid], rng.random()
+        if roll < 0.35:
+            seq = fake.schedule(wid, rng.choice(["charge", "ship"]))
+            activities[(wid, seq)] = fake.events[-1].activity  # type: ignore[attr-defined]  # reason: ActivityScheduled
+        elif roll < 0.6 and run.open_activities:
+            seq = rng.choice(sorted(run.open_activities))
+            if rng.random() < 0.3:
+                fake.retry(wid, seq, rng.randint(1, 3), activities[(wid, seq)])
+            else:
+                outcome = rng.choice(["completed", "completed", "failed", "cancelled"])
+                fake.resolve(wid, seq, outcome, rng.randint(1, 4), activities[(wid, seq)])
+        elif roll < 0.8:
+            fake.close(wid, rng.choice(["completed", "failed", "cancelled", "terminated"]))
+            open_runs.remove(wid)
+        else:
+            fake.advance(rng.random() * 7200)
+        if rng.random() < 0.02:
+            cuts.append(len(fake.events))
+    events = fake.take()
+    whole, pieces = open_archive(tmp_path / "whole"), open_archive(tmp_path / "pieces")
+
+    archive_batch(whole, history_rows(events))
+    import duckdb
+
+    with duckdb.connect() as con:  # one connection for every batch, as the consumer keeps one
+        for start, end in zip([0, *cuts], [*cuts, len(events)], strict=True):
+            if end > start:
+                archive_batch(pieces, history_rows(events[start:end]), connection=con)
+        assert not con.sql("SELECT * FROM duckdb_tables() WHERE temporary").fetchall()
+
+    assert len(cuts) > 10
+    expected = expected_counts(events)
+    found = _derived(pieces)
+    assert _derived(whole) == found
+    assert (expected["workflows"], expected["activities"]) == tuple(map(len, found.values()))
+
+
+def test_data_files_answers_as_planning_does_after_commits_and_compaction(
+    archive: Archive,
+) -> None:
+    fake = FakePartitions(partitions=2, start=dt.datetime(2026, 3, 1, 22, tzinfo=dt.timezone.utc))
+
+    def planned() -> list[str]:
+        return sorted(task.file.file_path for task in archive.history.scan().plan_files())
+
+    for batch in range(6):
+        fake.run(f"wf-{batch}", activities=1)
+        fake.advance(1800)
+        archive_batch(archive, history_rows(fake.take()))
+        assert planned() == sorted(data_files(archive.history))
+    for day in days(archive.history):
+        compact(archive.history, day)
+    assert planned() == sorted(data_files(archive.history))
+    assert 2 == len(data_files(archive.history))
+
+
+def test_expire_all_but_keeps_the_newest_snapshots_and_every_row(archive: Archive) -> None:
+    fake = FakePartitions(partitions=2)
+    for batch in range(10):
+        fake.run(f"wf-{batch}", activities=1)
+        archive_batch(archive, history_rows(fake.take()))
+    table = archive.history
+    folder = Path(table.location().removeprefix("file://"))
+    by_age = sorted(table.metadata.snapshots, key=lambda s: s.timestamp_ms)
+    newest = {s.snapshot_id for s in by_age[-3:]}
+    lists_before = set(folder.rglob("snap-*.avro"))
+
+    assert expire_all_but(table, keep=3, min_age_s=3600) is None  # all too young
+    assert expire_all_but(table, keep=8, min_age_s=0) is None  # only 2 could go: not yet
+    result = expire_all_but(table, keep=3, min_age_s=0)
+
+    assert result is not None and (7, 0) == (result.snapshots_expired, result.data_files_deleted)
+    assert newest == {s.snapshot_id for s in table.metadata.snapshots}
+    assert 10 == len(data_files(table)) == len(list(folder.rglob("*.parquet")))
+    assert len(lists_before) - 7 == len(set(folder.rglob("snap-*.avro")))
+    assert (10, 10) == _count(archive, "workflows") and _count(archive, "history")[0] > 10

@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 
 from duraflow.storage.archive_schema import ACTIVITIES, HISTORY, WORKFLOWS, history_rows
-from duraflow.storage.catalog import Archive
+from duraflow.storage.catalog import Archive, open_archive
 from duraflow.storage.iceberg import archive_batch, commit, resume_offsets
-from duraflow.storage.query import connect
+from duraflow.storage.query import ArchiveReader, connect
 from duraflow.storage.warm import (
     archived_segments,
     delete_segments,
@@ -138,3 +138,37 @@ def test_refresh_sees_new_commits(archive: Archive) -> None:
         after = q.sql("SELECT count(*) FROM workflows").fetchall()
 
     assert ([(1,)], [(2,)]) == (before, after)
+
+
+def test_reader_sessions_share_what_they_read_and_each_sees_the_archive_now(
+    tmp_path: Path,
+) -> None:
+    root, warm_dir = tmp_path / "o'brien archive", tmp_path / "warm"  # a quote in the path
+    archive = open_archive(root)
+    reader = ArchiveReader(root, warm_dir)
+    fake = FakePartitions(partitions=2)
+    seen: list[object] = []
+    for batch in range(3):
+        for i in range(4):
+            fake.run(f"wf-{batch}-{i}", activities=1)
+        seen += _to_warm(warm_dir, fake)
+        if batch == 1:  # the first two batches go cold, the last stays warm
+            archive_batch(archive, read_segments(list_segments(warm_dir)))
+            delete_segments(archived_segments(list_segments(warm_dir), resume_offsets(archive)))
+
+    with reader.open([]) as first, reader.open([]) as second:
+        counts = [
+            {name: s.sql(sql).fetchall()[0] for name, sql in COUNTS.items()}
+            for s in (first, second)
+        ]
+        archive_batch(archive, read_segments(list_segments(warm_dir)))
+        delete_segments(archived_segments(list_segments(warm_dir), resume_offsets(archive)))
+        first.refresh()
+        after = {name: first.sql(sql).fetchall()[0] for name, sql in COUNTS.items()}
+    with reader.open([]) as third:
+        later = {name: third.sql(sql).fetchall()[0] for name, sql in COUNTS.items()}
+
+    expected = expected_counts(seen)  # type: ignore[arg-type]  # reason: events
+    assert {k: (expected[k], expected[k]) for k in COUNTS} == counts[0] == counts[1]
+    assert counts[0] == after == later == _counts(archive, None)
+    assert [] == list_segments(warm_dir)
