@@ -12,6 +12,7 @@ import duraflow as df
 from duraflow.actors import messages as m
 from duraflow.actors.mailboxes import Mailboxes
 from duraflow.actors.router import partition_of
+from duraflow.engine.definitions import workflow_definition
 
 
 @df.activity(inline=True)
@@ -99,6 +100,31 @@ def test_a_malformed_batch_is_refused_with_the_field_named(ray_engine: df.Engine
     assert isinstance(reply.error, df.PayloadError)
     assert "workflow_id" in str(reply.error)
     assert isinstance(ray.get(actor.call_batch.remote(b"\xc1")).error, df.PayloadError)
+
+
+def test_a_batch_with_one_bad_request_runs_none_of_it(any_engine: df.Engine) -> None:
+    client = any_engine.client()
+    host = client._host  # type: ignore[attr-defined]  # reason: the host's batch call, as the batcher makes it
+    workflow_id = "bt-half-batch"
+    start = m.Start(
+        workflow_id=workflow_id,
+        workflow_type=workflow_definition(bt_steps).name,
+        code_ref=workflow_definition(bt_steps).code_ref,
+        args=msgspec.msgpack.encode([1]),
+        run_id="r1",
+    )
+    waits_without_mailbox = m.AwaitResult(workflow_id=workflow_id)
+    partition = partition_of(workflow_id, host.partitions)
+
+    with pytest.raises(df.PayloadError, match="mailbox"):
+        asyncio.run(host.call_batch(partition, [start, waits_without_mailbox]))
+
+    # the well-formed Start before the bad request did not run either
+    with pytest.raises(df.WorkflowNotFound):
+        client.get_handle(workflow_id).describe()
+    [reply] = asyncio.run(host.call_batch(partition, [start]))
+    assert reply.started
+    assert 4 == client.get_handle(workflow_id).result(timeout=30)
 
 
 # -- mailboxes on their own ------------------------------------------------------------------

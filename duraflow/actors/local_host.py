@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from duraflow.actors import messages as m
 from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
 from duraflow.actors.router import partition_of
 from duraflow.engine.activities import InlineExecutor
@@ -72,9 +73,10 @@ class LocalHost:
         return await asyncio.wrap_future(future)
 
     async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
-        """Send ``requests`` for one turn; replies in order, an error in place of a failure."""
+        """Send ``requests`` for one turn; replies in order, an error in place of a failure.
+        Encoded as over Ray, so the partition checks a batch the same way from either host."""
         future = asyncio.run_coroutine_threadsafe(
-            self._parts[partition].handle_batch(requests), self._loop
+            self._parts[partition].handle_batch(m.encode_requests(requests)), self._loop
         )
         return await asyncio.wrap_future(future)
 

@@ -247,20 +247,26 @@ class Partition(ActivitySteps):
         self._post(request, future)
         return await future
 
-    async def handle_batch(self, requests: list[m.Request]) -> list[Any]:  # type: ignore[valid-type]  # reason: Request is a Union alias
-        """Queue checked requests for one turn; their replies, an error in place of each that
-        failed. ``AwaitResult`` in a batch must name a mailbox (a batch never waits on a run).
+    async def handle_batch(self, payload: bytes) -> list[Any]:
+        """Handle a batch encoded by ``messages.encode_requests`` in one turn: the replies in
+        order, an error in place of each request that failed.
+
+        The batch is checked whole before any of it is queued: a malformed one is refused
+        and none of its requests runs. ``AwaitResult`` in a batch must name a mailbox (a
+        batch never waits on a run).
 
         Raises:
+            PayloadError: malformed (the field named), or an ``AwaitResult`` without mailbox.
             PartitionUnavailable: the partition is closed.
         """
+        requests = m.decode_requests(payload)
+        if any(isinstance(r, m.AwaitResult) and r.mailbox is None for r in requests):
+            raise PayloadError("AwaitResult in a batch needs a mailbox")
         if self._closing:
             raise PartitionUnavailable(f"partition {self.index} is closed")
         loop = self._require_loop()
         futures = []
         for request in requests:
-            if isinstance(request, m.AwaitResult) and request.mailbox is None:
-                raise PayloadError("AwaitResult in a batch needs a mailbox")
             future = loop.create_future()
             self._inbox.append((request, future))
             futures.append(future)

@@ -252,7 +252,7 @@ class PartitionActor:
         if failure is not None:
             return failure
         try:
-            return await self._partition.handle_batch(m.decode_requests(payload))
+            return await self._partition.handle_batch(payload)
         except DuraflowError as exc:
             return _Failure(exc)
 
