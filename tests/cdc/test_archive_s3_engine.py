@@ -8,27 +8,21 @@ import logging
 import uuid
 from pathlib import Path
 
-import boto3
 import pytest
 
 import duraflow as df
 from duraflow.storage.catalog import S3Config
 from tests.cdc import consumer_crash_app as app
 from tests.cdc.test_archive_tiering import partition_rows
-from tests.storage.conftest import S3_ACCESS_KEY, S3_SECRET_KEY
+from tests.storage.conftest import S3_ACCESS_KEY, S3_SECRET_KEY, s3_client
 
 SECRETS = (S3_ACCESS_KEY, S3_SECRET_KEY)
 
 
 def bucket_keys(config: S3Config, bucket: str, prefix: str) -> list[str]:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=config.endpoint,
-        aws_access_key_id=config.access_key_id,
-        aws_secret_access_key=config.secret_access_key,
-        region_name=config.region,
+    pages = (
+        s3_client(config).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     )
-    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     return [item["Key"] for page in pages for item in page.get("Contents", [])]
 
 

@@ -6,6 +6,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -72,15 +73,19 @@ def s3_config(moto_endpoint: str) -> S3Config:
 @pytest.fixture
 def s3_bucket(s3_config: S3Config) -> str:
     """A new, empty bucket (pyiceberg creates none)."""
+    name = f"archive-{uuid.uuid4().hex[:12]}"
+    s3_client(s3_config).create_bucket(Bucket=name)
+    return name
+
+
+def s3_client(config: S3Config) -> Any:
+    """A boto3 S3 client of the moto server ``config`` points at."""
     import boto3
 
-    name = f"archive-{uuid.uuid4().hex[:12]}"
-    client = boto3.client(
+    return boto3.client(
         "s3",
-        endpoint_url=s3_config.endpoint,
-        aws_access_key_id=s3_config.access_key_id,
-        aws_secret_access_key=s3_config.secret_access_key,
-        region_name=s3_config.region,
+        endpoint_url=config.endpoint,
+        aws_access_key_id=config.access_key_id,
+        aws_secret_access_key=config.secret_access_key,
+        region_name=config.region,
     )
-    client.create_bucket(Bucket=name)
-    return name
