@@ -261,18 +261,22 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
             rows.append(
                 (f"W4 {size:,} parked: {metric}", *texts, _ratio(vals[1], vals[2], False), goal)
             )
-    for size, archived in (r.get("archive") or {}).items():
-        a1 = archived["a1"]
+    archives = r.get("archive") or {}
+    if archives:  # each DuckDB size is archived by a throughput run of its own: one row for all
+        rates = [archived["a1"]["end_to_end_events_per_s"] for archived in archives.values()]
+        events = next(iter(archives.values()))["a1"]["events"]
+        runs = f" ({len(rates)} runs)" if len(rates) > 1 else ""
         rows.append(
             (
-                f"W5 archive, {a1['events']:,} events into Iceberg",
-                f"{a1['end_to_end_events_per_s']:,.0f} events/s",
+                f"W5 archive, {events:,} events into Iceberg{runs}",
+                " / ".join(f"{rate:,.0f}" for rate in rates) + " events/s",
                 "",
                 "n/a",
                 "",
-                f">= 50,000/s: {_mark(a1['end_to_end_events_per_s'], 50_000, True)}",
+                f">= 50,000/s: {_mark(min(rates), 50_000, True)}",
             )
         )
+    for size, archived in archives.items():
         queries = archived["queries_after"]
         for title in ("group by event_type (full scan)", "workflows join activities"):
             rows.append(
