@@ -18,6 +18,7 @@ import contextlib
 import fcntl
 import json
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -71,14 +72,22 @@ def locked_state(board: str, key: str) -> Iterator[dict[str, Any]]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 20.0, what: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 20.0,
+    what: str = "condition",
+    seen: Callable[[], object] | None = None,
+) -> T:
+    """``predicate``'s first truthy value; on timeout, the error shows ``seen()`` (the
+    board's notes, say) so that a failure says what did happen."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            shown = "" if seen is None else f"; saw {seen()!r}"
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}{shown}")
         time.sleep(0.02)
 
 
@@ -163,8 +172,13 @@ def rc_bad_value(board: str) -> None:
 
 @df.activity(num_cpus=0.25)
 def rc_sleeper(board: str, key: str, seconds: float) -> str:
-    """Sleeps without heartbeating; notes whether it finished or was interrupted (ray.cancel)."""
+    """Sleeps without heartbeating; notes whether it finished or was interrupted (ray.cancel).
+
+    Also notes its process and SIGINT handler: ray.cancel interrupts a task through
+    ``_thread.interrupt_main``, which does nothing where SIGINT is not Python's handler."""
     note(board, key, "started")
+    handler = signal.getsignal(signal.SIGINT)
+    note(board, key, f"pid {os.getpid()} sigint {getattr(handler, '__name__', handler)}")
     try:
         end = time.monotonic() + seconds
         while time.monotonic() < end:
@@ -628,6 +642,7 @@ def test_start_to_close_timeout_cancels_the_ray_task(
             and n
         ),
         what="both attempts interrupted",
+        seen=lambda: notes(board, key),
     )
     assert 0 == seen["finished"]
 
@@ -661,6 +676,7 @@ def test_heartbeats_from_ray_tasks_reach_the_partition(ray_client: df.Client, bo
             for label in notes(board, after_silence.workflow_id)
         ),
         what="the silent attempt interrupted",
+        seen=lambda: notes(board, after_silence.workflow_id),
     )
 
     silent = client.start(
@@ -703,6 +719,7 @@ def test_cancel_and_terminate_stop_the_running_ray_task(ray_client: df.Client, b
         wait_until(
             lambda k=key: notes(board, k)["gate interrupted KeyboardInterrupt"],
             what=f"{key} gate interrupted",
+            seen=lambda k=key: notes(board, k),
         )
     time.sleep(0.2)  # time for a (wrongly) scheduled activity to show up
     assert {
