@@ -20,7 +20,7 @@ import os
 import re
 import socket
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -237,22 +237,20 @@ class PartitionActor:
 
     async def call(self, request: Any) -> Any:
         """One request to the partition; duraflow errors come back as values."""
-        failure = await self._wait_opened()
-        if failure is not None:
-            return failure
-        try:
-            return await self._partition.handle(request)
-        except DuraflowError as exc:
-            return _Failure(exc)
+        return await self._answer(self._partition.handle, request)
 
     async def call_batch(self, payload: bytes) -> Any:
         """Requests encoded by ``messages.encode_requests``, handled in one turn: their
         replies in order, each failure as a duraflow error value."""
+        return await self._answer(self._partition.handle_batch, payload)
+
+    async def _answer(self, handler: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
+        """``handler(arg)`` once the partition is open; a duraflow error as a value."""
         failure = await self._wait_opened()
         if failure is not None:
             return failure
         try:
-            return await self._partition.handle_batch(payload)
+            return await handler(arg)
         except DuraflowError as exc:
             return _Failure(exc)
 
