@@ -38,7 +38,7 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from duraflow.cdc.events import Event, encode_event
+from duraflow.cdc.events import Event, encode_event, event_type
 from duraflow.storage import codec
 
 PAYLOAD_FIELDS = frozenset({"args", "result", "payload"})
@@ -183,16 +183,15 @@ _ARROW = {
 # -- events to history rows -------------------------------------------------------------------
 
 _json = msgspec.json.Encoder()
-_fields_by_type: dict[type, tuple[str, tuple[str, ...], tuple[str, ...]]] = {}
+_fields_by_type: dict[type, tuple[tuple[str, ...], tuple[str, ...]]] = {}
 
 
-def _fields(cls: type) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
-    """(tag, plain fields, payload fields) of an event class, beyond the common ones."""
+def _fields(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(plain fields, payload fields) of an event class, beyond the common ones."""
     found = _fields_by_type.get(cls)
     if found is None:
         names = [n for n in cls.__struct_fields__ if n not in _COMMON_FIELDS]  # type: ignore[attr-defined]  # reason: every Event is a msgspec Struct
         found = (
-            cls.__struct_config__.tag,  # type: ignore[attr-defined]  # reason: as above
             tuple(n for n in names if n not in PAYLOAD_FIELDS),
             tuple(n for n in names if n in PAYLOAD_FIELDS),
         )
@@ -216,7 +215,7 @@ def _undecoded(data: bytes) -> dict[str, str]:
 
 def _data_json(event: Event) -> bytes:
     """UTF-8 JSON of an event's type-specific fields (see :func:`event_data`)."""
-    _, plain, payloads = _fields(type(event))
+    plain, payloads = _fields(type(event))
     fields = {name: getattr(event, name) for name in plain}
     for name in payloads:
         fields[name] = _decoded(getattr(event, name))
@@ -262,7 +261,7 @@ def history_rows(events: Sequence[Event], raw: Sequence[bytes] | None = None) ->
         "run_id": pa.array([e.run_id for e in events], pa.string()),
         "workflow_type": pa.array([e.workflow_type for e in events], pa.string()),
         "event_id": pa.array([e.event_id for e in events], pa.int64()),
-        "event_type": pa.array([_fields(type(e))[0] for e in events], pa.string()),
+        "event_type": pa.array([event_type(e) for e in events], pa.string()),
         "partition": pa.array([e.partition for e in events], pa.int32()),
         "lsn": pa.array([e.lsn for e in events], pa.int64()),
         "event_time": event_time,
