@@ -21,6 +21,7 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
     out = capsys.readouterr().out
     assert "| W1 20 x 3 activities, inline" in out
     assert "Ray vs DBOS" in out
+    assert "| W5 archive, " in out and ">= 50,000/s: " in out  # one throughput row
     for system in ("local", "ray"):
         assert 20 == results[system]["w1_throughput_inline"]["workflows"]
         assert 200 == results[system]["w4_parked_200"]["workflows"]
