@@ -62,8 +62,8 @@ class Terminate(Message, kw_only=True):
 
 class AwaitResult(Message, kw_only=True):
     """Wait for a run to close. With ``mailbox``, the reply comes at once: the run's
-    :class:`Outcome` if it is closed, else None, and the outcome goes to that mailbox when
-    the run closes (see :class:`CollectResults`)."""
+    :class:`Outcome` if it is closed, else :class:`Waiting`, and the outcome goes to that
+    mailbox when the run closes (see :class:`CollectResults`)."""
 
     run_id: str | None = None
     mailbox: str | None = None
@@ -126,8 +126,7 @@ class Archived(msgspec.Struct, frozen=True, kw_only=True):
 class CollectResults(msgspec.Struct, frozen=True, kw_only=True):
     """Take the outcomes waiting in ``mailbox`` (a client's, filled by ``AwaitResult`` with
     ``mailbox``); with ``wait_s`` > 0 the partition holds the request until one arrives or
-    the time is up. The reply is a list of :class:`MailedOutcome`, or None when the partition
-    does not know the mailbox (it restarted, or the mailbox expired): register again."""
+    the time is up. The reply is :class:`Mailed`."""
 
     mailbox: str
     wait_s: float = 0.0
@@ -168,6 +167,24 @@ class MailedOutcome(msgspec.Struct, frozen=True):
 
     requested_run_id: str | None
     outcome: Outcome
+
+
+class Waiting(msgspec.Struct, frozen=True):
+    """Reply to ``AwaitResult`` with a mailbox for a run still open: its outcome will be left
+    in the mailbox of this ``incarnation`` of the partition (mailboxes live in memory, so a
+    restarted partition, a new incarnation, has forgotten every registration)."""
+
+    incarnation: str
+
+
+class Mailed(msgspec.Struct, frozen=True):
+    """Reply to ``CollectResults``: the outcomes taken from the mailbox, and the partition's
+    ``incarnation``. A client whose runs were registered with another incarnation registers
+    them again; ``known`` is False when this incarnation has no such mailbox at all."""
+
+    incarnation: str
+    outcomes: list[MailedOutcome]
+    known: bool = True
 
 
 class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):

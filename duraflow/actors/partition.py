@@ -172,12 +172,16 @@ class Partition(ActivitySteps):
         self._mailboxes = Mailboxes()
         self._turn_count = 0
         self._turn_items = 0
+        self.incarnation = ""
+        """Set anew at each open: tells clients the partition restarted (and forgot its
+        mailboxes) even when a mailbox of the same name was made again since."""
 
     # -- lifetime -----------------------------------------------------------------------------
 
     async def open(self) -> None:
         """Open the SQLite file, load open runs, timers and activities, and start turning."""
         self._loop = asyncio.get_running_loop()
+        self.incarnation = uuid.uuid4().hex
         self._wake = asyncio.Event()
         self._store = PartitionStore(self._path, self._synchronous)
         self._load()
@@ -242,7 +246,8 @@ class Partition(ActivitySteps):
         if isinstance(request, m.ReadEvents):
             return await self._read_events(request)  # a read of committed rows: no turn
         if isinstance(request, m.CollectResults):
-            return await self._mailboxes.collect(request.mailbox, request.wait_s)
+            outcomes = await self._mailboxes.collect(request.mailbox, request.wait_s)
+            return m.Mailed(self.incarnation, outcomes or [], known=outcomes is not None)
         future = self._require_loop().create_future()
         self._post(request, future)
         return await future
@@ -554,8 +559,10 @@ class Partition(ActivitySteps):
         if open_run is not None and req.run_id in (None, open_run.row.run_id):
             if req.mailbox is not None:
                 self._mailboxes.register(req.mailbox)
-                open_run.mailed.append((req.mailbox, req.run_id))
-                return None  # the outcome goes to the mailbox
+                entry = (req.mailbox, req.run_id)
+                if entry not in open_run.mailed:  # a client registers again after a restart
+                    open_run.mailed.append(entry)
+                return m.Waiting(self.incarnation)  # the outcome goes to the mailbox
             if future is not None:
                 open_run.waiters.append(future)
             return _DEFERRED

@@ -291,6 +291,7 @@ class PartitionActor:
             "partitions": self._settings.partitions,
             "data_dir": self._settings.data_dir,
             "app_modules": list(self._settings.app_modules),
+            "incarnation": self._partition.incarnation,
             **self._partition.stats(),
         }
 

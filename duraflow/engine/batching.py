@@ -43,6 +43,11 @@ class _LoopState:
         self.queues: dict[int, list[tuple[Any, asyncio.Future[Any]]]] = {}
         self.mailbox = uuid.uuid4().hex
         self.waiting: dict[int, dict[_Key, list[asyncio.Future[m.Outcome]]]] = {}
+        self.registered: dict[int, dict[_Key, str | None]] = {}
+        """Per partition, the incarnation each waited-for run was registered with (None while
+        its registration is on the way)."""
+        self.incarnations: dict[int, str] = {}
+        """The newest incarnation each partition answered with."""
         self.collectors: dict[int, asyncio.Task[None]] = {}
 
 
@@ -118,19 +123,44 @@ class Batcher:
                 waiting[key].remove(future)
                 if not waiting[key]:
                     del waiting[key]
+                    state.registered.get(partition, {}).pop(key, None)
 
     async def _register(self, state: _LoopState, partition: int, key: _Key) -> None:
+        """Register ``key`` with this loop's mailbox at ``partition``; settle it at once if
+        the run is closed already."""
+        registered = state.registered.setdefault(partition, {})
+        registered[key] = None
         request = m.AwaitResult(workflow_id=key[0], run_id=key[1], mailbox=state.mailbox)
         try:
-            outcome = await self.call(partition, request)
+            reply = await self.call(partition, request)
         except Exception as exc:  # reason: WorkflowNotFound and friends go to the waiters
             self._settle(state, partition, key, error=exc)
             return
-        if outcome is not None:
-            self._settle(state, partition, key, outcome=outcome)
-        elif partition not in state.collectors:
+        if isinstance(reply, m.Outcome):
+            self._settle(state, partition, key, outcome=reply)
+            return
+        if key not in state.waiting.get(partition, {}):
+            return  # nobody waits any more
+        registered[key] = reply.incarnation
+        self._seen(state, partition, reply.incarnation)
+        if partition not in state.collectors:
             task = asyncio.get_running_loop().create_task(self._collect(state, partition))
             state.collectors[partition] = task
+
+    def _seen(self, state: _LoopState, partition: int, incarnation: str) -> list[Any]:
+        """``partition`` answered as ``incarnation``: if that is new, it restarted and forgot
+        its mailboxes, so every run registered with an earlier incarnation is registered
+        again. Returns the re-registrations started."""
+        if state.incarnations.get(partition) == incarnation:
+            return []
+        state.incarnations[partition] = incarnation
+        registered = state.registered.get(partition, {})
+        stale = [k for k, seen in registered.items() if seen is not None and seen != incarnation]
+        return self._register_again(state, partition, stale)
+
+    def _register_again(self, state: _LoopState, partition: int, keys: list[_Key]) -> list[Any]:
+        loop = asyncio.get_running_loop()
+        return [loop.create_task(self._register(state, partition, key)) for key in keys]
 
     async def _collect(self, state: _LoopState, partition: int) -> None:
         """Long-poll this loop's mailbox at ``partition`` while anything waits there."""
@@ -139,17 +169,21 @@ class Batcher:
         try:
             while waiting:
                 try:
-                    mailed = await self._host.call(partition, request)
+                    mailed: m.Mailed = await self._host.call(partition, request)
                 except Exception as exc:  # reason: the partition is gone for good; say so
                     for key in list(waiting):
                         self._settle(state, partition, key, error=exc)
                     return
-                if mailed is None:  # the partition restarted and forgot the mailbox
-                    await asyncio.gather(*(self._register(state, partition, k) for k in waiting))
-                    continue
-                for item in mailed:
+                for item in mailed.outcomes:
                     key = (item.outcome.workflow_id, item.requested_run_id)
                     self._settle(state, partition, key, outcome=item.outcome)
+                again = self._seen(state, partition, mailed.incarnation)
+                if not mailed.known:  # restarted, or the mailbox expired: register again
+                    registered = state.registered.get(partition, {})
+                    keys = [k for k, seen in registered.items() if seen is not None]
+                    again += self._register_again(state, partition, keys)
+                if again:
+                    await asyncio.gather(*again)
         finally:
             del state.collectors[partition]
 
@@ -162,6 +196,7 @@ class Batcher:
         outcome: m.Outcome | None = None,
         error: BaseException | None = None,
     ) -> None:
+        state.registered.get(partition, {}).pop(key, None)
         for future in state.waiting.get(partition, {}).pop(key, []):
             if future.done():
                 continue

@@ -96,6 +96,13 @@ async def fo_order(ctx: df.WorkflowContext, n: int, log: str, wanted: list[str])
     return {"n": n, "steps": [first, remote["value"], last], "signals": got}
 
 
+@df.workflow
+async def fo_parked(ctx: df.WorkflowContext, n: int) -> dict[str, Any]:
+    """Waits for one signal (bounded, so a lost one shows as a wrong result, not a hang)."""
+    got = await ctx.wait_for_signal(SIGNAL, timeout=SIGNAL_TIMEOUT_S, default=None)
+    return {"n": n, "got": got}
+
+
 def expected_steps(n: int) -> list[int]:
     return [step_value(n, 0), step_value(n, 5), step_value(n, 1)]
 

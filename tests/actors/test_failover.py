@@ -391,6 +391,69 @@ def test_sigkill_of_a_partition_actor_mid_run_loses_nothing_and_repeats_nothing(
     assert slept, "no durable sleep was pending at the kill"
 
 
+@pytest.mark.timeout(150)
+def test_result_waits_made_before_a_kill_return_when_new_waits_reach_the_restart_first(
+    ray_engine: df.Engine, ray_client: df.Client
+) -> None:
+    """Waits registered with a partition that is then killed must be registered again with
+    its new incarnation, even when newer waits of the same client reach the restarted
+    partition first (and so make its mailbox again before the client's long-poll does).
+
+    Which call reaches the new actor first is a race: new waits are sent every few ms all
+    through the outage (Ray queues calls made in the last part of a restart), so some are
+    queued ahead of the client's long-poll retry, as in the runs where waits were lost."""
+    host: Any = ray_client._host  # type: ignore[attr-defined]  # reason: the test needs the actors
+    victim = 0
+    handle = host._handles[victim]
+    before = actor_status(handle)
+    parked_ids = wids_of_partition("fo-parked", victim, 30)
+    later_ids = wids_of_partition("fo-later", victim, 60)
+    during_ids = wids_of_partition("fo-during", victim, 10)
+
+    async def start(wids: list[str]) -> list[df.WorkflowHandle]:
+        started = ray_client.start_async
+        return list(
+            await asyncio.gather(
+                *(started(flows.fo_parked, i, workflow_id=w) for i, w in enumerate(wids))
+            )
+        )
+
+    async def scenario() -> list[Any]:
+        deadline = time.monotonic() + 100
+        parked = await start(parked_ids)
+        later = await start(later_ids)  # their results are waited for during the outage
+        waits = [asyncio.ensure_future(h.result_async(timeout=90)) for h in parked]
+        batcher = ray_client._batcher  # type: ignore[attr-defined]  # reason: see the wait below
+        loop_state = batcher._loops[asyncio.get_running_loop()]
+        while victim not in loop_state.collectors:  # registered: the long-poll has begun
+            assert time.monotonic() < deadline, "the waits were never registered"
+            await asyncio.sleep(POLL_S)
+
+        kill_pid(before["pid"])
+        during = asyncio.ensure_future(start(during_ids))  # retried until the actor is back
+        restarted = asyncio.ensure_future(wait_restarted(handle, before["pid"], deadline))
+        for h in later:
+            waits.append(asyncio.ensure_future(h.result_async(timeout=90)))
+            await asyncio.sleep(0.03)
+        await restarted
+        fresh = await during
+        waits += [asyncio.ensure_future(h.result_async(timeout=90)) for h in fresh]
+        await asyncio.sleep(0.5)
+        errors: list[BaseException] = []
+        await asyncio.gather(
+            *(send_until_acked(h, "go", deadline, errors) for h in [*parked, *later, *fresh])
+        )
+        return list(await asyncio.gather(*waits, return_exceptions=True))
+
+    results = asyncio.run(scenario())
+
+    lost = [r for r in results if isinstance(r, BaseException)]
+    assert [] == lost, f"{len(lost)} of {len(results)} waits did not return: {lost[0]!r}"
+    assert all(r["got"] is not None and r["got"]["key"] == "go" for r in results), results
+    assert 100 == len(results)
+    assert actor_status(handle)["incarnation"] != before["incarnation"]
+
+
 # -- 2. fencing: one live actor per partition file -------------------------------------------------
 
 
