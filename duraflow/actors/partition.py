@@ -572,22 +572,32 @@ class Partition(ActivitySteps):
     def _describe(self, req: m.Describe) -> m.WorkflowDescription:
         open_run = self._open.get(req.workflow_id)
         if open_run is not None and req.run_id in (None, open_run.row.run_id):
-            wid, rid = open_run.key
-            pending = sorted(
-                attempt.definition.name
-                for seq in open_run.activity_seqs
-                if (attempt := self._attempts.get((wid, rid, seq))) is not None
-            )
-            return _description(
-                open_run.row, self._last_event_id(open_run), pending, open_run.stuck, self.index
-            )
+            return self._open_description(open_run, self._last_event_id(open_run))
         row = self._closed_row(req.workflow_id, req.run_id)
         history = self._db().last_event_id(row.workflow_id, row.run_id)
         return _description(row, history, [], None, self.index)
 
     def _list(self, req: m.ListWorkflows) -> list[m.WorkflowDescription]:
-        rows = self._db().list_workflows(req.status, req.workflow_type, req.limit)
-        return [_description(row, 0, [], None, self.index) for row in rows]
+        """What describe() says of each run: open runs from memory, lengths from one query."""
+        listed = self._db().list_workflows(req.status, req.workflow_type, req.limit)
+        out = []
+        for row, history in listed:
+            open_run = self._open.get(row.workflow_id)
+            if open_run is not None and open_run.row.run_id == row.run_id:
+                known = open_run.last_event_id
+                out.append(self._open_description(open_run, history if known is None else known))
+            else:
+                out.append(_description(row, history, [], None, self.index))
+        return out
+
+    def _open_description(self, open_run: OpenRun, history: int) -> m.WorkflowDescription:
+        wid, rid = open_run.key
+        pending = sorted(
+            attempt.definition.name
+            for seq in open_run.activity_seqs
+            if (attempt := self._attempts.get((wid, rid, seq))) is not None
+        )
+        return _description(open_run.row, history, pending, open_run.stuck, self.index)
 
     def _archived(self, req: m.Archived) -> None:
         if req.lsn > self._archived_lsn:

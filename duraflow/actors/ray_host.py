@@ -46,6 +46,7 @@ from duraflow.engine.definitions import (
     ActivityDefinition,
     main_module_definitions,
     register_definitions,
+    set_process_role,
 )
 from duraflow.errors import (
     ConfigurationError,
@@ -202,6 +203,9 @@ class PartitionActor:
 
     async def __init__(self, index: int, settings: bytes, shipped: bytes | None = None) -> None:
         self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
+        set_process_role(
+            f"the Ray partition actor {index} of namespace {self._settings.namespace!r}"
+        )
         for module in self._settings.app_modules:
             __import__(module)
         if shipped is not None:

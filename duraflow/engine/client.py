@@ -523,7 +523,8 @@ class Client:
     async def list_async(
         self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000
     ) -> list[m.WorkflowDescription]:
-        """Runs across all partitions, newest first, filtered by status and type."""
+        """Runs across all partitions, newest first, filtered by status and type; each as
+        ``describe()`` gives it (``stuck``, ``history_length``, ``pending_activities``)."""
         request = m.ListWorkflows(status=status, workflow_type=workflow_type, limit=limit)
         parts = await asyncio.gather(
             *(self._host.call(p, request) for p in range(self._host.partitions))

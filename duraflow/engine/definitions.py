@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import importlib
 import inspect
+import os
 import re
+import sys
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -304,29 +305,47 @@ def activity_definition(fn: Callable[..., Any]) -> ActivityDefinition:
 
 
 def resolve_workflow(name: str, code_ref: str = "") -> WorkflowDefinition:
-    """Find a workflow type by name, importing ``module:qualname`` from history if needed."""
+    """Find a workflow type by name, importing ``module:qualname`` from history if needed.
+
+    Raises:
+        UnknownWorkflowType: not registered; when ``code_ref`` names a module, the message says
+            whether this process could not import it (with the import error, the ``sys.path``
+            it searched and what to do) or imported it and found no such workflow there.
+    """
     found = _workflows.get(name)
     if found is None and code_ref:
-        _import_module_of(code_ref)
+        problem = _import_module_of(code_ref)
         found = _workflows.get(name)
+        if found is None:
+            raise UnknownWorkflowType(
+                f"unknown workflow type {name!r}: {_why_missing('workflow', code_ref, problem)}"
+            )
     if found is None:
         raise UnknownWorkflowType(
-            f"unknown workflow type {name!r} (recorded as {code_ref or 'no module'}): import the "
-            "module that defines it before opening the engine"
+            f"unknown workflow type {name!r}: no @workflow of that name is registered in "
+            f"{_this_process()}; import the module that defines it before opening the engine"
         )
     return found
 
 
 def resolve_activity(name: str, code_ref: str = "") -> ActivityDefinition:
-    """Find an activity by name, importing ``module:qualname`` from history if needed."""
+    """Find an activity by name, importing ``module:qualname`` from history if needed.
+
+    Raises:
+        UnknownActivity: as :func:`resolve_workflow` says for workflow types.
+    """
     found = _activities.get(name)
     if found is None and code_ref:
-        _import_module_of(code_ref)
+        problem = _import_module_of(code_ref)
         found = _activities.get(name)
+        if found is None:
+            raise UnknownActivity(
+                f"unknown activity {name!r}: {_why_missing('activity', code_ref, problem)}"
+            )
     if found is None:
         raise UnknownActivity(
-            f"unknown activity {name!r} (recorded as {code_ref or 'no module'}): import the "
-            "module that defines it before opening the engine"
+            f"unknown activity {name!r}: no @activity of that name is registered in "
+            f"{_this_process()}; import the module that defines it before opening the engine"
         )
     return found
 
@@ -352,9 +371,74 @@ def register_definitions(definitions: list[WorkflowDefinition | ActivityDefiniti
                 _activities[definition.name] = definition
 
 
-def _import_module_of(code_ref: str) -> None:
+# -- why recorded code cannot be found ------------------------------------------------------------
+
+_process_role = ""
+SEARCH_PATH_SHOWN = 8
+"""``sys.path`` entries an import error lists (those of the Python installation are counted)."""
+
+
+def set_process_role(role: str) -> None:
+    """Say what this process is (``"the Ray partition actor 3"``) in errors about code it
+    cannot import; a host calls it once when it starts."""
+    global _process_role
+    _process_role = role
+
+
+def _this_process() -> str:
+    return f"{_process_role or 'this process'} (pid {os.getpid()})"
+
+
+def _import_module_of(code_ref: str) -> BaseException | None:
+    """Import the module of ``module:qualname``; what went wrong, or None."""
     module = code_ref.partition(":")[0]
-    if module and module != "__main__":
-        # A missing module is reported by the caller as an unknown type, with the name.
-        with contextlib.suppress(ImportError):
-            importlib.import_module(module)
+    if not module or module == "__main__" or module in sys.modules:
+        return None
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # reason: any error raised by the module's import is reported
+        return exc
+    return None
+
+
+def _why_missing(kind: str, code_ref: str, problem: BaseException | None) -> str:
+    """Why the registry has no entry for code recorded as ``code_ref``, and what to do."""
+    module, _, qualname = code_ref.partition(":")
+    if module == "__main__":
+        return (
+            f"it was recorded as {code_ref!r}, a script's __main__, which {_this_process()} "
+            f"cannot import: define the @{kind} in a module, or open the engine from that "
+            "script again"
+        )
+    if problem is None:
+        return (
+            f"{_this_process()} imported module {module!r}, but it registers no @{kind} of "
+            f"that name (recorded as {code_ref!r}): was {qualname!r} renamed, removed or "
+            f"left undecorated? Make it an @{kind} of that name again"
+        )
+    return (
+        f"{_this_process()} could not import module {module!r} (recorded as {code_ref!r}): "
+        f"{type(problem).__name__}: {problem}. It searched sys.path {_search_path()}. "
+        f"Make {module!r} importable there: serve with `duraflow serve --app {module}`, start "
+        "the driver from the directory that holds it (Ray puts the driver's working "
+        "directory on its actors' sys.path), or ship it with Ray's runtime_env "
+        f"(ray.init(runtime_env={{'py_modules': [{module}]}}) before opening the engine)"
+    )
+
+
+def _search_path() -> str:
+    """``sys.path`` for an error message: the Python installation's entries only counted."""
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    # <prefix>/lib holds the standard library, lib-dynload and site-packages (lib64, Lib too)
+    install = tuple(os.path.normcase(os.path.join(p, "lib")) for p in prefixes)
+    ours: list[str] = []
+    theirs = 0
+    for entry in dict.fromkeys(sys.path):  # once each, in order
+        if os.path.normcase(entry).startswith(install):
+            theirs += 1
+        else:
+            ours.append(repr(entry) if entry else f"'' (the working directory, {os.getcwd()!r})")
+    shown = ours[:SEARCH_PATH_SHOWN]
+    more = len(ours) - len(shown)
+    text = ", ".join(shown) + (f", and {more} more" if more else "")
+    return f"[{text}] and {theirs} entries of the Python installation"

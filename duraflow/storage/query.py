@@ -208,6 +208,8 @@ LIVE_WORKFLOWS = pa.schema(
         ("error_type", pa.string()),
         ("error_message", pa.string()),
         ("stuck", pa.string()),
+        ("history_length", pa.int64()),
+        ("pending_activities", pa.list_(pa.string())),
         ("partition", pa.int32()),
     ]
 )

@@ -185,7 +185,8 @@ class PartitionStore:
 
     def list_workflows(
         self, status: str | None, workflow_type: str | None, limit: int
-    ) -> list[WorkflowRow]:
+    ) -> list[tuple[WorkflowRow, int]]:
+        """Runs newest first, each with its history length (events recorded), in one query."""
         sql = f"SELECT {_WORKFLOW_COLUMNS} FROM workflows"
         clauses, params = [], []
         if status is not None:
@@ -197,8 +198,15 @@ class PartitionStore:
         if clauses:
             sql += " WHERE " + " AND ".join(clauses)
         sql += " ORDER BY started_at_us DESC LIMIT ?"
+        # Lengths only for the runs within the limit, each max() one seek in history_by_run
+        # (100,000 runs: ~1.5-2.5 us a run over ~3.6 us for the rows alone). The outer query
+        # keeps the inner one's order (SQLite runs it as a co-routine); the client re-sorts.
+        sql = (
+            f"SELECT w.*, (SELECT max(event_id) FROM workflow_history AS h "
+            f"WHERE h.workflow_id = w.workflow_id AND h.run_id = w.run_id) FROM ({sql}) AS w"
+        )
         rows = self._conn.execute(sql, (*params, limit)).fetchall()
-        return [WorkflowRow(*r) for r in rows]
+        return [(WorkflowRow(*r[:-1]), int(r[-1] or 0)) for r in rows]
 
     # -- history ----------------------------------------------------------------------------
 
