@@ -58,7 +58,7 @@ from duraflow.storage.query import ArchiveQuery, open_query
 
 DEFAULT_ADDRESS = "auto"
 DEFAULT_S3_REGION = "us-east-1"
-_NUMBER = re.compile(r"\d+(\.\d*)?|\.\d+")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 EXIT_FAILED = 1
 EXIT_ERROR = 2
 

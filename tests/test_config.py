@@ -154,9 +154,7 @@ def test_bad_s3_options_of_serve_exit_2_at_once(
     assert message in err and KEY_ID not in err
 
 
-def test_ray_actors_report_the_config_the_engine_built(
-    ray_session: None, tmp_path: Path
-) -> None:
+def test_ray_actors_report_the_config_the_engine_built(ray_session: None, tmp_path: Path) -> None:
     from duraflow.actors import ray_host
 
     namespace = f"test-{uuid.uuid4().hex[:12]}"

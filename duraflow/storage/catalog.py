@@ -21,7 +21,7 @@ from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
-from duraflow.config import S3Config
+from duraflow.config import S3Config  # also importable from here, as before
 from duraflow.errors import ConfigurationError
 from duraflow.storage.archive_schema import TABLES, TableSpec
 
