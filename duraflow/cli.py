@@ -1,6 +1,7 @@
 """The ``duraflow`` command: serve a data directory on a Ray cluster, and thin client commands.
 
     duraflow serve --data-dir DIR --app mypackage.workflows [--partitions P] [--address auto]
+                   [--retention D] [--warehouse s3://bucket/prefix] [--s3-endpoint URL] ...
     duraflow status | stop
     duraflow list [--status S] [--type T] | describe ID | result ID [--timeout S]
     duraflow signal ID NAME [JSON] | cancel ID | terminate ID [--reason R]
@@ -22,6 +23,7 @@ import datetime as dt
 import decimal
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -32,14 +34,31 @@ import msgspec
 
 from duraflow import runtime
 from duraflow.cdc.consumer import archive_paths
+from duraflow.config import (
+    COMMIT_INTERVAL_S,
+    DEFAULT_ACTIVITY_THREADS,
+    DEFAULT_NAMESPACE,
+    DEFAULT_RETENTION_S,
+    IDLE_BEFORE_HIBERNATE_S,
+    EngineConfig,
+    S3Config,
+)
 from duraflow.engine.client import Client
-from duraflow.errors import ConfigurationError, DuraflowError, ResultTimeout, WorkflowFailedError
-from duraflow.storage.catalog import CATALOG_FILE, S3Config
+from duraflow.engine.definitions import parse_duration
+from duraflow.errors import (
+    ConfigurationError,
+    DuraflowError,
+    InvalidDuration,
+    ResultTimeout,
+    WorkflowFailedError,
+)
+from duraflow.storage.catalog import CATALOG_FILE
 from duraflow.storage.codec import to_json
 from duraflow.storage.query import ArchiveQuery, open_query
 
 DEFAULT_ADDRESS = "auto"
-DEFAULT_NAMESPACE = "duraflow"
+DEFAULT_S3_REGION = "us-east-1"
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 EXIT_FAILED = 1
 EXIT_ERROR = 2
 
@@ -71,25 +90,18 @@ def _serve(args: argparse.Namespace) -> int:
     # driver's current directory on the partition actors' sys.path too).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    served = runtime.serve(
-        args.data_dir,
-        address=args.address,
-        app_modules=args.app,
-        partitions=args.partitions,
-        namespace=args.namespace,
-        synchronous=args.synchronous,
-        partition_resources=args.partition_resources,
-        timeout=args.timeout,
-    )
+    served = runtime.serve(_serve_config(args), address=args.address, timeout=args.timeout)
+    config = served.config
     what = "Already serving" if served.already_running else "Serving"
-    apps = ", ".join(served.app_modules) or "none"
+    apps = ", ".join(config.app_modules) or "none"
     print(
-        f"{what} {served.data_dir} ({served.partitions} partitions, app modules: {apps}) "
-        f"in Ray namespace {served.namespace!r}."
+        f"{what} {config.data_dir} ({config.partitions} partitions, app modules: {apps}) "
+        f"in Ray namespace {config.namespace!r}."
     )
+    print(_archive_line(config))
     print()
     _print_table(served.statuses)
-    ns = served.namespace
+    ns = config.namespace
     options = f"--namespace {ns}" + ("" if args.address == "auto" else f" --address {args.address}")
     print(
         f"""
@@ -106,6 +118,66 @@ driver of the cluster:
     if args.address != "auto":
         print("\n(With an explicit address Ray sends its token only if RAY_AUTH_MODE=token.)")
     return 0
+
+
+def _serve_config(args: argparse.Namespace) -> EngineConfig:
+    """The config ``duraflow serve`` serves: built from its options by the same function as
+    ``df.Engine``'s, so a setting either has an option here or cannot be served."""
+    return runtime.engine_config(
+        args.data_dir,
+        partitions=args.partitions,
+        namespace=args.namespace,
+        synchronous=args.synchronous,
+        activity_threads=args.activity_threads,
+        max_resident_runs=args.max_resident_runs,
+        hibernate_after=args.hibernate_after,
+        retention=args.retention,
+        archive=args.archive,
+        warehouse=args.warehouse,
+        s3=_s3_config(args.warehouse, args.s3_endpoint, args.s3_region),
+        archive_interval=args.archive_interval,
+        app_modules=args.app,
+        partition_resources=args.partition_resources,
+    )
+
+
+def _s3_config(warehouse: str | None, endpoint: str | None, region: str | None) -> S3Config | None:
+    """The S3 settings of an ``s3://`` warehouse: endpoint and region from the options, the
+    credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (never from the command
+    line, where any local user sees them); without those the actors use their own.
+
+    Raises:
+        ConfigurationError: S3 options without an ``s3://`` warehouse, or only one of the two
+            credential variables set.
+    """
+    if warehouse is None or not warehouse.startswith("s3://"):
+        if endpoint is not None or region is not None:
+            raise ConfigurationError("--s3-endpoint and --s3-region go with an s3:// --warehouse")
+        return None
+    key_id, secret = os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_SECRET_ACCESS_KEY")
+    if bool(key_id) != bool(secret):
+        raise ConfigurationError(
+            "set both AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the S3 warehouse, or neither "
+            "(then the archive's consumer signs in with its own AWS environment)"
+        )
+    return S3Config(
+        endpoint=endpoint,
+        access_key_id=key_id or None,
+        secret_access_key=secret or None,
+        region=region or DEFAULT_S3_REGION,
+    )
+
+
+def _archive_line(config: EngineConfig) -> str:
+    if not config.archive:
+        return "No archive (--no-archive): closed runs stay in the partitions."
+    where = config.warehouse or str(Path(config.data_dir) / "archive" / "warehouse")
+    if config.s3 is not None and config.s3.endpoint:
+        where += f" (endpoint {config.s3.endpoint})"
+    return (
+        f"Archive: {where}, committed every {config.archive_interval_s:g}s; closed runs leave "
+        f"the partitions {config.retention_s:g}s after they are archived."
+    )
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -342,6 +414,18 @@ def _resources(text: str) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _duration(text: str) -> float:
+    """Seconds (``90``) or a duration string (``1m30s``)."""
+    try:
+        return parse_duration(float(text) if _NUMBER.fullmatch(text.strip()) else text)
+    except InvalidDuration as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _duration_or_never(text: str) -> float | None:
+    return None if text.strip().lower() == "never" else _duration(text)
+
+
 def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
     def parse(text: str) -> Any:
         try:
@@ -420,6 +504,67 @@ def _parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help="custom Ray resources each partition actor asks for, e.g. '{\"duraflow\": 1}': "
         "partitions then run only on nodes started with them (ray start --resources=...)",
+    )
+    p.add_argument(
+        "--activity-threads",
+        type=_positive(int),
+        default=DEFAULT_ACTIVITY_THREADS,
+        help="threads for sync activities run in a partition's process (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-resident-runs",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="per partition, runs kept in memory between turns (default: no cap)",
+    )
+    p.add_argument(
+        "--hibernate-after",
+        type=_duration_or_never,
+        default=IDLE_BEFORE_HIBERNATE_S,
+        metavar="DURATION",
+        help="runs idle this long are dropped from memory until woken, e.g. 30s, 5m; 'never' "
+        "keeps them (default %(default)gs)",
+    )
+    archive = p.add_argument_group("archive")
+    archive.add_argument(
+        "--no-archive",
+        dest="archive",
+        action="store_false",
+        help="run no archive consumer (closed runs then stay in the partitions)",
+    )
+    archive.add_argument(
+        "--retention",
+        type=_duration,
+        default=DEFAULT_RETENTION_S,
+        metavar="DURATION",
+        help="how long a closed run stays in its partition's file once archived, e.g. 1h, 7d, "
+        "0 (default %(default)gs)",
+    )
+    archive.add_argument(
+        "--archive-interval",
+        type=_duration,
+        default=COMMIT_INTERVAL_S,
+        metavar="DURATION",
+        help="how often warm segments are committed to the Iceberg tables (default %(default)gs)",
+    )
+    archive.add_argument(
+        "--warehouse",
+        default=None,
+        help="where the Iceberg tables' files go: s3://bucket/prefix (the bucket must exist), "
+        "a path or a file:// URI (default DATA_DIR/archive/warehouse)",
+    )
+    archive.add_argument(
+        "--s3-endpoint",
+        default=None,
+        metavar="URL",
+        help="with an s3:// warehouse: the endpoint of an S3-compatible store (default: AWS); "
+        "credentials come from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+    )
+    archive.add_argument(
+        "--s3-region",
+        default=None,
+        help=f"with an s3:// warehouse: the bucket's region (default {DEFAULT_S3_REGION})",
     )
     p.add_argument(
         "--timeout",

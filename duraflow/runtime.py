@@ -13,18 +13,25 @@ from typing import Any, Protocol
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.actors.partition import DEFAULT_RETENTION_S
-from duraflow.cdc.consumer import COMMIT_INTERVAL_S, Consumer, ConsumerThread, archive_paths
+from duraflow.cdc.consumer import Consumer, ConsumerThread, archive_paths
+from duraflow.config import (
+    COMMIT_INTERVAL_S,
+    DEFAULT_ACTIVITY_THREADS,
+    DEFAULT_DATA_DIR,
+    DEFAULT_NAMESPACE,
+    DEFAULT_PARTITIONS,
+    DEFAULT_RETENTION_S,
+    DEFAULT_SYNCHRONOUS,
+    IDLE_BEFORE_HIBERNATE_S,
+    EngineConfig,
+    S3Config,
+)
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
-from duraflow.storage.catalog import S3Config
 from duraflow.storage.query import ArchiveReader
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
-DEFAULT_DATA_DIR = ".duraflow"
-DEFAULT_PARTITIONS = 4
-IDLE_BEFORE_HIBERNATE_S = 60.0
 RUNTIMES = ("ray", "local")
 DEPLOYMENT_FILE = "deployment.json"
 ANSWER_MARGIN_S = 10.0
@@ -47,8 +54,9 @@ class Deployment(msgspec.Struct, frozen=True):
     format: int = DATA_FORMAT
 
 
-def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
-    """Read (or, on first start, write) the deployment record of ``data_dir``.
+def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
+    """The partition count of ``data_dir``: the recorded one, or for a new data directory
+    ``partitions`` (default 4). Writes nothing.
 
     Raises:
         ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
@@ -61,16 +69,89 @@ def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
                 f"{data_dir} was created with partitions={recorded.partitions}; it cannot be "
                 f"opened with partitions={partitions} (workflow IDs are routed by that number)"
             )
-        return recorded
+        return recorded.partitions
     count = DEFAULT_PARTITIONS if partitions is None else partitions
     if not isinstance(count, int) or count < 1:
         raise ConfigurationError(f"partitions must be an integer >= 1, got {partitions!r}")
+    return count
+
+
+def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
+    """Read (or, on first start, write) the deployment record of ``data_dir``.
+
+    Raises:
+        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
+    """
+    count = recorded_partitions(data_dir, partitions)
+    path = data_dir / DEPLOYMENT_FILE
+    if path.exists():
+        return msgspec.json.decode(path.read_bytes(), type=Deployment)
     data_dir.mkdir(parents=True, exist_ok=True)
     deployment = Deployment(partitions=count)
     tmp = path.with_suffix(".tmp")
     tmp.write_bytes(msgspec.json.encode(deployment))
     os.replace(tmp, path)
     return deployment
+
+
+def engine_config(
+    data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
+    *,
+    partitions: int | None = None,
+    namespace: str | None = None,
+    synchronous: str = DEFAULT_SYNCHRONOUS,
+    activity_threads: int = DEFAULT_ACTIVITY_THREADS,
+    max_resident_runs: int | None = None,
+    hibernate_after: Duration | None = IDLE_BEFORE_HIBERNATE_S,
+    retention: Duration = DEFAULT_RETENTION_S,
+    archive: bool = True,
+    warehouse: str | None = None,
+    s3: S3Config | None = None,
+    archive_interval: Duration = COMMIT_INTERVAL_S,
+    app_modules: Sequence[str] = (),
+    partition_resources: dict[str, float] | None = None,
+) -> EngineConfig:
+    """The one :class:`EngineConfig` that :class:`Engine` and ``duraflow serve`` (through
+    :func:`serve`) build from their options: the same options give the same config on every
+    path. Durations are parsed here; the data directory is only read (its partition count).
+
+    Raises:
+        ConfigurationError: a partition count that differs from the recorded one, or an
+            unknown ``synchronous`` mode.
+        InvalidDuration: a duration that cannot be parsed.
+    """
+    path = Path(data_dir).resolve()
+    mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
+    if mode not in SYNCHRONOUS_MODES:
+        raise ConfigurationError(
+            f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}"
+        )
+    return EngineConfig(
+        data_dir=str(path),
+        partitions=recorded_partitions(path, partitions),
+        namespace=namespace or DEFAULT_NAMESPACE,
+        synchronous=mode,
+        activity_threads=activity_threads,
+        max_resident_runs=max_resident_runs,
+        hibernate_after_s=(
+            None if hibernate_after is None else parse_duration(hibernate_after, "hibernate_after")
+        ),
+        retention_s=parse_duration(retention, "retention"),
+        archive=archive,
+        warehouse=warehouse,
+        s3=s3,
+        archive_interval_s=parse_duration(archive_interval, "archive_interval"),
+        app_modules=tuple(app_modules),
+        partition_resources=None if partition_resources is None else dict(partition_resources),
+    )
+
+
+def archive_reader(config: EngineConfig) -> ArchiveReader | None:
+    """How a client reads the archive of ``config`` (None without an archive)."""
+    if not config.archive:
+        return None
+    root, warm = archive_paths(Path(config.data_dir))
+    return ArchiveReader(root, warm, warehouse=config.warehouse, s3=config.s3)
 
 
 class Engine:
@@ -100,6 +181,15 @@ class Engine:
             that resource (Ray runtime only; default: none).
         retention: how long a closed run stays in its partition's file once the archive has
             it (default 24 h; 0 allowed); after that it is answered from the archive only.
+        archive: run the archive's consumer (warm Parquet, then Iceberg; default True).
+        warehouse: where the Iceberg tables' files go: ``s3://bucket/prefix``, a path or a
+            ``file://`` URI (default ``data_dir/archive/warehouse``).
+        s3: endpoint, region and credentials of an ``s3://`` warehouse.
+        archive_interval: how often warm segments are committed to Iceberg (default 5 s).
+
+    These settings become one :class:`~duraflow.config.EngineConfig` (``engine.config``),
+    the same that ``duraflow serve`` builds from its options; partitions and the archive's
+    consumer take every setting from it.
 
     Workflow and activity modules must be imported before the engine opens a data directory
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
@@ -112,8 +202,8 @@ class Engine:
         *,
         runtime: str = "ray",
         partitions: int | None = None,
-        synchronous: str = "FULL",
-        activity_threads: int = 64,
+        synchronous: str = DEFAULT_SYNCHRONOUS,
+        activity_threads: int = DEFAULT_ACTIVITY_THREADS,
         max_resident_runs: int | None = None,
         hibernate_after: Duration | None = IDLE_BEFORE_HIBERNATE_S,
         address: str | None = None,
@@ -127,64 +217,43 @@ class Engine:
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-        self.data_dir = Path(data_dir).resolve()
+        self.config = engine_config(
+            data_dir,
+            partitions=partitions,
+            namespace=namespace,
+            synchronous=synchronous,
+            activity_threads=activity_threads,
+            max_resident_runs=max_resident_runs,
+            hibernate_after=hibernate_after,
+            retention=retention,
+            archive=archive,
+            warehouse=warehouse,
+            s3=s3,
+            archive_interval=archive_interval,
+            partition_resources=partition_resources,
+        )
+        """Every setting of this engine, as its partitions and archive consumer got them."""
+        self.data_dir = Path(self.config.data_dir)
         self.runtime = runtime
         self.namespace: str | None = None
         """The Ray namespace of this engine's partition actors (Ray runtime only)."""
-        self.deployment = load_deployment(self.data_dir, partitions)
-        idle_s = None if hibernate_after is None else parse_duration(hibernate_after)
-        retention_s = parse_duration(retention, "retention")
-        interval_s = parse_duration(archive_interval, "archive_interval")
+        self.deployment = load_deployment(self.data_dir, self.config.partitions)
         self._consumer: ConsumerThread | None = None
         self._consumer_actor: Any = None
         self._host: LocalHost | RayHostProtocol
         if runtime == "local":
-            self._host = LocalHost(
-                self.data_dir,
-                self.deployment.partitions,
-                synchronous=synchronous,
-                activity_threads=activity_threads,
-                max_resident_runs=max_resident_runs,
-                hibernate_after_s=idle_s,
-                retention_s=retention_s,
-            )
-            if archive:
-                self._consumer = ConsumerThread(
-                    Consumer(
-                        self._host,
-                        self.data_dir,
-                        warehouse=warehouse,
-                        s3=s3,
-                        commit_interval_s=interval_s,
-                    )
-                )
+            self._host = LocalHost(self.config)
+            if self.config.archive:
+                self._consumer = ConsumerThread(Consumer(self._host, self.config))
         else:
             from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
 
-            settings = ray_host.HostSettings(
-                data_dir=str(self.data_dir),
-                partitions=self.deployment.partitions,
-                namespace=namespace or ray_host.DEFAULT_NAMESPACE,
-                synchronous=synchronous,
-                activity_threads=activity_threads,
-                max_resident_runs=max_resident_runs,
-                hibernate_after_s=idle_s,
-                retention_s=retention_s,
-                actor_resources=partition_resources,
-                archive=archive,
-                warehouse=warehouse,
-                archive_interval_s=interval_s,
-            )
-            ray_engine = ray_host.EngineOnRay.start(settings, address, s3)
+            ray_engine = ray_host.EngineOnRay.start(self.config, address)
             self._host = ray_engine
             self._consumer_actor = ray_engine.consumer
-            self.namespace = settings.namespace
+            self.namespace = self.config.namespace
         self._runner = BlockingRunner()
-        reader = None
-        if archive:
-            root, warm = archive_paths(self.data_dir)
-            reader = ArchiveReader(root, warm, warehouse=warehouse, s3=s3)
-        self._client = Client(self._host, self._runner, reader)
+        self._client = Client(self._host, self._runner, archive_reader(self.config))
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""
@@ -287,113 +356,63 @@ class Served(msgspec.Struct, frozen=True):
     """What :func:`serve` found running or started.
 
     Attributes:
-        already_running: the namespace already served this data directory with these
-            settings; nothing was created.
+        config: the served config.
+        already_running: the namespace already served this data directory with this config;
+            nothing was created.
         statuses: one dict per partition (``index``, ``pid``, ``node_ip``, ``open``, ...).
     """
 
-    namespace: str
-    data_dir: str
-    partitions: int
-    app_modules: tuple[str, ...]
+    config: EngineConfig
     already_running: bool
     statuses: list[dict[str, Any]]
 
 
 def serve(
-    data_dir: str | os.PathLike[str],
-    *,
-    address: str = "auto",
-    app_modules: Sequence[str] = (),
-    partitions: int | None = None,
-    namespace: str | None = None,
-    synchronous: str = "FULL",
-    partition_resources: dict[str, float] | None = None,
-    timeout: float = SERVE_TIMEOUT_S,
+    config: EngineConfig, *, address: str = "auto", timeout: float = SERVE_TIMEOUT_S
 ) -> Served:
-    """Serve ``data_dir`` on the running Ray cluster at ``address``: create its detached
-    partition actors and wait until every partition has opened (recovered) its file.
+    """Serve ``config`` on the running Ray cluster at ``address``: create its detached
+    partition actors and its archive consumer, and wait until every partition has opened
+    (recovered) its file.
 
-    The actors outlive this process and restart on failure; each imports ``app_modules``
-    when it starts, so a restarted partition finds its workflow code without any client.
-    They go away with the cluster or with :func:`stop_serving`. Serving again with the same
-    settings finds the running actors and changes nothing.
+    The actors outlive this process and restart on failure; each partition imports
+    ``config.app_modules`` when it starts, so a restarted partition finds its workflow code
+    without any client. They go away with the cluster or with :func:`stop_serving`. Serving
+    again with the same config finds the running actors and changes nothing.
 
     Args:
-        data_dir: the data directory; every node that may host a partition must see it at
-            the same path.
+        config: the deployment, as :func:`engine_config` builds it (``duraflow serve`` builds
+            it from its options); every node that may host a partition must see its data
+            directory at the same path.
         address: the cluster (``"auto"`` on one of its nodes, or the head's ``host:port``).
-        app_modules: modules defining the workflows and activities (imported here first, so
-            an unimportable module fails now rather than in every actor).
-        partitions: partition count; fixed when the data directory is created (default 4).
-        namespace: the Ray namespace of the actors (default ``"duraflow"``).
-        synchronous: SQLite ``synchronous`` mode of the partitions.
-        partition_resources: custom Ray resources each partition actor asks for, to keep
-            partitions on the nodes that offer them (those that see the data directory).
         timeout: seconds to wait for the partitions to open.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the count recorded in ``data_dir``;
-            the namespace already serves another data directory or other app modules; an app
-            module cannot be imported; the cluster cannot be joined.
+        ConfigurationError: ``config.partitions`` differs from the count recorded in the data
+            directory; the namespace already serves another data directory or other settings;
+            an app module cannot be imported; the cluster cannot be joined.
         PartitionUnavailable: a partition did not open within ``timeout``.
     """
     from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
 
-    mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
-    if mode not in SYNCHRONOUS_MODES:
-        raise ConfigurationError(
-            f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}"
-        )
-    modules = tuple(app_modules)
-    for module in modules:
+    for module in config.app_modules:  # here first: an unimportable module fails now
         _import_app(module)
-    path = Path(data_dir).resolve()
-    if (path / DEPLOYMENT_FILE).exists():
-        load_deployment(path, partitions)  # a partition count that differs fails before Ray
-    namespace = namespace or ray_host.DEFAULT_NAMESPACE
-    _join(address, namespace)
-    running = ray_host.running_status(namespace, timeout)
+    path = Path(config.data_dir)
+    recorded_partitions(path, config.partitions)  # a count that differs fails before Ray
+    _join(address, config.namespace)
+    running = ray_host.running_status(config.namespace, timeout)
     if running is not None:
-        if Path(running["data_dir"]) != path:
-            raise ConfigurationError(
-                f"Ray namespace {namespace!r} already serves {running['data_dir']}, not "
-                f"{path}: serve it in another namespace (--namespace), or stop that one "
-                f"first (duraflow stop --namespace {namespace})"
-            )
-        running_modules = tuple(running.get("app_modules", ()))
-        if running_modules != modules:
-            raise ConfigurationError(
-                f"Ray namespace {namespace!r} already serves {path} with app modules "
-                f"{list(running_modules)}, not {list(modules)}: stop it first "
-                f"(duraflow stop --namespace {namespace}), then serve again"
-            )
-    deployment = load_deployment(path, partitions)
-    settings = ray_host.HostSettings(
-        data_dir=str(path),
-        partitions=deployment.partitions,
-        namespace=namespace,
-        synchronous=mode,
-        hibernate_after_s=IDLE_BEFORE_HIBERNATE_S,
-        app_modules=modules,
-        actor_resources=partition_resources,
-    )
+        ray_host.check_same_deployment(running, config)
+    load_deployment(path, config.partitions)
     try:
-        host = ray_host.RayHost.create(settings, detached=True, timeout=timeout)
+        host = ray_host.RayHost.create(config, detached=True, timeout=timeout)
     except PartitionUnavailable:
         if running is None:  # remove the actors this call created (some may be up)
             with contextlib.suppress(PartitionUnavailable):
-                ray_host.stop_partition_actors(namespace, timeout=CLEANUP_TIMEOUT_S)
+                ray_host.stop_partition_actors(config.namespace, timeout=CLEANUP_TIMEOUT_S)
         raise
-    ray_host.start_consumer(settings, detached=True, s3=None)  # the archive's stream consumer
-    return Served(
-        namespace=namespace,
-        data_dir=str(path),
-        partitions=deployment.partitions,
-        app_modules=modules,
-        already_running=running is not None,
-        statuses=host.statuses(),
-    )
+    if config.archive:
+        ray_host.start_consumer(config, detached=True)
+    return Served(config=config, already_running=running is not None, statuses=host.statuses())
 
 
 def serving_status(
@@ -409,7 +428,7 @@ def serving_status(
     """
     from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
 
-    namespace = namespace or ray_host.DEFAULT_NAMESPACE
+    namespace = namespace or DEFAULT_NAMESPACE
     _join(address, namespace)
     return ray_host.RayHost.connect(namespace).status_reports(timeout)
 
@@ -429,7 +448,7 @@ def stop_serving(
     """
     from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
 
-    namespace = namespace or ray_host.DEFAULT_NAMESPACE
+    namespace = namespace or DEFAULT_NAMESPACE
     _join(address, namespace)
     return ray_host.stop_partition_actors(namespace, timeout)
 
@@ -459,9 +478,10 @@ def _connect_on_ray(address: str, namespace: str) -> tuple[Host, Any]:
 
     _join(address, namespace)
     host = ray_host.RayHost.connect(namespace)
-    data_dir = Path(host.statuses()[0]["data_dir"])
-    root, warm = archive_paths(data_dir)
-    return host, ArchiveReader(root, warm)
+    config = EngineConfig.from_public(host.statuses()[0]["config"])
+    # The deployment's archive settings without its S3 credentials: this process signs in to
+    # the bucket with its own (the AWS environment variables, a profile, an instance role).
+    return host, archive_reader(config)
 
 
 set_connector(_connect_on_ray)

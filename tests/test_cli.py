@@ -258,6 +258,8 @@ def test_serve_two_drivers_status_stop_and_serve_again(
         (["signal", "wf", "go", "{not json"], "not valid JSON"),
         (["serve", "--data-dir", "d", "--partitions", "0"], "must be > 0"),
         (["serve", "--data-dir", "d", "--synchronous", "SOMETIMES"], "invalid choice"),
+        (["serve", "--data-dir", "d", "--retention", "soon"], "'soon' is not a duration"),
+        (["serve", "--data-dir", "d", "--hibernate-after", "-5"], "non-negative"),
         (["serve"], "--data-dir"),
         (["result", "wf", "--timeout", "soon"], "not a number"),
     ],

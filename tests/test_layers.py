@@ -11,6 +11,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "duraflow"
 
 LEAVES = {
     "duraflow.errors",
+    "duraflow.config",
     "duraflow.cdc.events",
     "duraflow.storage.codec",
     "duraflow.actors.messages",

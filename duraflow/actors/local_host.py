@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from duraflow.actors import messages as m
-from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
+from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
 
 
@@ -19,38 +20,24 @@ def partition_path(data_dir: Path, index: int) -> Path:
 
 
 class LocalHost:
-    """Hosts ``partitions`` Partitions of ``data_dir`` in this process."""
+    """Hosts the partitions of ``config`` (its ``data_dir``, ``partitions``, ...) in this
+    process."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        partitions: int,
-        *,
-        synchronous: str = "FULL",
-        activity_threads: int = 64,
-        max_resident_runs: int | None = None,
-        hibernate_after_s: float | None = None,
-        retention_s: float = DEFAULT_RETENTION_S,
-    ) -> None:
-        self.partitions = partitions
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.partitions = config.partitions
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="duraflow-partitions", daemon=True
         )
         self._thread.start()
-        self._executor = InlineExecutor(self._loop, activity_threads)
+        self._executor = InlineExecutor(self._loop, config.activity_threads)
+        data_dir = Path(config.data_dir)
         self._parts = [
             Partition(
-                i,
-                partition_path(data_dir, i),
-                executor=self._executor,
-                send=self._send,
-                synchronous=synchronous,
-                max_resident_runs=max_resident_runs,
-                hibernate_after_s=hibernate_after_s,
-                retention_s=retention_s,
+                i, partition_path(data_dir, i), config, executor=self._executor, send=self._send
             )
-            for i in range(partitions)
+            for i in range(config.partitions)
         ]
         try:
             asyncio.run_coroutine_threadsafe(self._open_all(), self._loop).result()

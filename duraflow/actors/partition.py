@@ -33,6 +33,7 @@ from duraflow.actors.attempts import Attempt, AttemptTable
 from duraflow.actors.mailboxes import Mailboxes
 from duraflow.actors.partition_activities import ActivityDone, ActivitySteps, Heartbeat
 from duraflow.cdc import events as ev
+from duraflow.config import EngineConfig
 from duraflow.engine.activities import ActivityExecutor
 from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
@@ -57,8 +58,6 @@ Send = Callable[[str, Any], Awaitable[Any]]
 """How a partition reaches the owner of another workflow ID: ``await send(workflow_id, msg)``."""
 
 OUTBOX_RETRY_S = 0.5
-DEFAULT_RETENTION_S = 86_400.0
-"""How long a closed run stays in its partition's file after it is archived."""
 PRUNE_BATCH = 1000
 """Closed runs deleted per turn; more are left to the following turns."""
 _DEFERRED = object()
@@ -121,6 +120,8 @@ class Partition(ActivitySteps):
     Args:
         index: this partition's number (0 .. count-1).
         path: its SQLite file.
+        config: the deployment's settings (synchronous mode, resident-run cap, hibernation,
+            retention).
         executor: where activity attempts run.
         send: reaches the partition owning another workflow ID (children, parents).
         clock: seconds since the epoch; a parameter so tests can step time.
@@ -130,23 +131,21 @@ class Partition(ActivitySteps):
         self,
         index: int,
         path: Path,
+        config: EngineConfig,
         *,
         executor: ActivityExecutor,
         send: Send,
-        synchronous: str = "FULL",
         clock: Callable[[], float] = time.time,
-        max_resident_runs: int | None = None,
-        hibernate_after_s: float | None = None,
-        retention_s: float = DEFAULT_RETENTION_S,
     ) -> None:
         self.index = index
+        self.config = config
         self._path = path
-        self._synchronous = synchronous
+        self._synchronous = config.synchronous
         self._executor = executor
         self._send = send
         self._clock = clock
-        self._max_resident = max_resident_runs
-        self._hibernate_after = hibernate_after_s
+        self._max_resident = config.max_resident_runs
+        self._hibernate_after = config.hibernate_after_s
         self._lru: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._sweeper: asyncio.TimerHandle | None = None
         self._store: PartitionStore | None = None
@@ -164,7 +163,7 @@ class Partition(ActivitySteps):
         self._fx = _Effects()
         self._closing = False
         self._recovering = False
-        self._retention_s = retention_s
+        self._retention_s = config.retention_s
         self._archived_lsn = 0
         self._pruned = False  # some closed run left this file for the archive
         self._notified_lsn = 0

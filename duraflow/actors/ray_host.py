@@ -30,9 +30,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from duraflow.actors import messages as m
 from duraflow.actors.local_host import partition_path
-from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
+from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
-from duraflow.cdc.consumer import COMMIT_INTERVAL_S, Consumer
+from duraflow.cdc.consumer import Consumer
+from duraflow.config import EngineConfig
 from duraflow.engine.activities import (
     ActivityInfo,
     ActivityOutcome,
@@ -54,11 +55,9 @@ from duraflow.errors import (
     PartitionUnavailable,
     WorkflowClosed,
 )
-from duraflow.storage.catalog import S3Config
 
 log = logging.getLogger("duraflow.ray")
 
-DEFAULT_NAMESPACE = "duraflow"
 OPEN_RETRY_S = 0.5
 """How often a new partition actor retries opening a file still locked by an old owner."""
 FENCED_CALL_WAIT_S = 10.0
@@ -73,28 +72,6 @@ CALL_RETRY_WINDOW_S = 60.0
 
 def actor_name(index: int) -> str:
     return f"partition-{index:04d}"
-
-
-class HostSettings(msgspec.Struct, frozen=True):
-    """What a partition actor is created with (kept tiny: Ray re-runs __init__ with it)."""
-
-    data_dir: str
-    partitions: int
-    namespace: str
-    synchronous: str = "FULL"
-    activity_threads: int = 64
-    max_resident_runs: int | None = None
-    hibernate_after_s: float | None = None
-    retention_s: float = DEFAULT_RETENTION_S
-    archive: bool = True
-    warehouse: str | None = None
-    archive_interval_s: float = COMMIT_INTERVAL_S
-    app_modules: tuple[str, ...] = ()
-    actor_resources: dict[str, float] | None = None
-    """Custom Ray resources each partition actor asks for (``PartitionActor.options(resources=
-    ...)``), to pin partitions to the nodes that offer them (for example nodes that see the
-    shared data folder). Actors asking for nothing ignore soft node affinity, so this is the way
-    to keep them off a head node. None: no custom resources."""
 
 
 class _Failure(msgspec.Struct):
@@ -201,12 +178,10 @@ class RayExecutor:
 class PartitionActor:
     """The Ray actor that hosts one Partition. Opens it (recovers) as soon as it starts."""
 
-    async def __init__(self, index: int, settings: bytes, shipped: bytes | None = None) -> None:
-        self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
-        set_process_role(
-            f"the Ray partition actor {index} of namespace {self._settings.namespace!r}"
-        )
-        for module in self._settings.app_modules:
+    async def __init__(self, index: int, config: bytes, shipped: bytes | None = None) -> None:
+        self._config = EngineConfig.decode(config)
+        set_process_role(f"the Ray partition actor {index} of namespace {self._config.namespace!r}")
+        for module in self._config.app_modules:
             __import__(module)
         if shipped is not None:
             register_definitions(ray.cloudpickle.loads(shipped))  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
@@ -214,16 +189,13 @@ class PartitionActor:
         self._peers: dict[int, Any] = {}
         loop = asyncio.get_running_loop()
         me = ray.get_runtime_context().current_actor
-        self._executor = RayExecutor(loop, me, self._settings.activity_threads)
+        self._executor = RayExecutor(loop, me, self._config.activity_threads)
         self._partition = Partition(
             index,
-            partition_path(Path(self._settings.data_dir), index),
+            partition_path(Path(self._config.data_dir), index),
+            self._config,
             executor=self._executor,
             send=self._send,
-            synchronous=self._settings.synchronous,
-            max_resident_runs=self._settings.max_resident_runs,
-            hibernate_after_s=self._settings.hibernate_after_s,
-            retention_s=self._settings.retention_s,
         )
         self._fenced: PartitionUnavailable | None = None
         self._opened = loop.create_task(self._open())
@@ -285,25 +257,27 @@ class PartitionActor:
         self._executor.close()
 
     async def status(self) -> dict[str, Any]:
-        """PID, node, partition count and this partition's run counts."""
+        """PID, node, partition count, this partition's run counts, and the deployment's
+        config as :meth:`EngineConfig.public` shows it (no credentials)."""
         await self._opened
         return {
             "index": self._index,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
-            "partitions": self._settings.partitions,
-            "data_dir": self._settings.data_dir,
-            "app_modules": list(self._settings.app_modules),
+            "partitions": self._config.partitions,
+            "data_dir": self._config.data_dir,
+            "app_modules": list(self._config.app_modules),
+            "config": self._partition.config.public(),
             "incarnation": self._partition.incarnation,
             **self._partition.stats(),
         }
 
     async def _send(self, workflow_id: str, request: Any) -> Any:
-        index = partition_of(workflow_id, self._settings.partitions)
+        index = partition_of(workflow_id, self._config.partitions)
         peer = self._peers.get(index)
         if peer is None:
-            peer = ray.get_actor(actor_name(index), namespace=self._settings.namespace)
+            peer = ray.get_actor(actor_name(index), namespace=self._config.namespace)
             self._peers[index] = peer
         reply = await peer.call.remote(request)
         if isinstance(reply, _Failure):
@@ -318,28 +292,23 @@ CONSUMER_NAME = "consumer"
 class ConsumerActor:
     """The archive's stream consumer as a Ray actor; restarts resume from the archive."""
 
-    async def __init__(self, settings: bytes, s3: S3Config | None = None) -> None:
-        self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
-        namespace = self._settings.namespace
+    async def __init__(self, config: bytes) -> None:
+        self._config = EngineConfig.decode(config)
         handles = [
-            ray.get_actor(actor_name(i), namespace=namespace)
-            for i in range(self._settings.partitions)
+            ray.get_actor(actor_name(i), namespace=self._config.namespace)
+            for i in range(self._config.partitions)
         ]
-        self._consumer = Consumer(
-            RayHost(handles),
-            Path(self._settings.data_dir),
-            warehouse=self._settings.warehouse,
-            s3=s3,
-            commit_interval_s=self._settings.archive_interval_s,
-        )
+        self._consumer = Consumer(RayHost(handles), self._config)
         self._task = asyncio.get_running_loop().create_task(self._consumer.run())
 
     async def status(self) -> dict[str, Any]:
-        """PID, node and the consumer's counters and offsets."""
+        """PID, node, the consumer's counters and offsets, and the deployment's config as
+        :meth:`EngineConfig.public` shows it (no credentials)."""
         return {
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "running": not self._task.done(),
+            "config": self._consumer.config.public(),
             **self._consumer.status(),
         }
 
@@ -385,16 +354,16 @@ def call_actor(actor: Any, method: str, *args: Any, timeout: float | None = None
             delay = min(1.0, delay * 2)
 
 
-def start_consumer(settings: HostSettings, *, detached: bool, s3: S3Config | None) -> Any:
+def start_consumer(config: EngineConfig, *, detached: bool) -> Any:
     """Create (or find) the deployment's consumer actor."""
     options: dict[str, Any] = {
         "name": CONSUMER_NAME,
-        "namespace": settings.namespace,
+        "namespace": config.namespace,
         "get_if_exists": True,
     }
     if detached:
         options["lifetime"] = "detached"
-    return ConsumerActor.options(**options).remote(msgspec.msgpack.encode(settings), s3)
+    return ConsumerActor.options(**options).remote(config.encode())
 
 
 def start_or_join_ray(address: str | None, namespace: str) -> bool:
@@ -462,6 +431,31 @@ def _join_failure(address: str, exc: BaseException) -> str:
         "'ray start --head' starts one; use address 'auto' on one of its nodes, or the head's "
         "host:port)"
     )
+
+
+def check_same_deployment(status: dict[str, Any], config: EngineConfig) -> None:
+    """Check that the partition whose ``status`` is given serves ``config``: an actor found
+    by name keeps the config it was created with, and would silently ignore another.
+
+    Raises:
+        ConfigurationError: it serves another data directory, or other settings (named).
+    """
+    namespace = config.namespace
+    if Path(status["data_dir"]) != Path(config.data_dir):
+        raise ConfigurationError(
+            f"Ray namespace {namespace!r} already serves {status['data_dir']}, not "
+            f"{config.data_dir}: serve it in another namespace (--namespace), or stop that one "
+            f"first (duraflow stop --namespace {namespace})"
+        )
+    running = EngineConfig.from_public(status["config"])
+    differences = running.differences(config)
+    if differences:
+        shown = ", ".join(f"{k}={old!r}, not {new!r}" for k, (old, new) in differences.items())
+        raise ConfigurationError(
+            f"Ray namespace {namespace!r} already serves {config.data_dir} with other "
+            f"settings ({shown}): stop it first (duraflow stop --namespace {namespace}), "
+            "then serve again"
+        )
 
 
 def running_status(namespace: str, timeout: float) -> dict[str, Any] | None:
@@ -564,7 +558,7 @@ class RayHost:
     @classmethod
     def create(
         cls,
-        settings: HostSettings,
+        config: EngineConfig,
         *,
         detached: bool = False,
         shipped: bytes | None = None,
@@ -573,26 +567,23 @@ class RayHost:
         """Create (or find) the partition actors of a deployment and wait until they serve.
 
         Raises:
+            ConfigurationError: the namespace already serves another data directory, or the
+                same one with other settings.
             PartitionUnavailable: a partition did not open within ``timeout`` seconds, or its
                 actor failed to start (an app module it cannot import, for one).
         """
-        encoded = msgspec.msgpack.encode(settings)
-        options: dict[str, Any] = {"namespace": settings.namespace, "get_if_exists": True}
+        encoded = config.encode()
+        options: dict[str, Any] = {"namespace": config.namespace, "get_if_exists": True}
         if detached:
             options["lifetime"] = "detached"
-        if settings.actor_resources:
-            options["resources"] = dict(settings.actor_resources)
+        if config.partition_resources:
+            options["resources"] = dict(config.partition_resources)
         handles = [
             PartitionActor.options(name=actor_name(i), **options).remote(i, encoded, shipped)
-            for i in range(settings.partitions)
+            for i in range(config.partitions)
         ]
-        statuses = _wait_opened(handles, timeout)
-        for status in statuses:
-            if Path(status["data_dir"]) != Path(settings.data_dir):
-                raise DuraflowError(
-                    f"namespace {settings.namespace!r} already serves {status['data_dir']}, not "
-                    f"{settings.data_dir}: use another namespace"
-                )
+        for status in _wait_opened(handles, timeout):
+            check_same_deployment(status, config)
         return cls(handles)
 
     @classmethod
@@ -697,19 +688,18 @@ class EngineOnRay(RayHost):
         self.consumer = consumer
 
     @classmethod
-    def start(
-        cls, settings: HostSettings, address: str | None, s3: S3Config | None = None
-    ) -> EngineOnRay:
-        """Start or join Ray, then create (or find, if served already) the partition actors."""
-        started_ray = start_or_join_ray(address, settings.namespace)
+    def start(cls, config: EngineConfig, address: str | None) -> EngineOnRay:
+        """Start or join Ray, then create (or find, if served already with the same config)
+        the partition actors and the archive's consumer actor."""
+        started_ray = start_or_join_ray(address, config.namespace)
         try:
-            existing = ray.get_actor(actor_name(0), namespace=settings.namespace)
+            existing = ray.get_actor(actor_name(0), namespace=config.namespace)
         except ValueError:
             existing = None
         shipped_defs = main_module_definitions()
         shipped = ray.cloudpickle.dumps(shipped_defs) if shipped_defs else None  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
-        host = RayHost.create(settings, shipped=shipped)
-        consumer = start_consumer(settings, detached=False, s3=s3) if settings.archive else None
+        host = RayHost.create(config, shipped=shipped)
+        consumer = start_consumer(config, detached=False) if config.archive else None
         return cls(host._handles, existing is None, started_ray, consumer)
 
     def close(self) -> None:

@@ -2,7 +2,7 @@
 
 One consumer per deployment (a thread of the engine in-process, a Ray actor on Ray). It
 long-polls every partition for events after the last LSN it holds, writes each batch as a warm
-Parquet segment at once (queryable within about a second), and every ``commit_interval_s``
+Parquet segment at once (queryable within about a second), and every ``archive_interval_s``
 commits the warm segments to the Iceberg tables ``history``, ``workflows`` and ``activities``
 with their offsets in the same transaction (exactly once: after a crash anywhere it resumes
 from the archive's offsets and the segments left on disk). After each commit it tells every
@@ -34,8 +34,9 @@ import pyarrow as pa
 
 from duraflow.actors import messages as m
 from duraflow.cdc.events import decode_event
+from duraflow.config import EngineConfig
 from duraflow.storage.archive_schema import history_rows
-from duraflow.storage.catalog import Archive, S3Config, open_archive
+from duraflow.storage.catalog import Archive, open_archive
 from duraflow.storage.iceberg import (
     archive_batch,
     compact,
@@ -57,8 +58,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("duraflow.consumer")
 
-COMMIT_INTERVAL_S = 5.0
-"""How often warm segments become one Iceberg commit (commit cost grows per snapshot: batch)."""
 READ_BATCH = 5000
 """Events read from one partition per request."""
 POLL_WAIT_S = 1.0
@@ -99,22 +98,16 @@ class ConsumerStats:
 
 
 class Consumer:
-    """Moves every partition's events into the archive. Run :meth:`run` on an event loop."""
+    """Moves every partition's events into the archive of ``config`` (its ``data_dir``,
+    ``warehouse``, ``s3``, ``archive_interval_s``). Run :meth:`run` on an event loop."""
 
-    def __init__(
-        self,
-        host: Host,
-        data_dir: Path,
-        *,
-        warehouse: str | None = None,
-        s3: S3Config | None = None,
-        commit_interval_s: float = COMMIT_INTERVAL_S,
-    ) -> None:
+    def __init__(self, host: Host, config: EngineConfig) -> None:
         self._host = host
-        self._root, self._warm = archive_paths(data_dir)
-        self._warehouse = warehouse
-        self._s3 = s3
-        self._interval = commit_interval_s
+        self.config = config
+        self._root, self._warm = archive_paths(Path(config.data_dir))
+        self._warehouse = config.warehouse
+        self._s3 = config.s3
+        self._interval = config.archive_interval_s
         self._archive: Archive | None = None
         self.stats = ConsumerStats()
         self._read_to: dict[int, int] = {}

@@ -12,7 +12,6 @@ Note:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from pyiceberg.exceptions import NoSuchTableError, TableAlreadyExistsError
 from pyiceberg.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 
+from duraflow.config import S3Config  # also importable from here, as before
 from duraflow.errors import ConfigurationError
 from duraflow.storage.archive_schema import TABLES, TableSpec
 
@@ -51,55 +51,29 @@ TABLE_PROPERTIES = {
 }
 
 
-@dataclass(frozen=True)
-class S3Config:
-    """Where an S3 (or S3-compatible) warehouse is and how to sign in.
+def catalog_properties(s3: S3Config) -> dict[str, str]:
+    """pyiceberg FileIO properties for the bucket ``s3`` describes."""
+    props = {"py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO", "s3.region": s3.region}
+    if s3.endpoint:
+        props["s3.endpoint"] = s3.endpoint
+    if s3.access_key_id:
+        props["s3.access-key-id"] = s3.access_key_id
+    if s3.secret_access_key:
+        props["s3.secret-access-key"] = s3.secret_access_key
+    return props
 
-    Attributes:
-        endpoint: ``http://127.0.0.1:9000`` for moto or MinIO; ``None`` for AWS itself.
-        access_key_id, secret_access_key: credentials; ``None`` lets pyarrow find them in the
-            environment. Never shown by ``repr``.
-        region: the bucket's region.
-    """
 
-    endpoint: str | None = None
-    access_key_id: str | None = None
-    secret_access_key: str | None = None
-    region: str = "us-east-1"
-
-    def __repr__(self) -> str:
-        hidden = "<hidden>" if self.access_key_id or self.secret_access_key else None
-        return f"S3Config(endpoint={self.endpoint!r}, region={self.region!r}, credentials={hidden})"
-
-    def catalog_properties(self) -> dict[str, str]:
-        """pyiceberg FileIO properties for this bucket."""
-        props = {"py-io-impl": "pyiceberg.io.pyarrow.PyArrowFileIO", "s3.region": self.region}
-        if self.endpoint:
-            props["s3.endpoint"] = self.endpoint
-        if self.access_key_id:
-            props["s3.access-key-id"] = self.access_key_id
-        if self.secret_access_key:
-            props["s3.secret-access-key"] = self.secret_access_key
-        return props
-
-    def filesystem(self) -> pyarrow.fs.S3FileSystem:
-        """A pyarrow filesystem over the bucket (DuckDB reads through it, via pyarrow)."""
-        options: dict[str, Any] = {"region": self.region}
-        if self.endpoint:
-            scheme, _, rest = self.endpoint.partition("://")
-            options["endpoint_override"] = rest if rest else scheme
-            options["scheme"] = scheme if rest else "https"
-        if self.access_key_id:
-            options["access_key"] = self.access_key_id
-            options["secret_key"] = self.secret_access_key
-        return pyarrow.fs.S3FileSystem(**options)
-
-    def scrub(self, message: str) -> str:
-        """``message`` with the credentials taken out."""
-        for secret in (self.secret_access_key, self.access_key_id):
-            if secret:
-                message = message.replace(secret, "<hidden>")
-        return message
+def s3_filesystem(s3: S3Config) -> pyarrow.fs.S3FileSystem:
+    """A pyarrow filesystem over the bucket (DuckDB reads through it, via pyarrow)."""
+    options: dict[str, Any] = {"region": s3.region}
+    if s3.endpoint:
+        scheme, _, rest = s3.endpoint.partition("://")
+        options["endpoint_override"] = rest if rest else scheme
+        options["scheme"] = scheme if rest else "https"
+    if s3.access_key_id:
+        options["access_key"] = s3.access_key_id
+        options["secret_key"] = s3.secret_access_key
+    return pyarrow.fs.S3FileSystem(**options)
 
 
 class Archive:
@@ -142,7 +116,7 @@ class Archive:
 
     def filesystem(self) -> pyarrow.fs.FileSystem | None:
         """The pyarrow filesystem data files are read through; ``None`` for local files."""
-        return None if self.s3 is None else self.s3.filesystem()
+        return None if self.s3 is None else s3_filesystem(self.s3)
 
 
 def open_archive(
@@ -171,7 +145,7 @@ def open_archive(
         raise ConfigurationError(f"S3 settings were given for a local warehouse {location!r}")
     properties = {"uri": f"sqlite:///{root / CATALOG_FILE}", "warehouse": location}
     if s3 is not None:
-        properties |= s3.catalog_properties()
+        properties |= catalog_properties(s3)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
         try:
             catalog = SqlCatalog(CATALOG_NAME, **properties)

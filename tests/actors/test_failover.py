@@ -37,7 +37,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 import ray
 from ray.exceptions import RayActorError
@@ -46,6 +45,7 @@ import duraflow as df
 from duraflow.actors import ray_host
 from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
+from duraflow.config import EngineConfig
 from duraflow.engine.client import BlockingRunner, Client
 from duraflow.storage.codec import decode
 from tests.actors import failover_flows as flows
@@ -482,11 +482,11 @@ def test_a_second_actor_for_a_partition_waits_for_the_first_and_takes_over_when_
     parked_lsn = max_lsn(data_dir, 0)
 
     namespace = f"fence-{uuid.uuid4().hex[:8]}"
-    settings = ray_host.HostSettings(
+    config = EngineConfig(
         data_dir=str(data_dir), partitions=PARTITIONS, namespace=namespace, synchronous="NORMAL"
     )
     second = ray_host.PartitionActor.options(name=ray_host.actor_name(0), namespace=namespace)
-    second = second.remote(0, msgspec.msgpack.encode(settings))
+    second = second.remote(0, config.encode())
     runner = BlockingRunner()
     client = Client(ray_host.RayHost([second, other]), runner)  # partition 0 is the second
     pool = ThreadPoolExecutor(1)
