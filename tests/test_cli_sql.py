@@ -266,7 +266,13 @@ def test_read_only_statements_run(
 
 
 @pytest.mark.parametrize(
-    "query", ["EXPLAIN SELECT * FROM history", "EXPLAIN ANALYZE SELECT count(*) FROM history"]
+    "query",
+    [
+        "EXPLAIN SELECT * FROM history",
+        "EXPLAIN ANALYZE SELECT count(*) FROM history",
+        "EXPLAIN (FORMAT json) SELECT count(*) FROM workflows",
+        "EXPLAIN ANALYZE (SELECT 1) UNION (SELECT 2)",  # a parenthesis, but no options
+    ],
 )
 def test_explain_runs(
     data_dir: Path, sql_client: df.Client, capsys: pytest.CaptureFixture[str], query: str
@@ -406,6 +412,31 @@ def test_sql_that_does_more_than_read_is_refused_and_changes_nothing(
     written = set(_files(tmp_path)) - set(before)
     assert set() == {name for name in written if not name.startswith("data/")}
     _assert_every_workflow_intact(data)
+
+
+@pytest.mark.parametrize(
+    ("query", "statement"),
+    [
+        ("EXPLAIN ANALYZE (FORMAT json) COPY (SELECT 1) TO '{tmp}/x.csv'", "COPY"),
+        ("WITH s AS (SELECT 1 AS a) PIVOT s ON a USING count(*); DETACH memory", "DETACH"),
+        ("USE memory", "SET"),
+        ("SET VARIABLE x = 1", "SET"),
+        ("IMPORT DATABASE '{tmp}'", "PRAGMA"),
+        ("CHECKPOINT", "CALL"),
+        ("VACUUM", "VACUUM"),
+        ("BEGIN", "TRANSACTION"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("INSERT INTO workflows SELECT * FROM workflows", "INSERT"),
+        ("UPDATE EXTENSIONS", "UNKNOWN"),  # a type the duckdb module has no name for
+    ],
+)
+def test_each_statement_type_is_told_before_anything_runs(
+    sql_client: df.Client, tmp_path: Path, query: str, statement: str
+) -> None:
+    with pytest.raises(df.StatementNotAllowed, match="is not allowed") as caught:
+        sql_client.sql(query.format(tmp=tmp_path))
+    assert statement == caught.value.statement
+    assert [] == list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("query", [None, 42, b"SELECT 1"])

@@ -77,8 +77,8 @@ def readable_folders(archive: Archive) -> list[str]:
     ]
 
 
-def check_read_only(query: object) -> None:
-    """Refuse ``query`` unless it is SQL text whose every statement only reads.
+def check_read_only(query: object) -> str:
+    """``query``, refused unless it is SQL text whose every statement only reads.
 
     Raises:
         StatementNotAllowed: a statement other than those of :data:`READ_ONLY` (the message
@@ -103,6 +103,7 @@ def check_read_only(query: object) -> None:
                 f"statements only: {_shown(statement.query)}",
                 refused.removeprefix("EXPLAIN "),
             )
+    return query
 
 
 def run(
@@ -111,10 +112,9 @@ def run(
     """``query`` on ``con`` once :func:`check_read_only` let it through (``?`` parameters bind
     ``params``): DuckDB's relation, run lazily. Errors of DuckDB's up to here (parsing,
     binding, a file outside the archive) are :class:`QueryError`."""
-    check_read_only(query)
-    assert isinstance(query, str)  # checked above; for the type checker
+    text = check_read_only(query)
     try:
-        return con.sql(query, params=params)
+        return con.sql(text, params=params)
     except duckdb.Error as exc:
         raise QueryError(str(exc)) from exc
 
@@ -142,11 +142,7 @@ def _refused(statement: Any) -> str | None:
         return str(kind)
     words = _words(statement.query)
     if words and words[0][2] == "EXPLAIN":
-        explained = duckdb.extract_statements(_explained(statement.query, words))
-        if len(explained) != 1:
-            return "EXPLAIN"
-        inner = _refused(explained[0])
-        return None if inner is None else f"EXPLAIN {inner}"
+        return _explain_refused(statement.query, words)
     if kind == "MULTI":
         main = _main_word(words)
         return None if main in _PIVOTS else main or "MULTI"
@@ -176,12 +172,36 @@ def _words(text: str) -> list[tuple[int, Any, str]]:
     ]
 
 
-def _explained(text: str, words: list[tuple[int, Any, str]]) -> str:
-    """The statement that ``EXPLAIN [ANALYZE] [(options)] <statement>`` explains."""
+def _explain_refused(text: str, words: list[tuple[int, Any, str]]) -> str | None:
+    """``"EXPLAIN <type>"`` if the statement that ``EXPLAIN [ANALYZE] [(options)] <statement>``
+    explains does more than read, else None. A statement may start with a parenthesis too
+    (``EXPLAIN (SELECT 1) UNION (SELECT 2)``): each reading that parses is checked, and a
+    statement no reading parses is refused."""
+    verdicts = []
+    for candidate in _explained(text, words):
+        try:
+            inner = duckdb.extract_statements(candidate)
+        except duckdb.Error:
+            continue
+        if len(inner) == 1:
+            verdicts.append(_refused(inner[0]))
+    if not verdicts:
+        return "EXPLAIN"
+    refused = next((verdict for verdict in verdicts if verdict is not None), None)
+    return None if refused is None else f"EXPLAIN {refused}"
+
+
+def _explained(text: str, words: list[tuple[int, Any, str]]) -> list[str]:
+    """The texts ``EXPLAIN [ANALYZE] [(options)] <statement>`` may explain: all after
+    ``EXPLAIN [ANALYZE]``, and, when that starts with a parenthesis, what follows it."""
+    data = text.encode()
     i = 1
     if i < len(words) and words[i][2] in ("ANALYZE", "ANALYSE"):
         i += 1
-    if i < len(words) and words[i][2].startswith("("):
+    if i >= len(words):
+        return []
+    found = [data[words[i][0] :].decode()]
+    if words[i][2].startswith("("):
         depth = 0
         while i < len(words):
             if words[i][1] == duckdb.token_type.operator:
@@ -189,7 +209,9 @@ def _explained(text: str, words: list[tuple[int, Any, str]]) -> str:
             i += 1
             if depth <= 0:
                 break
-    return text.encode()[words[i][0] :].decode() if i < len(words) else ""
+        if i < len(words):
+            found.append(data[words[i][0] :].decode())
+    return found
 
 
 def _shown(text: str) -> str:
