@@ -13,7 +13,7 @@ Every command takes ``--address`` (default ``auto``: the cluster this node belon
 
 Exit codes: 0 done; 1 the workflow failed, was cancelled or terminated, or ``result`` timed
 out; 2 an error (bad input, no such workflow, nothing served, Ray unreachable, a bad SQL
-query), printed without a traceback.
+query or one that does more than read), printed without a traceback.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import msgspec
 
 from duraflow import runtime
@@ -319,14 +318,9 @@ def _open_local_archive(args: argparse.Namespace) -> ArchiveQuery:
 
 
 def _run_sql(session: ArchiveQuery, args: argparse.Namespace) -> int:
-    try:
-        relation = session.sql(args.query)
-        table = None if relation is None else relation.to_arrow_table()
-    except duckdb.Error as exc:
-        print(f"duraflow: error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
-    if table is None:  # a statement without a result
-        return 0
+    # Read-only statements only; DuckDB's errors and refused statements are QueryErrors
+    # (exit code 2 with the message, from main).
+    table = session.fetch_arrow(args.query)
     names = _unique(table.column_names)
     columns = [column.to_pylist() for column in table.columns]
     rows = list(zip(*columns, strict=True)) if columns else []
@@ -633,8 +627,10 @@ def _parser() -> argparse.ArgumentParser:
         "sql",
         parents=[common],
         help="query the archive with SQL (DuckDB) and print the result",
-        description="Run one SQL query (DuckDB) over the archive and print the result as a "
-        "table, or as JSON lines with --json. Views: history (one row per event), workflows "
+        description="Run one read-only SQL query (DuckDB) over the archive and print the "
+        "result as a table, or as JSON lines with --json. Only SELECT, WITH, EXPLAIN, "
+        "DESCRIBE, SUMMARIZE and PIVOT statements run, reading no file but the archive's; "
+        "others exit with code 2. Views: history (one row per event), workflows "
         "(one row per closed run), activities (one row per closed activity execution) and "
         "live_workflows (runs in the partitions now). Without --data-dir it asks the "
         "deployment served at --address / --namespace; with --data-dir it reads that data "

@@ -20,6 +20,8 @@ DuraflowError
 │   └── WorkflowTerminatedError
 ├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
 ├── ConfigurationError       a data dir recorded with another partition count, bad option values
+├── QueryError               SQL over the archive that DuckDB refused (its message), or no SQL text
+│   └── StatementNotAllowed  a statement that does not only read (COPY, ATTACH, SET, CREATE, ...)
 └── PartitionUnavailable     retriable: the owning partition is restarting or closed
 
 Workflow code sees cancellation as ``asyncio.CancelledError`` (a BaseException), so a
@@ -173,6 +175,29 @@ class ResultTimeout(DuraflowError, TimeoutError):
 
 class ConfigurationError(DuraflowError, ValueError):
     """An option or a data directory that does not fit (e.g. another partition count)."""
+
+
+class QueryError(DuraflowError, ValueError):
+    """SQL over the archive (``client.sql``, ``duraflow sql``) that could not run: DuckDB's
+    own error (a syntax error, an unknown column...) with DuckDB's message, or a query that
+    is not SQL text. (A workflow's query handler that raises is :class:`QueryFailed`.)"""
+
+
+class StatementNotAllowed(QueryError):
+    """A statement that does more than read: SQL over the archive runs ``SELECT``, ``WITH``,
+    ``EXPLAIN``, ``DESCRIBE``, ``SUMMARIZE`` and ``PIVOT`` statements only.
+
+    Attributes:
+        statement: the refused statement's type as DuckDB names it (``"COPY"``, ``"ATTACH"``,
+            ``"SET"``, ``"CREATE"``, ``"LOAD"`` for ``INSTALL`` and ``LOAD``...).
+    """
+
+    def __init__(self, message: str, statement: str) -> None:
+        super().__init__(message)
+        self.statement = statement
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.args[0], self.statement))
 
 
 class PartitionUnavailable(DuraflowError):

@@ -1,4 +1,5 @@
-"""``duraflow sql`` over a local data directory (``--data-dir``: no Ray), the way a user runs it.
+"""``duraflow sql`` over a local data directory (``--data-dir``: no Ray), the way a user runs it,
+and ``client.sql``: both run read-only SQL only.
 
 The data directory is made once by an in-process engine (``runtime="local"``): runs that
 complete, one that fails, one still waiting on a signal; part of the archive committed to
@@ -9,10 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pytest
 
 import duraflow as df
@@ -135,10 +140,9 @@ def test_bad_queries_exit_2_with_duckdbs_message(
         assert "Traceback" not in err
 
 
-def test_statements_other_than_select(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    for statement in ("SET threads = 1", "CREATE VIEW v AS SELECT 1 AS one; SELECT * FROM v"):
-        assert 0 == main(["sql", "--data-dir", str(data_dir), statement])
-        assert "" == capsys.readouterr().err
+def test_several_statements_and_repeated_names(
+    data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert 0 == main(["sql", "--data-dir", str(data_dir), "--json", "SELECT 1 AS one; SELECT 2"])
     assert '{"2":2}' == capsys.readouterr().out.strip()  # the last statement's result
     assert 0 == main(["sql", "--data-dir", str(data_dir), "--json", "SELECT 1 AS a, 2 AS a"])
@@ -190,3 +194,269 @@ def test_the_command_as_a_process(data_dir: Path) -> None:
     assert 2 == done.returncode
     assert done.stderr.startswith("duraflow: error: Parser Error:"), done.stderr
     assert "Traceback" not in done.stderr
+
+
+# -- read-only SQL: through `duraflow sql` and client.sql alike --------------------------------
+
+WORKFLOWS = {"q-1": "completed", "q-2": "completed", "q-3": "failed", "w-1": "running"}
+"""Every workflow of the data directory, by status: what a refused query must leave intact."""
+
+
+def _open_engine(path: Path) -> df.Engine:
+    return df.Engine(path, runtime="local", partitions=2, archive_interval="1h")
+
+
+@pytest.fixture(scope="module")
+def sql_client(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[df.Client]:
+    """A client of an engine over a copy of the data directory (the copy: the engine's own
+    writes must not reach the tests that compare the data directory's files)."""
+    copy = shutil.copytree(data_dir, tmp_path_factory.mktemp("cli-sql-engine") / "data")
+    with _open_engine(copy) as engine:
+        yield engine.client()
+
+
+GOOD_SQL = [
+    pytest.param("SELECT count(*) AS n FROM workflows", [{"n": 3}], id="select"),
+    pytest.param(
+        "WITH f AS (SELECT * FROM workflows WHERE status = 'failed') SELECT workflow_id FROM f",
+        [{"workflow_id": "q-3"}],
+        id="with",
+    ),
+    pytest.param(
+        "FROM activities SELECT activity, count(*) AS n GROUP BY 1",
+        [{"activity": "sql_price", "n": 4}],
+        id="from-first",
+    ),
+    pytest.param("SELECT 1 AS one; SELECT 2 AS two", [{"two": 2}], id="two-selects"),
+    pytest.param(
+        "PIVOT (SELECT status FROM workflows) ON status USING count(*)",
+        [{"completed": 2, "failed": 1}],
+        id="pivot",
+    ),
+    pytest.param(
+        "WITH w AS (SELECT status FROM workflows) PIVOT w ON status USING count(*)",
+        [{"completed": 2, "failed": 1}],
+        id="with-pivot",
+    ),
+    pytest.param(
+        "SELECT column_name FROM (DESCRIBE workflows) WHERE column_name = 'status'",
+        [{"column_name": "status"}],
+        id="describe",
+    ),
+    pytest.param(
+        "SELECT column_name, max FROM (SUMMARIZE SELECT activity_count FROM workflows)",
+        [{"column_name": "activity_count", "max": "2"}],
+        id="summarize",
+    ),
+]
+
+
+@pytest.mark.parametrize(("query", "rows"), GOOD_SQL)
+def test_read_only_statements_run(
+    data_dir: Path,
+    sql_client: df.Client,
+    capsys: pytest.CaptureFixture[str],
+    query: str,
+    rows: list[dict[str, Any]],
+) -> None:
+    assert rows == sql_client.sql(query).to_pylist()
+    assert 0 == main(["sql", "--data-dir", str(data_dir), "--json", query])
+    out, err = capsys.readouterr()
+    assert (rows, "") == ([json.loads(line) for line in out.splitlines()], err)
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "EXPLAIN SELECT * FROM history",
+        "EXPLAIN ANALYZE SELECT count(*) FROM history",
+        "EXPLAIN (FORMAT json) SELECT count(*) FROM workflows",
+        "EXPLAIN ANALYZE (SELECT 1) UNION (SELECT 2)",  # a parenthesis, but no options
+    ],
+)
+def test_explain_runs(
+    data_dir: Path, sql_client: df.Client, capsys: pytest.CaptureFixture[str], query: str
+) -> None:
+    assert ["explain_key", "explain_value"] == sql_client.sql(query).column_names
+    assert 0 == main(["sql", "--data-dir", str(data_dir), "--json", query])
+    assert "explain_value" in capsys.readouterr().out
+
+
+def test_parameters_bind(sql_client: df.Client) -> None:
+    query = "SELECT workflow_id FROM workflows WHERE workflow_id = ? OR status = ? ORDER BY 1"
+    rows = sql_client.sql(query, ["q-1", "failed"]).to_pylist()
+    assert [{"workflow_id": "q-1"}, {"workflow_id": "q-3"}] == rows
+    with pytest.raises(df.QueryError, match="parameter"):
+        sql_client.sql(query, ["q-1"])  # one value for two parameters
+
+
+PARTITION_FILE = "{data}/partitions/p0000.sqlite"
+BAD_SQL = [
+    # query ({data}: the data directory, {tmp}: the folder around it), the refused statement's
+    # type (None: a DuckDB error), what the message names
+    pytest.param(
+        f"COPY (SELECT 1 AS a) TO '{PARTITION_FILE}' (FORMAT csv)", "COPY", "COPY", id="copy"
+    ),
+    pytest.param(
+        f"SELECT 1; COPY (SELECT 1 AS a) TO '{PARTITION_FILE}' (FORMAT csv)",
+        "COPY",
+        "statement 2 of 2: COPY",
+        id="select-then-copy",
+    ),
+    pytest.param(
+        f"EXPLAIN ANALYZE COPY (SELECT 1 AS a) TO '{PARTITION_FILE}' (FORMAT csv)",
+        "COPY",
+        "EXPLAIN COPY",
+        id="explain-analyze-copy",
+    ),
+    pytest.param("ATTACH '{tmp}/attached.duckdb' AS other", "ATTACH", "ATTACH", id="attach"),
+    pytest.param("EXPORT DATABASE '{tmp}/exported'", "EXPORT", "EXPORT", id="export"),
+    pytest.param("SET threads = 1", "SET", "SET", id="set"),
+    pytest.param("RESET threads", "SET", "SET", id="reset"),
+    pytest.param("CREATE TABLE kept AS SELECT 1 AS a", "CREATE", "CREATE", id="create-table"),
+    pytest.param(
+        "CREATE TABLE kept AS PIVOT workflows ON status USING count(*)",
+        "CREATE",
+        "CREATE",
+        id="create-table-as-pivot",
+    ),
+    pytest.param("INSTALL httpfs", "LOAD", "INSTALL httpfs", id="install"),
+    pytest.param("LOAD httpfs", "LOAD", "LOAD", id="load"),
+    pytest.param("PRAGMA enable_profiling", "PRAGMA", "PRAGMA", id="pragma"),
+    pytest.param("CALL enable_logging()", "CALL", "CALL", id="call"),
+    pytest.param(
+        "SELECT * FROM read_text('/etc/hostname')", None, "Permission Error", id="read-text"
+    ),
+    pytest.param(
+        "SELECT * FROM read_csv('{data}/deployment.json')", None, "Permission Error", id="read-csv"
+    ),
+    pytest.param(
+        "SELECT * FROM read_text('{data}/archive/warehouse/duraflow/history/metadata/*.json')",
+        None,
+        "Permission Error",
+        id="archive-metadata",
+    ),
+    pytest.param(
+        "SELECT * FROM read_text('{tmp}/.tmp/secret.txt')",
+        None,
+        "Permission Error",
+        id="duckdb-default-spill-folder",
+    ),
+    pytest.param("SELECT * FROM glob('/etc/*')", None, "Permission Error", id="glob"),
+    pytest.param(
+        "SELECT * FROM enable_profiling()", None, "configuration has been locked", id="setting"
+    ),
+    pytest.param("SELEC 1", None, "Parser Error: syntax error", id="syntax-error"),
+    pytest.param("", None, "no SQL statement", id="empty"),
+]
+
+
+def _files(root: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+    }
+
+
+def _assert_every_workflow_intact(data: Path) -> None:
+    """The engine reopens the partition files, finds every workflow, and the open one runs."""
+    with _open_engine(data) as engine:
+        client = engine.client()
+        assert WORKFLOWS == {wid: client.get_handle(wid).describe().status for wid in WORKFLOWS}
+        waiting = client.get_handle("w-1")
+        waiting.signal("never", "still here")
+        assert "still here" == waiting.result(timeout=30)
+
+
+@pytest.mark.parametrize(("template", "statement", "named"), BAD_SQL)
+def test_sql_that_does_more_than_read_is_refused_and_changes_nothing(
+    data_dir: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    template: str,
+    statement: str | None,
+    named: str,
+) -> None:
+    data = shutil.copytree(data_dir, tmp_path / "data")
+    (tmp_path / ".tmp").mkdir()  # DuckDB's default spill folder, in the current directory
+    (tmp_path / ".tmp" / "secret.txt").write_text("not the archive's")
+    monkeypatch.chdir(tmp_path)
+    query = template.format(data=data, tmp=tmp_path)
+    before = _files(tmp_path)
+
+    done = subprocess.run(
+        [sys.executable, "-m", "duraflow.cli", "sql", "--data-dir", str(data), query],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (2, "") == (done.returncode, done.stdout), done.stderr
+    assert done.stderr.startswith("duraflow: error: "), done.stderr
+    assert named in done.stderr
+    assert "Traceback" not in done.stderr
+    assert before == _files(tmp_path)  # nothing written, nothing changed
+
+    with _open_engine(data) as engine:
+        client = engine.client()
+        with pytest.raises(df.QueryError) as caught:
+            client.sql(query)
+        assert named in str(caught.value)
+        if statement is None:
+            assert not isinstance(caught.value, df.StatementNotAllowed)
+        else:
+            assert isinstance(caught.value, df.StatementNotAllowed)
+            assert statement == caught.value.statement
+        # nothing the query did reaches the next one (a SET, a table)
+        assert [{"n": 3}] == client.sql("SELECT count(*) AS n FROM workflows").to_pylist()
+    written = set(_files(tmp_path)) - set(before)
+    assert set() == {name for name in written if not name.startswith("data/")}
+    _assert_every_workflow_intact(data)
+
+
+@pytest.mark.parametrize(
+    ("query", "statement"),
+    [
+        ("EXPLAIN ANALYZE (FORMAT json) COPY (SELECT 1) TO '{tmp}/x.csv'", "COPY"),
+        ("WITH s AS (SELECT 1 AS a) PIVOT s ON a USING count(*); DETACH memory", "DETACH"),
+        ("USE memory", "SET"),
+        ("SET VARIABLE x = 1", "SET"),
+        ("IMPORT DATABASE '{tmp}'", "PRAGMA"),
+        ("CHECKPOINT", "CALL"),
+        ("VACUUM", "VACUUM"),
+        ("BEGIN", "TRANSACTION"),
+        ("PREPARE p AS SELECT 1", "PREPARE"),
+        ("INSERT INTO workflows SELECT * FROM workflows", "INSERT"),
+        ("UPDATE EXTENSIONS", "UNKNOWN"),  # a type the duckdb module has no name for
+    ],
+)
+def test_each_statement_type_is_told_before_anything_runs(
+    sql_client: df.Client, tmp_path: Path, query: str, statement: str
+) -> None:
+    with pytest.raises(df.StatementNotAllowed, match="is not allowed") as caught:
+        sql_client.sql(query.format(tmp=tmp_path))
+    assert statement == caught.value.statement
+    assert [] == list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("query", [None, 42, b"SELECT 1"])
+def test_a_query_that_is_not_text(sql_client: df.Client, query: Any) -> None:
+    with pytest.raises(df.QueryError, match=f"must be text .str., not {type(query).__name__}"):
+        sql_client.sql(query)
+
+
+def test_a_duckdb_session_is_locked_and_its_own(sql_client: df.Client) -> None:
+    with sql_client.duckdb() as session:
+        count = "SELECT count(*) AS n FROM workflows"
+        assert [{"n": 3}] == session.fetch_arrow(count).to_pylist()
+        assert [(3,)] == session.sql(count).fetchall()
+        with pytest.raises(df.StatementNotAllowed, match="CREATE is not allowed"):
+            session.sql("CREATE TABLE mine AS SELECT 1 AS a")
+        # .con is the holder's raw connection: no statement check, but the same locks
+        session.con.execute("CREATE TABLE mine AS SELECT 1 AS a")
+        with pytest.raises(duckdb.Error, match="configuration has been locked"):
+            session.con.execute("SET threads = 1")
+        with pytest.raises(duckdb.Error, match="Permission Error"):
+            session.con.execute("SELECT * FROM read_text('/etc/hostname')")
+    with pytest.raises(df.QueryError, match="mine"):  # the session's own database is gone
+        sql_client.sql("SELECT * FROM mine")

@@ -20,9 +20,11 @@ CONTRACT_NAMES = [
     "NotAnActivityError",
     "PartitionUnavailable",
     "PayloadError",
+    "QueryError",
     "QueryFailed",
     "ResultTimeout",
     "RetryPolicy",
+    "StatementNotAllowed",
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
@@ -55,4 +57,5 @@ def test_every_public_name_has_a_docstring() -> None:
 def test_every_error_derives_from_the_root() -> None:
     errors = [getattr(df, n) for n in df.__all__ if n.endswith(("Error", "Timeout"))]
     errors += [df.InvalidWorkflowId, df.UnknownWorkflowType, df.WorkflowNotFound]
+    errors += [df.StatementNotAllowed]
     assert [] == [e.__name__ for e in errors if not issubclass(e, df.DuraflowError)]

@@ -27,6 +27,7 @@ from duraflow.engine.ids import check_workflow_id
 from duraflow.errors import (
     ConfigurationError,
     PayloadError,
+    QueryError,
     ResultTimeout,
     WorkflowCancelledError,
     WorkflowFailedError,
@@ -53,8 +54,10 @@ class ArchiveAccess(Protocol):
     """The archive as a client reads it (``duraflow.storage.query.ArchiveReader``, wired by
     duraflow.runtime: the engine layer does not import storage)."""
 
-    def open(self, live: list[dict[str, Any]]) -> Any:
-        """A DuckDB session over the archive's views, with ``live`` as ``live_workflows``."""
+    def open(self, live: list[dict[str, Any]], *, own_database: bool = False) -> Any:
+        """A DuckDB session over the archive's views, with ``live`` as ``live_workflows``
+        (on a database of its own with ``own_database``). Its ``.sql()`` and
+        ``.fetch_arrow()`` run read-only SQL only."""
 
     def run_events(self, workflow_id: str, run_id: str | None) -> list[bytes]:
         """The encoded events of a closed run in the archive (the latest closed run of the
@@ -494,15 +497,22 @@ class Client:
     def duckdb(self) -> Any:
         """A DuckDB session over the archive: views ``history``, ``workflows`` and
         ``activities`` (archived and warm rows, each once) and ``live_workflows`` (runs in
-        the partitions now). Use ``.sql(query)`` on it, or its ``.con`` DuckDB connection;
-        close it when done (it is a context manager).
+        the partitions now). ``.sql(query, params)`` runs read-only SQL as :meth:`sql` does
+        and gives DuckDB's relation; ``.fetch_arrow(query, params)`` a pyarrow Table. Close
+        it when done (it is a context manager).
+
+        Note:
+            ``.con`` is the session's raw DuckDB connection, for your own code: the
+            statement check of ``.sql()`` does not apply to it, so never run others' SQL on
+            it. Its database is the session's own (what you create there goes with it),
+            reads files only in the archive's data folders, and its settings are locked.
 
         Raises:
             ConfigurationError: the engine was made with ``archive=False``.
         """
-        return self._session(with_live=True)
+        return self._session(with_live=True, own_database=True)
 
-    def _session(self, with_live: bool) -> Any:
+    def _session(self, with_live: bool, own_database: bool = False) -> Any:
         if self._archive is None:
             raise ConfigurationError(
                 "this client has no archive to query: open the engine with archive=True "
@@ -510,15 +520,29 @@ class Client:
             )
         # Listing every partition's runs costs a call to each; only pay it when asked for.
         runs = self.list(limit=1_000_000) if with_live else []
-        return self._archive.open([msgspec.structs.asdict(d) for d in runs])
+        live = [msgspec.structs.asdict(d) for d in runs]
+        return self._archive.open(live, own_database=own_database)
 
     def sql(self, query: str, params: Any = None) -> Any:
-        """Run SQL over the archive and live runs (see :meth:`duckdb`); a pyarrow Table.
+        """Run read-only SQL over the archive and live runs (see :meth:`duckdb` for the
+        views); ``?`` parameters bind ``params``. Returns a pyarrow Table.
+
+        Only ``SELECT``, ``WITH``, ``EXPLAIN``, ``DESCRIBE``, ``SUMMARIZE`` and ``PIVOT``
+        statements run, on a DuckDB database that reads no file but the archive's and whose
+        settings are locked: no query writes, or changes what a later one sees.
 
         Example: ``client.sql("SELECT workflow_type, count(*) FROM workflows GROUP BY 1")``.
+
+        Raises:
+            StatementNotAllowed: a statement that does more than read (``COPY``, ``ATTACH``,
+                ``SET``, ``CREATE``, ``INSTALL``...); nothing of the query ran.
+            QueryError: DuckDB refused or failed the query (its message), or ``query`` is
+                not text.
         """
+        if not isinstance(query, str):
+            raise QueryError(f"an SQL query must be text (str), not {type(query).__name__}")
         with self._session(with_live="live_workflows" in query.lower()) as session:
-            return session.sql(query, params).to_arrow_table()
+            return session.fetch_arrow(query, params)
 
     async def list_async(
         self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000

@@ -14,6 +14,10 @@ never change), Iceberg manifests once per process (``iceberg.data_files``), and 
 ``workflows`` / ``activities`` rows are derived again only when the warm segments or the
 offsets moved. :class:`ArchiveReader` keeps one catalog and one DuckDB database for all its
 sessions (a cursor each), so a ``client.sql`` call opens neither.
+
+Users' SQL only reads (``storage/readonly.py``): every database here is a
+:func:`~duraflow.storage.readonly.locked_database` that reads files only in the archive's data
+folders, and :meth:`ArchiveQuery.sql` runs read-only statements only.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from duraflow.storage.iceberg import (
     register_files,
     rows_after,
 )
+from duraflow.storage.readonly import fetch_arrow, locked_database, readable_folders, run
 from duraflow.storage.warm import Segment, list_segments, read_segments
 
 VIEWS = ("history", "workflows", "activities")
@@ -106,7 +111,9 @@ class ArchiveQuery:
     Args:
         archive: the archive (``catalog.open_archive``).
         warm_dir: the warm tier's folder, if there is one.
-        connection: a DuckDB connection to add the views to (default: a new in-memory one).
+        connection: a DuckDB connection to add the views to (default: a new
+            :func:`~duraflow.storage.readonly.locked_database`; one given should be one too,
+            or a cursor of one).
         cache: warm rows already read, shared by sessions over the same warm folder.
         lock: held while ``archive``'s tables are refreshed and read, when sessions in
             several threads share them.
@@ -123,15 +130,28 @@ class ArchiveQuery:
     ) -> None:
         self.archive = archive
         self.warm_dir = Path(warm_dir) if warm_dir is not None else None
-        self.con = connection if connection is not None else duckdb.connect()
+        self.con = (
+            connection if connection is not None else locked_database(readable_folders(archive))
+        )
         self._cache = cache if cache is not None else WarmCache()
         self._lock = lock if lock is not None else threading.Lock()
         self._cold: dict[str, list[str]] = {}  # the files each cold view reads now
         self.refresh()
 
-    def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation:
-        """Run SQL against the views (``?`` parameters bind ``params``)."""
-        return self.con.sql(query, params=params)
+    def sql(self, query: str, params: Any = None) -> duckdb.DuckDBPyRelation | None:
+        """Run read-only SQL against the views (``?`` parameters bind ``params``): DuckDB's
+        relation, run lazily (errors met while fetching it are DuckDB's own).
+
+        Raises:
+            StatementNotAllowed: a statement that does more than read (nothing has run).
+            QueryError: DuckDB refused the query (its message), or ``query`` is not text.
+        """
+        return run(self.con, query, params)
+
+    def fetch_arrow(self, query: str, params: Any = None) -> pa.Table:
+        """The result of read-only ``query`` as a pyarrow Table (see :meth:`sql`); every DuckDB
+        error, also one met while running the query, is a ``QueryError``."""
+        return fetch_arrow(self.con, query, params)
 
     def refresh(self) -> None:
         """Rebuild the views over what the archive and the warm folder hold now."""
@@ -285,17 +305,26 @@ class ArchiveReader:
         if self._archive is None:
             self._archive = open_archive(self._dir, warehouse=self._warehouse, s3=self._s3)
         if self._db is None:
-            self._db = duckdb.connect()
+            self._db = locked_database(readable_folders(self._archive))
         return self._archive, self._db
 
-    def open(self, live_rows: list[dict[str, Any]]) -> ArchiveQuery:
+    def open(self, live_rows: list[dict[str, Any]], *, own_database: bool = False) -> ArchiveQuery:
         """A DuckDB session with the views ``history``, ``workflows``, ``activities`` and
-        ``live_workflows`` (``live_rows``)."""
+        ``live_workflows`` (``live_rows``).
+
+        Args:
+            own_database: give the session a database of its own (locked the same way)
+                instead of a cursor of the one kept for all sessions: for a session whose
+                ``.con`` its holder may use, so nothing made there reaches other sessions.
+        """
         with self._lock:
             archive, db = self._opened()
-            cursor = db.cursor()
+            connection = None if own_database else db.cursor()
+            folders = readable_folders(archive)
+        if connection is None:
+            connection = locked_database(folders)  # ~30 ms: not under the lock
         session = ArchiveQuery(
-            archive, self._warm, connection=cursor, cache=self._cache, lock=self._lock
+            archive, self._warm, connection=connection, cache=self._cache, lock=self._lock
         )
         return add_live_workflows(session, live_rows)
 
