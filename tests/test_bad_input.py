@@ -793,6 +793,8 @@ def test_unknown_id_conflict_policy(client: df.Client) -> None:
         pytest.param(-1, "non-negative", id="negative-number"),
         pytest.param(float("nan"), "non-negative", id="nan"),
         pytest.param(float("inf"), "finite", id="inf"),
+        pytest.param(1e300, "at most 100 years (3155760000 s), got 1e+300", id="1e300"),
+        pytest.param("36525d1s", "at most 100 years", id="100-years-and-a-second"),
         pytest.param(True, "got True", id="bool"),
         pytest.param([1], "got [1]", id="list"),
     ],
@@ -812,9 +814,15 @@ def test_invalid_durations_are_refused_everywhere(value: Any, named: str) -> Non
 
 
 def test_invalid_retry_numbers() -> None:
-    with pytest.raises(df.InvalidDuration, match=r"backoff_coefficient must be >= 1\.0, got 0\.5"):
+    # more cases, field by field: tests/engine/test_retry_policy.py
+    with pytest.raises(
+        df.ConfigurationError, match=r"backoff_coefficient must be a finite number >= 1, got 0\.5"
+    ):
         df.RetryPolicy(backoff_coefficient=0.5)
-    with pytest.raises(df.InvalidDuration, match="maximum_attempts must be >= 0, got -1"):
+    with pytest.raises(
+        df.ConfigurationError,
+        match=r"maximum_attempts must be from 0 \(unlimited\) to 2147483647, got -1",
+    ):
         df.RetryPolicy(maximum_attempts=-1)
 
 
