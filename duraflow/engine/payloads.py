@@ -37,14 +37,8 @@ class PayloadTypes:
     rest: tuple[str, Any] | None
     """The ``*args`` parameter, if any: every extra argument has its type."""
     result: Any = None
-
-    @property
-    def untyped_parameters(self) -> bool:
-        """True when no parameter declares a type (arguments then decode in one call)."""
-        declared = [t for _, t in self.parameters]
-        if self.rest is not None:
-            declared.append(self.rest[1])
-        return all(t is None for t in declared)
+    untyped_parameters: bool = True
+    """No parameter declares a type: the arguments decode in one call, as they always did."""
 
     def parameter(self, index: int) -> tuple[str, Any]:
         """Name and declared type of the parameter that takes positional argument ``index``."""
@@ -136,7 +130,9 @@ def _types_of(fn: Callable[..., Any], skip_first: bool) -> PayloadTypes:
         ),
         None,
     )
-    return PayloadTypes(positional, rest, _usable(hints.get("return", _MISSING)))
+    declared = [t for _, t in positional] + ([rest[1]] if rest is not None else [])
+    untyped = all(t is None for t in declared)
+    return PayloadTypes(positional, rest, _usable(hints.get("return", _MISSING)), untyped)
 
 
 def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
