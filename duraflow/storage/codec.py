@@ -212,31 +212,29 @@ def _first_change(sent: Any, arrived: Any) -> str | None:
         elif isinstance(a, (list, tuple)):
             if isinstance(b, (list, tuple)):
                 pairs.extend(zip(a, b, strict=False))
-        elif isinstance(a, dict):
-            if isinstance(b, dict):  # msgspec keeps the order of keys
-                pairs.extend(zip(a.keys(), b.keys(), strict=False))
-                pairs.extend(zip(a.values(), b.values(), strict=False))
-        else:
-            pairs.extend(_field_pairs(a, b))
+        elif isinstance(a, dict) and isinstance(b, dict):  # msgspec keeps the order of keys
+            pairs.extend(zip(a.keys(), b.keys(), strict=False))
+            pairs.extend(zip(a.values(), b.values(), strict=False))
+        else:  # Structs, dataclasses and dicts, typed into one another: pair them by field
+            sent_fields, arrived_fields = _fields(a), _fields(b)
+            if sent_fields is not None and arrived_fields is not None:
+                pairs.extend(
+                    (value, arrived_fields[name])
+                    for name, value in sent_fields.items()
+                    if name in arrived_fields
+                )
     return None
 
 
-def _field_pairs(a: Any, b: Any) -> list[tuple[Any, Any]]:
-    """Field values of a Struct or dataclass ``a``, paired with the same fields of ``b``
-    (an object of the same kind, or the dict it arrived as without a type)."""
-    if isinstance(a, msgspec.Struct):
-        names = [(f.name, f.encode_name) for f in msgspec.structs.fields(a)]
-    elif dataclasses.is_dataclass(a) and not isinstance(a, type):
-        names = [(f.name, f.name) for f in dataclasses.fields(a)]
-    else:
-        return []
-    missing = object()
-    pairs = []
-    for name, encoded in names:
-        other = b.get(encoded, missing) if isinstance(b, dict) else getattr(b, name, missing)
-        if other is not missing:
-            pairs.append((getattr(a, name), other))
-    return pairs
+def _fields(value: Any) -> dict[Any, Any] | None:
+    """A dict, Struct or dataclass as {encoded field name: value}; None for anything else."""
+    if isinstance(value, dict):
+        return value
+    if isinstance(value, msgspec.Struct):
+        return {f.encode_name: getattr(value, f.name) for f in msgspec.structs.fields(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    return None
 
 
 def _equal(a: Any, b: Any) -> bool:
