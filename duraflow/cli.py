@@ -394,6 +394,8 @@ def _json_value(text: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not valid JSON ({exc}): {text}") from None
+    except RecursionError:  # the parser recurses once per level
+        raise argparse.ArgumentTypeError(f"JSON nested too deeply: {text[:40]}...") from None
 
 
 def _resources(text: str) -> dict[str, float]:

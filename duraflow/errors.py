@@ -5,7 +5,8 @@ DuraflowError
 ├── UnknownWorkflowType      no @workflow of that name is registered or importable
 ├── UnknownActivity          no @activity of that name is registered or importable
 ├── NotAnActivityError       ctx.activity() was given something that is not an @activity
-├── PayloadError             a value msgspec cannot encode (names the value and where it was)
+├── PayloadError             a value that cannot travel as sent: unencodable, nested deeper than
+│                            128 levels, refused by its annotation, or it would change type
 ├── InvalidDuration          "30s", "24h", "7d" or seconds; anything else
 ├── WorkflowNotFound         no workflow (or run) with that ID
 ├── WorkflowAlreadyRunning   start() of an ID whose latest run is still open
@@ -52,7 +53,10 @@ class NotAnActivityError(DuraflowError, TypeError):
 
 
 class PayloadError(DuraflowError, TypeError):
-    """A value that msgspec cannot encode; the message names the value and its role."""
+    """A value that cannot travel as sent: msgspec cannot encode it, it nests deeper than
+    ``MAX_PAYLOAD_DEPTH`` (128) levels, its annotation refuses it, or with no annotation it
+    would arrive as another type (a set as a list, a datetime as a str). The message names the
+    value's role (``argument 'order' of workflow 'checkout'``)."""
 
 
 class InvalidDuration(DuraflowError, ValueError):

@@ -428,6 +428,26 @@ def test_maximum_interval_defaults_to_100_times_initial_interval(
     assert [0.005, 0.15, 0.5] == pytest.approx(planned, abs=0.003)
 
 
+def test_huge_backoff_coefficient_still_stops_at_maximum_attempts(
+    client: df.Client, data_dir: Path
+) -> None:
+    # 0.001 * 1e300 ** 2 overflowed a float in the partition's turn: from the fourth attempt
+    # on the activity retried without end (or hung), ignoring maximum_attempts.
+    retry = {
+        "initial_interval": 0.001,
+        "backoff_coefficient": 1e300,
+        "maximum_interval": 0.01,
+        "maximum_attempts": 5,
+    }
+
+    wid, result = run_activity(client, "act_always_fails", retry=retry)
+
+    assert ("RuntimeError", 5) == (result["error"]["cause_type"], result["error"]["attempts"])
+    assert [1, 2, 3, 4, 5] == [a["attempt"] for a in seen(wid)]
+    planned = [(e.next_attempt_at_us - e.at_us) / 1e6 for e in retries(data_dir, wid)]
+    assert [0.001, 0.01, 0.01, 0.01] == pytest.approx(planned, abs=0.002)
+
+
 def test_flaky_activity_succeeds_on_the_attempt_after_its_failures(
     client: df.Client, data_dir: Path
 ) -> None:

@@ -8,12 +8,15 @@ answers queries, takes signals and completes with everything it was sent.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
+import decimal
 import gc
 import os
 import re
 import sqlite3
 import threading
 import time
+import uuid
 import warnings
 from pathlib import Path
 from typing import Any
@@ -226,6 +229,54 @@ async def bad_wf_child_of_unknown_type(ctx: df.WorkflowContext) -> str:
     return "not caught"
 
 
+@df.workflow
+async def bad_wf_counts(ctx: df.WorkflowContext, count: int) -> int:
+    return count
+
+
+@df.activity(retry=df.RetryPolicy(initial_interval=0.01, maximum_attempts=5))
+def bad_act_counts(count: int) -> int:
+    return count
+
+
+@df.activity(retry=df.RetryPolicy(initial_interval=0.01, maximum_attempts=5))
+def bad_act_says_int() -> int:
+    _count("bad_act_says_int")
+    return "five"  # type: ignore[return-value]  # reason: the mistake under test
+
+
+@df.activity(retry=df.RetryPolicy(initial_interval=0.01, maximum_attempts=5))
+def bad_act_returns(value_kind: str) -> Any:
+    _count(f"bad_act_returns {value_kind}")
+    return {"set": lambda: {1, 2}, "deep": lambda: nested_list(100_000)}[value_kind]()
+
+
+@df.workflow
+async def bad_wf_activity_mistakes(ctx: df.WorkflowContext, mistake: str) -> dict:
+    try:
+        if mistake == "argument":
+            await ctx.activity(bad_act_counts, "five")
+        elif mistake == "annotated result":
+            await ctx.activity(bad_act_says_int)
+        else:
+            await ctx.activity(bad_act_returns, mistake)
+    except df.PayloadError as exc:
+        return {"caught": "PayloadError", "message": str(exc)}
+    except df.ActivityError as exc:
+        return {
+            "caught": "ActivityError",
+            "cause_type": exc.cause_type,
+            "message": exc.cause_message,
+            "attempts": exc.attempts,
+        }
+    return {}
+
+
+@df.workflow
+async def bad_wf_returns_set(ctx: df.WorkflowContext) -> set[int]:
+    return {1, 2}
+
+
 _counts: dict[str, int] = {}
 _counts_lock = threading.Lock()
 
@@ -251,6 +302,14 @@ def assert_keeper_intact(handle: df.WorkflowHandle) -> None:
     handle.signal("item", "after")
     handle.signal("stop")
     assert {"label": handle.workflow_id, "items": ["before", "after"]} == handle.result(timeout=30)
+
+
+def nested_list(depth: int) -> Any:
+    """A string inside ``depth`` lists."""
+    nested: Any = "leaf"
+    for _ in range(depth):
+        nested = [nested]
+    return nested
 
 
 def files_under(root: Path) -> set[str]:
@@ -427,7 +486,7 @@ def test_unencodable_start_argument(client: df.Client) -> None:
         client.start(bad_echo, object(), workflow_id="bad-payload-start")
 
     message = str(caught.value)
-    assert "arguments of workflow 'bad_echo'" in message
+    assert "argument 'value' of workflow 'bad_echo'" in message
     assert "object" in message
     with pytest.raises(df.WorkflowNotFound):
         client.get_handle("bad-payload-start").describe()
@@ -486,7 +545,7 @@ def test_unencodable_activity_argument_raises_in_the_workflow(client: df.Client)
         bad_wf_activity_object_argument, workflow_id="bad-act-object-arg", timeout=30
     )
 
-    assert result.startswith("caught: cannot encode arguments of activity 'bad_act_echo'")
+    assert result.startswith("caught: cannot encode argument 'value' of activity 'bad_act_echo'")
 
 
 def test_text_that_is_not_valid_utf8_is_a_payload_error(client: df.Client) -> None:
@@ -498,7 +557,7 @@ def test_text_that_is_not_valid_utf8_is_a_payload_error(client: df.Client) -> No
     with pytest.raises(df.PayloadError) as on_signal:
         keeper.signal("item", {"path": os.fsdecode(b"\xfe")})
 
-    assert "arguments of workflow 'bad_echo'" in str(on_start.value)
+    assert "argument 'value' of workflow 'bad_echo'" in str(on_start.value)
     assert "payload of signal 'item'" in str(on_signal.value)
     with pytest.raises(df.WorkflowNotFound):
         client.get_handle("bad-surrogate-arg").describe()
@@ -514,15 +573,161 @@ def test_activity_returning_text_that_is_not_valid_utf8_fails_without_retries(
     assert "result of activity 'bad_act_returns_surrogate'" in result["cause_message"]
 
 
-def test_deeply_nested_payload_is_refused(client: df.Client) -> None:
-    nested: Any = "leaf"
-    for _ in range(500):
-        nested = [nested]
+@pytest.mark.parametrize("depth", [129, 500, 100_000])
+def test_deeply_nested_payload_is_refused(client: df.Client, depth: int) -> None:
+    # 100,000 levels once raised a raw RecursionError (from the error message's repr)
+    keeper = start_keeper(client)
+    length = keeper.describe().history_length
+    nested = nested_list(depth)
 
-    with pytest.raises(df.PayloadError) as caught:
+    with pytest.raises(df.PayloadError) as on_start:
         client.start(bad_echo, nested, workflow_id="bad-deep")
+    with pytest.raises(df.PayloadError) as on_signal:
+        keeper.signal("item", nested)
 
-    assert "nested deeper than" in str(caught.value)
+    assert (
+        "cannot encode argument 'value' of workflow 'bad_echo': nested deeper than 128 levels"
+        == str(on_start.value)
+    )
+    assert "cannot encode payload of signal 'item': nested deeper than 128 levels" == str(
+        on_signal.value
+    )
+    with pytest.raises(df.WorkflowNotFound):
+        client.get_handle("bad-deep").describe()
+    assert length == keeper.describe().history_length
+    assert_keeper_intact(keeper)
+
+
+def test_payload_at_the_depth_limit_round_trips(client: df.Client) -> None:
+    nested = nested_list(128)
+
+    assert nested == client.execute(bad_echo, nested, workflow_id="bad-deep-128", timeout=30)
+
+
+def test_activity_returning_a_deeply_nested_value_fails_without_retries(
+    client: df.Client,
+) -> None:
+    result = client.execute(
+        bad_wf_activity_mistakes, "deep", workflow_id="bad-deep-act", timeout=30
+    )
+
+    assert {
+        "caught": "ActivityError",
+        "cause_type": "PayloadError",
+        "message": "cannot encode result of activity 'bad_act_returns': nested deeper than 128 "
+        "levels",
+        "attempts": 1,
+    } == result
+    assert 1 == _counts["bad_act_returns deep"]
+
+
+# -- payloads that would change type on the way -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "change"),
+    [
+        pytest.param({1, 2}, "a set would arrive as a list", id="set"),
+        pytest.param(frozenset({1}), "a frozenset would arrive as a list", id="frozenset"),
+        pytest.param(
+            dt.datetime(2027, 1, 2, 3, 4), "a naive datetime would arrive as a str", id="datetime"
+        ),
+        pytest.param(dt.date(2027, 1, 2), "a date would arrive as a str", id="date"),
+        pytest.param(dt.time(3, 4), "a time would arrive as a str", id="time"),
+        pytest.param(dt.timedelta(hours=1), "a timedelta would arrive as a str", id="timedelta"),
+        pytest.param(uuid.UUID(int=7), "a UUID would arrive as a str", id="uuid"),
+        pytest.param(decimal.Decimal("9.90"), "a Decimal would arrive as a str", id="decimal"),
+        pytest.param({"at": {"when": {1}}}, "a set would arrive as a list", id="set-inside"),
+    ],
+)
+def test_values_that_would_change_type_are_refused_where_nothing_declares_a_type(
+    client: df.Client, value: Any, change: str
+) -> None:
+    # bad_echo's parameter is annotated Any and signals carry no type: these values would arrive
+    # as lists or strings, silently.
+    keeper = start_keeper(client)
+    length = keeper.describe().history_length
+
+    with pytest.raises(df.PayloadError) as on_start:
+        client.start(bad_echo, value, workflow_id="bad-changes")
+    with pytest.raises(df.PayloadError) as on_signal:
+        keeper.signal("item", value)
+
+    assert str(on_start.value).startswith(
+        f"cannot encode argument 'value' of workflow 'bad_echo': {change}: convert it, or "
+        "declare its type with an annotation on the workflow or activity parameter"
+    )
+    assert str(on_signal.value).startswith(f"cannot encode payload of signal 'item': {change}")
+    with pytest.raises(df.WorkflowNotFound):
+        client.get_handle("bad-changes").describe()
+    assert length == keeper.describe().history_length
+    assert_keeper_intact(keeper)
+
+
+def test_argument_its_annotation_refuses_names_the_parameter(client: df.Client) -> None:
+    with pytest.raises(df.PayloadError) as caught:
+        client.start(bad_wf_counts, "five", workflow_id="bad-counts")
+
+    assert (
+        "argument 'count' of workflow 'bad_wf_counts' does not match its annotation int: "
+        "Expected `int`, got `str`"
+    ) == str(caught.value)
+    with pytest.raises(df.WorkflowNotFound):
+        client.get_handle("bad-counts").describe()
+
+
+def test_activity_argument_its_annotation_refuses_raises_in_the_workflow(
+    client: df.Client,
+) -> None:
+    result = client.execute(
+        bad_wf_activity_mistakes, "argument", workflow_id="bad-act-arg-type", timeout=30
+    )
+
+    assert {
+        "caught": "PayloadError",
+        "message": "argument 'count' of activity 'bad_act_counts' does not match its annotation "
+        "int: Expected `int`, got `str`",
+    } == result
+
+
+@pytest.mark.parametrize(
+    ("mistake", "message"),
+    [
+        pytest.param(
+            "annotated result",
+            "result of activity 'bad_act_says_int' does not match its annotation int: "
+            "Expected `int`, got `str`",
+            id="annotation",
+        ),
+        pytest.param(
+            "set",
+            "cannot encode result of activity 'bad_act_returns': a set would arrive as a list",
+            id="unannotated-set",
+        ),
+    ],
+)
+def test_activity_result_that_would_not_arrive_as_returned_fails_without_retries(
+    client: df.Client, mistake: str, message: str
+) -> None:
+    result = client.execute(bad_wf_activity_mistakes, mistake, timeout=30)
+
+    assert ("ActivityError", "PayloadError", 1) == (
+        result["caught"],
+        result["cause_type"],
+        result["attempts"],
+    )
+    assert result["message"].startswith(message)
+
+
+def test_workflow_result_that_would_change_type_fails_the_run(client: df.Client) -> None:
+    # A workflow's result is read by clients that may not have its code: it is never typed.
+    with pytest.raises(df.WorkflowFailedError) as caught:
+        client.execute(bad_wf_returns_set, workflow_id="bad-returns-set", timeout=30)
+
+    assert "PayloadError" == caught.value.cause_type
+    assert caught.value.cause_message.startswith(
+        "cannot encode result of workflow 'bad_wf_returns_set': a set would arrive as a list"
+    )
 
 
 # -- workflow IDs ---------------------------------------------------------------------------------
@@ -793,6 +998,8 @@ def test_unknown_id_conflict_policy(client: df.Client) -> None:
         pytest.param(-1, "non-negative", id="negative-number"),
         pytest.param(float("nan"), "non-negative", id="nan"),
         pytest.param(float("inf"), "finite", id="inf"),
+        pytest.param(1e300, "at most 100 years (3155760000 s), got 1e+300", id="1e300"),
+        pytest.param("36525d1s", "at most 100 years", id="100-years-and-a-second"),
         pytest.param(True, "got True", id="bool"),
         pytest.param([1], "got [1]", id="list"),
     ],
@@ -812,9 +1019,15 @@ def test_invalid_durations_are_refused_everywhere(value: Any, named: str) -> Non
 
 
 def test_invalid_retry_numbers() -> None:
-    with pytest.raises(df.InvalidDuration, match=r"backoff_coefficient must be >= 1\.0, got 0\.5"):
+    # more cases, field by field: tests/engine/test_retry_policy.py
+    with pytest.raises(
+        df.ConfigurationError, match=r"backoff_coefficient must be a finite number >= 1, got 0\.5"
+    ):
         df.RetryPolicy(backoff_coefficient=0.5)
-    with pytest.raises(df.InvalidDuration, match="maximum_attempts must be >= 0, got -1"):
+    with pytest.raises(
+        df.ConfigurationError,
+        match=r"maximum_attempts must be from 0 \(unlimited\) to 2147483647, got -1",
+    ):
         df.RetryPolicy(maximum_attempts=-1)
 
 

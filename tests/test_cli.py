@@ -256,6 +256,7 @@ def test_serve_two_drivers_status_stop_and_serve_again(
     ("argv", "message"),
     [
         (["signal", "wf", "go", "{not json"], "not valid JSON"),
+        (["signal", "wf", "go", "[" * 100_000 + "]" * 100_000], "JSON nested too deeply"),
         (["serve", "--data-dir", "d", "--partitions", "0"], "must be > 0"),
         (["serve", "--data-dir", "d", "--synchronous", "SOMETIMES"], "invalid choice"),
         (["serve", "--data-dir", "d", "--retention", "soon"], "'soon' is not a duration"),

@@ -12,6 +12,7 @@ import msgspec
 
 from duraflow.cdc import events as ev
 from duraflow.engine.activities import ActivityOutcome
+from duraflow.engine.definitions import delay_s
 
 if TYPE_CHECKING:
     from duraflow.actors.attempts import Attempt, AttemptTable
@@ -100,7 +101,7 @@ class ActivitySteps:
         open_run = self._open[attempt.key[0]]
         retry = attempt.options.retry
         following = attempt.number + 1
-        wait = retry.delay_before(following) if delay is None else delay
+        wait = delay_s(retry, following) if delay is None else delay
         now = self._clock()
         deadline = attempt.deadline()
         if (

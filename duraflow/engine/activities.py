@@ -18,8 +18,9 @@ from typing import Any, Protocol
 import msgspec
 
 from duraflow.engine.definitions import ActivityDefinition
+from duraflow.engine.payloads import activity_types, decode_args, encode_result
 from duraflow.errors import DuraflowError, PayloadError
-from duraflow.storage.codec import decode, encode, text
+from duraflow.storage.codec import encode, text
 
 DEFAULT_ACTIVITY_THREADS = 64
 
@@ -121,12 +122,20 @@ def _current_task() -> ActivityTask:
     return task
 
 
-def outcome_of(result: Any, name: str) -> ActivityOutcome:
-    """Encode a returned value; an unencodable result fails the attempt (non-retryable)."""
+def outcome_of(result: Any, definition: ActivityDefinition) -> ActivityOutcome:
+    """Encode a returned value for the activity's return annotation; a result that cannot be
+    encoded or does not match fails the attempt (non-retryable)."""
+    role = f"activity {definition.name!r}"
     try:
-        return ActivityOutcome(ok=True, result=encode(result, f"result of activity {name!r}"))
+        data = encode_result(activity_types(definition), result, role)
     except PayloadError as exc:
-        return ActivityOutcome(ok=False, error_type="PayloadError", error_message=str(exc))
+        return failure_of(exc)
+    return ActivityOutcome(ok=True, result=data)
+
+
+def _args_of(task: ActivityTask) -> list[Any]:
+    definition = task.definition
+    return decode_args(activity_types(definition), task.args, f"activity {definition.name!r}")
 
 
 def failure_of(exc: BaseException) -> ActivityOutcome:
@@ -138,19 +147,19 @@ def run_sync_attempt(task: ActivityTask) -> ActivityOutcome:
     """Run a sync activity attempt in the calling thread."""
     token = _current.set(task)
     try:
-        result = task.definition.fn(*(decode(task.args) or []))
+        result = task.definition.fn(*_args_of(task))
     except Exception as exc:  # reason: any activity error is reported, not raised
         return failure_of(exc)
     finally:
         _current.reset(token)
-    return outcome_of(result, task.definition.name)
+    return outcome_of(result, task.definition)
 
 
 async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
     """Run an async activity attempt in the current event loop."""
     token = _current.set(task)
     try:
-        result = await task.definition.fn(*(decode(task.args) or []))
+        result = await task.definition.fn(*_args_of(task))
     except asyncio.CancelledError:
         return ActivityOutcome(
             ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
@@ -159,7 +168,7 @@ async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
         return failure_of(exc)
     finally:
         _current.reset(token)
-    return outcome_of(result, task.definition.name)
+    return outcome_of(result, task.definition)
 
 
 class InlineExecutor:

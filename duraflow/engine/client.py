@@ -24,6 +24,7 @@ from duraflow.cdc.subscribers import Subscription
 from duraflow.engine.batching import Batcher
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
+from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import (
     ConfigurationError,
     PayloadError,
@@ -408,7 +409,7 @@ class Client:
             raise ConfigurationError(
                 f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
             )
-        data = encode(list(args), f"arguments of workflow {definition.name!r}")
+        data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
         reply: m.StartReply = await self._call(
             workflow_id,
             m.Start(

@@ -23,6 +23,13 @@ from duraflow.cdc import events as ev
 from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
 from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from duraflow.engine.loop import WorkflowLoop
+from duraflow.engine.payloads import (
+    activity_types,
+    decode_args,
+    decode_result,
+    encode_args,
+    workflow_types,
+)
 from duraflow.errors import ActivityError, ChildWorkflowError, NonDeterminismError, PayloadError
 from duraflow.storage.codec import decode, encode, text
 
@@ -122,7 +129,7 @@ class WorkflowRun:
         )
         self._seq = 0
         self._issued: list[ev.Event] = []
-        self._activities: dict[int, tuple[asyncio.Future[Any], str]] = {}
+        self._activities: dict[int, tuple[asyncio.Future[Any], ActivityDefinition]] = {}
         self._children: dict[int, asyncio.Future[Any]] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._timer_seqs: dict[int, int] = {}
@@ -165,17 +172,18 @@ class WorkflowRun:
 
     def _apply(self, event: ev.Event) -> None:
         if isinstance(event, ev.WorkflowStarted):
-            args = decode(event.args) or []
-            self._main = self.loop.create_task(self._call_workflow(args))
+            self._main = self.loop.create_task(self._call_workflow(event.args))
         elif isinstance(event, ev.ActivityCompleted):
-            future, _ = self._pending(self._activities.pop(event.seq, None), event)
+            future, definition = self._pending(self._activities.pop(event.seq, None), event)
             if not future.done():
-                future.set_result(decode(event.result))
+                self._resolve_activity(future, definition, event.result)
         elif isinstance(event, ev.ActivityFailed):
-            future, name = self._pending(self._activities.pop(event.seq, None), event)
+            future, definition = self._pending(self._activities.pop(event.seq, None), event)
             if not future.done():
                 future.set_exception(
-                    ActivityError(name, event.error_type, event.error_message, event.attempt)
+                    ActivityError(
+                        definition.name, event.error_type, event.error_message, event.attempt
+                    )
                 )
         elif isinstance(event, ev.TimerFired):
             handle = self._pending(self._timers.pop(event.seq, None), event)
@@ -210,8 +218,23 @@ class WorkflowRun:
             )
         return found
 
-    async def _call_workflow(self, args: Sequence[Any]) -> Any:
+    async def _call_workflow(self, data: bytes | None) -> Any:
+        # Decoded inside the run: arguments its annotations refuse fail the run, on replay too.
+        role = f"workflow {self.info.workflow_type!r}"
+        args = decode_args(workflow_types(self.definition), data, role)
         return await self.definition.fn(self.ctx, *args)
+
+    @staticmethod
+    def _resolve_activity(
+        future: asyncio.Future[Any], definition: ActivityDefinition, result: bytes
+    ) -> None:
+        role = f"activity {definition.name!r}"
+        try:
+            value = decode_result(activity_types(definition), result, role)
+        except PayloadError as exc:  # the recorded result no longer fits the annotation
+            future.set_exception(exc)
+        else:
+            future.set_result(value)
 
     def _close_from_main(self, at_us: int) -> None:
         main = self._main
@@ -296,10 +319,12 @@ class WorkflowRun:
     async def schedule_activity(
         self, definition: ActivityDefinition, args: Iterable[Any], options: ActivityOptions
     ) -> Any:
-        payload = encode(list(args), f"arguments of activity {definition.name!r}")
+        payload = encode_args(
+            activity_types(definition), list(args), f"activity {definition.name!r}"
+        )
         seq = self.next_seq()
         future = self.loop.create_future()
-        self._activities[seq] = (future, definition.name)
+        self._activities[seq] = (future, definition)
         event = ev.ActivityScheduled(
             **self._event_base(), seq=seq, activity=definition.name, args=payload
         )
@@ -332,7 +357,9 @@ class WorkflowRun:
         workflow_id: str | None,
         parent_close_policy: str,
     ) -> ChildWorkflowHandle:
-        payload = encode(list(args), f"arguments of child workflow {definition.name!r}")
+        payload = encode_args(
+            workflow_types(definition), list(args), f"child workflow {definition.name!r}"
+        )
         seq = self.next_seq()
         child_id = workflow_id or f"{self.info.workflow_id}/{seq}"
         future = self.loop.create_future()
