@@ -49,7 +49,7 @@ from duraflow.errors import (
     WorkflowClosed,
     WorkflowNotFound,
 )
-from duraflow.storage.codec import decode, encode
+from duraflow.storage.codec import decode, encode, error_text
 from duraflow.storage.sqlite_store import PartitionStore, TimerRow, WorkflowRow
 
 log = logging.getLogger("duraflow.partition")
@@ -529,10 +529,12 @@ class Partition(ActivitySteps):
             )
         try:
             value = run.query(req.name, decode(req.args) or [])
-        except Exception as exc:  # reason: a handler's error goes back to the caller
+        except GeneratorExit:
+            raise
+        except BaseException as exc:  # reason: a handler's error (any) goes back to the caller
             raise QueryFailed(
                 f"query {req.name!r} of workflow {req.workflow_id!r} raised "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {error_text(exc)}"
             ) from None
         return encode(value, f"result of query {req.name!r}")
 

@@ -104,8 +104,8 @@ def _run_activity(
         )
     task = ActivityTask(definition, args, info, send_heartbeat)
     if definition.is_async:
-        return asyncio.run(_interruptible(run_async_attempt(task)))
-    return run_sync_attempt(task)
+        return asyncio.run(_interruptible(run_async_attempt(task, interruptible=True)))
+    return run_sync_attempt(task, interruptible=True)
 
 
 CANCEL_POLL_S = 0.05

@@ -8,6 +8,7 @@ attempt and reports its outcome. Activity code can call :func:`heartbeat` and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import dataclasses
 import queue
@@ -20,7 +21,7 @@ import msgspec
 from duraflow.engine.definitions import ActivityDefinition
 from duraflow.engine.payloads import activity_types, decode_args, encode_result
 from duraflow.errors import DuraflowError, PayloadError
-from duraflow.storage.codec import encode, text
+from duraflow.storage.codec import encode, error_text
 
 DEFAULT_ACTIVITY_THREADS = 64
 
@@ -139,24 +140,36 @@ def _args_of(task: ActivityTask) -> list[Any]:
 
 
 def failure_of(exc: BaseException) -> ActivityOutcome:
-    """The outcome of an attempt that raised ``exc``."""
-    return ActivityOutcome(ok=False, error_type=type(exc).__name__, error_message=text(str(exc)))
+    """The outcome of an attempt that raised ``exc`` (any exception: its description cannot
+    raise)."""
+    return ActivityOutcome(ok=False, error_type=type(exc).__name__, error_message=error_text(exc))
 
 
-def run_sync_attempt(task: ActivityTask) -> ActivityOutcome:
-    """Run a sync activity attempt in the calling thread."""
+def run_sync_attempt(task: ActivityTask, *, interruptible: bool = False) -> ActivityOutcome:
+    """Run a sync activity attempt in the calling thread.
+
+    Whatever the activity raises, ``SystemExit`` and ``KeyboardInterrupt`` included, becomes
+    a failed outcome: a worker thread never dies of it and the partition always hears back.
+    With ``interruptible`` (a Ray task, which ``ray.cancel`` interrupts like Ctrl-C), a
+    ``KeyboardInterrupt`` is left to Ray, which reports the attempt cancelled.
+    """
     token = _current.set(task)
     try:
         result = task.definition.fn(*_args_of(task))
-    except Exception as exc:  # reason: any activity error is reported, not raised
+    except KeyboardInterrupt:
+        if interruptible:
+            raise
+        return failure_of(KeyboardInterrupt())
+    except BaseException as exc:  # reason: any activity error is reported, not raised
         return failure_of(exc)
     finally:
         _current.reset(token)
     return outcome_of(result, task.definition)
 
 
-async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
-    """Run an async activity attempt in the current event loop."""
+async def run_async_attempt(task: ActivityTask, *, interruptible: bool = False) -> ActivityOutcome:
+    """Run an async activity attempt in the current event loop (anything it raises becomes a
+    failed outcome, as in :func:`run_sync_attempt`)."""
     token = _current.set(task)
     try:
         result = await task.definition.fn(*_args_of(task))
@@ -164,7 +177,13 @@ async def run_async_attempt(task: ActivityTask) -> ActivityOutcome:
         return ActivityOutcome(
             ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
         )
-    except Exception as exc:  # reason: any activity error is reported, not raised
+    except GeneratorExit:
+        raise  # the coroutine is being closed: not the activity's outcome
+    except KeyboardInterrupt:
+        if interruptible:
+            raise
+        return failure_of(KeyboardInterrupt())
+    except BaseException as exc:  # reason: SystemExit and friends must not end the loop
         return failure_of(exc)
     finally:
         _current.reset(token)
@@ -214,7 +233,9 @@ class InlineExecutor:
             if item is None:
                 return
             task, done = item
-            done(run_sync_attempt(task))
+            outcome = run_sync_attempt(task)
+            with contextlib.suppress(RuntimeError):  # the host's loop closed: nobody waits
+                done(outcome)
             with self._lock:
                 self._idle += 1
 

@@ -99,7 +99,13 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
             while ready:
                 handle = ready.popleft()
                 if not handle._cancelled:  # reason: asyncio's own Handle flag
-                    handle._run()  # reason: how asyncio loops run handles
+                    try:  # noqa: SIM105  # reason: a try costs nothing here, suppress() a call per handle
+                        handle._run()  # reason: how asyncio loops run handles
+                    except (SystemExit, KeyboardInterrupt):
+                        # Raised by workflow code (sys.exit(), say): its task has recorded it
+                        # as its exception already (asyncio re-raises these two after doing
+                        # so); the run fails with it, the partition's loop goes on.
+                        pass
         finally:
             events._set_running_loop(previous)
 

@@ -31,7 +31,7 @@ from duraflow.engine.payloads import (
     workflow_types,
 )
 from duraflow.errors import ActivityError, ChildWorkflowError, NonDeterminismError, PayloadError
-from duraflow.storage.codec import decode, encode, text
+from duraflow.storage.codec import decode, encode, error_text
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
 """Recorded in every ``workflow.started``: asyncio orders some operations differently across
@@ -260,7 +260,7 @@ class WorkflowRun:
         else:
             self._command(
                 ev.WorkflowFailed(
-                    **base, error_type=type(exc).__name__, error_message=text(str(exc))
+                    **base, error_type=type(exc).__name__, error_message=error_text(exc)
                 )
             )
 

@@ -129,6 +129,18 @@ def text(value: str) -> str:
     return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
+def error_text(exc: BaseException) -> str:
+    """``str(exc)`` made storable, for any exception user code raised: one whose ``__str__``
+    raises (or returns something odd) is described by its type name instead."""
+    try:
+        message = str(exc)
+    except BaseException as err:  # reason: user __str__ may raise anything, even SystemExit
+        return f"<{type(exc).__name__} whose str() raised {type(err).__name__}>"
+    if not isinstance(message, str):  # a __str__ returning a str subclass gone wrong
+        return f"<{type(exc).__name__}>"
+    return text(message)
+
+
 def to_json(value: Any) -> str:
     """JSON text of a value, for people (CLI output, logs)."""
     return _json_encoder.encode(value).decode()
