@@ -22,6 +22,7 @@ import argparse
 import datetime as dt
 import decimal
 import json
+import math
 import os
 import re
 import sys
@@ -57,7 +58,7 @@ from duraflow.storage.query import ArchiveQuery, open_query
 
 DEFAULT_ADDRESS = "auto"
 DEFAULT_S3_REGION = "us-east-1"
-_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
 EXIT_FAILED = 1
 EXIT_ERROR = 2
 
@@ -428,8 +429,8 @@ def _positive(kind: type[int] | type[float]) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be > 0 and finite, got {text}")
         return value
 
     return parse

@@ -15,10 +15,13 @@ Note:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
 import msgspec
+
+from duraflow.errors import ConfigurationError
 
 DEFAULT_DATA_DIR = ".duraflow"
 DEFAULT_PARTITIONS = 4
@@ -32,6 +35,23 @@ DEFAULT_RETENTION_S = 86_400.0
 COMMIT_INTERVAL_S = 5.0
 """How often the archive consumer commits its warm segments to the Iceberg tables."""
 HIDDEN = "<hidden>"
+
+SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+"""SQLite ``synchronous`` modes a partition file may be opened with."""
+MAX_PARTITIONS = 1024
+"""The most partitions a deployment may have (each is a Ray actor, or a file and a share of
+one thread in-process)."""
+MAX_ACTIVITY_THREADS = 1024
+"""The most threads a partition's process may run sync activities on."""
+MAX_COUNT = 2**31 - 1
+"""The largest count setting (``max_resident_runs``) accepted."""
+MAX_DURATION_S = 100 * 365.25 * 86400.0
+"""The longest duration setting: 100 years, the bound of every duration in duraflow
+(``duraflow.engine.definitions.MAX_DURATION_S``; both modules are leaves, so each holds it and
+tests/test_bad_options.py checks that they agree)."""
+MAX_RESOURCE = 1e9
+"""The largest amount of one custom Ray resource a partition actor may ask for."""
+_NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class S3Config(msgspec.Struct, frozen=True):
@@ -49,6 +69,17 @@ class S3Config(msgspec.Struct, frozen=True):
     access_key_id: str | None = None
     secret_access_key: str | None = None
     region: str = "us-east-1"
+
+    def __post_init__(self) -> None:
+        for name in ("endpoint", "access_key_id", "secret_access_key"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                # never the value itself: it may be a credential
+                raise ConfigurationError(
+                    f"s3.{name} must be a str or None, got a {type(value).__name__}"
+                )
+        if not isinstance(self.region, str) or not self.region:
+            raise _refused("s3.region", self.region, "a region name like 'us-east-1'")
 
     def __repr__(self) -> str:
         hidden = HIDDEN if self.access_key_id or self.secret_access_key else None
@@ -77,21 +108,32 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     Where the deployment is hosted (``runtime``, the Ray ``address``) is not part of it: the
     same config is served on a cluster or hosted in-process.
 
+    Every value is checked when a config is made or decoded (see README "Options and their
+    ranges"); one that is out of range raises :class:`~duraflow.errors.ConfigurationError`
+    naming the setting, the value and what is allowed.
+
     Attributes:
         data_dir: absolute path of the data directory.
-        partitions: the partition count recorded in the data directory.
-        namespace: the Ray namespace of the partition and consumer actors.
-        synchronous: SQLite ``synchronous`` mode, upper case.
-        activity_threads: threads for sync activities run in a partition's process.
-        max_resident_runs: per partition, runs kept in memory between turns (None: no cap).
-        hibernate_after_s: idle runs are dropped from memory after this long (None: never).
-        retention_s: how long a closed, archived run stays in its partition's file.
+        partitions: the partition count recorded in the data directory (1 to 1,024).
+        namespace: the Ray namespace of the partition and consumer actors (1 to 64 letters,
+            digits, ``_``, ``.``, ``-``).
+        synchronous: SQLite ``synchronous`` mode, upper case (``SYNCHRONOUS_MODES``).
+        activity_threads: threads for sync activities run in a partition's process (1 to
+            1,024).
+        max_resident_runs: per partition, runs kept in memory between turns (0 to 2**31-1;
+            None: no cap).
+        hibernate_after_s: idle runs are dropped from memory after this long (0 to 100 years;
+            None: never).
+        retention_s: how long a closed, archived run stays in its partition's file (0 to 100
+            years).
         archive: whether a consumer archives the change log (warm Parquet, then Iceberg).
         warehouse: the Iceberg warehouse (None: ``data_dir/archive/warehouse``).
         s3: endpoint, region and credentials of an ``s3://`` warehouse.
-        archive_interval_s: how often the consumer commits warm segments to Iceberg.
+        archive_interval_s: how often the consumer commits warm segments to Iceberg (above 0,
+            at most 100 years).
         app_modules: modules every partition actor imports when it starts.
-        partition_resources: custom Ray resources each partition actor asks for.
+        partition_resources: custom Ray resources each partition actor asks for (amounts
+            above 0).
     """
 
     data_dir: str
@@ -109,6 +151,79 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     app_modules: tuple[str, ...] = ()
     partition_resources: dict[str, float] | None = None
 
+    def __post_init__(self) -> None:
+        # Every path to a config (Engine, serve, an actor decoding its argument, a client
+        # reading a deployment's) checks it here, so a value that would hang or break a
+        # partition later is refused at once, naming the setting and its range.
+        _check_text("data_dir", self.data_dir, "a directory path")
+        check_partitions(self.partitions)
+        check_namespace(self.namespace)
+        if self.synchronous not in SYNCHRONOUS_MODES:
+            raise _refused("synchronous", self.synchronous, f"one of {SYNCHRONOUS_MODES}")
+        _check_count("activity_threads", self.activity_threads, 1, MAX_ACTIVITY_THREADS)
+        if self.max_resident_runs is not None:
+            _check_count("max_resident_runs", self.max_resident_runs, 0, MAX_COUNT, "None (no cap)")
+        if self.hibernate_after_s is not None:
+            self._seconds("hibernate_after_s", 0.0, "None (never)")
+        self._seconds("retention_s", 0.0)
+        if not isinstance(self.archive, bool):
+            raise _refused("archive", self.archive, "True or False")
+        if self.warehouse is not None:
+            _check_text("warehouse", self.warehouse, "s3://bucket/prefix, a path or a file:// URI")
+        if self.s3 is not None and not isinstance(self.s3, S3Config):
+            raise _refused("s3", self.s3, "a duraflow.config.S3Config or None")
+        self._seconds("archive_interval_s", None)
+        self._check_app_modules()
+        self._check_resources()
+
+    def _seconds(self, name: str, least: float | None, otherwise: str = "") -> None:
+        """Check (and store as a float) the duration setting ``name``; ``least`` None means
+        it must be above 0."""
+        value = getattr(self, name)
+        low = "above 0 and at most" if least is None else f"from {least:g} to"
+        allowed = f"seconds {low} 100 years ({MAX_DURATION_S:.0f} s)"
+        if otherwise:
+            allowed += f", or {otherwise}"
+        name = name.removesuffix("_s")  # as Engine and serve call it
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _refused(name, value, allowed)
+        seconds = float(max(-1, min(value, 2**63))) if isinstance(value, int) else value
+        if not (seconds > 0 if least is None else seconds >= least) or not (
+            seconds <= MAX_DURATION_S
+        ):
+            raise _refused(name, value, allowed)
+        msgspec.structs.force_setattr(self, f"{name}_s", seconds)
+
+    def _check_app_modules(self) -> None:
+        modules = self.app_modules
+        if isinstance(modules, list):
+            modules = tuple(modules)
+            msgspec.structs.force_setattr(self, "app_modules", modules)
+        if not isinstance(modules, tuple):
+            raise _refused("app_modules", modules, "a list of module names")
+        for module in modules:
+            if not isinstance(module, str) or not all(
+                part.isidentifier() for part in module.split(".")
+            ):
+                raise _refused("app_modules", module, "importable module names like 'app.flows'")
+
+    def _check_resources(self) -> None:
+        resources = self.partition_resources
+        if resources is None:
+            return
+        allowed = f"a dict of resource names to amounts above 0 and at most {MAX_RESOURCE:g}"
+        if not isinstance(resources, dict):
+            raise _refused("partition_resources", resources, allowed)
+        for name, amount in resources.items():
+            if (
+                not isinstance(name, str)
+                or not name
+                or isinstance(amount, bool)
+                or not isinstance(amount, (int, float))
+                or not 0 < amount <= MAX_RESOURCE
+            ):
+                raise _refused("partition_resources", {name: amount}, allowed)
+
     def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
         # msgspec's own __rich_repr__ would show the nested S3Config's fields, credentials too
         for name in self.__struct_fields__:
@@ -120,8 +235,15 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def decode(cls, data: bytes) -> EngineConfig:
-        """The config :meth:`encode` made."""
-        return msgspec.msgpack.decode(data, type=cls)
+        """The config :meth:`encode` made.
+
+        Raises:
+            ConfigurationError: not a config, or a setting out of its range.
+        """
+        try:
+            return msgspec.msgpack.decode(data, type=cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"not a valid duraflow config: {exc}") from None
 
     def public(self) -> dict[str, Any]:
         """This config as JSON values (lists, not tuples), without the S3 credentials: what
@@ -135,8 +257,15 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
 
     @classmethod
     def from_public(cls, shown: dict[str, Any]) -> EngineConfig:
-        """The config :meth:`public` showed (without credentials)."""
-        return msgspec.convert(shown, cls)
+        """The config :meth:`public` showed (without credentials).
+
+        Raises:
+            ConfigurationError: not a config, or a setting out of its range.
+        """
+        try:
+            return msgspec.convert(shown, cls)
+        except msgspec.ValidationError as exc:
+            raise ConfigurationError(f"not a valid duraflow config: {exc}") from None
 
     def differences(self, other: EngineConfig) -> dict[str, tuple[Any, Any]]:
         """``{name: (self's value, other's value)}`` for each setting that differs, as
@@ -147,3 +276,50 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
             for name in self.__struct_fields__
             if mine[name] != theirs[name]
         }
+
+
+def check_partitions(partitions: object) -> int:
+    """``partitions`` if it is a partition count duraflow accepts.
+
+    Raises:
+        ConfigurationError: not a whole number from 1 to ``MAX_PARTITIONS``.
+    """
+    _check_count("partitions", partitions, 1, MAX_PARTITIONS)
+    assert isinstance(partitions, int)
+    return partitions
+
+
+def check_namespace(namespace: object) -> str:
+    """``namespace`` if it is a Ray namespace duraflow accepts.
+
+    Raises:
+        ConfigurationError: not 1 to 64 letters, digits, ``_``, ``.`` or ``-`` starting with
+            a letter or digit.
+    """
+    if not isinstance(namespace, str) or not _NAMESPACE.fullmatch(namespace):
+        raise _refused(
+            "namespace",
+            namespace,
+            "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
+        )
+    return namespace
+
+
+def _check_count(name: str, value: object, least: int, most: int, otherwise: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not least <= value <= most:
+        allowed = f"a whole number from {least} to {most}"
+        raise _refused(name, value, allowed + (f", or {otherwise}" if otherwise else ""))
+
+
+def _check_text(name: str, value: object, allowed: str) -> None:
+    if not isinstance(value, str) or not value or "\x00" in value:
+        raise _refused(name, value, allowed)
+
+
+def _refused(name: str, value: object, allowed: str) -> ConfigurationError:
+    return ConfigurationError(f"{name} must be {allowed}, got {_short(value)}")
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

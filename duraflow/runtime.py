@@ -23,14 +23,16 @@ from duraflow.config import (
     DEFAULT_RETENTION_S,
     DEFAULT_SYNCHRONOUS,
     IDLE_BEFORE_HIBERNATE_S,
+    SYNCHRONOUS_MODES,
     EngineConfig,
     S3Config,
+    check_namespace,
+    check_partitions,
 )
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
 from duraflow.storage.query import ArchiveReader
-from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
 RUNTIMES = ("ray", "local")
 DEPLOYMENT_FILE = "deployment.json"
@@ -59,8 +61,11 @@ def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
     ``partitions`` (default 4). Writes nothing.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
+        ConfigurationError: ``partitions`` differs from the recorded count, or is not a whole
+            number from 1 to 1,024.
     """
+    if partitions is not None:
+        check_partitions(partitions)
     path = data_dir / DEPLOYMENT_FILE
     if path.exists():
         recorded = msgspec.json.decode(path.read_bytes(), type=Deployment)
@@ -70,10 +75,7 @@ def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
                 f"opened with partitions={partitions} (workflow IDs are routed by that number)"
             )
         return recorded.partitions
-    count = DEFAULT_PARTITIONS if partitions is None else partitions
-    if not isinstance(count, int) or count < 1:
-        raise ConfigurationError(f"partitions must be an integer >= 1, got {partitions!r}")
-    return count
+    return DEFAULT_PARTITIONS if partitions is None else partitions
 
 
 def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
@@ -116,15 +118,25 @@ def engine_config(
     path. Durations are parsed here; the data directory is only read (its partition count).
 
     Raises:
-        ConfigurationError: a partition count that differs from the recorded one, or an
-            unknown ``synchronous`` mode.
-        InvalidDuration: a duration that cannot be parsed.
+        ConfigurationError: a partition count that differs from the recorded one, or any
+            setting out of its range (the message names the setting, the value and the range;
+            see :class:`EngineConfig`).
+        InvalidDuration: a duration that cannot be parsed, is negative or over 100 years.
     """
+    if not isinstance(data_dir, (str, os.PathLike)) or not str(data_dir):
+        raise ConfigurationError(f"data_dir must be a directory path, got {data_dir!r}")
     path = Path(data_dir).resolve()
     mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
     if mode not in SYNCHRONOUS_MODES:
         raise ConfigurationError(
             f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}"
+        )
+    if isinstance(app_modules, str):  # one module given bare means that module, not letters
+        app_modules = (app_modules,)
+    if partition_resources is not None and not isinstance(partition_resources, dict):
+        raise ConfigurationError(
+            f"partition_resources must be a dict of resource names to amounts, "
+            f"got {partition_resources!r}"
         )
     return EngineConfig(
         data_dir=str(path),
@@ -164,18 +176,20 @@ class Engine:
             the cluster at ``address`` or on a local Ray started for this engine;
             ``"local"``: partitions on a background thread of this process, activities on
             its threads (tests, embedding).
-        partitions: partition count, fixed when the data directory is created (default 4).
+        partitions: partition count, fixed when the data directory is created (default 4;
+            1 to 1,024).
         synchronous: SQLite ``synchronous`` mode: ``"FULL"`` (default; survives power loss)
             or ``"NORMAL"`` (survives a killed process, not power loss).
-        activity_threads: threads for sync activities run in-process.
-        max_resident_runs: per partition, how many runs stay in memory between turns; the
-            least recently used beyond it are dropped and rebuilt by replay when next needed
-            (default: no cap).
+        activity_threads: threads for sync activities run in-process (1 to 1,024).
+        max_resident_runs: per partition, how many runs stay in memory between turns (0 to
+            2**31-1); the least recently used beyond it are dropped and rebuilt by replay
+            when next needed (default: no cap).
         hibernate_after: runs idle (waiting on a timer or signal) this long are dropped from
             memory and rebuilt by replay when woken (default 60 s; None keeps them).
         address: the Ray cluster to join (``"auto"``, ``"ray://..."``); None starts a local
             Ray unless this process is already connected. Ray runtime only.
-        namespace: the Ray namespace of this deployment's actors (default ``"duraflow"``).
+        namespace: the Ray namespace of this deployment's actors (default ``"duraflow"``;
+            1 to 64 letters, digits, ``_``, ``.``, ``-``).
         partition_resources: custom Ray resources each partition actor asks for, e.g.
             ``{"duraflow_partition": 1}`` to place partitions only on the nodes started with
             that resource (Ray runtime only; default: none).
@@ -190,6 +204,10 @@ class Engine:
     These settings become one :class:`~duraflow.config.EngineConfig` (``engine.config``),
     the same that ``duraflow serve`` builds from its options; partitions and the archive's
     consumer take every setting from it.
+
+    Every option is checked here: one out of its range raises ``ConfigurationError`` (or
+    ``InvalidDuration`` for a duration: at most 100 years) naming the option, the value and
+    what is allowed, before anything is written.
 
     Workflow and activity modules must be imported before the engine opens a data directory
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
@@ -217,6 +235,11 @@ class Engine:
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if address is not None and (not isinstance(address, str) or not address):
+            raise ConfigurationError(
+                f"address must be a Ray address ('auto', 'host:port', 'ray://...') or None, "
+                f"got {address!r}"
+            )
         self.config = engine_config(
             data_dir,
             partitions=partitions,
@@ -461,6 +484,7 @@ def _join(address: str, namespace: str) -> None:
             "the address of a running Ray cluster is needed: 'auto' on one of its nodes, or "
             "the head's host:port (start one with 'ray start --head')"
         )
+    check_namespace(namespace)
     ray_host.join_cluster(address, namespace)
 
 
