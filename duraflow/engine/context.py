@@ -19,11 +19,13 @@ from duraflow.engine.definitions import (
     Duration,
     RetryPolicy,
     activity_definition,
+    check_retry,
     parse_duration,
+    parse_timeout,
     workflow_definition,
 )
 from duraflow.engine.ids import check_workflow_id
-from duraflow.errors import ChildWorkflowError
+from duraflow.errors import ChildWorkflowError, ConfigurationError, InvalidDuration
 
 if TYPE_CHECKING:
     from duraflow.engine.run import WorkflowRun
@@ -126,31 +128,49 @@ class WorkflowContext:
         Raises:
             NotAnActivityError: ``fn`` is not an ``@activity``.
             PayloadError: an argument cannot be encoded.
+            ConfigurationError: ``retry`` is not a RetryPolicy.
+            InvalidDuration: a timeout that is not a duration, is 0, negative or over 100 years.
             ActivityError: the activity failed for good.
         """
         definition = activity_definition(fn)
-        if retry is not None and not isinstance(retry, RetryPolicy):
-            raise TypeError(f"retry must be a duraflow.RetryPolicy, got {type(retry).__name__}")
         base = definition.options
         options = ActivityOptions(
-            retry=retry or base.retry,
-            start_to_close_timeout=_pick(start_to_close_timeout, base.start_to_close_timeout),
-            schedule_to_close_timeout=_pick(
-                schedule_to_close_timeout, base.schedule_to_close_timeout
+            retry=check_retry(retry) or base.retry,
+            start_to_close_timeout=_pick(
+                start_to_close_timeout, base.start_to_close_timeout, "start_to_close_timeout"
             ),
-            heartbeat_timeout=_pick(heartbeat_timeout, base.heartbeat_timeout),
+            schedule_to_close_timeout=_pick(
+                schedule_to_close_timeout,
+                base.schedule_to_close_timeout,
+                "schedule_to_close_timeout",
+            ),
+            heartbeat_timeout=_pick(heartbeat_timeout, base.heartbeat_timeout, "heartbeat_timeout"),
         )
         return await self._run.schedule_activity(definition, args, options)
 
     async def sleep(self, duration: Duration) -> None:
-        """Sleep durably: a timer that survives crashes and restarts."""
+        """Sleep durably: a timer that survives crashes and restarts.
+
+        Raises:
+            InvalidDuration: not a duration, negative, or over 100 years.
+        """
         await asyncio.sleep(parse_duration(duration, "sleep duration"))
 
     async def sleep_until(self, when: dt.datetime) -> None:
-        """Sleep durably until ``when`` (an aware datetime; naive means UTC)."""
+        """Sleep durably until ``when`` (an aware datetime; naive means UTC); a time already
+        past returns at once.
+
+        Raises:
+            InvalidDuration: ``when`` is not a datetime, or is more than 100 years ahead.
+        """
+        if not isinstance(when, dt.datetime):
+            raise InvalidDuration(f"sleep_until needs a datetime.datetime, got {when!r}")
         if when.tzinfo is None:
             when = when.replace(tzinfo=dt.timezone.utc)
-        await asyncio.sleep(max(0.0, when.timestamp() - self._run.loop.time()))
+        ahead = when.timestamp() - self._run.loop.time()
+        if ahead > 0:
+            parse_duration(ahead, f"sleep_until({when.isoformat()})")  # at most 100 years
+        await asyncio.sleep(max(0.0, ahead))
 
     async def wait_for_signal(
         self, name: str, *, timeout: Duration | None = None, default: Any = _MISSING
@@ -158,19 +178,23 @@ class WorkflowContext:
         """The next signal named ``name`` (signals are buffered in order until taken).
 
         Args:
-            timeout: give up after this long (a durable timer).
+            timeout: give up after this long (a durable timer; at most 100 years).
             default: returned when the timeout elapses; without it a TimeoutError is raised.
+
+        Raises:
+            InvalidDuration: ``timeout`` is not a duration, negative, or over 100 years.
         """
+        seconds = None if timeout is None else parse_duration(timeout, "signal timeout")
         run = self._run
         buffered = run.signals.get(name)
         if buffered:
             return buffered.popleft()
         waiter = run.loop.create_future()
         run.signal_waiters.setdefault(name, collections.deque()).append(waiter)
-        if timeout is None:
+        if seconds is None:
             return await waiter
         try:
-            return await asyncio.wait_for(waiter, parse_duration(timeout, "signal timeout"))
+            return await asyncio.wait_for(waiter, seconds)
         except asyncio.TimeoutError:
             if default is _MISSING:
                 raise
@@ -195,10 +219,15 @@ class WorkflowContext:
             workflow_id: the child's ID (default: ``"<parent id>/<n>"``, deterministic).
             parent_close_policy: what happens to the child if this run closes first:
                 ``"terminate"`` (default), ``"request_cancel"`` or ``"abandon"``.
+
+        Raises:
+            UnknownWorkflowType: ``workflow`` is not a registered workflow.
+            InvalidWorkflowId: ``workflow_id`` is not a valid ID.
+            ConfigurationError: an unknown ``parent_close_policy``.
         """
         definition = workflow_definition(workflow)
         if parent_close_policy not in PARENT_CLOSE_POLICIES:
-            raise ValueError(
+            raise ConfigurationError(
                 f"parent_close_policy must be one of {PARENT_CLOSE_POLICIES}, "
                 f"got {parent_close_policy!r}"
             )
@@ -214,8 +243,8 @@ class WorkflowContext:
         return await handle.result()
 
 
-def _pick(override: Duration | None, default: float | None) -> float | None:
-    return default if override is None else parse_duration(override, "timeout")
+def _pick(override: Duration | None, default: float | None, what: str) -> float | None:
+    return default if override is None else parse_timeout(override, what)
 
 
 __all__ = ["ChildWorkflowError", "ChildWorkflowHandle", "WorkflowContext", "WorkflowInfo"]

@@ -83,6 +83,80 @@ def _optional_duration(value: Duration | None, what: str) -> float | None:
     return None if value is None else parse_duration(value, what)
 
 
+def parse_timeout(value: Duration | None, what: str) -> float | None:
+    """Seconds in an activity timeout ``value``; None (no limit) stays None.
+
+    Raises:
+        InvalidDuration: as :func:`parse_duration` says, or 0 (an attempt that must end
+            before it starts; None means no limit).
+    """
+    if value is None:
+        return None
+    seconds = parse_duration(value, what)
+    if seconds == 0:
+        raise InvalidDuration(f"{what} must be above 0 (None means no limit), got {value!r}")
+    return seconds
+
+
+def check_retry(retry: object, what: str = "retry") -> RetryPolicy | None:
+    """``retry`` if it is a :class:`RetryPolicy` or None.
+
+    Raises:
+        ConfigurationError: anything else (a dict of its fields, say), named.
+    """
+    if retry is not None and not isinstance(retry, RetryPolicy):
+        raise ConfigurationError(
+            f"{what} must be a duraflow.RetryPolicy(...) or None, got {_short(retry)}"
+        )
+    return retry
+
+
+def check_name(value: object, what: str) -> str | None:
+    """``value`` if it is None or a name: a non-empty str without control characters.
+
+    Raises:
+        ConfigurationError: anything else, named.
+    """
+    if value is None:
+        return None
+    if (
+        not isinstance(value, str)
+        or not value.strip()
+        or any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 or 0xD800 <= ord(c) < 0xE000 for c in value)
+    ):
+        raise ConfigurationError(
+            f"{what} must be a non-empty str without control characters, got {_short(value)}"
+        )
+    return value
+
+
+def _check_ray_options(
+    num_cpus: object, num_gpus: object, resources: object, runtime_env: object
+) -> None:
+    for what, amount in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if amount is not None and not _is_amount(amount):
+            raise ConfigurationError(
+                f"{what} must be a finite number >= 0, or None (Ray's default), "
+                f"got {_short(amount)}"
+            )
+    if resources is not None and (
+        not isinstance(resources, dict)
+        or not all(isinstance(k, str) and k and _is_amount(v) for k, v in resources.items())
+    ):
+        raise ConfigurationError(
+            f"resources must be a dict of resource names to finite amounts >= 0, "
+            f"got {_short(resources)}"
+        )
+    if runtime_env is not None and not isinstance(runtime_env, dict):
+        raise ConfigurationError(
+            f"runtime_env must be a dict (Ray's runtime_env) or None, got {_short(runtime_env)}"
+        )
+
+
+def _is_amount(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
 def _short(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -261,7 +335,10 @@ def workflow(fn: F | None = None, *, name: str | None = None) -> Any:
 
     Raises:
         TypeError: the function is not ``async def``.
+        ConfigurationError: ``name`` is not a non-empty str without control characters.
     """
+
+    check_name(name, "@workflow name")
 
     def register(f: F) -> F:
         if not inspect.iscoroutinefunction(f):
@@ -306,7 +383,26 @@ def activity(
             (Ray's defaults when not given: one CPU).
 
     The function is returned unchanged and can still be called directly.
+
+    Raises:
+        InvalidDuration: a timeout that is not a duration, is 0, negative or over 100 years.
+        ConfigurationError: ``retry`` that is not a RetryPolicy, ``num_cpus`` / ``num_gpus``
+            / ``resources`` amounts that are not finite numbers >= 0, a ``runtime_env`` that
+            is not a dict, an empty ``name``, or ``inline`` that is not a bool.
     """
+    check_name(name, "@activity name")
+    check_retry(retry)
+    if not isinstance(inline, bool):
+        raise ConfigurationError(f"inline must be True or False, got {_short(inline)}")
+    _check_ray_options(num_cpus, num_gpus, resources, runtime_env)
+    options = ActivityOptions(
+        retry=retry or RetryPolicy(),
+        start_to_close_timeout=parse_timeout(start_to_close_timeout, "start_to_close_timeout"),
+        schedule_to_close_timeout=parse_timeout(
+            schedule_to_close_timeout, "schedule_to_close_timeout"
+        ),
+        heartbeat_timeout=parse_timeout(heartbeat_timeout, "heartbeat_timeout"),
+    )
     ray_options: dict[str, Any] = {
         key: value
         for key, value in (
@@ -319,16 +415,6 @@ def activity(
     }
 
     def register(f: F) -> F:
-        options = ActivityOptions(
-            retry=retry or RetryPolicy(),
-            start_to_close_timeout=_optional_duration(
-                start_to_close_timeout, "start_to_close_timeout"
-            ),
-            schedule_to_close_timeout=_optional_duration(
-                schedule_to_close_timeout, "schedule_to_close_timeout"
-            ),
-            heartbeat_timeout=_optional_duration(heartbeat_timeout, "heartbeat_timeout"),
-        )
         definition = ActivityDefinition(
             name or f.__name__,
             f,

@@ -18,6 +18,9 @@ from asyncio import events
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from duraflow.engine.definitions import MAX_DURATION_S
+from duraflow.errors import InvalidDuration
+
 log = logging.getLogger("duraflow.workflow")
 
 
@@ -139,6 +142,14 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         self._check_open()
+        if not when - self._now <= MAX_DURATION_S:  # NaN fails this too
+            # Refused here, in the workflow code that asked: a durable timer is a microsecond
+            # timestamp in a SQLite INTEGER, which a huge delay would overflow.
+            raise InvalidDuration(
+                f"a workflow timer must fire within 100 years ({MAX_DURATION_S:.0f} s), got a "
+                f"delay of {when - self._now!r} s (asyncio.sleep, wait_for or timeout with a "
+                "huge or NaN delay?); to wait without a limit, await a signal or a future"
+            )
         handle = asyncio.TimerHandle(when, callback, args, self, context)
         if when <= self._now:
             # Already due: no durable timer needed, the callback runs in this activation.
