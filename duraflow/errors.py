@@ -23,7 +23,10 @@ DuraflowError
 ├── ConfigurationError       a data dir recorded with another partition count, bad option values
 ├── QueryError               SQL over the archive that DuckDB refused (its message), or no SQL text
 │   └── StatementNotAllowed  a statement that does not only read (COPY, ATTACH, SET, CREATE, ...)
-└── PartitionUnavailable     retriable: the owning partition is restarting or closed
+├── RequestFailed            not retriable: the partition could not apply this request (a value
+│                            its file cannot hold, or a bug); nothing of it was recorded
+└── PartitionUnavailable     retriable: the owning partition is restarting, closed, or its file
+                             is failing (I/O error, disk full); another try may succeed
 
 Workflow code sees cancellation as ``asyncio.CancelledError`` (a BaseException), so a
 workflow's ``except Exception`` does not swallow it.
@@ -204,5 +207,39 @@ class StatementNotAllowed(QueryError):
         return (type(self), (self.args[0], self.statement))
 
 
+class RequestFailed(DuraflowError):
+    """The partition could not apply a request, for a reason that retrying cannot fix: applying
+    it raised an error no request should cause (a value its SQLite file cannot hold, such as an
+    integer over 64 bits, or a bug in duraflow). Nothing of the request was recorded, and the
+    other requests of the same turn were applied as usual.
+
+    (An open run whose own work fails this way is marked stuck instead: ``describe().stuck``
+    says why, and the run waits there until it is repaired, rather than failing over and over.)
+
+    Attributes:
+        workflow_id: the workflow the request was for ("" if none).
+        request: the request's kind (``"start"``, ``"signal"``, ...).
+        cause_type, cause_message: the error applying it raised.
+    """
+
+    def __init__(self, workflow_id: str, request: str, cause_type: str, cause_message: str) -> None:
+        target = f" of workflow {workflow_id!r}" if workflow_id else ""
+        super().__init__(
+            f"{request}{target} could not be applied, and retrying will fail the same way: "
+            f"{cause_type}: {cause_message} (nothing of it was recorded)"
+        )
+        self.workflow_id = workflow_id
+        self.request = request
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        args = (self.workflow_id, self.request, self.cause_type, self.cause_message)
+        return (type(self), args)
+
+
 class PartitionUnavailable(DuraflowError):
-    """The owning partition is restarting or closed; the call may be retried."""
+    """The owning partition is restarting (another process may still hold its file), closed,
+    or its file is failing (an I/O error, a full disk); the call may be retried once it is
+    back. A request the partition cannot apply whatever the retries raises
+    :class:`RequestFailed` instead."""

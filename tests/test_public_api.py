@@ -22,6 +22,7 @@ CONTRACT_NAMES = [
     "PayloadError",
     "QueryError",
     "QueryFailed",
+    "RequestFailed",
     "ResultTimeout",
     "RetryPolicy",
     "StatementNotAllowed",

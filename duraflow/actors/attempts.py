@@ -143,6 +143,23 @@ class AttemptTable:
         attempt.heartbeat_details = row.heartbeat
         return attempt
 
+    def readopt(self, row: ActivityRow, old: Attempt | None, now: float) -> Attempt:
+        """The attempt ``row`` records, after a rolled-back turn: ``old`` itself when it is
+        that attempt (its code may still be running; its outcome is awaited), else one
+        restored from the row (a running one counts its timeouts from ``now``)."""
+        if old is not None and old.number == row.attempt:
+            attempt = old
+            self._by_key[attempt.key] = attempt
+            attempt.running = row.state == "running"
+            attempt.heartbeat_details = row.heartbeat
+        else:
+            if old is not None:
+                old.stop()  # begun by the rolled-back turn, never dispatched
+            attempt = self.restore(row)
+            if attempt.running:
+                attempt.started_at = attempt.last_heartbeat = now
+        return attempt
+
     def get(self, key: Key) -> Attempt | None:
         return self._by_key.get(key)
 
@@ -150,6 +167,10 @@ class AttemptTable:
         attempt = self._by_key.pop(key, None)
         if attempt is not None:
             attempt.stop()
+
+    def forget(self, key: Key) -> None:
+        """Drop ``key`` without telling its attempt (another table took it over)."""
+        self._by_key.pop(key, None)
 
     def cancel_all(self) -> None:
         for attempt in self._by_key.values():

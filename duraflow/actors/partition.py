@@ -32,6 +32,7 @@ from duraflow.actors import messages as m
 from duraflow.actors.attempts import Attempt, AttemptTable
 from duraflow.actors.mailboxes import Mailboxes
 from duraflow.actors.partition_activities import ActivityDone, ActivitySteps, Heartbeat
+from duraflow.actors.partition_failures import RunBroke, TurnRepair
 from duraflow.cdc import events as ev
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import ActivityExecutor
@@ -50,7 +51,12 @@ from duraflow.errors import (
     WorkflowNotFound,
 )
 from duraflow.storage.codec import decode, encode, error_text
-from duraflow.storage.sqlite_store import PartitionStore, TimerRow, WorkflowRow
+from duraflow.storage.sqlite_store import (
+    PartitionStore,
+    TimerRow,
+    WorkflowRow,
+    is_storage_failure,
+)
 
 log = logging.getLogger("duraflow.partition")
 
@@ -114,7 +120,7 @@ class _Delivered(msgspec.Struct):
     error: BaseException | None
 
 
-class Partition(ActivitySteps):
+class Partition(ActivitySteps, TurnRepair):
     """The single writer of one partition's workflows.
 
     Args:
@@ -183,7 +189,13 @@ class Partition(ActivitySteps):
         self.incarnation = uuid.uuid4().hex
         self._wake = asyncio.Event()
         self._store = PartitionStore(self._path, self._synchronous)
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            # A failed open keeps no lock, so a retry in this process can open the file.
+            self._store.close()
+            self._store = None
+            raise
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
         self._post(_Due(), None)
         if self._hibernate_after is not None:
@@ -295,36 +307,57 @@ class Partition(ActivitySteps):
             await self._wake.wait()
             self._wake.clear()
             items, self._inbox = self._inbox, []
-            if items:
+            if not items:
+                continue
+            try:
                 self._turn(items)
+            except Exception as exc:  # reason: the loop must outlive any bug, or calls hang
+                log.exception("partition %d: a turn failed outside its transaction", self.index)
+                for _, future in items:
+                    if future is not None and not future.done():
+                        future.set_exception(
+                            PartitionUnavailable(
+                                f"partition {self.index} failed while answering (the request "
+                                f"may have been applied): {type(exc).__name__}: {exc}"
+                            )
+                        )
 
     def _turn(self, items: list[tuple[Any, asyncio.Future[Any] | None]]) -> None:
-        fx = self._fx = _Effects()
         self._turn_count += 1
         self._turn_items += len(items)
         lsn_before = self._lsn
         try:
+            fx = self._apply(items)
+        except Exception as exc:
+            self._turn_failed(items, lsn_before, exc)  # only what caused it fails
+            return
+        except BaseException:
+            log.exception("partition %d: turn interrupted and rolled back", self.index)
+            self._rewind(self._fx, lsn_before)
+            for _, future in items:
+                if future is not None and not future.done():
+                    future.set_exception(PartitionUnavailable(f"partition {self.index} stopped"))
+            raise
+        self._after_commit(fx)
+
+    def _apply(self, items: list[tuple[Any, asyncio.Future[Any] | None]]) -> _Effects:
+        """Apply ``items`` (after the recovery, if due) in one transaction; what to do once it
+        committed. Raises what any item raised, but a duraflow error, with nothing committed."""
+        fx = self._fx = _Effects()
+        recovering = self._recovering
+        try:
             with self._db().turn():
-                if self._recovering:
+                if recovering:
                     self._recover()
                 for item, future in items:
                     try:
                         fx.replies.append((future, self._dispatch(item, future), None))
                     except DuraflowError as exc:
                         fx.replies.append((future, None, exc))
-        except BaseException as exc:
-            log.exception("partition %d: turn failed and was rolled back", self.index)
-            self._lsn = lsn_before
-            self._reload()
-            for _, future in items:
-                if future is not None and not future.done():
-                    future.set_exception(
-                        PartitionUnavailable(f"partition {self.index} rolled back a turn: {exc!r}")
-                    )
-            if isinstance(exc, (KeyboardInterrupt, SystemExit, asyncio.CancelledError)):
-                raise
-            return
-        self._after_commit(fx)
+        except BaseException:
+            self._recovering = recovering  # a recovery rolled back is still to be done
+            raise
+        return fx
 
     def _after_commit(self, fx: _Effects) -> None:
         for future, reply, error in fx.replies:
@@ -385,16 +418,6 @@ class Partition(ActivitySteps):
         full = bool(rows) and len(rows) == req.limit
         resume = rows[-1][0] if full else max(req.after_lsn, self._lsn)
         return m.EventBatch(self.index, events, resume, self._lsn)
-
-    def _reload(self) -> None:
-        """After a rolled-back turn: forget memory, reload what is durable."""
-        for open_run in self._open.values():
-            if open_run.run is not None:
-                open_run.run.discard()
-        self._heap.clear()
-        self._attempts.cancel_all()
-        self._attempts = AttemptTable()
-        self._load()
 
     # -- dispatch -------------------------------------------------------------------------------
 
@@ -698,14 +721,21 @@ class Partition(ActivitySteps):
             definition = resolve_workflow(row.workflow_type, row.code_ref)
             history = self._db().history(row.workflow_id, row.run_id)
             run, new = rebuild(definition, history)
-        except DuraflowError as exc:
-            self._mark_stuck(open_run, exc)
+        except Exception as exc:
+            if is_storage_failure(exc):
+                raise
+            self._mark_stuck(open_run, exc)  # missing code, a diverged replay or a bug
             return None
         open_run.last_event_id = history[-1].event_id if history else 0
         open_run.run = run
         self._touch(row.workflow_id)
         if new:
-            self._commands(open_run, new)
+            try:
+                self._commands(open_run, new)
+            except (RunBroke, DuraflowError):
+                raise
+            except Exception as exc:
+                raise RunBroke(open_run, exc, rebuilding=True) from exc
         return open_run.run
 
     def _touch(self, workflow_id: str) -> None:
@@ -756,11 +786,20 @@ class Partition(ActivitySteps):
         )
 
     def _resolve(self, open_run: OpenRun, event: ev.Event) -> None:
-        """Record a resolution event for a run and apply it to the code (rebuilding it first)."""
-        run = self._resident(open_run)
-        self._append(open_run, [event])
-        if run is not None and open_run.run is run:
-            self._activate(open_run, event)
+        """Record a resolution event for a run and apply it to the code (rebuilding it first).
+
+        Raises:
+            RunBroke: recording it or what the code did raised (not a duraflow error).
+        """
+        try:
+            run = self._resident(open_run)
+            self._append(open_run, [event])
+            if run is not None and open_run.run is run:
+                self._activate(open_run, event)
+        except (RunBroke, DuraflowError):
+            raise
+        except Exception as exc:
+            raise RunBroke(open_run, exc, rebuilding=False) from exc
 
     def _activate(self, open_run: OpenRun, event: ev.Event) -> None:
         run = open_run.run

@@ -213,6 +213,39 @@ class ActivitySteps:
                     delay=0.0,
                 )
 
+    def _readopt_activities(self, before: AttemptTable) -> None:
+        """After a rolled-back turn: the activity table again from the file, keeping the
+        attempts ``before`` holds that still run (their outcomes will come), and every
+        deadline and backoff armed again."""
+        now = self._clock()
+        for row in self._db().activities():
+            open_run = self._open.get(row.workflow_id)
+            if open_run is None or open_run.row.run_id != row.run_id:
+                continue
+            key = (row.workflow_id, row.run_id, row.seq)
+            attempt = self._attempts.readopt(row, before.get(key), now)
+            before.forget(key)
+            open_run.activity_seqs.add(row.seq)
+            options = attempt.options
+            if options.schedule_to_close_timeout is not None:
+                deadline = attempt.scheduled_at_us / 1e6 + options.schedule_to_close_timeout
+                self._push(deadline, "schedule_timeout", (key, 0))
+            if not attempt.running:
+                self._push((row.next_at_us or 0) / 1e6, "retry", (key, row.attempt + 1))
+                continue
+            started = attempt.started_at
+            if started is not None and options.start_to_close_timeout is not None:
+                self._push(
+                    started + options.start_to_close_timeout, "attempt_timeout", (key, row.attempt)
+                )
+            if started is not None and options.heartbeat_timeout is not None:
+                self._push(
+                    attempt.last_heartbeat + options.heartbeat_timeout,
+                    "heartbeat_check",
+                    (key, row.attempt),
+                )
+        before.cancel_all()  # scheduled by the rolled-back turn only: never dispatched
+
     def _attempt_deadline(self, kind: str, key: tuple[str, str, int], number: int) -> None:
         attempt = self._attempts.get(key)
         if attempt is None:

@@ -18,10 +18,10 @@ from pathlib import Path
 import msgspec
 
 from duraflow.cdc.events import AnyEvent, Event, decode_event, encode_event, event_type
+from duraflow.config import SYNCHRONOUS_MODES
 from duraflow.errors import ConfigurationError, PartitionUnavailable
 from duraflow.storage.schema import migrate
 
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
 BUSY_TIMEOUT_MS = 5000
 
 
@@ -92,11 +92,19 @@ class PartitionStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock_fd = _take_lock(path.with_name(path.name + ".lock"))
-        self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute(f"PRAGMA synchronous={mode}")
-        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
-        migrate(self._conn)
+        try:
+            self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            os.close(self._lock_fd)  # a failed open keeps no lock: a retry can take it
+            raise
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute(f"PRAGMA synchronous={mode}")
+            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
+            migrate(self._conn)
+        except BaseException:
+            self.close()
+            raise
 
     def close(self) -> None:
         self._conn.close()
@@ -387,6 +395,23 @@ class PartitionStore:
     def outbox(self) -> list[tuple[int, str, bytes]]:
         rows = self._conn.execute("SELECT id, target_id, message FROM outbox ORDER BY id")
         return [(int(i), str(t), bytes(m)) for i, t, m in rows.fetchall()]
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is the file or its disk failing (an I/O error, a full disk, a locked or
+    damaged file), which may pass, rather than a value the file cannot hold (an integer over
+    64 bits, a broken constraint, text that is not UTF-8), which fails the same way each time."""
+    if isinstance(
+        exc,
+        (
+            sqlite3.IntegrityError,
+            sqlite3.DataError,
+            sqlite3.ProgrammingError,
+            sqlite3.InterfaceError,
+        ),
+    ):
+        return False
+    return isinstance(exc, (sqlite3.Error, OSError, MemoryError))
 
 
 def _take_lock(lock_path: Path) -> int:
