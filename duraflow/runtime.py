@@ -179,12 +179,11 @@ class Engine:
             self._host = ray_engine
             self._consumer_actor = ray_engine.consumer
             self.namespace = settings.namespace
-        self._runner = BlockingRunner()
         reader = None
         if archive:
             root, warm = archive_paths(self.data_dir)
             reader = ArchiveReader(root, warm, warehouse=warehouse, s3=s3)
-        self._client = Client(self._host, self._runner, reader)
+        self._client = Client(self._host, BlockingRunner(), reader)
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""
@@ -255,12 +254,13 @@ class Engine:
         raise ConfigurationError("this engine has no archive (archive=False)")
 
     def close(self) -> None:
-        """Close the partitions this engine started (open runs resume when the data directory
-        is opened again) and, if this engine started Ray, Ray too."""
+        """Close the client (its subscriptions end first), then the partitions this engine
+        started (open runs resume when the data directory is opened again) and, if this
+        engine started Ray, Ray too."""
+        self._client.close()  # nothing of the client may call a partition once it is gone
         if self._consumer is not None:
             self._consumer.close()
         self._host.close()
-        self._runner.close()
 
     def __enter__(self) -> Engine:
         return self
