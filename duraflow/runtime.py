@@ -252,8 +252,7 @@ class Engine:
             self._host = ray_engine
             self._consumer_actor = ray_engine.consumer
             self.namespace = self.config.namespace
-        self._runner = BlockingRunner()
-        self._client = Client(self._host, self._runner, archive_reader(self.config))
+        self._client = Client(self._host, BlockingRunner(), archive_reader(self.config))
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""
@@ -324,12 +323,13 @@ class Engine:
         raise ConfigurationError("this engine has no archive (archive=False)")
 
     def close(self) -> None:
-        """Close the partitions this engine started (open runs resume when the data directory
-        is opened again) and, if this engine started Ray, Ray too."""
+        """Close the client (its subscriptions end first), then the partitions this engine
+        started (open runs resume when the data directory is opened again) and, if this
+        engine started Ray, Ray too."""
+        self._client.close()  # nothing of the client may call a partition once it is gone
         if self._consumer is not None:
             self._consumer.close()
         self._host.close()
-        self._runner.close()
 
     def __enter__(self) -> Engine:
         return self

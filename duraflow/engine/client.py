@@ -8,9 +8,12 @@ and the Ray host implement (httpx's transport seam).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import datetime as dt
 import threading
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -27,6 +30,7 @@ from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import (
     ConfigurationError,
+    PartitionUnavailable,
     PayloadError,
     QueryError,
     ResultTimeout,
@@ -38,6 +42,8 @@ from duraflow.errors import (
 from duraflow.storage.codec import decode, encode
 
 T = TypeVar("T")
+RUNNER_CLOSE_WAIT_S = 5.0
+"""How long closing a client waits for its loop's tasks to end, then for its thread."""
 
 
 class Host(Protocol):
@@ -85,19 +91,43 @@ class BlockingRunner:
             target=self._loop.run_forever, name="duraflow-client", daemon=True
         )
         self._thread.start()
+        self._closing = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("blocking duraflow calls cannot run on the client's own loop")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except concurrent.futures.CancelledError:
+            if not self._closing:
+                raise
+            raise PartitionUnavailable(
+                "the client was closed (client.close() or engine.close()) while this call "
+                "waited for a partition"
+            ) from None
 
     def close(self) -> None:
+        """End what still runs on the loop (as ``asyncio.run`` does when it returns), then
+        stop the loop and its thread. A task left pending would be destroyed later, maybe
+        after its host is gone (a Ray call then hangs the process at exit)."""
         if self._loop.is_closed():
             return
+        self._closing = True
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            ending = asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self._loop)
+            ending.result(timeout=RUNNER_CLOSE_WAIT_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=RUNNER_CLOSE_WAIT_S)
         self._loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    this = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not this]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 class WorkflowHandle:
@@ -342,6 +372,8 @@ class Client:
         self._batcher = Batcher(host)
         self._runner = runner
         self._archive = archive
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._subscriptions_lock = threading.Lock()  # subscribe and close, from any thread
 
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = "duraflow") -> Client:
@@ -357,7 +389,12 @@ class Client:
         return cls(host, BlockingRunner(), archive)
 
     def close(self) -> None:
-        """Stop this client's background loop (a connected client; an engine's closes with it)."""
+        """Close every subscription of this client (their readers' loops end), then stop its
+        background loop (an engine's client closes with the engine). Idempotent."""
+        with self._subscriptions_lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
         self._runner.close()
 
     def _block(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -483,9 +520,11 @@ class Client:
 
         Returns:
             A Subscription: iterate it with ``for`` or ``async for``; ``.offsets`` says where it
-            is; close it when done.
+            is. Close it when done (``close()``, or ``with`` / ``async with``); one that nothing
+            refers to any more (a ``for`` loop over ``client.subscribe()`` left early) closes
+            itself, and ``client.close()`` / ``engine.close()`` close every one.
         """
-        return Subscription(
+        subscription = Subscription(
             self._host,
             self._runner,
             event_types=event_types,
@@ -494,6 +533,9 @@ class Client:
             from_=from_,
             buffer=buffer,
         )
+        with self._subscriptions_lock:
+            self._subscriptions.add(subscription)
+        return subscription
 
     def duckdb(self) -> Any:
         """A DuckDB session over the archive: views ``history``, ``workflows`` and
