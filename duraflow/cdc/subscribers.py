@@ -156,6 +156,10 @@ class Subscription:
             "workflow_id": workflow_id,
         }
         self._from = from_
+        if from_ == "latest":
+            # Now, not at the first read: an event committed after subscribe() returned is
+            # never skipped, however late iteration begins.
+            self._from = runner.run(self._heads())
         self._buffer = buffer
         self.offsets: dict[int, int] = {}
         """Partition -> LSN of the last event handed out (pass it as ``from_`` to resume)."""
@@ -236,10 +240,15 @@ class Subscription:
     async def _start_lsn(self, partition: int) -> int:
         if isinstance(self._from, Mapping):
             return int(self._from.get(partition, 0))
-        if self._from == "earliest":
-            return 0
-        head: m.EventBatch = await self._host.call(partition, m.ReadEvents(limit=0))
-        return head.head_lsn
+        return 0  # "earliest" ("latest" became each partition's head in __init__)
+
+    async def _heads(self) -> dict[int, int]:
+        """Each partition's newest committed LSN."""
+        read = m.ReadEvents(limit=0)
+        heads = await asyncio.gather(
+            *(self._host.call(p, read) for p in range(self._host.partitions))
+        )
+        return {p: batch.head_lsn for p, batch in enumerate(heads)}
 
     # -- closing ----------------------------------------------------------------------------
 

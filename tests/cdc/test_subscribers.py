@@ -144,6 +144,20 @@ def test_a_stalled_subscriber_does_not_slow_workflows(any_client: df.Client) -> 
     assert elapsed < 30
 
 
+def test_latest_means_after_subscribe_returns_not_after_the_first_read(
+    any_client: df.Client,
+) -> None:
+    any_client.start(cdc_fails, workflow_id="cdc-before-latest")
+    sub = any_client.subscribe(event_types=["workflow.failed"], from_="latest")
+    any_client.start(cdc_fails, workflow_id="cdc-after-latest").describe()
+    time.sleep(0.2)  # committed well before the first read below
+
+    got = _collect(sub, 1)
+    sub.close()
+
+    assert ["cdc-after-latest"] == [e.workflow_id for e in got]
+
+
 def test_filters_by_workflow_id_and_type_and_bad_filters_are_refused(
     any_client: df.Client,
 ) -> None:
