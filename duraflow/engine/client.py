@@ -513,8 +513,9 @@ class Client:
         Args:
             event_types: e.g. ``["workflow.completed"]`` (default: every type).
             workflow_type, workflow_id: only events of these workflows.
-            from_: ``"latest"`` (events committed after this call returns; default), ``"earliest"`` (everything still
-                in the partitions) or ``subscription.offsets`` saved earlier, to resume.
+            from_: ``"latest"`` (events committed after this call returns; default),
+                ``"earliest"`` (everything still in the partitions) or
+                ``subscription.offsets`` saved earlier, to resume.
             buffer: events held for a slow reader; when full, reading from partitions pauses
                 (workflows are never slowed down).
 
