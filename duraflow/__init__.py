@@ -3,17 +3,16 @@
 The public API is exactly the names in ``__all__``; everything else may change.
 """
 
-from duraflow.actors.messages import WorkflowDescription
-from duraflow.engine.activities import (
-    ActivityCancelledError,
-    ActivityInfo,
-    activity_info,
-    heartbeat,
-)
+from duraflow.cdc import events
+from duraflow.cdc.subscribers import Subscription
+from duraflow.config import S3Config
+from duraflow.description import WorkflowDescription
+from duraflow.engine.activities import ActivityInfo, activity_info, heartbeat
 from duraflow.engine.client import Client, WorkflowHandle
 from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
 from duraflow.engine.definitions import RetryPolicy, activity, workflow
 from duraflow.errors import (
+    ActivityCancelledError,
     ActivityError,
     ChildWorkflowError,
     ConfigurationError,
@@ -62,7 +61,9 @@ __all__ = [
     "QueryFailed",
     "ResultTimeout",
     "RetryPolicy",
+    "S3Config",
     "StatementNotAllowed",
+    "Subscription",
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
@@ -78,6 +79,7 @@ __all__ = [
     "WorkflowTerminatedError",
     "activity",
     "activity_info",
+    "events",
     "heartbeat",
     "workflow",
 ]

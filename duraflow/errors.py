@@ -15,6 +15,7 @@ DuraflowError
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
 ├── ActivityError            an activity failed for good (.activity, .cause_type, .attempts)
+├── ActivityCancelledError   heartbeat() of an attempt no longer wanted (timed out, cancelled)
 ├── ChildWorkflowError       a child closed without a result (.workflow_id, .cause_type)
 ├── WorkflowFailedError      result() of a run that failed, was cancelled or terminated
 │   ├── WorkflowCancelledError
@@ -116,6 +117,10 @@ class ActivityError(DuraflowError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.activity, self.cause_type, self.cause_message, self.attempts))
+
+
+class ActivityCancelledError(DuraflowError):
+    """Raised by ``heartbeat()`` when this attempt is no longer wanted (timed out, cancelled)."""
 
 
 class ChildWorkflowError(DuraflowError):

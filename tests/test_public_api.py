@@ -24,7 +24,9 @@ CONTRACT_NAMES = [
     "QueryFailed",
     "ResultTimeout",
     "RetryPolicy",
+    "S3Config",
     "StatementNotAllowed",
+    "Subscription",
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
@@ -40,6 +42,7 @@ CONTRACT_NAMES = [
     "WorkflowTerminatedError",
     "activity",
     "activity_info",
+    "events",
     "heartbeat",
     "workflow",
 ]

@@ -822,7 +822,10 @@ class Partition(ActivitySteps):
 
     def _terminate(self, open_run: OpenRun, reason: str) -> None:
         now_us = self._now_us()
-        event = ev.WorkflowTerminated(**self._base(open_run.row, now_us), reason=reason)
+        duration_ms = max(0, (now_us - open_run.row.started_at_us) // 1000)
+        event = ev.WorkflowTerminated(
+            **self._base(open_run.row, now_us), reason=reason, duration_ms=duration_ms
+        )
         self._append(open_run, [event])
         self._close(open_run, "terminated", now_us, "Terminated", reason or "terminated")
 

@@ -120,6 +120,8 @@ class ActivitySteps:
                 error_type=error_type,
                 error_message=message,
                 next_attempt_at_us=next_at_us,
+                max_attempts=retry.maximum_attempts,
+                delay_ms=round(wait * 1000),
             )
             self._append(open_run, [retry_event])
             if wait <= 0:

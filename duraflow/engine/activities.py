@@ -20,14 +20,10 @@ import msgspec
 
 from duraflow.engine.definitions import ActivityDefinition
 from duraflow.engine.payloads import activity_types, decode_args, encode_result
-from duraflow.errors import DuraflowError, PayloadError
+from duraflow.errors import ActivityCancelledError, PayloadError
 from duraflow.storage.codec import encode, error_text
 
 DEFAULT_ACTIVITY_THREADS = 64
-
-
-class ActivityCancelledError(DuraflowError):
-    """Raised by :func:`heartbeat` when this attempt is no longer wanted (timed out, cancelled)."""
 
 
 @dataclasses.dataclass(frozen=True)

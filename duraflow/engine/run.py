@@ -240,6 +240,7 @@ class WorkflowRun:
         main = self._main
         assert main is not None
         base = self._event_base(at_us)
+        base["duration_ms"] = max(0, (at_us - self.started.at_us) // 1000)
         if main.cancelled():
             self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
             return
