@@ -101,7 +101,11 @@ def test_json_lines(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "workflow.activity_completed",
         "workflow.completed",
     ] == [r["event_type"] for r in rows]
-    assert {"result": 42.5} == json.loads(rows[-1]["data"])
+    completed = json.loads(rows[-1]["data"])
+    assert {"result": 42.5, "status": "completed"} == {
+        k: v for k, v in completed.items() if k != "duration_ms"
+    }
+    assert completed["duration_ms"] >= 0
     assert rows[0]["event_time"].endswith("Z")  # RFC 3339, UTC
     assert base64.b64decode(rows[0]["raw"])  # binary as base64
     assert 1.5 == rows[0]["price"]  # decimals as numbers

@@ -945,7 +945,7 @@ def test_bad_input_errors_arrive_with_their_duraflow_class(ray_client: df.Client
         "UnknownWorkflowType: unknown workflow type 'rc_no_such_child_type'"
     )
     assert caught["activity_arg"].startswith(
-        "PayloadError: cannot encode arguments of activity 'rc_note'"
+        "PayloadError: cannot encode argument 'board' of activity 'rc_note'"
     )
     cause_type, attempts, message = caught["activity_result"]
     assert ("PayloadError", 1) == (cause_type, attempts)  # from the Ray task, not retried
