@@ -35,6 +35,7 @@ from duraflow import runtime
 from duraflow.cdc.consumer import archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
+    DEADLOCK_THRESHOLD_S,
     DEFAULT_ACTIVITY_THREADS,
     DEFAULT_NAMESPACE,
     DEFAULT_RETENTION_S,
@@ -137,6 +138,7 @@ def _serve_config(args: argparse.Namespace) -> EngineConfig:
         archive_interval=args.archive_interval,
         app_modules=args.app,
         partition_resources=args.partition_resources,
+        deadlock_threshold=args.deadlock_threshold,
     )
 
 
@@ -521,6 +523,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="runs idle this long are dropped from memory until woken, e.g. 30s, 5m; 'never' "
         "keeps them (default %(default)gs)",
+    )
+    p.add_argument(
+        "--deadlock-threshold",
+        type=_duration_or_never,
+        default=DEADLOCK_THRESHOLD_S,
+        metavar="DURATION",
+        help="workflow code that holds its partition this long without an await is reported "
+        "and its run marked stuck; 'never' turns the detector off (default %(default)gs)",
     )
     archive = p.add_argument_group("archive")
     archive.add_argument(

@@ -31,6 +31,9 @@ DEFAULT_RETENTION_S = 86_400.0
 """How long a closed run stays in its partition's file after it is archived."""
 COMMIT_INTERVAL_S = 5.0
 """How often the archive consumer commits its warm segments to the Iceberg tables."""
+DEADLOCK_THRESHOLD_S = 2.0
+"""How long workflow code (an activation, a query handler) may hold its partition without an
+``await`` before its run is marked stuck (Temporal's deadlock detector uses 2 s too)."""
 HIDDEN = "<hidden>"
 
 
@@ -92,6 +95,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
         archive_interval_s: how often the consumer commits warm segments to Iceberg.
         app_modules: modules every partition actor imports when it starts.
         partition_resources: custom Ray resources each partition actor asks for.
+        deadlock_threshold_s: workflow code that holds its partition longer without an
+            ``await`` is reported and its run marked stuck (None: never; for debuggers).
     """
 
     data_dir: str
@@ -108,6 +113,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     archive_interval_s: float = COMMIT_INTERVAL_S
     app_modules: tuple[str, ...] = ()
     partition_resources: dict[str, float] | None = None
+    deadlock_threshold_s: float | None = DEADLOCK_THRESHOLD_S
 
     def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
         # msgspec's own __rich_repr__ would show the nested S3Config's fields, credentials too

@@ -14,6 +14,10 @@ DuraflowError
 ├── UnknownQuery             the run has no query handler of that name
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
+├── WorkflowCodeError        workflow code broke a rule (README "Rules for workflow code"):
+│   │                        it started a thread
+│   └── WorkflowBlocked      an activation or query handler held its partition past the
+│                            deadlock threshold (2 s): time.sleep or blocking I/O?
 ├── ActivityError            an activity failed for good (.activity, .cause_type, .attempts)
 ├── ActivityCancelledError   heartbeat() of an attempt no longer wanted (timed out, cancelled)
 ├── ChildWorkflowError       a child closed without a result (.workflow_id, .cause_type)
@@ -21,6 +25,7 @@ DuraflowError
 │   ├── WorkflowCancelledError
 │   └── WorkflowTerminatedError
 ├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
+├── QueryTimeout             query(timeout=) elapsed first (also a TimeoutError)
 ├── ConfigurationError       a data dir recorded with another partition count, bad option values
 ├── QueryError               SQL over the archive that DuckDB refused (its message), or no SQL text
 │   └── StatementNotAllowed  a statement that does not only read (COPY, ATTACH, SET, CREATE, ...)
@@ -93,6 +98,20 @@ class QueryFailed(DuraflowError):
 
 class NonDeterminismError(DuraflowError):
     """Replayed workflow code issued a different command than its history records."""
+
+
+class WorkflowCodeError(DuraflowError, RuntimeError):
+    """Workflow code did what workflow code may not (README "Rules for workflow code"):
+    started a thread, for one; raised into the code at the call, so a run that does not
+    catch it fails with it (and so would its replay)."""
+
+
+class WorkflowBlocked(WorkflowCodeError):
+    """Workflow code (an activation or a query handler) held its partition longer than the
+    deadlock threshold (``deadlock_threshold``, 2 s by default) without an ``await``: a
+    ``time.sleep``, blocking I/O or a long computation, during which every other workflow of
+    the partition waited. The run is marked stuck (``describe().stuck``) and dropped from
+    memory; reopening the engine replays it (fix the code first), or terminate it."""
 
 
 class ActivityError(DuraflowError):
@@ -180,6 +199,11 @@ class WorkflowTerminatedError(WorkflowFailedError):
 
 class ResultTimeout(DuraflowError, TimeoutError):
     """``result(timeout=...)`` elapsed before the run closed; the run goes on."""
+
+
+class QueryTimeout(DuraflowError, TimeoutError):
+    """``query(timeout=...)`` elapsed before the answer came (the partition was busy, or the
+    handler slow). A query that has not started by then is not run at all."""
 
 
 class ConfigurationError(DuraflowError, ValueError):

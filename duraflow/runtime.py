@@ -16,6 +16,7 @@ from duraflow.actors.local_host import LocalHost
 from duraflow.cdc.consumer import Consumer, ConsumerThread, archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
+    DEADLOCK_THRESHOLD_S,
     DEFAULT_ACTIVITY_THREADS,
     DEFAULT_DATA_DIR,
     DEFAULT_NAMESPACE,
@@ -110,6 +111,7 @@ def engine_config(
     archive_interval: Duration = COMMIT_INTERVAL_S,
     app_modules: Sequence[str] = (),
     partition_resources: dict[str, float] | None = None,
+    deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
 ) -> EngineConfig:
     """The one :class:`EngineConfig` that :class:`Engine` and ``duraflow serve`` (through
     :func:`serve`) build from their options: the same options give the same config on every
@@ -143,7 +145,19 @@ def engine_config(
         archive_interval_s=parse_duration(archive_interval, "archive_interval"),
         app_modules=tuple(app_modules),
         partition_resources=None if partition_resources is None else dict(partition_resources),
+        deadlock_threshold_s=_threshold(deadlock_threshold),
     )
+
+
+def _threshold(deadlock_threshold: Duration | None) -> float | None:
+    if deadlock_threshold is None:
+        return None
+    seconds = parse_duration(deadlock_threshold, "deadlock_threshold")
+    if seconds <= 0:
+        raise ConfigurationError(
+            f"deadlock_threshold must be more than 0 s (None turns it off), got {seconds:g}"
+        )
+    return seconds
 
 
 def archive_reader(config: EngineConfig) -> ArchiveReader | None:
@@ -186,6 +200,10 @@ class Engine:
             ``file://`` URI (default ``data_dir/archive/warehouse``).
         s3: endpoint, region and credentials of an ``s3://`` warehouse.
         archive_interval: how often warm segments are committed to Iceberg (default 5 s).
+        deadlock_threshold: workflow code (an activation or a query handler) that holds its
+            partition longer than this without an ``await`` is reported while it blocks and
+            its run marked stuck when it returns (default 2 s; None turns the detector off,
+            e.g. to stop at breakpoints in workflow code). README "Rules for workflow code".
 
     These settings become one :class:`~duraflow.config.EngineConfig` (``engine.config``),
     the same that ``duraflow serve`` builds from its options; partitions and the archive's
@@ -214,6 +232,7 @@ class Engine:
         warehouse: str | None = None,
         s3: S3Config | None = None,
         archive_interval: Duration = COMMIT_INTERVAL_S,
+        deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -231,6 +250,7 @@ class Engine:
             s3=s3,
             archive_interval=archive_interval,
             partition_resources=partition_resources,
+            deadlock_threshold=deadlock_threshold,
         )
         """Every setting of this engine, as its partitions and archive consumer got them."""
         self.data_dir = Path(self.config.data_dir)

@@ -45,6 +45,9 @@ class Query(Message, kw_only=True):
     run_id: str | None = None
     name: str
     args: bytes
+    deadline_us: int | None = None
+    """Wall-clock time (epoch microseconds) after which the caller no longer waits: a query
+    still queued then is not run."""
 
 
 class Cancel(Message, kw_only=True):

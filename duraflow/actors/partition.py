@@ -34,18 +34,21 @@ from duraflow.actors.mailboxes import Mailboxes
 from duraflow.actors.partition_activities import ActivityDone, ActivitySteps, Heartbeat
 from duraflow.cdc import events as ev
 from duraflow.config import EngineConfig
+from duraflow.engine import guard
 from duraflow.engine.activities import ActivityExecutor
 from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
-from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
+from duraflow.engine.run import PYTHON_VERSION, QueryChangedState, WorkflowRun, rebuild
 from duraflow.errors import (
     ConfigurationError,
     DuraflowError,
     PartitionUnavailable,
     PayloadError,
     QueryFailed,
+    QueryTimeout,
     UnknownQuery,
     WorkflowAlreadyRunning,
+    WorkflowBlocked,
     WorkflowClosed,
     WorkflowNotFound,
 )
@@ -171,6 +174,7 @@ class Partition(ActivitySteps):
         self._mailboxes = Mailboxes()
         self._turn_count = 0
         self._turn_items = 0
+        self._watch = guard.Watch(f"partition {index}", config.deadlock_threshold_s)
         self.incarnation = ""
         """Set anew at each open: tells clients the partition restarted (and forgot its
         mailboxes) even when a mailbox of the same name was made again since."""
@@ -185,6 +189,7 @@ class Partition(ActivitySteps):
         self._store = PartitionStore(self._path, self._synchronous)
         self._load()
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
+        guard.watch(self._watch)
         self._post(_Due(), None)
         if self._hibernate_after is not None:
             self._sweep()
@@ -192,6 +197,7 @@ class Partition(ActivitySteps):
     async def close(self) -> None:
         """Stop turning and close the file; in-flight requests fail as PartitionUnavailable."""
         self._closing = True
+        guard.unwatch(self._watch)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -498,7 +504,7 @@ class Partition(ActivitySteps):
             parent_run_id=req.parent_run_id,
             parent_seq=req.parent_seq,
         )
-        open_run.run = WorkflowRun(definition, started)
+        open_run.run = WorkflowRun(definition, started, watch=self._watch)
         self._touch(row.workflow_id)
         self._append(open_run, [started])
         self._activate(open_run, started)
@@ -516,6 +522,13 @@ class Partition(ActivitySteps):
         store.insert_signal(req.request_id, req.workflow_id, open_run.row.run_id, event.lsn)
 
     def _query(self, req: m.Query) -> bytes:
+        if req.deadline_us is not None and time.time() * 1e6 > req.deadline_us:
+            # Its caller has given up (QueryTimeout): running the handler now would only hold
+            # the partition longer (a blocked partition gets a queue of these).
+            raise QueryTimeout(
+                f"query {req.name!r} of workflow {req.workflow_id!r} reached partition "
+                f"{self.index} after its timeout: not run"
+            )
         open_run = self._open_run(req.workflow_id, req.run_id, "query")
         run = self._resident(open_run)
         if run is None:
@@ -529,6 +542,13 @@ class Partition(ActivitySteps):
             )
         try:
             value = run.query(req.name, decode(req.args) or [])
+        except WorkflowBlocked as exc:
+            self._mark_stuck(open_run, exc)
+            raise QueryFailed(f"query {req.name!r} failed: {exc}") from None
+        except QueryChangedState as exc:
+            self._hibernate(req.workflow_id)  # the next activation replays the true state
+            self._lru.pop(req.workflow_id, None)
+            raise QueryFailed(str(exc)) from None
         except GeneratorExit:
             raise
         except BaseException as exc:  # reason: a handler's error (any) goes back to the caller
@@ -697,7 +717,7 @@ class Partition(ActivitySteps):
         try:
             definition = resolve_workflow(row.workflow_type, row.code_ref)
             history = self._db().history(row.workflow_id, row.run_id)
-            run, new = rebuild(definition, history)
+            run, new = rebuild(definition, history, watch=self._watch)
         except DuraflowError as exc:
             self._mark_stuck(open_run, exc)
             return None

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import threading
+import time
 import uuid
 import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
@@ -33,6 +34,7 @@ from duraflow.errors import (
     PartitionUnavailable,
     PayloadError,
     QueryError,
+    QueryTimeout,
     ResultTimeout,
     WorkflowCancelledError,
     WorkflowFailedError,
@@ -195,22 +197,47 @@ class WorkflowHandle:
         """Blocking twin of :meth:`signal_async`."""
         self._client._block(self.signal_async(name, payload, request_id=request_id))
 
-    async def query_async(self, name: str, *args: Any) -> Any:
+    async def query_async(self, name: str, *args: Any, timeout: Duration | None = None) -> Any:
         """Ask the run's query handler ``name``; read-only, writes no history.
+
+        Args:
+            timeout: give up after this long (default: wait). A query still queued at its
+                partition then is not run at all.
 
         Raises:
             UnknownQuery: the run has no such handler. WorkflowClosed: the run closed.
-            QueryFailed: the handler raised.
+            QueryFailed: the handler raised, changed the run's state, or blocked its
+                partition (README "Rules for workflow code").
+            QueryTimeout: ``timeout`` elapsed first (its partition is busy, or the handler
+                is slow).
+
+        Note:
+            A handler that has started cannot be stopped: the timeout frees the caller, and
+            the partition is held until the handler returns.
         """
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
         data = encode(list(args), f"arguments of query {name!r}")
-        reply = await self._call(
-            m.Query(workflow_id=self.workflow_id, run_id=self.run_id, name=name, args=data)
+        request = m.Query(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            name=name,
+            args=data,
+            deadline_us=None if seconds is None else round((time.time() + seconds) * 1e6),
         )
+        if seconds is None:
+            return decode(await self._call(request))
+        try:
+            reply = await asyncio.wait_for(self._call(request), seconds)
+        except asyncio.TimeoutError:
+            raise QueryTimeout(
+                f"query {name!r} of workflow {self.workflow_id!r} got no answer within "
+                f"{seconds:g}s (its partition is busy, or the handler is slow)"
+            ) from None
         return decode(reply)
 
-    def query(self, name: str, *args: Any) -> Any:
+    def query(self, name: str, *args: Any, timeout: Duration | None = None) -> Any:
         """Blocking twin of :meth:`query_async`."""
-        return self._client._block(self.query_async(name, *args))
+        return self._client._block(self.query_async(name, *args, timeout=timeout))
 
     async def cancel_async(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` and may clean up."""
