@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
+import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
+
+T = TypeVar("T")
 
 
 def partition_path(data_dir: Path, index: int) -> Path:
@@ -21,9 +27,15 @@ def partition_path(data_dir: Path, index: int) -> Path:
 
 class LocalHost:
     """Hosts the partitions of ``config`` (its ``data_dir``, ``partitions``, ...) in this
-    process."""
+    process.
 
-    def __init__(self, config: EngineConfig) -> None:
+    Args:
+        config: the deployment's settings.
+        clock: a stepped clock for every partition (``duraflow.testing``); ``stepper`` then
+            moves it. None: the wall clock.
+    """
+
+    def __init__(self, config: EngineConfig, *, clock: SteppedClock | None = None) -> None:
         self.config = config
         self.partitions = config.partitions
         self._loop = asyncio.new_event_loop()
@@ -35,10 +47,18 @@ class LocalHost:
         data_dir = Path(config.data_dir)
         self._parts = [
             Partition(
-                i, partition_path(data_dir, i), config, executor=self._executor, send=self._send
+                i,
+                partition_path(data_dir, i),
+                config,
+                executor=self._executor,
+                send=self._send,
+                clock=time.time if clock is None else clock,
+                stepped=clock is not None,
             )
             for i in range(config.partitions)
         ]
+        self.stepper = None if clock is None else TimeStepper(clock, self._parts)
+        """Moves the stepped clock (None on the wall clock); use it through :meth:`submit`."""
         try:
             asyncio.run_coroutine_threadsafe(self._open_all(), self._loop).result()
         except BaseException:
@@ -66,6 +86,10 @@ class LocalHost:
             self._parts[partition].handle_batch(m.encode_requests(requests)), self._loop
         )
         return await asyncio.wrap_future(future)
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the partitions' loop (from any other thread)."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def stats(self) -> list[dict[str, int]]:
         async def collect() -> list[dict[str, int]]:
