@@ -30,6 +30,9 @@ SKIP_POLL_S = 0.002
 """How often the skipper looks for a chance to skip while a client waits for a result."""
 IDLE_POLL_S = 0.02
 """How often it looks while no client waits."""
+DUE_TOLERANCE_S = 1e-6
+"""A due time this close past an advance's end still falls within it: history records
+microseconds, and sums of durations in float seconds can land a rounding error short."""
 
 
 class SteppedClock:
@@ -88,7 +91,7 @@ class TimeStepper:
             while True:
                 await self._until_settled()
                 due = self.next_due()
-                if due > target:
+                if due > target + DUE_TOLERANCE_S:
                     break
                 await self._move_to(due)
             await self._move_to(target)
