@@ -129,6 +129,30 @@ def test_a_running_activity_holds_the_clock() -> None:
     assert {"opened": "opened", "elapsed_s": DAY_S} == result
 
 
+@df.workflow
+async def tt_two_signals(ctx: df.WorkflowContext) -> dict:
+    t0 = ctx.time()
+    first = await ctx.wait_for_signal("first", timeout="1d")  # the signal beats the timer
+    await ctx.activity(tt_flaky, 0, start_to_close_timeout="1h")  # done at once
+    second = await ctx.wait_for_signal("second")  # no timer at all
+    return {"got": [first, second], "elapsed_s": ctx.time() - t0}
+
+
+def test_time_does_not_skip_to_cancelled_timers_or_finished_attempts_deadlines() -> None:
+    with WorkflowEnvironment.start_time_skipping(start_time=START) as env:
+        handle = env.client.start(tt_two_signals)
+        handle.signal("first", 1)
+        wait_until(lambda: handle.describe().history_length >= 6, what="waiting for 'second'")
+        waiting = threading.Thread(target=handle.result, kwargs={"timeout": PATIENCE_S})
+        waiting.start()
+        time.sleep(0.05)  # the skipper looks every few ms: nothing live is due, ever
+        assert START == env.now()
+        handle.signal("second", 2)
+        waiting.join()
+
+        assert {"got": [1, 2], "elapsed_s": 0.0} == handle.result(timeout=PATIENCE_S)
+
+
 def test_time_skips_only_while_a_client_waits_for_a_result() -> None:
     with WorkflowEnvironment.start_time_skipping(start_time=START) as env:
         handle = env.client.start(tt_month)

@@ -973,8 +973,27 @@ class Partition(ActivitySteps):
         await future
 
     def next_due(self) -> float:
-        """When the earliest timer, retry backoff or deadline falls due (``inf``: none)."""
-        return self._heap[0][0] if self._heap else math.inf
+        """When the earliest live timer, retry backoff or deadline falls due (``inf``: none).
+
+        Entries left for a cancelled timer or a finished attempt are dropped on the way (they
+        would fire nothing), so a stepped clock does not jump to them.
+        """
+        heap = self._heap
+        while heap and self._stale(heap[0][2], heap[0][3]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def _stale(self, kind: str, key: Any) -> bool:
+        if kind == "timer":
+            open_run = self._open.get(key[0])
+            return (
+                open_run is None
+                or open_run.row.run_id != key[1]
+                or key[2] not in open_run.timer_seqs
+            )
+        if kind in ("retry", "attempt_timeout", "heartbeat_check", "schedule_timeout"):
+            return self._deadline_stale(kind, *key)
+        return False
 
     def busy(self, attempts: bool = True) -> bool:
         """Whether work waits for a turn or (with ``attempts``) an activity attempt runs."""

@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import math
 from collections.abc import Callable, Sequence
 
 from duraflow.actors.partition import Partition
+
+log = logging.getLogger("duraflow.stepped_time")
 
 SETTLE_SPINS = 8
 """Loop iterations a quiet state must last before it counts as settled."""
@@ -115,12 +118,18 @@ class TimeStepper:
             await asyncio.sleep(SKIP_POLL_S if waiting() else IDLE_POLL_S)
             if not waiting():
                 continue
-            async with self._moving():
-                if not await self._settled(attempts=True):
-                    continue
-                due = self.next_due()
-                if due < math.inf and waiting():
-                    await self._move_to(due)
+            try:
+                await self._skip_once(waiting)
+            except Exception:  # reason: a failed turn is the partition's to report; skip on
+                log.exception("skipping to the next due time failed")
+
+    async def _skip_once(self, waiting: Callable[[], bool]) -> None:
+        async with self._moving():
+            if not await self._settled(attempts=True):
+                return
+            due = self.next_due()
+            if due < math.inf and waiting():
+                await self._move_to(due)
 
     def next_due(self) -> float:
         """The earliest due time over the partitions (``inf``: nothing is due, ever)."""
