@@ -49,7 +49,7 @@ from duraflow.errors import (
     PayloadError,
     UnknownWorkflowType,
 )
-from duraflow.runtime import Engine
+from duraflow.runtime import DEPLOYMENT_FILE, Engine
 
 __all__ = ["Replayer", "WorkflowEnvironment", "load_history", "save_history"]
 
@@ -139,7 +139,7 @@ class WorkflowEnvironment:
             engine = _SteppedEngine(
                 self._clock,
                 path,
-                partitions=partitions or DEFAULT_PARTITIONS,
+                partitions=_partitions(path, partitions),
                 synchronous="NORMAL",
                 archive=archive,
                 max_resident_runs=max_resident_runs,
@@ -179,7 +179,8 @@ class WorkflowEnvironment:
         Args:
             data_dir: where the partition files go (default: a temporary directory, removed
                 on :meth:`close`).
-            partitions: partition count (default 2).
+            partitions: partition count (default: the one recorded in ``data_dir``, or 2
+                for a new one).
             start_time: the clock's first reading (default: the wall clock's now).
             archive: run the archive consumer, so ``client.sql`` works (default off: faster).
             max_resident_runs, hibernate_after: as for :class:`~duraflow.Engine`.
@@ -279,6 +280,13 @@ class WorkflowEnvironment:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _partitions(data_dir: Path, partitions: int | None) -> int | None:
+    """The count asked for; else the recorded one (None) or, for a new directory, two."""
+    if partitions is not None or (data_dir / DEPLOYMENT_FILE).exists():
+        return partitions
+    return DEFAULT_PARTITIONS
 
 
 def _epoch_seconds(start: dt.datetime | float | None) -> float:

@@ -210,9 +210,14 @@ def test_the_environment_removes_its_temporary_data_dir_and_keeps_a_given_one(
         own = made.data_dir
         assert own.exists()
     given = tmp_path / "env"
-    with WorkflowEnvironment.start_local(data_dir=given) as env:
+    with WorkflowEnvironment.start_local(data_dir=given, partitions=3) as env:
         env.client.start(tt_month, workflow_id="kept")
     assert (False, True) == (own.exists(), (given / "partitions").exists())
+    with WorkflowEnvironment.start_local(data_dir=given) as again:  # its recorded 3 partitions
+        assert ("running", 3) == (
+            again.client.get_handle("kept").describe().status,
+            len(again.engine.stats()),
+        )
 
 
 def test_bad_environment_options_are_refused() -> None:
