@@ -268,6 +268,29 @@ def test_replayer_names_the_first_divergence() -> None:
     ) == str(caught.value)
 
 
+@df.workflow(name="tt_retried_v3")
+async def tt_retried_then_sleeps(ctx: df.WorkflowContext, fail_times: int) -> dict:
+    attempt = await ctx.activity(tt_flaky, fail_times)
+    await ctx.sleep("1m")  # new: a timer where history holds the close
+    return {"attempt": attempt, "elapsed_s": 0.0}
+
+
+def test_replayer_names_a_new_command_where_history_closed() -> None:
+    with WorkflowEnvironment.start_time_skipping() as env:
+        handle = env.client.start(tt_retried, 0)
+        handle.result(timeout=PATIENCE_S)
+        events = handle.history()
+
+    with pytest.raises(df.NonDeterminismError) as caught:
+        Replayer(workflows={"tt_retried": tt_retried_then_sleeps}).replay(events)
+
+    closed = events[-1].event_id
+    assert str(caught.value).endswith(
+        f"event {closed}: history recorded completed, replayed code issued timer_started "
+        "(seq 2) instead"
+    )
+
+
 def test_replayer_replays_every_run_selected_from_the_archive() -> None:
     with WorkflowEnvironment.start_time_skipping(archive=True) as env:
         handles = [env.client.start(tt_retried, n) for n in (0, 1, 2)]
