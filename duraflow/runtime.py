@@ -214,6 +214,9 @@ class Engine:
     Use it as a context manager, or call :meth:`close`.
     """
 
+    _client_class: type[Client] = Client
+    """What :meth:`client` is (``duraflow.testing`` counts the waits for results)."""
+
     def __init__(
         self,
         data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
@@ -262,7 +265,7 @@ class Engine:
         self._consumer_actor: Any = None
         self._host: LocalHost | RayHostProtocol
         if runtime == "local":
-            self._host = LocalHost(self.config)
+            self._host = self._local_host()
             if self.config.archive:
                 self._consumer = ConsumerThread(Consumer(self._host, self.config))
         else:
@@ -272,7 +275,11 @@ class Engine:
             self._host = ray_engine
             self._consumer_actor = ray_engine.consumer
             self.namespace = self.config.namespace
-        self._client = Client(self._host, BlockingRunner(), archive_reader(self.config))
+        self._client = self._client_class(self._host, BlockingRunner(), archive_reader(self.config))
+
+    def _local_host(self) -> LocalHost:
+        """The in-process host (``duraflow.testing`` gives it a stepped clock)."""
+        return LocalHost(self.config)
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""

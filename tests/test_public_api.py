@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duraflow as df
+import duraflow.testing
 
 CONTRACT_NAMES = [
     "ActivityCancelledError",
@@ -50,6 +51,9 @@ CONTRACT_NAMES = [
     "workflow",
 ]
 
+TESTING_NAMES = ["Replayer", "WorkflowEnvironment", "load_history", "save_history"]
+"""duraflow.testing (DESIGN section 11), public as a module of its own."""
+
 
 def test_public_names_are_the_documented_contract() -> None:
     assert sorted(CONTRACT_NAMES) == sorted(df.__all__)
@@ -58,6 +62,12 @@ def test_public_names_are_the_documented_contract() -> None:
 def test_every_public_name_has_a_docstring() -> None:
     undocumented = [name for name in df.__all__ if not getattr(df, name).__doc__]
     assert [] == undocumented
+
+
+def test_the_testing_module_is_pinned_and_documented() -> None:
+    testing = duraflow.testing
+    assert sorted(TESTING_NAMES) == sorted(testing.__all__)
+    assert [] == [name for name in testing.__all__ if not getattr(testing, name).__doc__]
 
 
 def test_every_error_derives_from_the_root() -> None:

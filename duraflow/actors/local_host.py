@@ -2,7 +2,9 @@
 
 One thread per partition, as each Ray partition is a process of its own: workflow code that
 blocks (``time.sleep``, blocking I/O) holds its own partition only, and the others go on
-(the GIL is released by blocking calls; see README "Rules for workflow code").
+(the GIL is released by blocking calls; see README "Rules for workflow code"). Under a
+stepped clock (``duraflow.testing``) every partition shares one loop, so the clock's
+stepper sees them all settle between its moves.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
+import time
 from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -17,6 +20,7 @@ from typing import Any, TypeVar
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
 
@@ -32,18 +36,28 @@ def partition_path(data_dir: Path, index: int) -> Path:
 
 class LocalHost:
     """Hosts the partitions of ``config`` (its ``data_dir``, ``partitions``, ...) in this
-    process."""
+    process.
 
-    def __init__(self, config: EngineConfig) -> None:
+    Args:
+        config: the deployment's settings.
+        clock: a stepped clock for every partition (``duraflow.testing``); ``stepper`` then
+            moves it. None: the wall clock.
+    """
+
+    def __init__(self, config: EngineConfig, *, clock: SteppedClock | None = None) -> None:
         self.config = config
         self.partitions = config.partitions
-        self._loops = [asyncio.new_event_loop() for _ in range(config.partitions)]
+        count = config.partitions if clock is None else 1
+        loops = [asyncio.new_event_loop() for _ in range(count)]
         self._threads = [
             threading.Thread(
                 target=loop.run_forever, name=f"duraflow-partition-{index}", daemon=True
             )
-            for index, loop in enumerate(self._loops)
+            for index, loop in enumerate(loops)
         ]
+        self._own_loops = loops
+        self._loops = loops if clock is None else loops * config.partitions
+        """Each partition's loop (one shared by all under a stepped clock)."""
         for thread in self._threads:
             thread.start()
         # Async activities run on the loop of the partition that starts them.
@@ -51,10 +65,18 @@ class LocalHost:
         data_dir = Path(config.data_dir)
         self._parts = [
             Partition(
-                i, partition_path(data_dir, i), config, executor=self._executor, send=self._send
+                i,
+                partition_path(data_dir, i),
+                config,
+                executor=self._executor,
+                send=self._send,
+                clock=time.time if clock is None else clock,
+                stepped=clock is not None,
             )
             for i in range(config.partitions)
         ]
+        self.stepper = None if clock is None else TimeStepper(clock, self._parts)
+        """Moves the stepped clock (None on the wall clock); use it through :meth:`submit`."""
         try:
             opening = [self._submit(i, part.open()) for i, part in enumerate(self._parts)]
             for future in opening:
@@ -65,6 +87,12 @@ class LocalHost:
 
     def _submit(self, partition: int, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loops[partition])
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the loop every partition shares under a stepped clock (from any
+        other thread)."""
+        assert self.stepper is not None, "only a stepped host shares one loop"
+        return self._submit(0, coro)
 
     async def _send(self, workflow_id: str, request: Any) -> Any:
         return await self.call(partition_of(workflow_id, self.partitions), request)
@@ -102,7 +130,7 @@ class LocalHost:
                 future.result(timeout=CLOSE_TIMEOUT_S)
         finally:
             self._executor.close()
-            for loop, thread in zip(self._loops, self._threads, strict=True):
+            for loop, thread in zip(self._own_loops, self._threads, strict=True):
                 if loop.is_closed():
                     continue
                 loop.call_soon_threadsafe(loop.stop)

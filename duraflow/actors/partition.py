@@ -20,6 +20,7 @@ import datetime as dt
 import heapq
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -128,6 +129,9 @@ class Partition(ActivitySteps):
         executor: where activity attempts run.
         send: reaches the partition owning another workflow ID (children, parents).
         clock: seconds since the epoch; a parameter so tests can step time.
+        stepped: ``clock`` moves only when told (``duraflow.testing``): due times are then
+            never armed on the loop's wall clock, and the host calls :meth:`clock_moved`
+            after each move.
     """
 
     def __init__(
@@ -139,6 +143,7 @@ class Partition(ActivitySteps):
         executor: ActivityExecutor,
         send: Send,
         clock: Callable[[], float] = time.time,
+        stepped: bool = False,
     ) -> None:
         self.index = index
         self.config = config
@@ -147,6 +152,7 @@ class Partition(ActivitySteps):
         self._executor = executor
         self._send = send
         self._clock = clock
+        self._stepped = stepped
         self._max_resident = config.max_resident_runs
         self._hibernate_after = config.hibernate_after_s
         self._lru: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -969,14 +975,57 @@ class Partition(ActivitySteps):
             return
         if self._due_handle is not None:
             self._due_handle.cancel()
-        self._due_at = due
         delay = max(0.0, due - self._clock())
+        if delay > 0 and self._stepped:  # clock_moved() fires it when the clock gets there
+            self._due_handle, self._due_at = None, math.inf
+            return
+        self._due_at = due
         self._due_handle = self._require_loop().call_later(delay, self._on_due)
 
     def _on_due(self) -> None:
         self._due_handle = None
         self._due_at = float("inf")
         self._post(_Due(), None)
+
+    # -- a stepped clock (duraflow.testing) ---------------------------------------------------
+
+    async def clock_moved(self) -> None:
+        """The stepped clock moved: fire what is due now; returns once that turn committed."""
+        future = self._require_loop().create_future()
+        self._post(_Due(), future)
+        await future
+
+    def next_due(self) -> float:
+        """When the earliest live timer, retry backoff or deadline falls due (``inf``: none).
+
+        Entries left for a cancelled timer or a finished attempt are dropped on the way (they
+        would fire nothing), so a stepped clock does not jump to them.
+        """
+        heap = self._heap
+        while heap and self._stale(heap[0][2], heap[0][3]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def _stale(self, kind: str, key: Any) -> bool:
+        if kind == "timer":
+            open_run = self._open.get(key[0])
+            return (
+                open_run is None
+                or open_run.row.run_id != key[1]
+                or key[2] not in open_run.timer_seqs
+            )
+        if kind in ("retry", "attempt_timeout", "heartbeat_check", "schedule_timeout"):
+            return self._deadline_stale(kind, *key)
+        return False
+
+    def busy(self, attempts: bool = True) -> bool:
+        """Whether work waits for a turn or (with ``attempts``) an activity attempt runs."""
+        return bool(self._inbox) or (attempts and self._attempts.any_running())
+
+    @property
+    def turns(self) -> int:
+        """Turns taken since the partition opened."""
+        return self._turn_count
 
     def _fire_due(self) -> None:
         now = self._clock()

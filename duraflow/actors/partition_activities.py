@@ -215,6 +215,17 @@ class ActivitySteps:
                     delay=0.0,
                 )
 
+    def _deadline_stale(self, kind: str, key: tuple[str, str, int], number: int) -> bool:
+        """Whether a ``retry`` or deadline entry of the timer heap would do nothing now."""
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            return True
+        if kind == "schedule_timeout":
+            return False
+        if kind == "retry":
+            return attempt.running or attempt.number != number - 1
+        return attempt.number != number or not attempt.running
+
     def _attempt_deadline(self, kind: str, key: tuple[str, str, int], number: int) -> None:
         attempt = self._attempts.get(key)
         if attempt is None:

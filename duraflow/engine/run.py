@@ -531,9 +531,12 @@ def rebuild(
     leftover = sorted(recorded.values(), key=lambda e: e.event_id)
     if leftover:
         first = leftover[0]
+        if new:  # the code went on where history closed (or did something else)
+            issued = f"replayed code issued {describe_command(new[0])} instead"
+        else:
+            issued = "but the replayed code never issued it"
         raise NonDeterminismError(
-            f"event {first.event_id}: history recorded {describe_command(first)}, but the "
-            "replayed code never issued it"
+            f"event {first.event_id}: history recorded {describe_command(first)}, {issued}"
         )
     run._recorded = None  # reason: replay is over; the run is live from here
     return run, new
