@@ -172,6 +172,9 @@ class Partition(ActivitySteps):
         self._mailboxes = Mailboxes()
         self._turn_count = 0
         self._turn_items = 0
+        self.recovery: dict[str, float] = {}
+        """How long opening took (``store_s``, ``load_s``) and the first turn's recovery
+        (``recover_s``, ending at ``recovered_at``, epoch seconds): for status and benchmarks."""
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -179,8 +182,11 @@ class Partition(ActivitySteps):
         """Open the SQLite file, load open runs, timers and activities, and start turning."""
         self._loop = asyncio.get_running_loop()
         self._wake = asyncio.Event()
+        began = time.perf_counter()
         self._store = PartitionStore(self._path, self._synchronous)
+        opened = time.perf_counter()
         self._load()
+        self.recovery = {"store_s": opened - began, "load_s": time.perf_counter() - opened}
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
         self._post(_Due(), None)
         if self._hibernate_after is not None:
@@ -905,6 +911,7 @@ class Partition(ActivitySteps):
     def _recover(self) -> None:
         """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
         resend undelivered outbox messages."""
+        began = time.perf_counter()
         self._recovering = False
         for open_run in list(self._open.values()):
             if open_run.row.stuck is not None and self._resident(open_run) is not None:
@@ -914,6 +921,8 @@ class Partition(ActivitySteps):
         for row_id, target, data in self._db().outbox():
             self._fx.sends.append((row_id, target, m.decode_outbox(data)))
         self._recover_activities()
+        self.recovery["recover_s"] = time.perf_counter() - began
+        self.recovery["recovered_at"] = time.time()
 
     # -- timers ----------------------------------------------------------------------------------
 

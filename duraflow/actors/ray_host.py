@@ -201,6 +201,7 @@ class PartitionActor:
     """The Ray actor that hosts one Partition. Opens it (recovers) as soon as it starts."""
 
     async def __init__(self, index: int, settings: bytes, shipped: bytes | None = None) -> None:
+        self._started_at = time.time()
         self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
         for module in self._settings.app_modules:
             __import__(module)
@@ -222,12 +223,15 @@ class PartitionActor:
             retention_s=self._settings.retention_s,
         )
         self._fenced: PartitionUnavailable | None = None
+        self._init_s = time.time() - self._started_at
+        self._opened_at: float | None = None
         self._opened = loop.create_task(self._open())
 
     async def _open(self) -> None:
         while True:
             try:
                 await self._partition.open()
+                self._opened_at = time.time()
                 return
             except PartitionUnavailable as exc:
                 # Fencing: the old owner still holds the file. Wait for it to go.
@@ -281,11 +285,20 @@ class PartitionActor:
         self._executor.close()
 
     async def status(self) -> dict[str, Any]:
-        """PID, node, partition count and this partition's run counts."""
+        """PID, node, partition count, this partition's run counts, and when this incarnation
+        started: ``started`` has ``at`` (``__init__`` entered, epoch seconds), ``init_s``
+        (app imports and set-up), ``opened_at``, and the partition's ``store_s``, ``load_s``,
+        ``recover_s`` and ``recovered_at`` (see ``Partition.recovery``)."""
         await self._opened
         return {
             "index": self._index,
             "pid": os.getpid(),
+            "started": {
+                "at": self._started_at,
+                "init_s": self._init_s,
+                "opened_at": self._opened_at,
+                **self._partition.recovery,
+            },
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
             "partitions": self._settings.partitions,
