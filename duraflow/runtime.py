@@ -8,19 +8,24 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
 from duraflow.actors.partition import DEFAULT_RETENTION_S
-from duraflow.cdc.consumer import COMMIT_INTERVAL_S, Consumer, ConsumerThread, archive_paths
+from duraflow.cdc.settings import COMMIT_INTERVAL_S, archive_paths
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
-from duraflow.storage.catalog import S3Config
-from duraflow.storage.query import ArchiveReader
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
+
+if TYPE_CHECKING:
+    # The archive's modules import pyarrow, pyiceberg and DuckDB (about a second): imported
+    # where an engine or a client uses them, so a partition's process (which imports this
+    # module with the ``duraflow`` package) never loads them.
+    from duraflow.cdc.consumer import ConsumerThread
+    from duraflow.storage.catalog import S3Config
 
 DEFAULT_DATA_DIR = ".duraflow"
 DEFAULT_PARTITIONS = 4
@@ -149,6 +154,8 @@ class Engine:
                 retention_s=retention_s,
             )
             if archive:
+                from duraflow.cdc.consumer import Consumer, ConsumerThread
+
                 self._consumer = ConsumerThread(
                     Consumer(
                         self._host,
@@ -182,6 +189,8 @@ class Engine:
         self._runner = BlockingRunner()
         reader = None
         if archive:
+            from duraflow.storage.query import ArchiveReader
+
             root, warm = archive_paths(self.data_dir)
             reader = ArchiveReader(root, warm, warehouse=warehouse, s3=s3)
         self._client = Client(self._host, self._runner, reader)
@@ -460,6 +469,8 @@ def _connect_on_ray(address: str, namespace: str) -> tuple[Host, Any]:
     _join(address, namespace)
     host = ray_host.RayHost.connect(namespace)
     data_dir = Path(host.statuses()[0]["data_dir"])
+    from duraflow.storage.query import ArchiveReader
+
     root, warm = archive_paths(data_dir)
     return host, ArchiveReader(root, warm)
 

@@ -22,7 +22,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import ray
@@ -32,7 +32,7 @@ from duraflow.actors import messages as m
 from duraflow.actors.local_host import partition_path
 from duraflow.actors.partition import DEFAULT_RETENTION_S, Partition
 from duraflow.actors.router import partition_of
-from duraflow.cdc.consumer import COMMIT_INTERVAL_S, Consumer
+from duraflow.cdc.settings import COMMIT_INTERVAL_S
 from duraflow.engine.activities import (
     ActivityInfo,
     ActivityOutcome,
@@ -53,7 +53,9 @@ from duraflow.errors import (
     PartitionUnavailable,
     WorkflowClosed,
 )
-from duraflow.storage.catalog import S3Config
+
+if TYPE_CHECKING:
+    from duraflow.storage.catalog import S3Config
 
 log = logging.getLogger("duraflow.ray")
 
@@ -327,6 +329,10 @@ class ConsumerActor:
     """The archive's stream consumer as a Ray actor; restarts resume from the archive."""
 
     async def __init__(self, settings: bytes, s3: S3Config | None = None) -> None:
+        # Imported here, not with the module: pyarrow, pyiceberg and DuckDB cost a partition
+        # actor (which shares this module) about a second on every restart.
+        from duraflow.cdc.consumer import Consumer
+
         self._settings = msgspec.msgpack.decode(settings, type=HostSettings)
         namespace = self._settings.namespace
         handles = [
