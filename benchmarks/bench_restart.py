@@ -28,6 +28,7 @@ import argparse
 import asyncio
 import os
 import signal
+import sys
 import tempfile
 import time
 import uuid
@@ -51,8 +52,10 @@ TARGET = 0
 PROBE_EVERY_S = 0.01
 PROBE_TIMEOUT_S = 120.0
 """A restart not serving by then is reported as an error, not waited for."""
+RESULT_TIMEOUT_S = 30.0
+"""A load workflow's result not seen by then is counted as lost (see Load)."""
 SETTLE_S = 2.0
-"""Pause after each restart (the load catches up) and before the first kill of a scenario."""
+"""Default pause after each restart (the load catches up) and before a scenario's first kill."""
 BATCH = 500
 
 KILL_TO = ("serving", "client_signal", "new_pid", "status")
@@ -90,7 +93,11 @@ def process_start(pid: int) -> float | None:
 
 
 class Load:
-    """``in_flight`` W1 workflows at all times, each started when another finished."""
+    """``in_flight`` W1 workflows at all times, each started when another finished.
+
+    A result not seen within RESULT_TIMEOUT_S (a restart takes seconds) is counted as lost,
+    with the status its run has in its partition (``describe``), and the load goes on.
+    """
 
     def __init__(self, client: df.Client, in_flight: int) -> None:
         self._client = client
@@ -99,6 +106,7 @@ class Load:
         self._tasks: list[asyncio.Task[None]] = []
         self.completed = 0
         self.errors: list[str] = []
+        self.lost: list[str] = []
 
     def start(self) -> None:
         self._tasks = [asyncio.ensure_future(self._worker(i)) for i in range(self._in_flight)]
@@ -108,22 +116,27 @@ class Load:
         while not self._stopping:
             try:
                 handle = await self._client.start_async(bench_three_steps, i, True)
-                await handle.result_async()
-                self.completed += 1
+                try:
+                    await handle.result_async(timeout=RESULT_TIMEOUT_S)
+                    self.completed += 1
+                except df.ResultTimeout:
+                    self.lost.append(handle.workflow_id)
             except df.DuraflowError as exc:  # counted and reported; the load goes on
                 self.errors.append(f"{type(exc).__name__}: {exc}")
             i += 1
 
-    async def stop(self) -> None:
+    async def stop(self) -> dict[str, Any]:
+        """Stop starting workflows, wait for those in flight; what was lost, by status."""
         self._stopping = True
-        if not self._tasks:
-            return
-        _, pending = await asyncio.wait(self._tasks, timeout=PROBE_TIMEOUT_S)
-        if pending:
-            raise TimeoutError(
-                f"{len(pending)} of {len(self._tasks)} load workflows did not finish within "
-                f"{PROBE_TIMEOUT_S:g}s of the last restart"
-            )
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+        described = await asyncio.gather(
+            *(self._client.get_handle(wid).describe_async() for wid in self.lost)
+        )
+        statuses: dict[str, int] = {}
+        for description in described:
+            statuses[description.status] = statuses.get(description.status, 0) + 1
+        return {"results_lost": len(self.lost), "lost_by_status": statuses}
 
 
 async def _until_serving(actor: Any, workflow_id: str) -> float:
@@ -229,14 +242,14 @@ def _bare_actor_class() -> Any:
     return Bare
 
 
-async def ray_floor(repeats: int) -> dict[str, Any]:
+async def ray_floor(repeats: int, settle_s: float = SETTLE_S) -> dict[str, Any]:
     """kill -9 of a bare actor: kill -> its ``__init__`` entered, and -> answered again."""
     actor = _bare_actor_class().remote()
     samples = []
     try:
         for _ in range(repeats):
             old_pid = (await actor.status.remote())["pid"]
-            await asyncio.sleep(SETTLE_S / 2)
+            await asyncio.sleep(settle_s)
             killed_at = time.time()
             os.kill(old_pid, signal.SIGKILL)
             answered_at, status = await _until_new_pid(actor, old_pid)
@@ -279,36 +292,37 @@ async def _start_parked(client: df.Client, ids: list[str]) -> None:
 
 
 async def scenarios(client: df.Client, namespace: str, args: argparse.Namespace) -> dict[str, Any]:
-    results: dict[str, Any] = {"ray_floor": await ray_floor(args.repeats)}
-    print(f"  ray_floor: {_floor_line(results['ray_floor'])}", flush=True)
+    results: dict[str, Any] = {"ray_floor": await ray_floor(args.repeats, args.settle)}
+    print(f"  ray_floor: {_floor_line(results['ray_floor'])}", file=sys.stderr, flush=True)
     parked_ids = ids_on(TARGET, "parked", max(args.parked, default=0))
     probe_ids = iter(ids_on(TARGET, "probe", 4 * args.repeats * len(args.parked)))
     have = 0
     for size in args.parked:
         await _start_parked(client, parked_ids[have:size])
         have = size
-        for in_flight in (0, args.load):
+        for in_flight in sorted({0, args.load}):
             load = Load(client, in_flight)
             load.start()
-            await asyncio.sleep(SETTLE_S)
+            await asyncio.sleep(args.settle)
             samples = []
             completed_at_start, t0 = load.completed, time.perf_counter()
             for _ in range(args.repeats):
                 probes = [next(probe_ids), next(probe_ids)]
                 await _start_parked(client, probes)
                 samples.append(await kill_once(client, namespace, probes))
-                await asyncio.sleep(SETTLE_S)
+                await asyncio.sleep(args.settle)
             load_rate = (load.completed - completed_at_start) / (time.perf_counter() - t0)
-            await load.stop()
+            lost = await load.stop()
             key = f"parked_{size}_" + ("idle" if in_flight == 0 else f"load_{in_flight}")
             results[key] = {
                 "parked": size,
                 "load_in_flight": in_flight,
                 "load_workflows_per_s": load_rate,
                 "load_errors": load.errors[:5],
+                **lost,
                 **summarize(samples),
             }
-            print(f"  {key}: {_line(results[key])}", flush=True)
+            print(f"  {key}: {_line(results[key])}", file=sys.stderr, flush=True)
     return results
 
 
@@ -337,12 +351,15 @@ def _line(result: dict[str, Any]) -> str:
     def pair(d: dict[str, float]) -> str:
         return f"{d['p50_s']:.2f} / {d['max_s']:.2f} s"
 
+    lost = ""
+    if result.get("results_lost"):
+        lost = f"; LOST {result['results_lost']} load results (runs: {result['lost_by_status']})"
     return (
         f"serving {pair(k['serving'])}, client signal {pair(k['client_signal'])}, "
         f"new PID {pair(k['new_pid'])}, status {pair(k['status'])}; "
         f"Ray {s['ray']['p50_s']:.2f}, init {s['init']['p50_s']:.2f}, "
         f"open {s['open']['p50_s']:.3f}, recover {s['recover']['p50_s']:.3f}, "
-        f"first answer {s['first_answer']['p50_s']:.2f} s (p50)"
+        f"first answer {s['first_answer']['p50_s']:.2f} s (p50){lost}"
     )
 
 
@@ -361,6 +378,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load", type=int, default=300, help="W1 workflows in flight")
     parser.add_argument("--repeats", type=int, default=5, help="kills per scenario")
     parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"))
+    parser.add_argument(
+        "--settle", type=float, default=SETTLE_S, help="s to wait before and after each kill"
+    )
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -385,7 +405,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({PARTITIONS} partitions, synchronous={args.synchronous})",
         rows,
     )
-    config = {k: getattr(args, k) for k in ("parked", "load", "repeats", "synchronous")}
+    config = {k: getattr(args, k) for k in ("parked", "load", "repeats", "synchronous", "settle")}
     path = write_json(args.json, {"config": config, "results": results})
     print(f"\nJSON: {path}")
     return results
