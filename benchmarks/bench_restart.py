@@ -1,8 +1,8 @@
 """Restart to serving: a partition actor killed with kill -9, idle and under W1 load.
 
 On a local Ray with an engine of 2 partitions, partition 0 holds N open runs parked on a
-signal (N = each of ``--parked``, grown in one engine). For each N, idle and then with
-``--load`` W1 workflows (3 inline no-op activities) kept in flight over both partitions,
+signal (N = each of ``--parked``, grown in one engine). For each N and each of ``--loads``
+(W1 workflows of 3 inline no-op activities kept in flight over both partitions; 0 is idle),
 ``--repeats`` times: kill -9 partition 0's process (its PID from the actor's ``status()``)
 and measure, from the kill,
 
@@ -300,7 +300,7 @@ async def scenarios(client: df.Client, namespace: str, args: argparse.Namespace)
     for size in args.parked:
         await _start_parked(client, parked_ids[have:size])
         have = size
-        for in_flight in sorted({0, args.load}):
+        for in_flight in args.loads:
             load = Load(client, in_flight)
             load.start()
             await asyncio.sleep(args.settle)
@@ -375,7 +375,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parked", default="0,1000,10000", help="open parked runs on the killed partition"
     )
-    parser.add_argument("--load", type=int, default=300, help="W1 workflows in flight")
+    parser.add_argument(
+        "--loads", default="0,300", help="W1 workflows in flight, comma-separated (0: idle)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="kills per scenario")
     parser.add_argument("--synchronous", default="FULL", choices=("FULL", "NORMAL"))
     parser.add_argument(
@@ -389,6 +391,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "restart.json")
     args = parser.parse_args(argv)
     args.parked = [int(n) for n in str(args.parked).split(",") if n]
+    args.loads = [int(n) for n in str(args.loads).split(",") if n]
     return args
 
 
@@ -405,7 +408,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         f"({PARTITIONS} partitions, synchronous={args.synchronous})",
         rows,
     )
-    config = {k: getattr(args, k) for k in ("parked", "load", "repeats", "synchronous", "settle")}
+    config = {k: getattr(args, k) for k in ("parked", "loads", "repeats", "synchronous", "settle")}
     path = write_json(args.json, {"config": config, "results": results})
     print(f"\nJSON: {path}")
     return results

@@ -57,7 +57,7 @@ SMOKE = {
     "query_rows": "5000",
     "lag_workflows": 10,
     "restart_parked": "20",
-    "restart_load": 10,
+    "restart_loads": "10",
     "restart_repeats": 1,
     "restart_settle": 0.2,
 }
@@ -79,7 +79,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restart-parked", default="0,1000,10000", help="R: open runs on the killed partition"
     )
-    parser.add_argument("--restart-load", type=int, default=300, help="R: W1 in flight")
+    parser.add_argument("--restart-loads", default="0,300", help="R: W1 in flight (0: idle)")
     parser.add_argument("--restart-repeats", type=int, default=5, help="R: kills per scenario")
     parser.add_argument(
         "--restart-settle", type=float, default=bench_restart.SETTLE_S, help="R: s around kills"
@@ -96,6 +96,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.parked = [int(n) for n in args.parked.split(",") if n]
     args.query_rows = [int(n) for n in args.query_rows.split(",") if n]
     args.restart_parked = [int(n) for n in str(args.restart_parked).split(",") if n]
+    args.restart_loads = [int(n) for n in str(args.restart_loads).split(",") if n]
     return args
 
 
@@ -127,7 +128,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["restart"] = bench_restart.run(
             argparse.Namespace(
                 parked=args.restart_parked,
-                load=args.restart_load,
+                loads=args.restart_loads,
                 repeats=args.restart_repeats,
                 synchronous=args.synchronous,
                 settle=args.restart_settle,
