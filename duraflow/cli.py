@@ -31,7 +31,7 @@ import duckdb
 import msgspec
 
 from duraflow import runtime
-from duraflow.cdc.consumer import archive_paths
+from duraflow.cdc.settings import archive_paths
 from duraflow.engine.client import Client
 from duraflow.errors import ConfigurationError, DuraflowError, ResultTimeout, WorkflowFailedError
 from duraflow.storage.catalog import CATALOG_FILE, S3Config
