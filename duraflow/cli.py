@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 
 from duraflow import runtime
-from duraflow.cdc.consumer import archive_paths
+from duraflow.cdc.settings import archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,

@@ -8,12 +8,12 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.cdc.consumer import Consumer, ConsumerThread, archive_paths
+from duraflow.cdc.settings import archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,
@@ -30,8 +30,14 @@ from duraflow.config import (
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
-from duraflow.storage.query import ArchiveReader
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
+
+if TYPE_CHECKING:
+    # The archive's modules import pyarrow, pyiceberg and DuckDB (about a second): imported
+    # where an engine or a client uses them, so a partition's process (which imports this
+    # module with the ``duraflow`` package) never loads them.
+    from duraflow.cdc.consumer import ConsumerThread
+    from duraflow.storage.query import ArchiveReader
 
 RUNTIMES = ("ray", "local")
 DEPLOYMENT_FILE = "deployment.json"
@@ -164,6 +170,8 @@ def archive_reader(config: EngineConfig) -> ArchiveReader | None:
     """How a client reads the archive of ``config`` (None without an archive)."""
     if not config.archive:
         return None
+    from duraflow.storage.query import ArchiveReader
+
     root, warm = archive_paths(Path(config.data_dir))
     return ArchiveReader(root, warm, warehouse=config.warehouse, s3=config.s3)
 
@@ -267,6 +275,8 @@ class Engine:
         if runtime == "local":
             self._host = self._local_host()
             if self.config.archive:
+                from duraflow.cdc.consumer import Consumer, ConsumerThread
+
                 self._consumer = ConsumerThread(Consumer(self._host, self.config))
         else:
             from duraflow.actors import ray_host  # imports ray: only for the Ray runtime

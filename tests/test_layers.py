@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +77,21 @@ def test_only_storage_touches_sqlite() -> None:
 def test_only_the_ray_host_imports_ray() -> None:
     users = {m for m, imports in MODULES.items() if any(i.split(".")[0] == "ray" for i in imports)}
     assert {"duraflow.actors.ray_host"} == users
+
+
+ARCHIVE_LIBRARIES = ("pyarrow", "pyiceberg", "duckdb", "sqlalchemy")
+
+
+@pytest.mark.parametrize("module", ["duraflow.actors.ray_host", "duraflow"])
+def test_a_partition_process_does_not_import_the_archive_libraries(module: str) -> None:
+    """A restarted partition actor imports its module (and so the ``duraflow`` package) before
+    it can serve: the archive's libraries cost about a second there (measured by
+    ``./dev bench restart``), and only the archive's consumer and readers use them."""
+    code = (
+        f"import sys, {module}; top = {{m.split('.')[0] for m in sys.modules}}; "
+        f"print(' '.join(sorted(top & {set(ARCHIVE_LIBRARIES)!r})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert [] == loaded

@@ -184,6 +184,9 @@ class Partition(ActivitySteps):
         self.incarnation = ""
         """Set anew at each open: tells clients the partition restarted (and forgot its
         mailboxes) even when a mailbox of the same name was made again since."""
+        self.recovery: dict[str, float] = {}
+        """How long opening took (``store_s``, ``load_s``) and the first turn's recovery
+        (``recover_s``, ending at ``recovered_at``, epoch seconds): for status and benchmarks."""
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -192,8 +195,11 @@ class Partition(ActivitySteps):
         self._loop = asyncio.get_running_loop()
         self.incarnation = uuid.uuid4().hex
         self._wake = asyncio.Event()
+        began = time.perf_counter()
         self._store = PartitionStore(self._path, self._synchronous)
+        opened = time.perf_counter()
         self._load()
+        self.recovery = {"store_s": opened - began, "load_s": time.perf_counter() - opened}
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
         guard.watch(self._watch)
         self._post(_Due(), None)
@@ -952,6 +958,7 @@ class Partition(ActivitySteps):
     def _recover(self) -> None:
         """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
         resend undelivered outbox messages."""
+        began = time.perf_counter()
         self._recovering = False
         for open_run in list(self._open.values()):
             if open_run.row.stuck is not None and self._resident(open_run) is not None:
@@ -961,6 +968,8 @@ class Partition(ActivitySteps):
         for row_id, target, data in self._db().outbox():
             self._fx.sends.append((row_id, target, m.decode_outbox(data)))
         self._recover_activities()
+        self.recovery["recover_s"] = time.perf_counter() - began
+        self.recovery["recovered_at"] = time.time()
 
     # -- timers ----------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from duraflow.actors import messages as m
 from duraflow.cdc.events import decode_event
+from duraflow.cdc.settings import archive_paths
 from duraflow.config import EngineConfig
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, open_archive
@@ -77,12 +78,6 @@ PENDING_ROWS_IN_MEMORY = 1_000_000
 their segments: the commit is behind, say a warehouse that is down)."""
 OPEN_RETRY_MAX_S = 10.0
 """Longest pause between attempts to open an archive that cannot be opened (S3 down, say)."""
-
-
-def archive_paths(data_dir: Path) -> tuple[Path, Path]:
-    """(archive folder, warm segment folder) of a data directory."""
-    root = data_dir / "archive"
-    return root, root / "warm"
 
 
 @dataclass
