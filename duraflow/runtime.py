@@ -13,13 +13,12 @@ from typing import Any, Protocol
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.cdc.consumer import Consumer, ConsumerThread, archive_paths
+from duraflow.cdc.consumer import Consumer, ConsumerThread
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEFAULT_ACTIVITY_THREADS,
     DEFAULT_DATA_DIR,
     DEFAULT_NAMESPACE,
-    DEFAULT_PARTITIONS,
     DEFAULT_RETENTION_S,
     DEFAULT_SYNCHRONOUS,
     IDLE_BEFORE_HIBERNATE_S,
@@ -29,14 +28,16 @@ from duraflow.config import (
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.storage import relocate
+from duraflow.storage.catalog import check_table_locations, warehouse_uri
+from duraflow.storage.deployment import Deployment, open_deployment, recorded_partitions
+from duraflow.storage.layout import archive_paths, data_dir_path
 from duraflow.storage.query import ArchiveReader
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
 RUNTIMES = ("ray", "local")
-DEPLOYMENT_FILE = "deployment.json"
 ANSWER_MARGIN_S = 10.0
 """How much longer than its own timeout a call to the archive consumer may take to answer."""
-DATA_FORMAT = 1
 
 
 class RayHostProtocol(Host, Protocol):
@@ -47,51 +48,35 @@ class RayHostProtocol(Host, Protocol):
     def close(self) -> None: ...
 
 
-class Deployment(msgspec.Struct, frozen=True):
-    """What a data directory was created with; fixed for its lifetime."""
-
-    partitions: int
-    format: int = DATA_FORMAT
-
-
-def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
-    """The partition count of ``data_dir``: the recorded one, or for a new data directory
-    ``partitions`` (default 4). Writes nothing.
+def open_data_dir(config: EngineConfig) -> Deployment:
+    """Check the data directory of ``config``, creating it on first start: its deployment
+    record, every partition file, and (with the archive on) that its archive's tables are
+    its own, not those of the data directory it was copied or moved from.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
+        ConfigurationError: naming the path that is wrong and what to do (see
+            ``storage/deployment.py`` and ``storage/catalog.py``).
     """
-    path = data_dir / DEPLOYMENT_FILE
-    if path.exists():
-        recorded = msgspec.json.decode(path.read_bytes(), type=Deployment)
-        if partitions is not None and partitions != recorded.partitions:
-            raise ConfigurationError(
-                f"{data_dir} was created with partitions={recorded.partitions}; it cannot be "
-                f"opened with partitions={partitions} (workflow IDs are routed by that number)"
-            )
-        return recorded.partitions
-    count = DEFAULT_PARTITIONS if partitions is None else partitions
-    if not isinstance(count, int) or count < 1:
-        raise ConfigurationError(f"partitions must be an integer >= 1, got {partitions!r}")
-    return count
-
-
-def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
-    """Read (or, on first start, write) the deployment record of ``data_dir``.
-
-    Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
-    """
-    count = recorded_partitions(data_dir, partitions)
-    path = data_dir / DEPLOYMENT_FILE
-    if path.exists():
-        return msgspec.json.decode(path.read_bytes(), type=Deployment)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    deployment = Deployment(partitions=count)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.encode(deployment))
-    os.replace(tmp, path)
+    data_dir = Path(config.data_dir)
+    deployment = open_deployment(data_dir, config.partitions, config.synchronous)
+    if config.archive:
+        root, _ = archive_paths(data_dir)
+        check_table_locations(root, warehouse_uri(root, config.warehouse))
     return deployment
+
+
+def relocate_archive(data_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Point the archive of a copied or moved data directory at its own files (what
+    ``duraflow relocate-archive`` does; see ``storage/relocate.py``). Run it with no engine
+    open on the data directory.
+
+    Returns:
+        The data files registered per table; empty when the archive was at its place.
+
+    Raises:
+        ConfigurationError: no archive, or one that names files missing under ``data_dir``.
+    """
+    return relocate.relocate_archive(data_dir_path(data_dir))
 
 
 def engine_config(
@@ -120,7 +105,7 @@ def engine_config(
             unknown ``synchronous`` mode.
         InvalidDuration: a duration that cannot be parsed.
     """
-    path = Path(data_dir).resolve()
+    path = data_dir_path(data_dir)
     mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
     if mode not in SYNCHRONOUS_MODES:
         raise ConfigurationError(
@@ -237,7 +222,8 @@ class Engine:
         self.runtime = runtime
         self.namespace: str | None = None
         """The Ray namespace of this engine's partition actors (Ray runtime only)."""
-        self.deployment = load_deployment(self.data_dir, self.config.partitions)
+        self.deployment = open_data_dir(self.config)
+        """The data directory's deployment record (partition count, deployment ID)."""
         self._consumer: ConsumerThread | None = None
         self._consumer_actor: Any = None
         self._host: LocalHost | RayHostProtocol
@@ -402,7 +388,7 @@ def serve(
     running = ray_host.running_status(config.namespace, timeout)
     if running is not None:
         ray_host.check_same_deployment(running, config)
-    load_deployment(path, config.partitions)
+    open_data_dir(config)
     try:
         host = ray_host.RayHost.create(config, detached=True, timeout=timeout)
     except PartitionUnavailable:

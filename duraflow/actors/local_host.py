@@ -12,11 +12,7 @@ from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
-
-
-def partition_path(data_dir: Path, index: int) -> Path:
-    """The SQLite file of partition ``index`` (named by number, never by workflow ID)."""
-    return data_dir / "partitions" / f"p{index:04d}.sqlite"
+from duraflow.storage.layout import partition_path
 
 
 class LocalHost:

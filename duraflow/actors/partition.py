@@ -50,6 +50,7 @@ from duraflow.errors import (
     WorkflowNotFound,
 )
 from duraflow.storage.codec import decode, encode, error_text
+from duraflow.storage.deployment import partition_stamp
 from duraflow.storage.sqlite_store import PartitionStore, TimerRow, WorkflowRow
 
 log = logging.getLogger("duraflow.partition")
@@ -182,7 +183,8 @@ class Partition(ActivitySteps):
         self._loop = asyncio.get_running_loop()
         self.incarnation = uuid.uuid4().hex
         self._wake = asyncio.Event()
-        self._store = PartitionStore(self._path, self._synchronous)
+        stamp = partition_stamp(Path(self.config.data_dir), self.index)
+        self._store = PartitionStore(self._path, self._synchronous, stamp=stamp)
         self._load()
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
         self._post(_Due(), None)
