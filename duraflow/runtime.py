@@ -29,8 +29,13 @@ from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
 from duraflow.storage import relocate
-from duraflow.storage.catalog import check_table_locations, warehouse_uri
-from duraflow.storage.deployment import Deployment, open_deployment, recorded_partitions
+from duraflow.storage.catalog import archived_offsets, check_table_locations, warehouse_uri
+from duraflow.storage.deployment import (
+    Deployment,
+    check_data_dir,
+    open_deployment,
+    recorded_partitions,
+)
 from duraflow.storage.layout import archive_paths, data_dir_path
 from duraflow.storage.query import ArchiveReader
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
@@ -58,11 +63,13 @@ def open_data_dir(config: EngineConfig) -> Deployment:
             ``storage/deployment.py`` and ``storage/catalog.py``).
     """
     data_dir = Path(config.data_dir)
-    deployment = open_deployment(data_dir, config.partitions, config.synchronous)
+    check_data_dir(data_dir)
+    archived: dict[int, int] = {}
     if config.archive:
         root, _ = archive_paths(data_dir)
         check_table_locations(root, warehouse_uri(root, config.warehouse))
-    return deployment
+        archived = archived_offsets(root)
+    return open_deployment(data_dir, config.partitions, config.synchronous, archived)
 
 
 def relocate_archive(data_dir: str | os.PathLike[str]) -> dict[str, int]:

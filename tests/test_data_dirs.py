@@ -301,6 +301,23 @@ def test_a_partition_file_restored_from_a_backup_opens(data_dir: Path, tmp_path:
         assert 14 == client.start(dd_flow, 7, workflow_id="after").result(timeout=30)
 
 
+def test_a_partition_file_older_than_the_archive_numbers_new_events_above_it(
+    data_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A partition file put back from an older backup while the archive is newer: the
+    archive holds LSNs the file never reached, and new events numbered from the file's own
+    end would be taken for archived ones and dropped (1 of 6 new runs went missing)."""
+    path = partition_path(data_dir, 0)
+    backup = shutil.copyfile(path, tmp_path / "p0000.backup")
+    run_flows(data_dir, "later", 6)  # archived: the archive's offsets move past the backup
+    shutil.copyfile(backup, path)
+
+    run_flows(data_dir, "again", 6)
+    assert "is older than the archive" in caplog.text
+    expected = {f"{prefix}-{i}" for prefix in ("old", "later", "again") for i in range(6)}
+    assert expected == archived(data_dir)
+
+
 # -- data directories that cannot be used -------------------------------------------------------
 
 

@@ -11,6 +11,7 @@ Note:
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -32,6 +33,9 @@ CATALOG_NAME = "duraflow"
 OPEN_ATTEMPTS = 4
 """Tries at opening the catalog database (a concurrent first opening can fail once)."""
 RELOCATE_COMMAND = "duraflow relocate-archive --data-dir"
+OFFSET_PREFIX = "duraflow.offset."
+"""Table properties ``duraflow.offset.<partition>``: the highest LSN of each partition that
+the table holds (storage/iceberg.py: commit)."""
 URL_SPECIAL = ("%", "#", "?")
 """Characters a local archive path cannot hold (they mean something in a URL)."""
 ROW_GROUP_ROWS = 16_384
@@ -237,6 +241,29 @@ def check_table_locations(root: Path, location: str) -> None:
             f"{root} (the runs already pruned from the partitions are then only in the old "
             f"one); if the archive's warehouse was set, open with that warehouse."
         )
+
+
+def archived_offsets(root: Path) -> dict[int, int]:
+    """The highest LSN of each partition that any table of the local archive in ``root``
+    holds, read from the tables' current metadata files (no pyiceberg: cheap enough for every
+    opening). Empty for an archive in S3, or one whose metadata cannot be read."""
+    offsets: dict[int, int] = {}
+    for metadata in recorded_locations(root).values():
+        if not metadata.startswith("file://"):
+            continue
+        try:
+            properties = json.loads(Path(metadata.removeprefix("file://")).read_bytes())
+            properties = properties.get("properties", {})
+            found = {
+                int(key.removeprefix(OFFSET_PREFIX)): int(value)
+                for key, value in properties.items()
+                if key.startswith(OFFSET_PREFIX)
+            }
+        except (OSError, ValueError, AttributeError):
+            continue  # the consumer, opening it with pyiceberg, will say what is wrong
+        for partition, lsn in found.items():
+            offsets[partition] = max(lsn, offsets.get(partition, 0))
+    return offsets
 
 
 def _check_path(folder: Path) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,8 @@ from duraflow.errors import ConfigurationError
 from duraflow.storage import layout
 from duraflow.storage.partition_file import FileStamp, check_stamp, inspect_file
 from duraflow.storage.sqlite_store import PartitionStore
+
+log = logging.getLogger("duraflow.deployment")
 
 DATA_FORMAT = 1
 
@@ -103,8 +106,19 @@ def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
     return count
 
 
-def open_deployment(data_dir: Path, partitions: int | None, synchronous: str) -> Deployment:
+def open_deployment(
+    data_dir: Path,
+    partitions: int | None,
+    synchronous: str,
+    archived: Mapping[int, int] | None = None,
+) -> Deployment:
     """Check ``data_dir`` and its partition files; on first start, create them.
+
+    ``archived`` is the highest LSN the archive holds of each partition. A partition file
+    whose LSNs end below it is older than the archive (put back from an older backup): its
+    new events must be numbered above what the archive holds, or the archive would take
+    them for events it has and drop them. Such a file records the archive's LSN as its
+    ``archived_lsn``, from which the partition numbers its events (a warning says so).
 
     Raises:
         ConfigurationError: the data directory is a file, cannot be created or written;
@@ -121,7 +135,11 @@ def open_deployment(data_dir: Path, partitions: int | None, synchronous: str) ->
         elif not recorded.id:  # written before deployment IDs: files are stamped at open
             recorded = msgspec.structs.replace(recorded, id=uuid.uuid4().hex)
             _write_record(data_dir, recorded)
-        check_partition_files(data_dir, recorded)
+        tops = check_partition_files(data_dir, recorded)
+        for index, top in tops.items():
+            floor = (archived or {}).get(index, 0)
+            if floor > top:
+                _raise_lsn(layout.partition_path(data_dir, index), recorded, index, top, floor)
     return recorded
 
 
@@ -140,17 +158,21 @@ def partition_stamp(data_dir: Path, index: int) -> FileStamp:
     return recorded.stamp(index)
 
 
-def check_partition_files(data_dir: Path, recorded: Deployment) -> None:
+def check_partition_files(data_dir: Path, recorded: Deployment) -> dict[int, int]:
     """Refuse partition files that are missing, damaged, extra or from another deployment.
+
+    Returns:
+        Each partition's highest LSN (its own, or the archived one it recorded).
 
     Raises:
         ConfigurationError: naming the first file that is wrong and how.
     """
     present = layout.partition_files(data_dir)
     extra = sorted(i for i in present if i >= recorded.partitions)
+    tops = {}
     for index in range(recorded.partitions):
         path = layout.partition_path(data_dir, index)
-        stamp, _ = inspect_file(path)
+        stamp, tops[index] = inspect_file(path)
         check_stamp(path, stamp, recorded.stamp(index))
     if extra:
         raise ConfigurationError(
@@ -158,6 +180,25 @@ def check_partition_files(data_dir: Path, recorded: Deployment) -> None:
             f"{present[extra[0]]} exists too: deployment.json was edited or replaced; restore "
             "it (the partition count cannot change: workflow IDs are routed by it)"
         )
+    return tops
+
+
+def _raise_lsn(path: Path, recorded: Deployment, index: int, top: int, floor: int) -> None:
+    log.warning(
+        "partition file %s ends at LSN %d, but the archive holds its events up to LSN %d: "
+        "it is older than the archive (put back from a backup?); its new events are "
+        "numbered from %d on, and the runs it lost since its backup are only in the archive",
+        path,
+        top,
+        floor,
+        floor + 1,
+    )
+    store = PartitionStore(path, "FULL", stamp=recorded.stamp(index))
+    try:
+        with store.turn():
+            store.set_meta("archived_lsn", str(floor))
+    finally:
+        store.close()
 
 
 def check_data_dir(data_dir: Path) -> None:
