@@ -53,7 +53,7 @@ from duraflow.errors import (
     WorkflowFailedError,
 )
 from duraflow.storage.codec import to_json
-from duraflow.storage.layout import CATALOG_FILE
+from duraflow.storage.layout import CATALOG_FILE, data_dir_path, warehouse_dir
 from duraflow.storage.query import ArchiveQuery, open_query
 
 DEFAULT_ADDRESS = "auto"
@@ -171,7 +171,7 @@ def _s3_config(warehouse: str | None, endpoint: str | None, region: str | None) 
 def _archive_line(config: EngineConfig) -> str:
     if not config.archive:
         return "No archive (--no-archive): closed runs stay in the partitions."
-    where = config.warehouse or str(Path(config.data_dir) / "archive" / "warehouse")
+    where = config.warehouse or str(warehouse_dir(archive_paths(Path(config.data_dir))[0]))
     if config.s3 is not None and config.s3.endpoint:
         where += f" (endpoint {config.s3.endpoint})"
     return (
@@ -303,7 +303,7 @@ def _sql(args: argparse.Namespace) -> int:
 def _open_local_archive(args: argparse.Namespace) -> ArchiveQuery:
     """The archive of a data directory, read in this process (no Ray; ``live_workflows`` is
     empty: the runs in the partitions are known only to a running deployment)."""
-    data_dir = Path(args.data_dir).resolve()
+    data_dir = data_dir_path(args.data_dir)
     root, warm = archive_paths(data_dir)
     if not (root / CATALOG_FILE).is_file():
         raise ConfigurationError(
