@@ -28,7 +28,6 @@ from duraflow.config import (
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
-from duraflow.storage import relocate
 from duraflow.storage.catalog import archived_offsets, check_table_locations, warehouse_uri
 from duraflow.storage.deployment import (
     Deployment,
@@ -83,6 +82,8 @@ def relocate_archive(data_dir: str | os.PathLike[str]) -> dict[str, int]:
     Raises:
         ConfigurationError: no archive, or one that names files missing under ``data_dir``.
     """
+    from duraflow.storage import relocate  # reads Iceberg manifests: only when asked
+
     return relocate.relocate_archive(data_dir_path(data_dir))
 
 

@@ -191,6 +191,13 @@ def test_an_edited_deployment_record_is_refused(data_dir: Path, edit: object, me
     assert [] == sorted(p.name for p in (data_dir / "partitions").glob("p0002*"))
 
 
+def test_a_record_without_any_partition_file_is_refused(data_dir: Path) -> None:
+    shutil.rmtree(data_dir / "partitions")
+    with pytest.raises(df.ConfigurationError, match="holds no partition file"):
+        df.Engine(data_dir, runtime="local")
+    assert not (data_dir / "partitions").exists()
+
+
 def test_a_deployment_record_from_before_ids_is_given_one(data_dir: Path) -> None:
     record = data_dir / "deployment.json"
     record.write_text(json.dumps({"partitions": PARTITIONS, "format": 1}))
@@ -274,6 +281,7 @@ def test_a_damaged_partition_file_is_refused_never_started_over(
     assert left == fingerprint(data_dir / "partitions")  # not recreated, not touched
     with pytest.raises(df.ConfigurationError, match=message):  # nor by the partition itself
         PartitionStore(path, stamp=partition_stamp(data_dir, 1))
+    assert left == fingerprint(data_dir / "partitions")
 
 
 def test_a_partition_file_of_another_deployment_is_refused(data_dir: Path, tmp_path: Path) -> None:

@@ -168,6 +168,13 @@ def check_partition_files(data_dir: Path, recorded: Deployment) -> dict[int, int
         ConfigurationError: naming the first file that is wrong and how.
     """
     present = layout.partition_files(data_dir)
+    if not present:
+        raise ConfigurationError(
+            f"{layout.deployment_path(data_dir)} says {recorded.partitions} partitions, but "
+            f"{layout.partitions_dir(data_dir)} holds no partition file: restore that folder "
+            "from a backup of this data directory; if this data directory never ran a "
+            "workflow, remove deployment.json to start it anew"
+        )
     extra = sorted(i for i in present if i >= recorded.partitions)
     tops = {}
     for index in range(recorded.partitions):

@@ -141,11 +141,11 @@ class PartitionStore:
             raise
 
     def _setup(self, mode: str, stamp: FileStamp | None, create: bool) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
+        if not create:  # first, so nothing is written to a file that is not ours
+            schema_version(self._conn, self.path)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute(f"PRAGMA synchronous={mode}")
-        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
-        if not create:
-            schema_version(self._conn, self.path)
         migrate(self._conn)
         if stamp is not None:
             found = read_stamp(self._conn)
