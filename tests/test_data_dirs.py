@@ -369,7 +369,8 @@ def _open_as(uid: int, data_dir: Path) -> str:
         try:
             os.close(read)
             if uid != os.getuid():
-                os.setgid(uid)
+                os.setgroups([])
+                os.setgid(NOBODY)
                 os.setuid(uid)
             try:
                 df.Engine(data_dir, runtime="local", archive=False).close()
@@ -389,13 +390,13 @@ def _open_as(uid: int, data_dir: Path) -> str:
 def test_a_read_only_data_dir_is_refused(shared_dir: Path) -> None:
     """chmod does not stop root, so as root the engine is opened by a child process that
     first becomes the unprivileged user ``nobody`` (the data directories are its own)."""
-    uid = NOBODY if os.getuid() == 0 else os.getuid()
+    uid, gid = (NOBODY, NOBODY) if os.getuid() == 0 else (os.getuid(), os.getgid())
     read_only = shared_dir / "read-only"
     read_only.mkdir()
     parent = shared_dir / "parent"
     parent.mkdir()
     for path in (read_only, parent):
-        os.chown(path, uid, uid)
+        os.chown(path, uid, gid)
         path.chmod(0o555)
 
     outcome = _open_as(uid, read_only)
