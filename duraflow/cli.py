@@ -6,6 +6,7 @@
     duraflow list [--status S] [--type T] | describe ID | result ID [--timeout S]
     duraflow signal ID NAME [JSON] | cancel ID | terminate ID [--reason R]
     duraflow sql "SELECT ..." [--json] [--data-dir DIR]
+    duraflow relocate-archive --data-dir DIR
 
 Every command takes ``--address`` (default ``auto``: the cluster this node belongs to) and
 ``--namespace`` (default ``duraflow``). The work is done by :mod:`duraflow.runtime` and the
@@ -32,7 +33,6 @@ from typing import Any
 import msgspec
 
 from duraflow import runtime
-from duraflow.cdc.settings import archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,
@@ -52,8 +52,8 @@ from duraflow.errors import (
     ResultTimeout,
     WorkflowFailedError,
 )
-from duraflow.storage.catalog import CATALOG_FILE
 from duraflow.storage.codec import to_json
+from duraflow.storage.layout import CATALOG_FILE, archive_paths, data_dir_path, warehouse_dir
 from duraflow.storage.query import ArchiveQuery, open_query
 
 DEFAULT_ADDRESS = "auto"
@@ -172,7 +172,7 @@ def _s3_config(warehouse: str | None, endpoint: str | None, region: str | None) 
 def _archive_line(config: EngineConfig) -> str:
     if not config.archive:
         return "No archive (--no-archive): closed runs stay in the partitions."
-    where = config.warehouse or str(Path(config.data_dir) / "archive" / "warehouse")
+    where = config.warehouse or str(warehouse_dir(archive_paths(Path(config.data_dir))[0]))
     if config.s3 is not None and config.s3.endpoint:
         where += f" (endpoint {config.s3.endpoint})"
     return (
@@ -304,7 +304,7 @@ def _sql(args: argparse.Namespace) -> int:
 def _open_local_archive(args: argparse.Namespace) -> ArchiveQuery:
     """The archive of a data directory, read in this process (no Ray; ``live_workflows`` is
     empty: the runs in the partitions are known only to a running deployment)."""
-    data_dir = Path(args.data_dir).resolve()
+    data_dir = data_dir_path(args.data_dir)
     root, warm = archive_paths(data_dir)
     if not (root / CATALOG_FILE).is_file():
         raise ConfigurationError(
@@ -666,7 +666,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", default=None, help="with an s3:// warehouse: endpoint URL")
     p.add_argument("--s3-region", default="us-east-1", help="with an s3:// warehouse: region")
     p.set_defaults(run=_sql)
+
+    p = sub.add_parser(
+        "relocate-archive",
+        help="point the archive of a copied or moved data directory at its own files",
+        description="Iceberg records absolute paths, so the archive of a copied or moved data "
+        "directory still names the files at the old place, and duraflow refuses to open it. "
+        "This registers the archive's tables again at DATA_DIR's own warehouse (their "
+        "current data and offsets; older snapshots are not carried over), reading and "
+        "writing nothing at the old place. Run it with no engine open on DATA_DIR.",
+    )
+    p.add_argument("--data-dir", required=True, help="the copied or moved data directory")
+    p.set_defaults(run=_relocate_archive)
     return parser
+
+
+def _relocate_archive(args: argparse.Namespace) -> int:
+    counts = runtime.relocate_archive(args.data_dir)
+    if not counts:
+        print(f"The archive of {args.data_dir} is at its place already: nothing to do.")
+        return 0
+    files = ", ".join(f"{table} {n} data files" for table, n in counts.items())
+    print(f"Relocated the archive of {args.data_dir} to its own warehouse: {files}.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ DuraflowError
 │   └── WorkflowTerminatedError
 ├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
 ├── QueryTimeout             query(timeout=) elapsed first (also a TimeoutError)
-├── ConfigurationError       a data dir recorded with another partition count, bad option values
+├── ConfigurationError       bad option values; a data dir that is unusable, damaged, edited,
+│                            or copied/moved with an archive naming the original's files
 ├── QueryError               SQL over the archive that DuckDB refused (its message), or no SQL text
 │   └── StatementNotAllowed  a statement that does not only read (COPY, ATTACH, SET, CREATE, ...)
 └── PartitionUnavailable     retriable: the owning partition is restarting or closed
@@ -207,7 +208,10 @@ class QueryTimeout(DuraflowError, TimeoutError):
 
 
 class ConfigurationError(DuraflowError, ValueError):
-    """An option or a data directory that does not fit (e.g. another partition count)."""
+    """An option or a data directory that does not fit: another partition count, a data
+    directory that is a file or not writable, a missing, damaged or foreign partition file or
+    ``deployment.json``, an archive that names another data directory's files. The message
+    names the path."""
 
 
 class QueryError(DuraflowError, ValueError):

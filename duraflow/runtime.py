@@ -13,14 +13,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.cdc.settings import archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,
     DEFAULT_ACTIVITY_THREADS,
     DEFAULT_DATA_DIR,
     DEFAULT_NAMESPACE,
-    DEFAULT_PARTITIONS,
     DEFAULT_RETENTION_S,
     DEFAULT_SYNCHRONOUS,
     IDLE_BEFORE_HIBERNATE_S,
@@ -30,6 +28,13 @@ from duraflow.config import (
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.storage.deployment import (
+    Deployment,
+    check_data_dir,
+    open_deployment,
+    recorded_partitions,
+)
+from duraflow.storage.layout import archive_paths, data_dir_path
 from duraflow.storage.sqlite_store import SYNCHRONOUS_MODES
 
 if TYPE_CHECKING:
@@ -40,10 +45,8 @@ if TYPE_CHECKING:
     from duraflow.storage.query import ArchiveReader
 
 RUNTIMES = ("ray", "local")
-DEPLOYMENT_FILE = "deployment.json"
 ANSWER_MARGIN_S = 10.0
 """How much longer than its own timeout a call to the archive consumer may take to answer."""
-DATA_FORMAT = 1
 
 
 class RayHostProtocol(Host, Protocol):
@@ -54,51 +57,42 @@ class RayHostProtocol(Host, Protocol):
     def close(self) -> None: ...
 
 
-class Deployment(msgspec.Struct, frozen=True):
-    """What a data directory was created with; fixed for its lifetime."""
-
-    partitions: int
-    format: int = DATA_FORMAT
-
-
-def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
-    """The partition count of ``data_dir``: the recorded one, or for a new data directory
-    ``partitions`` (default 4). Writes nothing.
+def open_data_dir(config: EngineConfig) -> Deployment:
+    """Check the data directory of ``config``, creating it on first start: its deployment
+    record, every partition file, and (with the archive on) that its archive's tables are
+    its own, not those of the data directory it was copied or moved from.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
+        ConfigurationError: naming the path that is wrong and what to do (see
+            ``storage/deployment.py`` and ``storage/catalog.py``).
     """
-    path = data_dir / DEPLOYMENT_FILE
-    if path.exists():
-        recorded = msgspec.json.decode(path.read_bytes(), type=Deployment)
-        if partitions is not None and partitions != recorded.partitions:
-            raise ConfigurationError(
-                f"{data_dir} was created with partitions={recorded.partitions}; it cannot be "
-                f"opened with partitions={partitions} (workflow IDs are routed by that number)"
-            )
-        return recorded.partitions
-    count = DEFAULT_PARTITIONS if partitions is None else partitions
-    if not isinstance(count, int) or count < 1:
-        raise ConfigurationError(f"partitions must be an integer >= 1, got {partitions!r}")
-    return count
+    data_dir = Path(config.data_dir)
+    check_data_dir(data_dir)
+    archived: dict[int, int] = {}
+    if config.archive:
+        # pyiceberg is imported here, not with the module (see TYPE_CHECKING above)
+        from duraflow.storage.catalog import archived_offsets, check_table_locations, warehouse_uri
+
+        root, _ = archive_paths(data_dir)
+        check_table_locations(root, warehouse_uri(root, config.warehouse))
+        archived = archived_offsets(root)
+    return open_deployment(data_dir, config.partitions, config.synchronous, archived)
 
 
-def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
-    """Read (or, on first start, write) the deployment record of ``data_dir``.
+def relocate_archive(data_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Point the archive of a copied or moved data directory at its own files (what
+    ``duraflow relocate-archive`` does; see ``storage/relocate.py``). Run it with no engine
+    open on the data directory.
+
+    Returns:
+        The data files registered per table; empty when the archive was at its place.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
+        ConfigurationError: no archive, or one that names files missing under ``data_dir``.
     """
-    count = recorded_partitions(data_dir, partitions)
-    path = data_dir / DEPLOYMENT_FILE
-    if path.exists():
-        return msgspec.json.decode(path.read_bytes(), type=Deployment)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    deployment = Deployment(partitions=count)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.encode(deployment))
-    os.replace(tmp, path)
-    return deployment
+    from duraflow.storage import relocate  # reads Iceberg manifests: only when asked
+
+    return relocate.relocate_archive(data_dir_path(data_dir))
 
 
 def engine_config(
@@ -128,7 +122,7 @@ def engine_config(
             unknown ``synchronous`` mode.
         InvalidDuration: a duration that cannot be parsed.
     """
-    path = Path(data_dir).resolve()
+    path = data_dir_path(data_dir)
     mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
     if mode not in SYNCHRONOUS_MODES:
         raise ConfigurationError(
@@ -268,7 +262,8 @@ class Engine:
         self.runtime = runtime
         self.namespace: str | None = None
         """The Ray namespace of this engine's partition actors (Ray runtime only)."""
-        self.deployment = load_deployment(self.data_dir, self.config.partitions)
+        self.deployment = open_data_dir(self.config)
+        """The data directory's deployment record (partition count, deployment ID)."""
         self._consumer: ConsumerThread | None = None
         self._consumer_actor: Any = None
         self._host: LocalHost | RayHostProtocol
@@ -439,7 +434,7 @@ def serve(
     running = ray_host.running_status(config.namespace, timeout)
     if running is not None:
         ray_host.check_same_deployment(running, config)
-    load_deployment(path, config.partitions)
+    open_data_dir(config)
     try:
         host = ray_host.RayHost.create(config, detached=True, timeout=timeout)
     except PartitionUnavailable:

@@ -49,7 +49,8 @@ from duraflow.errors import (
     PayloadError,
     UnknownWorkflowType,
 )
-from duraflow.runtime import DEPLOYMENT_FILE, Engine
+from duraflow.runtime import Engine
+from duraflow.storage.layout import deployment_path
 
 __all__ = ["Replayer", "WorkflowEnvironment", "load_history", "save_history"]
 
@@ -284,7 +285,7 @@ class WorkflowEnvironment:
 
 def _partitions(data_dir: Path, partitions: int | None) -> int | None:
     """The count asked for; else the recorded one (None) or, for a new directory, two."""
-    if partitions is not None or (data_dir / DEPLOYMENT_FILE).exists():
+    if partitions is not None or deployment_path(data_dir).exists():
         return partitions
     return DEFAULT_PARTITIONS
 

@@ -23,15 +23,11 @@ from duraflow.actors.router import partition_of
 from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
+from duraflow.storage.layout import partition_path
 
 T = TypeVar("T")
 
 CLOSE_TIMEOUT_S = 30.0
-
-
-def partition_path(data_dir: Path, index: int) -> Path:
-    """The SQLite file of partition ``index`` (named by number, never by workflow ID)."""
-    return data_dir / "partitions" / f"p{index:04d}.sqlite"
 
 
 class LocalHost:

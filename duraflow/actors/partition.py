@@ -54,6 +54,7 @@ from duraflow.errors import (
     WorkflowNotFound,
 )
 from duraflow.storage.codec import decode, encode, error_text
+from duraflow.storage.deployment import partition_stamp
 from duraflow.storage.sqlite_store import PartitionStore, TimerRow, WorkflowRow
 
 log = logging.getLogger("duraflow.partition")
@@ -196,7 +197,8 @@ class Partition(ActivitySteps):
         self.incarnation = uuid.uuid4().hex
         self._wake = asyncio.Event()
         began = time.perf_counter()
-        self._store = PartitionStore(self._path, self._synchronous)
+        stamp = partition_stamp(Path(self.config.data_dir), self.index)
+        self._store = PartitionStore(self._path, self._synchronous, stamp=stamp)
         opened = time.perf_counter()
         self._load()
         self.recovery = {"store_s": opened - began, "load_s": time.perf_counter() - opened}

@@ -29,7 +29,6 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from duraflow.actors import messages as m
-from duraflow.actors.local_host import partition_path
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
 from duraflow.config import EngineConfig
@@ -54,6 +53,7 @@ from duraflow.errors import (
     PartitionUnavailable,
     WorkflowClosed,
 )
+from duraflow.storage.layout import partition_path
 
 log = logging.getLogger("duraflow.ray")
 

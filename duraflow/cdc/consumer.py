@@ -34,7 +34,6 @@ import pyarrow as pa
 
 from duraflow.actors import messages as m
 from duraflow.cdc.events import decode_event
-from duraflow.cdc.settings import archive_paths
 from duraflow.config import EngineConfig
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, open_archive
@@ -46,6 +45,7 @@ from duraflow.storage.iceberg import (
     expire_all_but,
     resume_offsets,
 )
+from duraflow.storage.layout import archive_paths
 from duraflow.storage.warm import (
     Segment,
     delete_segments,
