@@ -1,12 +1,20 @@
 """Entry point: ``python -m benchmarks [options]`` (or ``./dev bench``) runs the whole suite
-(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos [options]`` runs
+(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos|restart [options]`` runs
 one part alone."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import bench_archive, bench_core, bench_dbos, bench_lag, bench_parked, suite
+from benchmarks import (
+    bench_archive,
+    bench_core,
+    bench_dbos,
+    bench_lag,
+    bench_parked,
+    bench_restart,
+    suite,
+)
 
 PARTS = {
     "core": bench_core.main,
@@ -14,6 +22,7 @@ PARTS = {
     "archive": bench_archive.main,
     "lag": bench_lag.main,
     "dbos": bench_dbos.main,
+    "restart": bench_restart.main,
 }
 
 

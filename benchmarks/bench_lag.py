@@ -30,8 +30,8 @@ from typing import Any
 
 import duraflow as df
 from benchmarks.common import RESULTS_DIR, print_table, summary_ms, write_json
-from duraflow.cdc.consumer import archive_paths
 from duraflow.storage.catalog import open_archive
+from duraflow.storage.layout import archive_paths
 from duraflow.storage.query import ArchiveQuery
 from duraflow.storage.warm import list_segments, read_segments
 

@@ -10,6 +10,8 @@ and DBOS Transact on its SQLite system database, in one run, with the floors ben
       process while parked, time to signal and complete all.
   W5  archive: events/s into Iceberg, lag from ``workflow.completed`` to visible in SQL,
       DuckDB query times over 1 M and 10 M history rows (duraflow only: DBOS has no archive).
+  R   restart: a partition actor killed with kill -9 -> a signal to it served again, idle and
+      under W1 load, by open runs on that partition (Ray only; benchmarks/bench_restart.py).
   Floors: raw SQLite on the partition schema, Ray's actor call.
 
 Every duraflow figure is printed beside DBOS's from the same run, as a ratio ("x better":
@@ -28,7 +30,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks import bench_archive, bench_core, bench_dbos, bench_lag, bench_parked
+from benchmarks import (
+    bench_archive,
+    bench_core,
+    bench_dbos,
+    bench_lag,
+    bench_parked,
+    bench_restart,
+)
 from benchmarks.common import RESULTS_DIR, write_json
 from benchmarks.floors import sqlite_floor
 
@@ -47,6 +56,10 @@ SMOKE = {
     "archive_workflows": 200,
     "query_rows": "5000",
     "lag_workflows": 10,
+    "restart_parked": "20",
+    "restart_loads": "10",
+    "restart_repeats": 1,
+    "restart_settle": 0.2,
 }
 
 
@@ -63,6 +76,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--archive-workflows", type=int, default=10_000, help="W5 throughput")
     parser.add_argument("--query-rows", default="1000000,10000000", help="W5 DuckDB sizes")
     parser.add_argument("--lag-workflows", type=int, default=500, help="W5 lag")
+    parser.add_argument(
+        "--restart-parked", default="0,1000,10000", help="R: open runs on the killed partition"
+    )
+    parser.add_argument("--restart-loads", default="0,300", help="R: W1 in flight (0: idle)")
+    parser.add_argument("--restart-repeats", type=int, default=5, help="R: kills per scenario")
+    parser.add_argument(
+        "--restart-settle", type=float, default=bench_restart.SETTLE_S, help="R: s around kills"
+    )
     parser.add_argument("--systems", default="local,ray,dbos", help="comma-separated")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes of everything")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "suite.json")
@@ -74,6 +95,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.systems = [s for s in args.systems.split(",") if s]
     args.parked = [int(n) for n in args.parked.split(",") if n]
     args.query_rows = [int(n) for n in args.query_rows.split(",") if n]
+    args.restart_parked = [int(n) for n in str(args.restart_parked).split(",") if n]
+    args.restart_loads = [int(n) for n in str(args.restart_loads).split(",") if n]
     return args
 
 
@@ -100,6 +123,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results[system][f"w4_parked_{n}"] = bench_parked.run(
                     system, n, partitions=args.partitions, synchronous=args.synchronous
                 )
+    if "ray" in args.systems:
+        _step("duraflow ray: restart after kill -9 of a partition actor")
+        results["restart"] = bench_restart.run(
+            argparse.Namespace(
+                parked=args.restart_parked,
+                loads=args.restart_loads,
+                repeats=args.restart_repeats,
+                synchronous=args.synchronous,
+                settle=args.restart_settle,
+            )
+        )
     if "dbos" in args.systems:
         _step("DBOS: W1-W4, each workload in its own process")
         results["dbos"] = bench_dbos.run(
@@ -261,6 +295,7 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
             rows.append(
                 (f"W4 {size:,} parked: {metric}", *texts, _ratio(vals[1], vals[2], False), goal)
             )
+    rows.extend(_restart_rows(r.get("restart") or {}))
     archives = r.get("archive") or {}
     if archives:  # each DuckDB size is archived by a throughput run of its own: one row for all
         rates = [archived["a1"]["end_to_end_events_per_s"] for archived in archives.values()]
@@ -334,6 +369,44 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
                 f"{ray_floor['pipelined_calls_per_s']:,.0f} calls/s pipelined, "
                 f"{ray_floor['batched_us_per_request']:.0f} us/request in batches of 100",
                 "",
+                "",
+                "",
+            )
+        )
+    restart_floor = (r.get("restart") or {}).get("ray_floor")
+    if restart_floor:
+        rows.append(
+            (
+                "floor: Ray restarts a bare actor p50/max",
+                "",
+                _seconds(restart_floor, "new_pid"),
+                "",
+                "",
+                "",
+            )
+        )
+    return rows
+
+
+def _seconds(result: dict[str, Any], measure: str) -> str:
+    value = result["kill_to"][measure]
+    return f"{value['p50_s']:.1f} / {value['max_s']:.1f} s"
+
+
+def _restart_rows(restart: dict[str, Any]) -> list[tuple[str, ...]]:
+    """One row per restart scenario: kill -9 -> a signal served again (and the new PID seen)."""
+    rows: list[tuple[str, ...]] = []
+    for key, result in restart.items():
+        if not key.startswith("parked_"):
+            continue
+        load = result["load_in_flight"]
+        where = f"{result['parked']:,} open, " + (f"W1 {load} in flight" if load else "idle")
+        rows.append(
+            (
+                f"R kill -9 -> served p50/max, {where}",
+                "",
+                f"{_seconds(result, 'serving')} (new PID in status {_seconds(result, 'new_pid')})",
+                "n/a",
                 "",
                 "",
             )

@@ -3,17 +3,16 @@
 The public API is exactly the names in ``__all__``; everything else may change.
 """
 
-from duraflow.actors.messages import WorkflowDescription
-from duraflow.engine.activities import (
-    ActivityCancelledError,
-    ActivityInfo,
-    activity_info,
-    heartbeat,
-)
+from duraflow.cdc import events
+from duraflow.cdc.subscribers import Subscription
+from duraflow.config import S3Config
+from duraflow.description import WorkflowDescription
+from duraflow.engine.activities import ActivityInfo, activity_info, heartbeat
 from duraflow.engine.client import Client, WorkflowHandle
 from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
 from duraflow.engine.definitions import RetryPolicy, activity, workflow
 from duraflow.errors import (
+    ActivityCancelledError,
     ActivityError,
     ChildWorkflowError,
     ConfigurationError,
@@ -26,6 +25,7 @@ from duraflow.errors import (
     PayloadError,
     QueryError,
     QueryFailed,
+    QueryTimeout,
     RequestFailed,
     ResultTimeout,
     StatementNotAllowed,
@@ -33,8 +33,10 @@ from duraflow.errors import (
     UnknownQuery,
     UnknownWorkflowType,
     WorkflowAlreadyRunning,
+    WorkflowBlocked,
     WorkflowCancelledError,
     WorkflowClosed,
+    WorkflowCodeError,
     WorkflowFailedError,
     WorkflowNotFound,
     WorkflowTerminatedError,
@@ -61,16 +63,21 @@ __all__ = [
     "PayloadError",
     "QueryError",
     "QueryFailed",
+    "QueryTimeout",
     "RequestFailed",
     "ResultTimeout",
     "RetryPolicy",
+    "S3Config",
     "StatementNotAllowed",
+    "Subscription",
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
     "WorkflowAlreadyRunning",
+    "WorkflowBlocked",
     "WorkflowCancelledError",
     "WorkflowClosed",
+    "WorkflowCodeError",
     "WorkflowContext",
     "WorkflowDescription",
     "WorkflowFailedError",
@@ -80,6 +87,7 @@ __all__ = [
     "WorkflowTerminatedError",
     "activity",
     "activity_info",
+    "events",
     "heartbeat",
     "workflow",
 ]

@@ -6,6 +6,7 @@
     duraflow list [--status S] [--type T] | describe ID | result ID [--timeout S]
     duraflow signal ID NAME [JSON] | cancel ID | terminate ID [--reason R]
     duraflow sql "SELECT ..." [--json] [--data-dir DIR]
+    duraflow relocate-archive --data-dir DIR
 
 Every command takes ``--address`` (default ``auto``: the cluster this node belongs to) and
 ``--namespace`` (default ``duraflow``). The work is done by :mod:`duraflow.runtime` and the
@@ -33,9 +34,9 @@ from typing import Any
 import msgspec
 
 from duraflow import runtime
-from duraflow.cdc.consumer import archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
+    DEADLOCK_THRESHOLD_S,
     DEFAULT_ACTIVITY_THREADS,
     DEFAULT_NAMESPACE,
     DEFAULT_RETENTION_S,
@@ -52,8 +53,8 @@ from duraflow.errors import (
     ResultTimeout,
     WorkflowFailedError,
 )
-from duraflow.storage.catalog import CATALOG_FILE
 from duraflow.storage.codec import to_json
+from duraflow.storage.layout import CATALOG_FILE, archive_paths, data_dir_path, warehouse_dir
 from duraflow.storage.query import ArchiveQuery, open_query
 
 DEFAULT_ADDRESS = "auto"
@@ -138,6 +139,7 @@ def _serve_config(args: argparse.Namespace) -> EngineConfig:
         archive_interval=args.archive_interval,
         app_modules=args.app,
         partition_resources=args.partition_resources,
+        deadlock_threshold=args.deadlock_threshold,
     )
 
 
@@ -171,7 +173,7 @@ def _s3_config(warehouse: str | None, endpoint: str | None, region: str | None) 
 def _archive_line(config: EngineConfig) -> str:
     if not config.archive:
         return "No archive (--no-archive): closed runs stay in the partitions."
-    where = config.warehouse or str(Path(config.data_dir) / "archive" / "warehouse")
+    where = config.warehouse or str(warehouse_dir(archive_paths(Path(config.data_dir))[0]))
     if config.s3 is not None and config.s3.endpoint:
         where += f" (endpoint {config.s3.endpoint})"
     return (
@@ -303,7 +305,7 @@ def _sql(args: argparse.Namespace) -> int:
 def _open_local_archive(args: argparse.Namespace) -> ArchiveQuery:
     """The archive of a data directory, read in this process (no Ray; ``live_workflows`` is
     empty: the runs in the partitions are known only to a running deployment)."""
-    data_dir = Path(args.data_dir).resolve()
+    data_dir = data_dir_path(args.data_dir)
     root, warm = archive_paths(data_dir)
     if not (root / CATALOG_FILE).is_file():
         raise ConfigurationError(
@@ -523,6 +525,14 @@ def _parser() -> argparse.ArgumentParser:
         help="runs idle this long are dropped from memory until woken, e.g. 30s, 5m; 'never' "
         "keeps them (default %(default)gs)",
     )
+    p.add_argument(
+        "--deadlock-threshold",
+        type=_duration_or_never,
+        default=DEADLOCK_THRESHOLD_S,
+        metavar="DURATION",
+        help="workflow code that holds its partition this long without an await is reported "
+        "and its run marked stuck; 'never' turns the detector off (default %(default)gs)",
+    )
     archive = p.add_argument_group("archive")
     archive.add_argument(
         "--no-archive",
@@ -657,7 +667,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--s3-endpoint", default=None, help="with an s3:// warehouse: endpoint URL")
     p.add_argument("--s3-region", default="us-east-1", help="with an s3:// warehouse: region")
     p.set_defaults(run=_sql)
+
+    p = sub.add_parser(
+        "relocate-archive",
+        help="point the archive of a copied or moved data directory at its own files",
+        description="Iceberg records absolute paths, so the archive of a copied or moved data "
+        "directory still names the files at the old place, and duraflow refuses to open it. "
+        "This registers the archive's tables again at DATA_DIR's own warehouse (their "
+        "current data and offsets; older snapshots are not carried over), reading and "
+        "writing nothing at the old place. Run it with no engine open on DATA_DIR.",
+    )
+    p.add_argument("--data-dir", required=True, help="the copied or moved data directory")
+    p.set_defaults(run=_relocate_archive)
     return parser
+
+
+def _relocate_archive(args: argparse.Namespace) -> int:
+    counts = runtime.relocate_archive(args.data_dir)
+    if not counts:
+        print(f"The archive of {args.data_dir} is at its place already: nothing to do.")
+        return 0
+    files = ", ".join(f"{table} {n} data files" for table, n in counts.items())
+    print(f"Relocated the archive of {args.data_dir} to its own warehouse: {files}.")
+    return 0
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ DEFAULT_RETENTION_S = 86_400.0
 """How long a closed run stays in its partition's file after it is archived."""
 COMMIT_INTERVAL_S = 5.0
 """How often the archive consumer commits its warm segments to the Iceberg tables."""
+DEADLOCK_THRESHOLD_S = 2.0
+"""How long workflow code (an activation, a query handler) may hold its partition without an
+``await`` before its run is marked stuck (Temporal's deadlock detector uses 2 s too)."""
 HIDDEN = "<hidden>"
 
 SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
@@ -134,6 +137,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
         app_modules: modules every partition actor imports when it starts.
         partition_resources: custom Ray resources each partition actor asks for (amounts
             above 0).
+        deadlock_threshold_s: workflow code that holds its partition longer without an
+            ``await`` is reported and its run marked stuck (above 0, at most 100 years; None:
+            never; for debuggers).
     """
 
     data_dir: str
@@ -150,6 +156,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     archive_interval_s: float = COMMIT_INTERVAL_S
     app_modules: tuple[str, ...] = ()
     partition_resources: dict[str, float] | None = None
+    deadlock_threshold_s: float | None = DEADLOCK_THRESHOLD_S
 
     def __post_init__(self) -> None:
         # Every path to a config (Engine, serve, an actor decoding its argument, a client
@@ -173,6 +180,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.s3 is not None and not isinstance(self.s3, S3Config):
             raise _refused("s3", self.s3, "a duraflow.config.S3Config or None")
         self._seconds("archive_interval_s", None)
+        if self.deadlock_threshold_s is not None:
+            self._seconds("deadlock_threshold_s", None, "None (off)")
         self._check_app_modules()
         self._check_resources()
 

@@ -14,13 +14,20 @@ DuraflowError
 ├── UnknownQuery             the run has no query handler of that name
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
+├── WorkflowCodeError        workflow code broke a rule (README "Rules for workflow code"):
+│   │                        it started a thread
+│   └── WorkflowBlocked      an activation or query handler held its partition past the
+│                            deadlock threshold (2 s): time.sleep or blocking I/O?
 ├── ActivityError            an activity failed for good (.activity, .cause_type, .attempts)
+├── ActivityCancelledError   heartbeat() of an attempt no longer wanted (timed out, cancelled)
 ├── ChildWorkflowError       a child closed without a result (.workflow_id, .cause_type)
 ├── WorkflowFailedError      result() of a run that failed, was cancelled or terminated
 │   ├── WorkflowCancelledError
 │   └── WorkflowTerminatedError
 ├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
-├── ConfigurationError       a data dir recorded with another partition count, bad option values
+├── QueryTimeout             query(timeout=) elapsed first (also a TimeoutError)
+├── ConfigurationError       bad option values; a data dir that is unusable, damaged, edited,
+│                            or copied/moved with an archive naming the original's files
 ├── QueryError               SQL over the archive that DuckDB refused (its message), or no SQL text
 │   └── StatementNotAllowed  a statement that does not only read (COPY, ATTACH, SET, CREATE, ...)
 ├── RequestFailed            not retriable: the partition could not apply this request (a value
@@ -97,6 +104,20 @@ class NonDeterminismError(DuraflowError):
     """Replayed workflow code issued a different command than its history records."""
 
 
+class WorkflowCodeError(DuraflowError, RuntimeError):
+    """Workflow code did what workflow code may not (README "Rules for workflow code"):
+    started a thread, for one; raised into the code at the call, so a run that does not
+    catch it fails with it (and so would its replay)."""
+
+
+class WorkflowBlocked(WorkflowCodeError):
+    """Workflow code (an activation or a query handler) held its partition longer than the
+    deadlock threshold (``deadlock_threshold``, 2 s by default) without an ``await``: a
+    ``time.sleep``, blocking I/O or a long computation, during which every other workflow of
+    the partition waited. The run is marked stuck (``describe().stuck``) and dropped from
+    memory; reopening the engine replays it (fix the code first), or terminate it."""
+
+
 class ActivityError(DuraflowError):
     """An activity failed for good (retries exhausted, non-retryable error, or timeout).
 
@@ -119,6 +140,10 @@ class ActivityError(DuraflowError):
 
     def __reduce__(self) -> tuple[object, ...]:
         return (type(self), (self.activity, self.cause_type, self.cause_message, self.attempts))
+
+
+class ActivityCancelledError(DuraflowError):
+    """Raised by ``heartbeat()`` when this attempt is no longer wanted (timed out, cancelled)."""
 
 
 class ChildWorkflowError(DuraflowError):
@@ -180,8 +205,16 @@ class ResultTimeout(DuraflowError, TimeoutError):
     """``result(timeout=...)`` elapsed before the run closed; the run goes on."""
 
 
+class QueryTimeout(DuraflowError, TimeoutError):
+    """``query(timeout=...)`` elapsed before the answer came (the partition was busy, or the
+    handler slow). A query that has not started by then is not run at all."""
+
+
 class ConfigurationError(DuraflowError, ValueError):
-    """An option or a data directory that does not fit (e.g. another partition count)."""
+    """An option or a data directory that does not fit: another partition count, a data
+    directory that is a file or not writable, a missing, damaged or foreign partition file or
+    ``deployment.json``, an archive that names another data directory's files. The message
+    names the path."""
 
 
 class QueryError(DuraflowError, ValueError):

@@ -8,18 +8,17 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.cdc.consumer import Consumer, ConsumerThread, archive_paths
 from duraflow.config import (
     COMMIT_INTERVAL_S,
+    DEADLOCK_THRESHOLD_S,
     DEFAULT_ACTIVITY_THREADS,
     DEFAULT_DATA_DIR,
     DEFAULT_NAMESPACE,
-    DEFAULT_PARTITIONS,
     DEFAULT_RETENTION_S,
     DEFAULT_SYNCHRONOUS,
     IDLE_BEFORE_HIBERNATE_S,
@@ -27,18 +26,28 @@ from duraflow.config import (
     EngineConfig,
     S3Config,
     check_namespace,
-    check_partitions,
 )
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
-from duraflow.storage.query import ArchiveReader
+from duraflow.storage.deployment import (
+    Deployment,
+    check_data_dir,
+    open_deployment,
+    recorded_partitions,
+)
+from duraflow.storage.layout import archive_paths, data_dir_path
+
+if TYPE_CHECKING:
+    # The archive's modules import pyarrow, pyiceberg and DuckDB (about a second): imported
+    # where an engine or a client uses them, so a partition's process (which imports this
+    # module with the ``duraflow`` package) never loads them.
+    from duraflow.cdc.consumer import ConsumerThread
+    from duraflow.storage.query import ArchiveReader
 
 RUNTIMES = ("ray", "local")
-DEPLOYMENT_FILE = "deployment.json"
 ANSWER_MARGIN_S = 10.0
 """How much longer than its own timeout a call to the archive consumer may take to answer."""
-DATA_FORMAT = 1
 
 
 class RayHostProtocol(Host, Protocol):
@@ -49,51 +58,42 @@ class RayHostProtocol(Host, Protocol):
     def close(self) -> None: ...
 
 
-class Deployment(msgspec.Struct, frozen=True):
-    """What a data directory was created with; fixed for its lifetime."""
-
-    partitions: int
-    format: int = DATA_FORMAT
-
-
-def recorded_partitions(data_dir: Path, partitions: int | None) -> int:
-    """The partition count of ``data_dir``: the recorded one, or for a new data directory
-    ``partitions`` (default 4). Writes nothing.
+def open_data_dir(config: EngineConfig) -> Deployment:
+    """Check the data directory of ``config``, creating it on first start: its deployment
+    record, every partition file, and (with the archive on) that its archive's tables are
+    its own, not those of the data directory it was copied or moved from.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not a whole
-            number from 1 to 1,024.
+        ConfigurationError: naming the path that is wrong and what to do (see
+            ``storage/deployment.py`` and ``storage/catalog.py``).
     """
-    if partitions is not None:
-        check_partitions(partitions)
-    path = data_dir / DEPLOYMENT_FILE
-    if path.exists():
-        recorded = msgspec.json.decode(path.read_bytes(), type=Deployment)
-        if partitions is not None and partitions != recorded.partitions:
-            raise ConfigurationError(
-                f"{data_dir} was created with partitions={recorded.partitions}; it cannot be "
-                f"opened with partitions={partitions} (workflow IDs are routed by that number)"
-            )
-        return recorded.partitions
-    return DEFAULT_PARTITIONS if partitions is None else partitions
+    data_dir = Path(config.data_dir)
+    check_data_dir(data_dir)
+    archived: dict[int, int] = {}
+    if config.archive:
+        # pyiceberg is imported here, not with the module (see TYPE_CHECKING above)
+        from duraflow.storage.catalog import archived_offsets, check_table_locations, warehouse_uri
+
+        root, _ = archive_paths(data_dir)
+        check_table_locations(root, warehouse_uri(root, config.warehouse))
+        archived = archived_offsets(root)
+    return open_deployment(data_dir, config.partitions, config.synchronous, archived)
 
 
-def load_deployment(data_dir: Path, partitions: int | None) -> Deployment:
-    """Read (or, on first start, write) the deployment record of ``data_dir``.
+def relocate_archive(data_dir: str | os.PathLike[str]) -> dict[str, int]:
+    """Point the archive of a copied or moved data directory at its own files (what
+    ``duraflow relocate-archive`` does; see ``storage/relocate.py``). Run it with no engine
+    open on the data directory.
+
+    Returns:
+        The data files registered per table; empty when the archive was at its place.
 
     Raises:
-        ConfigurationError: ``partitions`` differs from the recorded count, or is not >= 1.
+        ConfigurationError: no archive, or one that names files missing under ``data_dir``.
     """
-    count = recorded_partitions(data_dir, partitions)
-    path = data_dir / DEPLOYMENT_FILE
-    if path.exists():
-        return msgspec.json.decode(path.read_bytes(), type=Deployment)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    deployment = Deployment(partitions=count)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(msgspec.json.encode(deployment))
-    os.replace(tmp, path)
-    return deployment
+    from duraflow.storage import relocate  # reads Iceberg manifests: only when asked
+
+    return relocate.relocate_archive(data_dir_path(data_dir))
 
 
 def engine_config(
@@ -112,6 +112,7 @@ def engine_config(
     archive_interval: Duration = COMMIT_INTERVAL_S,
     app_modules: Sequence[str] = (),
     partition_resources: dict[str, float] | None = None,
+    deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
 ) -> EngineConfig:
     """The one :class:`EngineConfig` that :class:`Engine` and ``duraflow serve`` (through
     :func:`serve`) build from their options: the same options give the same config on every
@@ -123,9 +124,7 @@ def engine_config(
             see :class:`EngineConfig`).
         InvalidDuration: a duration that cannot be parsed, is negative or over 100 years.
     """
-    if not isinstance(data_dir, (str, os.PathLike)) or not str(data_dir):
-        raise ConfigurationError(f"data_dir must be a directory path, got {data_dir!r}")
-    path = Path(data_dir).resolve()
+    path = data_dir_path(data_dir)
     mode = synchronous.upper() if isinstance(synchronous, str) else synchronous
     if mode not in SYNCHRONOUS_MODES:
         raise ConfigurationError(
@@ -155,13 +154,27 @@ def engine_config(
         archive_interval_s=parse_duration(archive_interval, "archive_interval"),
         app_modules=tuple(app_modules),
         partition_resources=None if partition_resources is None else dict(partition_resources),
+        deadlock_threshold_s=_threshold(deadlock_threshold),
     )
+
+
+def _threshold(deadlock_threshold: Duration | None) -> float | None:
+    if deadlock_threshold is None:
+        return None
+    seconds = parse_duration(deadlock_threshold, "deadlock_threshold")
+    if seconds <= 0:
+        raise ConfigurationError(
+            f"deadlock_threshold must be more than 0 s (None turns it off), got {seconds:g}"
+        )
+    return seconds
 
 
 def archive_reader(config: EngineConfig) -> ArchiveReader | None:
     """How a client reads the archive of ``config`` (None without an archive)."""
     if not config.archive:
         return None
+    from duraflow.storage.query import ArchiveReader
+
     root, warm = archive_paths(Path(config.data_dir))
     return ArchiveReader(root, warm, warehouse=config.warehouse, s3=config.s3)
 
@@ -200,6 +213,10 @@ class Engine:
             ``file://`` URI (default ``data_dir/archive/warehouse``).
         s3: endpoint, region and credentials of an ``s3://`` warehouse.
         archive_interval: how often warm segments are committed to Iceberg (default 5 s).
+        deadlock_threshold: workflow code (an activation or a query handler) that holds its
+            partition longer than this without an ``await`` is reported while it blocks and
+            its run marked stuck when it returns (default 2 s; None turns the detector off,
+            e.g. to stop at breakpoints in workflow code). README "Rules for workflow code".
 
     These settings become one :class:`~duraflow.config.EngineConfig` (``engine.config``),
     the same that ``duraflow serve`` builds from its options; partitions and the archive's
@@ -213,6 +230,9 @@ class Engine:
     that has open runs of them, or they are imported from the recorded ``module:qualname``.
     Use it as a context manager, or call :meth:`close`.
     """
+
+    _client_class: type[Client] = Client
+    """What :meth:`client` is (``duraflow.testing`` counts the waits for results)."""
 
     def __init__(
         self,
@@ -232,6 +252,7 @@ class Engine:
         warehouse: str | None = None,
         s3: S3Config | None = None,
         archive_interval: Duration = COMMIT_INTERVAL_S,
+        deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -254,19 +275,23 @@ class Engine:
             s3=s3,
             archive_interval=archive_interval,
             partition_resources=partition_resources,
+            deadlock_threshold=deadlock_threshold,
         )
         """Every setting of this engine, as its partitions and archive consumer got them."""
         self.data_dir = Path(self.config.data_dir)
         self.runtime = runtime
         self.namespace: str | None = None
         """The Ray namespace of this engine's partition actors (Ray runtime only)."""
-        self.deployment = load_deployment(self.data_dir, self.config.partitions)
+        self.deployment = open_data_dir(self.config)
+        """The data directory's deployment record (partition count, deployment ID)."""
         self._consumer: ConsumerThread | None = None
         self._consumer_actor: Any = None
         self._host: LocalHost | RayHostProtocol
         if runtime == "local":
-            self._host = LocalHost(self.config)
+            self._host = self._local_host()
             if self.config.archive:
+                from duraflow.cdc.consumer import Consumer, ConsumerThread
+
                 self._consumer = ConsumerThread(Consumer(self._host, self.config))
         else:
             from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
@@ -275,8 +300,11 @@ class Engine:
             self._host = ray_engine
             self._consumer_actor = ray_engine.consumer
             self.namespace = self.config.namespace
-        self._runner = BlockingRunner()
-        self._client = Client(self._host, self._runner, archive_reader(self.config))
+        self._client = self._client_class(self._host, BlockingRunner(), archive_reader(self.config))
+
+    def _local_host(self) -> LocalHost:
+        """The in-process host (``duraflow.testing`` gives it a stepped clock)."""
+        return LocalHost(self.config)
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""
@@ -347,12 +375,13 @@ class Engine:
         raise ConfigurationError("this engine has no archive (archive=False)")
 
     def close(self) -> None:
-        """Close the partitions this engine started (open runs resume when the data directory
-        is opened again) and, if this engine started Ray, Ray too."""
+        """Close the client (its subscriptions end first), then the partitions this engine
+        started (open runs resume when the data directory is opened again) and, if this
+        engine started Ray, Ray too."""
+        self._client.close()  # nothing of the client may call a partition once it is gone
         if self._consumer is not None:
             self._consumer.close()
         self._host.close()
-        self._runner.close()
 
     def __enter__(self) -> Engine:
         return self
@@ -425,7 +454,7 @@ def serve(
     running = ray_host.running_status(config.namespace, timeout)
     if running is not None:
         ray_host.check_same_deployment(running, config)
-    load_deployment(path, config.partitions)
+    open_data_dir(config)
     try:
         host = ray_host.RayHost.create(config, detached=True, timeout=timeout)
     except PartitionUnavailable:

@@ -6,6 +6,7 @@ workflows names of their own.
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 import tempfile
 import uuid
@@ -15,6 +16,10 @@ from pathlib import Path
 import pytest
 
 import duraflow as df
+from duraflow.testing import WorkflowEnvironment
+
+STEPPED_START = dt.datetime(2026, 1, 1, tzinfo=dt.timezone.utc)
+"""Where the stepped clocks of ``skipping_env`` and ``stepped_env`` start."""
 
 
 @pytest.fixture
@@ -36,6 +41,25 @@ def engine(data_dir: Path) -> Iterator[df.Engine]:
 @pytest.fixture
 def client(engine: df.Engine) -> df.Client:
     return engine.client()
+
+
+@pytest.fixture
+def skipping_env(data_dir: Path) -> Iterator[WorkflowEnvironment]:
+    """An in-process engine on a stepped clock that jumps to the next due time whenever a
+    result is awaited and nothing runs: retry waits and timers of minutes or days cost no
+    wall time, and workflow time is exact (``ctx.time()`` differences are the waits)."""
+    with WorkflowEnvironment.start_time_skipping(
+        data_dir=data_dir, start_time=STEPPED_START
+    ) as env:
+        yield env
+
+
+@pytest.fixture
+def stepped_env(data_dir: Path) -> Iterator[WorkflowEnvironment]:
+    """An in-process engine whose clock moves only by ``env.advance()``: a hanging activity's
+    timeouts fire exactly when the test moves the clock past them, and never before."""
+    with WorkflowEnvironment.start_local(data_dir=data_dir, start_time=STEPPED_START) as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

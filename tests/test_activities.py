@@ -4,13 +4,17 @@ Everything goes through the public API against real SQLite partition files; asse
 history read those files directly. Activities count their attempts in module-level state keyed
 by their workflow ID (``df.activity_info().workflow_id``), and every test uses fresh IDs, so
 tests cannot see each other's counts.
+
+Retry waits, timeouts and heartbeat deadlines run on a stepped clock (``skipping_env`` and
+``stepped_env``, duraflow.testing): their durations are minutes, the tests take milliseconds,
+and workflow time is exact, so a deadline is shown to fire at its time and not a moment before.
+Fast retries (10 ms) stay on the real clock, end to end.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
-import itertools
 import sqlite3
 import threading
 import time
@@ -22,6 +26,7 @@ import pytest
 
 import duraflow as df
 from duraflow.cdc.events import ActivityFailed, ActivityRetry, decode_event
+from duraflow.testing import WorkflowEnvironment
 
 # -- attempt bookkeeping shared with activity code ------------------------------------------
 
@@ -170,11 +175,15 @@ async def act_hang_with_default_timeout() -> None:
     await asyncio.Event().wait()
 
 
+_gates: dict[str, threading.Event] = {}
+
+
 @df.activity
-def act_sync_silent(seconds: float) -> str:
-    """Sleeps without heartbeating (a short sleep: a sync attempt cannot be interrupted)."""
+def act_sync_silent(key: str) -> str:
+    """Blocks without heartbeating until the test opens its gate (a sync attempt cannot be
+    interrupted)."""
     _record()
-    time.sleep(seconds)
+    _gates[key].wait(30)
     return "finished late"
 
 
@@ -184,28 +193,42 @@ async def act_async_silent() -> None:
     await asyncio.sleep(30)
 
 
+class Lockstep:
+    """An activity and a test taking turns: the activity heartbeats and says so, the test
+    moves the stepped clock and lets it go on."""
+
+    def __init__(self) -> None:
+        self.beaten = threading.Semaphore(0)
+        self.go = threading.Semaphore(0)
+
+    def beat(self, n: int) -> None:
+        df.heartbeat({"beats": n})  # queued at the partition before the test hears of it
+        self.beaten.release()
+
+
+_lockstep: dict[str, Lockstep] = {}
+
+
 @df.activity
-def act_heartbeating(total: float, every: float) -> int:
-    """Runs ``total`` seconds, heartbeating every ``every`` seconds; returns the beat count."""
+def act_heartbeating(key: str, beats: int) -> int:
+    """Heartbeats ``beats`` times, each after the test moved the clock; returns the count."""
     _record()
-    beats = 0
-    end = time.monotonic() + total
-    while time.monotonic() < end:
-        beats += 1
-        df.heartbeat({"beats": beats})
-        time.sleep(every)
+    steps = _lockstep[key]
+    for n in range(1, beats + 1):
+        steps.beat(n)
+        if not steps.go.acquire(timeout=30):
+            raise TimeoutError("the test never let this activity go on")
     return beats
 
 
 @df.activity
-async def act_async_heartbeating(total: float, every: float) -> int:
+async def act_async_heartbeating(key: str, beats: int) -> int:
     _record()
-    beats = 0
-    end = time.monotonic() + total
-    while time.monotonic() < end:
-        beats += 1
-        df.heartbeat({"beats": beats})
-        await asyncio.sleep(every)
+    steps = _lockstep[key]
+    for n in range(1, beats + 1):
+        steps.beat(n)
+        if not await asyncio.to_thread(steps.go.acquire, True, 30):
+            raise TimeoutError("the test never let this activity go on")
     return beats
 
 
@@ -317,18 +340,35 @@ async def act_wf_run(
     return {"ok": result, "elapsed": ctx.time() - started}
 
 
-def run_activity(
+def start_activity(
     client: df.Client,
     name: str,
     *args: Any,
     catch: bool = True,
     workflow_id: str | None = None,
     **options: Any,
-) -> tuple[str, dict]:
-    """Run activity ``name`` in act_wf_run; returns (workflow ID, the workflow's result)."""
+) -> df.WorkflowHandle:
+    """Start act_wf_run with activity ``name``; returns its handle."""
     wid = workflow_id or new_id(name)
-    handle = client.start(act_wf_run, name, list(args), options, catch, workflow_id=wid)
-    return wid, handle.result(timeout=30)
+    return client.start(act_wf_run, name, list(args), options, catch, workflow_id=wid)
+
+
+def run_activity(client: df.Client, name: str, *args: Any, **options: Any) -> tuple[str, dict]:
+    """Run activity ``name`` in act_wf_run; returns (workflow ID, the workflow's result)."""
+    handle = start_activity(client, name, *args, **options)
+    return handle.workflow_id, handle.result(timeout=30)
+
+
+def wait_for_attempts(workflow_id: str, count: int) -> None:
+    """Until ``count`` attempts of the workflow's activity have started running."""
+    deadline = time.monotonic() + 30
+    while len(seen(workflow_id)) < count:
+        assert time.monotonic() < deadline, f"attempts seen: {seen(workflow_id)}"
+        time.sleep(0.005)
+
+
+def pending(handle: df.WorkflowHandle) -> list[str]:
+    return handle.describe().pending_activities
 
 
 FAST_RETRY = {"initial_interval": 0.01, "backoff_coefficient": 1.0}
@@ -385,16 +425,16 @@ def test_gather_of_async_and_sync_activities_keeps_argument_order(client: df.Cli
 
 
 def test_retry_waits_follow_initial_interval_backoff_and_maximum(
-    client: df.Client, data_dir: Path
+    skipping_env: WorkflowEnvironment, data_dir: Path
 ) -> None:
     retry = {
-        "initial_interval": 0.05,
+        "initial_interval": "1m",
         "backoff_coefficient": 2.0,
-        "maximum_interval": 0.12,
+        "maximum_interval": "150s",
         "maximum_attempts": 5,
     }
 
-    wid, result = run_activity(client, "act_always_fails", retry=retry)
+    wid, result = run_activity(skipping_env.client, "act_always_fails", retry=retry)
 
     assert {
         "type": "ActivityError",
@@ -409,23 +449,24 @@ def test_retry_waits_follow_initial_interval_backoff_and_maximum(
     assert [1, 2, 3, 4] == [e.attempt for e in events]
     assert {"RuntimeError"} == {e.error_type for e in events}
     planned = [(e.next_attempt_at_us - e.at_us) / 1e6 for e in events]
-    assert [0.05, 0.1, 0.12, 0.12] == pytest.approx(planned, abs=0.005)
-    gaps = [b["at"] - a["at"] for a, b in itertools.pairwise(attempts)]
-    for wait, gap in zip(planned, gaps, strict=True):
-        assert gap >= wait - 0.01, (planned, gaps)
+    assert [60.0, 120.0, 150.0, 150.0] == planned
+    # each attempt ran (and failed) when its wait was over, not a moment before
+    assert [e.next_attempt_at_us for e in events[:-1]] == [e.at_us for e in events[1:]]
+    assert sum(planned) == result["elapsed"]
 
 
 def test_maximum_interval_defaults_to_100_times_initial_interval(
-    client: df.Client, data_dir: Path
+    skipping_env: WorkflowEnvironment, data_dir: Path
 ) -> None:
-    # waits: 0.005, 0.005*30=0.15, then 4.5 capped at 100*0.005=0.5
-    retry = {"initial_interval": 0.005, "backoff_coefficient": 30.0, "maximum_attempts": 4}
+    # waits: 1 s, 1*30 = 30 s, then 900 s capped at 100*1 = 100 s
+    retry = {"initial_interval": "1s", "backoff_coefficient": 30.0, "maximum_attempts": 4}
 
-    wid, result = run_activity(client, "act_always_fails", retry=retry)
+    wid, result = run_activity(skipping_env.client, "act_always_fails", retry=retry)
 
     assert 4 == result["error"]["attempts"]
     planned = [(e.next_attempt_at_us - e.at_us) / 1e6 for e in retries(data_dir, wid)]
-    assert [0.005, 0.15, 0.5] == pytest.approx(planned, abs=0.003)
+    assert [1.0, 30.0, 100.0] == planned
+    assert 131.0 == result["elapsed"]
 
 
 def test_huge_backoff_coefficient_still_stops_at_maximum_attempts(
@@ -556,123 +597,178 @@ def test_uncaught_activity_error_fails_the_workflow(client: df.Client) -> None:
     assert [] == description.pending_activities
 
 
-# -- timeouts -----------------------------------------------------------------------------------
+# -- timeouts (stepped clock: a hanging attempt times out when the test moves time past it) -------
 
 
 def test_start_to_close_timeout_fails_each_attempt_with_timeout_error(
-    client: df.Client, data_dir: Path
+    stepped_env: WorkflowEnvironment, data_dir: Path
 ) -> None:
-    wid, result = run_activity(
-        client,
+    env = stepped_env
+    handle = start_activity(
+        env.client,
         "act_hang",
-        start_to_close_timeout=0.1,
-        retry={**FAST_RETRY, "maximum_attempts": 2},
+        start_to_close_timeout="10m",
+        retry={"initial_interval": "1m", "maximum_attempts": 2},
     )
+    wid = handle.workflow_id
+    wait_for_attempts(wid, 1)
+    env.advance("9m")
+    assert (["act_hang"], []) == (pending(handle), retries(data_dir, wid))  # not early
+
+    env.advance("2m")  # attempt 1 times out at 10 m; attempt 2 starts at 11 m
+    wait_for_attempts(wid, 2)
+    env.advance("10m")
+    result = handle.result(timeout=30)
 
     error = result["error"]
     assert ("TimeoutError", 2) == (error["cause_type"], error["attempts"])
-    assert "start_to_close_timeout of 0.1s elapsed" == error["cause_message"]
+    assert "start_to_close_timeout of 600.0s elapsed" == error["cause_message"]
     assert [1, 2] == [a["attempt"] for a in seen(wid)]
     assert ["TimeoutError"] == [e.error_type for e in retries(data_dir, wid)]
+    assert 21 * 60.0 == result["elapsed"]
 
 
-def test_activity_default_start_to_close_timeout_applies(client: df.Client) -> None:
-    _, result = run_activity(client, "act_hang_with_default_timeout")
+def test_activity_default_start_to_close_timeout_applies(stepped_env: WorkflowEnvironment) -> None:
+    handle = start_activity(stepped_env.client, "act_hang_with_default_timeout")
+    stepped_env.advance("149ms")
+    assert ["act_hang_with_default_timeout"] == pending(handle)
+    stepped_env.advance("1ms")
+    result = handle.result(timeout=30)
 
     error = result["error"]
     assert ("TimeoutError", 1) == (error["cause_type"], error["attempts"])
     assert "start_to_close_timeout of 0.15s" in error["cause_message"]
-    assert 0.1 <= result["elapsed"] < 5
+    assert 0.15 == pytest.approx(result["elapsed"], abs=1e-6)
 
 
-def test_schedule_to_close_timeout_ends_a_single_hanging_attempt(client: df.Client) -> None:
-    _, result = run_activity(
-        client,
+def test_schedule_to_close_timeout_ends_a_single_hanging_attempt(
+    stepped_env: WorkflowEnvironment,
+) -> None:
+    handle = start_activity(
+        stepped_env.client,
         "act_hang",
-        schedule_to_close_timeout=0.2,
+        schedule_to_close_timeout="1h",
         retry={**FAST_RETRY, "maximum_attempts": 0},
     )
+    stepped_env.advance("59m")
+    assert ["act_hang"] == pending(handle)
+    stepped_env.advance("1m")
+    result = handle.result(timeout=30)
 
     error = result["error"]
     assert ("TimeoutError", 1) == (error["cause_type"], error["attempts"])
-    assert "schedule_to_close_timeout of 0.2s elapsed" == error["cause_message"]
+    assert "schedule_to_close_timeout of 3600.0s elapsed" == error["cause_message"]
+    assert 3600.0 == result["elapsed"]
 
 
-def test_schedule_to_close_timeout_bounds_all_retries(client: df.Client) -> None:
-    # Unlimited attempts of 0.1 s each; only schedule_to_close_timeout can end this.
-    wid, result = run_activity(
-        client,
+def test_schedule_to_close_timeout_bounds_all_retries(
+    stepped_env: WorkflowEnvironment, data_dir: Path
+) -> None:
+    # Unlimited attempts of 10 m each, 1 m apart; only schedule_to_close_timeout can end this:
+    # attempts start at 0, 11, 22 and 33 m; the fourth is cut at 35 m.
+    handle = start_activity(
+        stepped_env.client,
         "act_hang",
-        start_to_close_timeout=0.1,
-        schedule_to_close_timeout=0.35,
-        retry={**FAST_RETRY, "maximum_attempts": 0},
+        start_to_close_timeout="10m",
+        schedule_to_close_timeout="35m",
+        retry={"initial_interval": "1m", "backoff_coefficient": 1.0, "maximum_attempts": 0},
     )
+    stepped_env.advance("35m")
+    result = handle.result(timeout=30)
 
     error = result["error"]
-    assert "TimeoutError" == error["cause_type"]
-    assert 2 <= error["attempts"] <= 4
-    assert len(seen(wid)) == error["attempts"]
-    assert 0.3 <= result["elapsed"] < 5
+    assert ("TimeoutError", 4) == (error["cause_type"], error["attempts"])
+    assert "schedule_to_close_timeout of 2100.0s elapsed" == error["cause_message"]
+    assert 3 * ["TimeoutError"] == [e.error_type for e in retries(data_dir, handle.workflow_id)]
+    assert 35 * 60.0 == result["elapsed"]
 
 
-def test_schedule_to_close_timeout_stops_retries_of_fast_failures(client: df.Client) -> None:
+def test_schedule_to_close_timeout_stops_retries_of_fast_failures(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    # attempts at 0, 1, ... 5 m; a seventh would start at 6 m, past the 5.5 m deadline
     _, result = run_activity(
-        client,
+        skipping_env.client,
         "act_always_fails",
-        schedule_to_close_timeout=0.3,
-        retry={"initial_interval": 0.05, "backoff_coefficient": 1.0, "maximum_attempts": 0},
+        schedule_to_close_timeout="5m30s",
+        retry={"initial_interval": "1m", "backoff_coefficient": 1.0, "maximum_attempts": 0},
     )
 
     error = result["error"]
-    # The last attempt's error, or the timeout if the deadline hit while an attempt ran.
-    assert error["cause_type"] in ("RuntimeError", "TimeoutError")
-    assert 2 <= error["attempts"] <= 7
-    assert result["elapsed"] < 5
+    assert ("RuntimeError", 6) == (error["cause_type"], error["attempts"])
+    assert 300.0 == result["elapsed"]
 
 
-# -- heartbeats ---------------------------------------------------------------------------------
+# -- heartbeats (stepped clock) ------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["act_heartbeating", "act_async_heartbeating"])
-def test_heartbeats_keep_a_long_activity_alive(client: df.Client, name: str) -> None:
-    # Runs 0.6 s under a 0.2 s heartbeat timeout: it lives only because it heartbeats.
-    wid, result = run_activity(
-        client, name, 0.6, 0.03, heartbeat_timeout=0.2, retry={"maximum_attempts": 1}
+def test_heartbeats_keep_a_long_activity_alive(stepped_env: WorkflowEnvironment, name: str) -> None:
+    # 20 minutes under a 5 minute heartbeat timeout: it lives only because it heartbeats.
+    wid = new_id(name)
+    steps = _lockstep[wid] = Lockstep()
+    handle = start_activity(
+        stepped_env.client,
+        name,
+        wid,
+        5,
+        workflow_id=wid,
+        heartbeat_timeout="5m",
+        retry={"maximum_attempts": 1},
     )
+    for _ in range(5):
+        assert steps.beaten.acquire(timeout=30), "the activity did not heartbeat"
+        stepped_env.advance("4m")
+        steps.go.release()
 
-    assert "ok" in result, result
-    assert result["ok"] >= 5
+    assert {"ok": 5, "elapsed": 20 * 60.0} == handle.result(timeout=30)
     assert 1 == len(seen(wid))
 
 
-def test_silent_activity_fails_with_heartbeat_timeout(client: df.Client, data_dir: Path) -> None:
-    wid, result = run_activity(
-        client,
+def test_silent_activity_fails_with_heartbeat_timeout(
+    stepped_env: WorkflowEnvironment, data_dir: Path
+) -> None:
+    handle = start_activity(
+        stepped_env.client,
         "act_async_silent",
-        heartbeat_timeout=0.1,
-        retry={**FAST_RETRY, "maximum_attempts": 2},
+        heartbeat_timeout="5m",
+        retry={"initial_interval": "1m", "maximum_attempts": 2},
     )
+    wait_for_attempts(handle.workflow_id, 1)
+    stepped_env.advance("11m")  # silent 5 m, a 1 m wait, silent 5 m again
+    result = handle.result(timeout=30)
 
     error = result["error"]
     assert ("TimeoutError", 2) == (error["cause_type"], error["attempts"])
-    assert "no heartbeat within heartbeat_timeout of 0.1s" == error["cause_message"]
-    assert 2 == len(seen(wid))
-    assert 1 == len(retries(data_dir, wid))
+    assert "no heartbeat within heartbeat_timeout of 300.0s" == error["cause_message"]
+    assert 2 == len(seen(handle.workflow_id))
+    assert 1 == len(retries(data_dir, handle.workflow_id))
+    assert 11 * 60.0 == result["elapsed"]
 
 
-def test_silent_sync_activity_fails_with_heartbeat_timeout(client: df.Client) -> None:
-    _, result = run_activity(
-        client,
+def test_silent_sync_activity_fails_with_heartbeat_timeout(
+    stepped_env: WorkflowEnvironment,
+) -> None:
+    key = new_id("sync-silent")
+    _gates[key] = threading.Event()
+    handle = start_activity(
+        stepped_env.client,
         "act_sync_silent",
-        0.5,
-        heartbeat_timeout=0.1,
+        key,
+        heartbeat_timeout="5m",
         retry={"maximum_attempts": 1},
     )
+    wait_for_attempts(handle.workflow_id, 1)
+    stepped_env.advance("5m")
+    try:
+        result = handle.result(timeout=30)  # while the attempt still blocks in its thread
+    finally:
+        _gates[key].set()
 
     error = result["error"]
     assert ("TimeoutError", 1) == (error["cause_type"], error["attempts"])
     assert "heartbeat_timeout" in error["cause_message"]
-    assert result["elapsed"] < 0.45  # failed before the attempt would have returned
+    assert 300.0 == result["elapsed"]
 
 
 def test_heartbeat_details_reach_the_attempt_after_an_error(client: df.Client) -> None:
@@ -684,15 +780,19 @@ def test_heartbeat_details_reach_the_attempt_after_an_error(client: df.Client) -
     assert [None, {"done": 3}] == [a["details"] for a in seen(wid)]
 
 
-def test_heartbeat_details_reach_the_attempt_after_a_heartbeat_timeout(client: df.Client) -> None:
-    _, result = run_activity(
-        client,
+def test_heartbeat_details_reach_the_attempt_after_a_heartbeat_timeout(
+    stepped_env: WorkflowEnvironment,
+) -> None:
+    handle = start_activity(
+        stepped_env.client,
         "act_resume_after_silence",
-        heartbeat_timeout=0.1,
-        retry={**FAST_RETRY, "maximum_attempts": 3},
+        heartbeat_timeout="5m",
+        retry={"initial_interval": "1m", "maximum_attempts": 3},
     )
+    wait_for_attempts(handle.workflow_id, 1)  # it heartbeat its progress, then went silent
+    stepped_env.advance("6m")
 
-    assert {"attempt": 2, "resumed_from": {"step": 7}} == result["ok"]
+    assert {"attempt": 2, "resumed_from": {"step": 7}} == handle.result(timeout=30)["ok"]
 
 
 def test_heartbeat_and_activity_info_outside_an_activity_raise() -> None:
@@ -741,19 +841,33 @@ def test_per_call_retry_overrides_the_activity_policy(client: df.Client) -> None
     assert 3 == len(seen(wid_override))
 
 
-def test_per_call_start_to_close_timeout_accepts_duration_strings(client: df.Client) -> None:
-    _, result = run_activity(
-        client, "act_hang", start_to_close_timeout="100ms", retry={"maximum_attempts": 1}
+def test_per_call_start_to_close_timeout_accepts_duration_strings(
+    stepped_env: WorkflowEnvironment,
+) -> None:
+    handle = start_activity(
+        stepped_env.client,
+        "act_hang",
+        start_to_close_timeout="100ms",
+        retry={"maximum_attempts": 1},
+    )
+    stepped_env.advance("100ms")
+
+    assert (
+        "start_to_close_timeout of 0.1s elapsed"
+        == handle.result(timeout=30)["error"]["cause_message"]
     )
 
-    assert "start_to_close_timeout of 0.1s elapsed" == result["error"]["cause_message"]
 
-
-def test_per_call_timeout_overrides_the_activity_default(client: df.Client) -> None:
+def test_per_call_timeout_overrides_the_activity_default(stepped_env: WorkflowEnvironment) -> None:
     # act_hang_with_default_timeout has 150ms of its own; the call asks for 50ms.
-    _, result = run_activity(client, "act_hang_with_default_timeout", start_to_close_timeout=0.05)
+    handle = start_activity(
+        stepped_env.client, "act_hang_with_default_timeout", start_to_close_timeout=0.05
+    )
+    stepped_env.advance("50ms")
+    result = handle.result(timeout=30)
 
     assert "start_to_close_timeout of 0.05s elapsed" == result["error"]["cause_message"]
+    assert 0.05 == pytest.approx(result["elapsed"], abs=1e-6)
 
 
 # -- history -----------------------------------------------------------------------------------

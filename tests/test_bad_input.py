@@ -799,7 +799,7 @@ def test_odd_but_valid_ids_are_ordinary_data(client: df.Client, data_dir: Path) 
     # the data directory. The archive consumer keeps running meanwhile: a warm segment may be
     # caught while it is written (a random temporary name, renamed when complete).
     engine_file = re.compile(
-        r"deployment\.json|partitions/p000[01]\.sqlite(-wal|-shm|\.lock)?"
+        r"deployment\.(json|lock)|partitions/p000[01]\.sqlite(-wal|-shm|\.lock)?"
         r"|archive/catalog\.sqlite(-journal|-wal|-shm)?"
         r"|archive/warm/(p\d{5}-\d{20}-\d{20}|\.tmp-[0-9a-f]{32})\.parquet"
         r"|archive/warehouse/duraflow/(history|workflows|activities)/("

@@ -533,7 +533,7 @@ def test_a_failed_open_releases_the_file_so_a_retry_opens_it(data_dir: Path) -> 
     good = path.read_bytes()
     path.write_bytes(b"this is not a SQLite database " * 200)
 
-    with pytest.raises(sqlite3.DatabaseError, match="file is not a database"):
+    with pytest.raises(df.ConfigurationError, match="is not a SQLite database"):
         open_engine()
 
     path.write_bytes(good)

@@ -34,6 +34,12 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
         results["lag"]["ray"]["visible"]["runs"],
     )
     assert results["archive"]["5000"]["a1"]["events"] > 200 * 6
+    assert "| R kill -9 -> served p50/max, 20 open, W1 10 in flight" in out
+    restarted = results["restart"]["parked_20_load_10"]  # the smoke run kills under load only
+    assert 1 == restarted["repeats"]
+    assert restarted["open_runs"] >= 20  # the parked runs, the probes, the load's in flight
+    assert 0 < restarted["kill_to"]["serving"]["p50_s"] < 60
+    assert 0 < results["restart"]["ray_floor"]["kill_to"]["new_pid"]["max_s"] < 60
     written = json.loads(out_file.read_text())
     assert written["machine"]["cores"] >= 1
     assert written["table"][0][:4] == ["workload", "in-process", "Ray", "DBOS"]

@@ -182,7 +182,9 @@ def test_serve_two_drivers_status_stop_and_serve_again(
     out = ok(duraflow(ray_cluster, *serve, "--partitions", "2", "--synchronous", "NORMAL"))
     assert f"Serving {data_dir} (2 partitions, app modules: tests.cli_app)" in out
     assert f'df.Client.connect("{address}", namespace="{NAMESPACE}")' in out
-    assert {"partitions": 2, "format": 1} == json.loads((data_dir / "deployment.json").read_text())
+    recorded = json.loads((data_dir / "deployment.json").read_text())
+    assert {"partitions", "format", "id"} == set(recorded)
+    assert (2, 1, 32) == (recorded["partitions"], recorded["format"], len(recorded["id"]))
 
     # driver 1 (joins with --address auto) starts five workflows and waits for three results
     starter = subprocess.Popen(

@@ -22,6 +22,7 @@ import pytest
 
 import duraflow as df
 from duraflow.cli import main
+from duraflow.runtime import relocate_archive
 
 
 @df.activity(retry=df.RetryPolicy(maximum_attempts=1))
@@ -101,7 +102,11 @@ def test_json_lines(data_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
         "workflow.activity_completed",
         "workflow.completed",
     ] == [r["event_type"] for r in rows]
-    assert {"result": 42.5} == json.loads(rows[-1]["data"])
+    completed = json.loads(rows[-1]["data"])
+    assert {"result": 42.5, "status": "completed"} == {
+        k: v for k, v in completed.items() if k != "duration_ms"
+    }
+    assert completed["duration_ms"] >= 0
     assert rows[0]["event_time"].endswith("Z")  # RFC 3339, UTC
     assert base64.b64decode(rows[0]["raw"])  # binary as base64
     assert 1.5 == rows[0]["price"]  # decimals as numbers
@@ -206,11 +211,19 @@ def _open_engine(path: Path) -> df.Engine:
     return df.Engine(path, runtime="local", partitions=2, archive_interval="1h")
 
 
+def _copy(data_dir: Path, dest: Path) -> Path:
+    """A copy of the data directory whose archive is its own (Iceberg records absolute
+    paths: without relocating, the copy's catalog names the original's files)."""
+    shutil.copytree(data_dir, dest)
+    relocate_archive(dest)
+    return dest
+
+
 @pytest.fixture(scope="module")
 def sql_client(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[df.Client]:
     """A client of an engine over a copy of the data directory (the copy: the engine's own
     writes must not reach the tests that compare the data directory's files)."""
-    copy = shutil.copytree(data_dir, tmp_path_factory.mktemp("cli-sql-engine") / "data")
+    copy = _copy(data_dir, tmp_path_factory.mktemp("cli-sql-engine") / "data")
     with _open_engine(copy) as engine:
         yield engine.client()
 
@@ -378,7 +391,7 @@ def test_sql_that_does_more_than_read_is_refused_and_changes_nothing(
     statement: str | None,
     named: str,
 ) -> None:
-    data = shutil.copytree(data_dir, tmp_path / "data")
+    data = _copy(data_dir, tmp_path / "data")
     (tmp_path / ".tmp").mkdir()  # DuckDB's default spill folder, in the current directory
     (tmp_path / ".tmp" / "secret.txt").write_text("not the archive's")
     monkeypatch.chdir(tmp_path)

@@ -39,7 +39,7 @@ def every_serve_option(data_dir: Path) -> list[str]:
         "--archive-interval", "1m30s", "--warehouse", "s3://bucket/prefix",
         "--s3-endpoint", "http://127.0.0.1:9", "--s3-region", "eu-west-3",
         "--app", "tests.cli_app", "--app", "tests.cdc.consumer_crash_app",
-        "--partition-resources", '{"duraflow": 1}',
+        "--partition-resources", '{"duraflow": 1}', "--deadlock-threshold", "never",
     ]  # fmt: skip
 
 
@@ -75,6 +75,7 @@ def test_serve_has_an_option_for_every_setting(tmp_path: Path, aws_credentials: 
         archive_interval_s=90.0,
         app_modules=("tests.cli_app", "tests.cdc.consumer_crash_app"),
         partition_resources={"duraflow": 1.0},
+        deadlock_threshold_s=None,
     )
     assert expected == config
 
@@ -98,6 +99,7 @@ def test_an_engine_builds_the_config_serve_builds_and_its_partitions_use_it(
         warehouse="s3://bucket/prefix",
         s3=S3Config("http://127.0.0.1:9", KEY_ID, SECRET, "eu-west-3"),
         partition_resources={"duraflow": 1},
+        deadlock_threshold=None,
     ) as engine:
         defaults = serve_config("--data-dir", str(tmp_path / "other"))
         assert FIELDS - ENGINE_CANNOT_SET == set(engine.config.differences(defaults))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "duraflow"
 LEAVES = {
     "duraflow.errors",
     "duraflow.config",
+    "duraflow.description",
     "duraflow.cdc.events",
     "duraflow.storage.codec",
     "duraflow.actors.messages",
@@ -20,6 +23,7 @@ LEAVES = {
     "duraflow.engine.ids",
 }
 ENGINE_MAY_IMPORT = {
+    "duraflow.description",
     "duraflow.actors.messages",
     "duraflow.actors.router",
     "duraflow.storage.codec",
@@ -52,9 +56,9 @@ MODULES = _modules()
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
-def test_leaf_modules_import_only_errors(leaf: str) -> None:
+def test_leaf_modules_import_only_leaves(leaf: str) -> None:
     ours = {i for i in MODULES[leaf] if i.startswith("duraflow")}
-    assert set() == ours - {"duraflow.errors"}
+    assert set() == ours - LEAVES
 
 
 @pytest.mark.parametrize("module", sorted(m for m in MODULES if m.startswith("duraflow.engine")))
@@ -73,3 +77,21 @@ def test_only_storage_touches_sqlite() -> None:
 def test_only_the_ray_host_imports_ray() -> None:
     users = {m for m, imports in MODULES.items() if any(i.split(".")[0] == "ray" for i in imports)}
     assert {"duraflow.actors.ray_host"} == users
+
+
+ARCHIVE_LIBRARIES = ("pyarrow", "pyiceberg", "duckdb", "sqlalchemy")
+
+
+@pytest.mark.parametrize("module", ["duraflow.actors.ray_host", "duraflow"])
+def test_a_partition_process_does_not_import_the_archive_libraries(module: str) -> None:
+    """A restarted partition actor imports its module (and so the ``duraflow`` package) before
+    it can serve: the archive's libraries cost about a second there (measured by
+    ``./dev bench restart``), and only the archive's consumer and readers use them."""
+    code = (
+        f"import sys, {module}; top = {{m.split('.')[0] for m in sys.modules}}; "
+        f"print(' '.join(sorted(top & {set(ARCHIVE_LIBRARIES)!r})))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert [] == loaded

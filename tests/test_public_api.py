@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import duraflow as df
+import duraflow.testing
 
 CONTRACT_NAMES = [
     "ActivityCancelledError",
@@ -22,16 +23,21 @@ CONTRACT_NAMES = [
     "PayloadError",
     "QueryError",
     "QueryFailed",
+    "QueryTimeout",
     "RequestFailed",
     "ResultTimeout",
     "RetryPolicy",
+    "S3Config",
     "StatementNotAllowed",
+    "Subscription",
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
     "WorkflowAlreadyRunning",
+    "WorkflowBlocked",
     "WorkflowCancelledError",
     "WorkflowClosed",
+    "WorkflowCodeError",
     "WorkflowContext",
     "WorkflowDescription",
     "WorkflowFailedError",
@@ -41,9 +47,13 @@ CONTRACT_NAMES = [
     "WorkflowTerminatedError",
     "activity",
     "activity_info",
+    "events",
     "heartbeat",
     "workflow",
 ]
+
+TESTING_NAMES = ["Replayer", "WorkflowEnvironment", "load_history", "save_history"]
+"""duraflow.testing (DESIGN section 11), public as a module of its own."""
 
 
 def test_public_names_are_the_documented_contract() -> None:
@@ -53,6 +63,12 @@ def test_public_names_are_the_documented_contract() -> None:
 def test_every_public_name_has_a_docstring() -> None:
     undocumented = [name for name in df.__all__ if not getattr(df, name).__doc__]
     assert [] == undocumented
+
+
+def test_the_testing_module_is_pinned_and_documented() -> None:
+    testing = duraflow.testing
+    assert sorted(TESTING_NAMES) == sorted(testing.__all__)
+    assert [] == [name for name in testing.__all__ if not getattr(testing, name).__doc__]
 
 
 def test_every_error_derives_from_the_root() -> None:

@@ -163,6 +163,10 @@ class AttemptTable:
     def get(self, key: Key) -> Attempt | None:
         return self._by_key.get(key)
 
+    def any_running(self) -> bool:
+        """Whether an attempt is running (not waiting out a retry backoff)."""
+        return any(attempt.running for attempt in self._by_key.values())
+
     def drop(self, key: Key) -> None:
         attempt = self._by_key.pop(key, None)
         if attempt is not None:

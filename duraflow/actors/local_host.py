@@ -1,91 +1,134 @@
-"""In-process Host: every Partition on one asyncio loop in a background thread."""
+"""In-process Host: each Partition on an asyncio loop of its own, in a background thread.
+
+One thread per partition, as each Ray partition is a process of its own: workflow code that
+blocks (``time.sleep``, blocking I/O) holds its own partition only, and the others go on
+(the GIL is released by blocking calls; see README "Rules for workflow code"). Under a
+stepped clock (``duraflow.testing``) every partition shares one loop, so the clock's
+stepper sees them all settle between its moves.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import threading
+import time
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
+from duraflow.storage.layout import partition_path
 
+T = TypeVar("T")
 
-def partition_path(data_dir: Path, index: int) -> Path:
-    """The SQLite file of partition ``index`` (named by number, never by workflow ID)."""
-    return data_dir / "partitions" / f"p{index:04d}.sqlite"
+CLOSE_TIMEOUT_S = 30.0
 
 
 class LocalHost:
     """Hosts the partitions of ``config`` (its ``data_dir``, ``partitions``, ...) in this
-    process."""
+    process.
 
-    def __init__(self, config: EngineConfig) -> None:
+    Args:
+        config: the deployment's settings.
+        clock: a stepped clock for every partition (``duraflow.testing``); ``stepper`` then
+            moves it. None: the wall clock.
+    """
+
+    def __init__(self, config: EngineConfig, *, clock: SteppedClock | None = None) -> None:
         self.config = config
         self.partitions = config.partitions
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="duraflow-partitions", daemon=True
-        )
-        self._thread.start()
-        self._executor = InlineExecutor(self._loop, config.activity_threads)
+        count = config.partitions if clock is None else 1
+        loops = [asyncio.new_event_loop() for _ in range(count)]
+        self._threads = [
+            threading.Thread(
+                target=loop.run_forever, name=f"duraflow-partition-{index}", daemon=True
+            )
+            for index, loop in enumerate(loops)
+        ]
+        self._own_loops = loops
+        self._loops = loops if clock is None else loops * config.partitions
+        """Each partition's loop (one shared by all under a stepped clock)."""
+        for thread in self._threads:
+            thread.start()
+        # Async activities run on the loop of the partition that starts them.
+        self._executor = InlineExecutor(self._loops[0], config.activity_threads)
         data_dir = Path(config.data_dir)
         self._parts = [
             Partition(
-                i, partition_path(data_dir, i), config, executor=self._executor, send=self._send
+                i,
+                partition_path(data_dir, i),
+                config,
+                executor=self._executor,
+                send=self._send,
+                clock=time.time if clock is None else clock,
+                stepped=clock is not None,
             )
             for i in range(config.partitions)
         ]
+        self.stepper = None if clock is None else TimeStepper(clock, self._parts)
+        """Moves the stepped clock (None on the wall clock); use it through :meth:`submit`."""
         try:
-            asyncio.run_coroutine_threadsafe(self._open_all(), self._loop).result()
+            opening = [self._submit(i, part.open()) for i, part in enumerate(self._parts)]
+            for future in opening:
+                future.result()
         except BaseException:
             self.close()
             raise
 
-    async def _open_all(self) -> None:
-        for part in self._parts:
-            await part.open()
+    def _submit(self, partition: int, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        return asyncio.run_coroutine_threadsafe(coro, self._loops[partition])
+
+    def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        """Run ``coro`` on the loop every partition shares under a stepped clock (from any
+        other thread)."""
+        assert self.stepper is not None, "only a stepped host shares one loop"
+        return self._submit(0, coro)
 
     async def _send(self, workflow_id: str, request: Any) -> Any:
-        return await self._parts[partition_of(workflow_id, self.partitions)].handle(request)
+        return await self.call(partition_of(workflow_id, self.partitions), request)
 
     async def call(self, partition: int, request: Any) -> Any:
         """Send ``request`` to partition ``partition``; awaitable from any event loop."""
-        future = asyncio.run_coroutine_threadsafe(
-            self._parts[partition].handle(request), self._loop
-        )
+        future = self._submit(partition, self._parts[partition].handle(request))
         return await asyncio.wrap_future(future)
 
     async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
         """Send ``requests`` for one turn; replies in order, an error in place of a failure.
         Encoded as over Ray, so the partition checks a batch the same way from either host."""
-        future = asyncio.run_coroutine_threadsafe(
-            self._parts[partition].handle_batch(m.encode_requests(requests)), self._loop
-        )
+        payload = m.encode_requests(requests)
+        future = self._submit(partition, self._parts[partition].handle_batch(payload))
         return await asyncio.wrap_future(future)
 
     def stats(self) -> list[dict[str, int]]:
-        async def collect() -> list[dict[str, int]]:
-            return [p.stats() for p in self._parts]
+        async def collect(part: Partition) -> dict[str, int]:
+            return part.stats()
 
-        return asyncio.run_coroutine_threadsafe(collect(), self._loop).result()
+        asked = [self._submit(i, collect(part)) for i, part in enumerate(self._parts)]
+        return [future.result() for future in asked]
 
     def close(self) -> None:
-        """Close every partition and stop the loop thread."""
-        if self._loop.is_closed():
+        """Close every partition and stop the loop threads."""
+        if all(loop.is_closed() for loop in self._loops):
             return
-
-        async def close_all() -> None:
-            for part in self._parts:
-                await part.close()
-
         try:
-            asyncio.run_coroutine_threadsafe(close_all(), self._loop).result(timeout=30)
+            closing = [
+                self._submit(i, part.close())
+                for i, part in enumerate(self._parts)
+                if not self._loops[i].is_closed()
+            ]
+            for future in closing:
+                future.result(timeout=CLOSE_TIMEOUT_S)
         finally:
             self._executor.close()
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(timeout=10)
-            self._loop.close()
+            for loop, thread in zip(self._own_loops, self._threads, strict=True):
+                if loop.is_closed():
+                    continue
+                loop.call_soon_threadsafe(loop.stop)
+                thread.join(timeout=10)
+                loop.close()

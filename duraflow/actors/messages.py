@@ -6,10 +6,10 @@ calls and the partition's outbox (where they are stored as msgpack).
 
 from __future__ import annotations
 
-import datetime as dt
-
 import msgspec
 
+# Re-exported: replies carry it (its home is the public duraflow.description).
+from duraflow.description import WorkflowDescription as WorkflowDescription
 from duraflow.errors import PayloadError
 
 ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
@@ -45,6 +45,9 @@ class Query(Message, kw_only=True):
     run_id: str | None = None
     name: str
     args: bytes
+    deadline_us: int | None = None
+    """Wall-clock time (epoch microseconds) after which the caller no longer waits: a query
+    still queued then is not run."""
 
 
 class Cancel(Message, kw_only=True):
@@ -185,31 +188,6 @@ class Mailed(msgspec.Struct, frozen=True):
     incarnation: str
     outcomes: list[MailedOutcome]
     known: bool = True
-
-
-class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
-    """What ``handle.describe()`` and ``client.list()`` report about one run.
-
-    Attributes:
-        status: ``running``, ``completed``, ``failed``, ``cancelled`` or ``terminated``.
-        history_length: events recorded so far (for runs still in the partition's file).
-        pending_activities: names of activities scheduled and not yet resolved.
-        stuck: why an open run cannot make progress (non-determinism, missing code), if so.
-    """
-
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    status: str
-    start_time: dt.datetime
-    close_time: dt.datetime | None = None
-    parent_workflow_id: str | None = None
-    history_length: int = 0
-    pending_activities: list[str] = []
-    error_type: str | None = None
-    error_message: str | None = None
-    stuck: str | None = None
-    partition: int = 0
 
 
 _request_types = (*Request.__args__, ListWorkflows, ReadEvents, Archived, CollectResults)  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__

@@ -20,6 +20,7 @@ import datetime as dt
 import heapq
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,22 +36,26 @@ from duraflow.actors.partition_activities import ActivityDone, ActivitySteps, He
 from duraflow.actors.partition_failures import RunBroke, TurnRepair
 from duraflow.cdc import events as ev
 from duraflow.config import EngineConfig
+from duraflow.engine import guard
 from duraflow.engine.activities import ActivityExecutor
 from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
-from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
+from duraflow.engine.run import PYTHON_VERSION, QueryChangedState, WorkflowRun, rebuild
 from duraflow.errors import (
     ConfigurationError,
     DuraflowError,
     PartitionUnavailable,
     PayloadError,
     QueryFailed,
+    QueryTimeout,
     UnknownQuery,
     WorkflowAlreadyRunning,
+    WorkflowBlocked,
     WorkflowClosed,
     WorkflowNotFound,
 )
 from duraflow.storage.codec import decode, encode, error_text
+from duraflow.storage.deployment import partition_stamp
 from duraflow.storage.sqlite_store import (
     PartitionStore,
     TimerRow,
@@ -131,6 +136,9 @@ class Partition(ActivitySteps, TurnRepair):
         executor: where activity attempts run.
         send: reaches the partition owning another workflow ID (children, parents).
         clock: seconds since the epoch; a parameter so tests can step time.
+        stepped: ``clock`` moves only when told (``duraflow.testing``): due times are then
+            never armed on the loop's wall clock, and the host calls :meth:`clock_moved`
+            after each move.
     """
 
     def __init__(
@@ -142,6 +150,7 @@ class Partition(ActivitySteps, TurnRepair):
         executor: ActivityExecutor,
         send: Send,
         clock: Callable[[], float] = time.time,
+        stepped: bool = False,
     ) -> None:
         self.index = index
         self.config = config
@@ -150,6 +159,7 @@ class Partition(ActivitySteps, TurnRepair):
         self._executor = executor
         self._send = send
         self._clock = clock
+        self._stepped = stepped
         self._max_resident = config.max_resident_runs
         self._hibernate_after = config.hibernate_after_s
         self._lru: collections.OrderedDict[str, float] = collections.OrderedDict()
@@ -177,9 +187,13 @@ class Partition(ActivitySteps, TurnRepair):
         self._mailboxes = Mailboxes()
         self._turn_count = 0
         self._turn_items = 0
+        self._watch = guard.Watch(f"partition {index}", config.deadlock_threshold_s)
         self.incarnation = ""
         """Set anew at each open: tells clients the partition restarted (and forgot its
         mailboxes) even when a mailbox of the same name was made again since."""
+        self.recovery: dict[str, float] = {}
+        """How long opening took (``store_s``, ``load_s``) and the first turn's recovery
+        (``recover_s``, ending at ``recovered_at``, epoch seconds): for status and benchmarks."""
 
     # -- lifetime -----------------------------------------------------------------------------
 
@@ -188,7 +202,10 @@ class Partition(ActivitySteps, TurnRepair):
         self._loop = asyncio.get_running_loop()
         self.incarnation = uuid.uuid4().hex
         self._wake = asyncio.Event()
-        self._store = PartitionStore(self._path, self._synchronous)
+        began = time.perf_counter()
+        stamp = partition_stamp(Path(self.config.data_dir), self.index)
+        self._store = PartitionStore(self._path, self._synchronous, stamp=stamp)
+        opened = time.perf_counter()
         try:
             self._load()
         except BaseException:
@@ -196,7 +213,9 @@ class Partition(ActivitySteps, TurnRepair):
             self._store.close()
             self._store = None
             raise
+        self.recovery = {"store_s": opened - began, "load_s": time.perf_counter() - opened}
         self._worker = self._loop.create_task(self._turns(), name=f"partition-{self.index}")
+        guard.watch(self._watch)
         self._post(_Due(), None)
         if self._hibernate_after is not None:
             self._sweep()
@@ -204,6 +223,7 @@ class Partition(ActivitySteps, TurnRepair):
     async def close(self) -> None:
         """Stop turning and close the file; in-flight requests fail as PartitionUnavailable."""
         self._closing = True
+        guard.unwatch(self._watch)
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -521,7 +541,7 @@ class Partition(ActivitySteps, TurnRepair):
             parent_run_id=req.parent_run_id,
             parent_seq=req.parent_seq,
         )
-        open_run.run = WorkflowRun(definition, started)
+        open_run.run = WorkflowRun(definition, started, watch=self._watch)
         self._touch(row.workflow_id)
         self._append(open_run, [started])
         self._activate(open_run, started)
@@ -539,6 +559,13 @@ class Partition(ActivitySteps, TurnRepair):
         store.insert_signal(req.request_id, req.workflow_id, open_run.row.run_id, event.lsn)
 
     def _query(self, req: m.Query) -> bytes:
+        if req.deadline_us is not None and time.time() * 1e6 > req.deadline_us:
+            # Its caller has given up (QueryTimeout): running the handler now would only hold
+            # the partition longer (a blocked partition gets a queue of these).
+            raise QueryTimeout(
+                f"query {req.name!r} of workflow {req.workflow_id!r} reached partition "
+                f"{self.index} after its timeout: not run"
+            )
         open_run = self._open_run(req.workflow_id, req.run_id, "query")
         run = self._resident(open_run)
         if run is None:
@@ -552,6 +579,13 @@ class Partition(ActivitySteps, TurnRepair):
             )
         try:
             value = run.query(req.name, decode(req.args) or [])
+        except WorkflowBlocked as exc:
+            self._mark_stuck(open_run, exc)
+            raise QueryFailed(f"query {req.name!r} failed: {exc}") from None
+        except QueryChangedState as exc:
+            self._hibernate(req.workflow_id)  # the next activation replays the true state
+            self._lru.pop(req.workflow_id, None)
+            raise QueryFailed(str(exc)) from None
         except GeneratorExit:
             raise
         except BaseException as exc:  # reason: a handler's error (any) goes back to the caller
@@ -720,7 +754,7 @@ class Partition(ActivitySteps, TurnRepair):
         try:
             definition = resolve_workflow(row.workflow_type, row.code_ref)
             history = self._db().history(row.workflow_id, row.run_id)
-            run, new = rebuild(definition, history)
+            run, new = rebuild(definition, history, watch=self._watch)
         except Exception as exc:
             if is_storage_failure(exc):
                 raise
@@ -861,7 +895,10 @@ class Partition(ActivitySteps, TurnRepair):
 
     def _terminate(self, open_run: OpenRun, reason: str) -> None:
         now_us = self._now_us()
-        event = ev.WorkflowTerminated(**self._base(open_run.row, now_us), reason=reason)
+        duration_ms = max(0, (now_us - open_run.row.started_at_us) // 1000)
+        event = ev.WorkflowTerminated(
+            **self._base(open_run.row, now_us), reason=reason, duration_ms=duration_ms
+        )
         self._append(open_run, [event])
         self._close(open_run, "terminated", now_us, "Terminated", reason or "terminated")
 
@@ -962,6 +999,7 @@ class Partition(ActivitySteps, TurnRepair):
     def _recover(self) -> None:
         """First turn after opening: re-arm backoffs, re-dispatch attempts that were in flight,
         resend undelivered outbox messages."""
+        began = time.perf_counter()
         self._recovering = False
         for open_run in list(self._open.values()):
             if open_run.row.stuck is not None and self._resident(open_run) is not None:
@@ -971,6 +1009,8 @@ class Partition(ActivitySteps, TurnRepair):
         for row_id, target, data in self._db().outbox():
             self._fx.sends.append((row_id, target, m.decode_outbox(data)))
         self._recover_activities()
+        self.recovery["recover_s"] = time.perf_counter() - began
+        self.recovery["recovered_at"] = time.time()
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -985,14 +1025,57 @@ class Partition(ActivitySteps, TurnRepair):
             return
         if self._due_handle is not None:
             self._due_handle.cancel()
-        self._due_at = due
         delay = max(0.0, due - self._clock())
+        if delay > 0 and self._stepped:  # clock_moved() fires it when the clock gets there
+            self._due_handle, self._due_at = None, math.inf
+            return
+        self._due_at = due
         self._due_handle = self._require_loop().call_later(delay, self._on_due)
 
     def _on_due(self) -> None:
         self._due_handle = None
         self._due_at = float("inf")
         self._post(_Due(), None)
+
+    # -- a stepped clock (duraflow.testing) ---------------------------------------------------
+
+    async def clock_moved(self) -> None:
+        """The stepped clock moved: fire what is due now; returns once that turn committed."""
+        future = self._require_loop().create_future()
+        self._post(_Due(), future)
+        await future
+
+    def next_due(self) -> float:
+        """When the earliest live timer, retry backoff or deadline falls due (``inf``: none).
+
+        Entries left for a cancelled timer or a finished attempt are dropped on the way (they
+        would fire nothing), so a stepped clock does not jump to them.
+        """
+        heap = self._heap
+        while heap and self._stale(heap[0][2], heap[0][3]):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else math.inf
+
+    def _stale(self, kind: str, key: Any) -> bool:
+        if kind == "timer":
+            open_run = self._open.get(key[0])
+            return (
+                open_run is None
+                or open_run.row.run_id != key[1]
+                or key[2] not in open_run.timer_seqs
+            )
+        if kind in ("retry", "attempt_timeout", "heartbeat_check", "schedule_timeout"):
+            return self._deadline_stale(kind, *key)
+        return False
+
+    def busy(self, attempts: bool = True) -> bool:
+        """Whether work waits for a turn or (with ``attempts``) an activity attempt runs."""
+        return bool(self._inbox) or (attempts and self._attempts.any_running())
+
+    @property
+    def turns(self) -> int:
+        """Turns taken since the partition opened."""
+        return self._turn_count
 
     def _fire_due(self) -> None:
         now = self._clock()

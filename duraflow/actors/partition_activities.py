@@ -120,6 +120,8 @@ class ActivitySteps:
                 error_type=error_type,
                 error_message=message,
                 next_attempt_at_us=next_at_us,
+                max_attempts=retry.maximum_attempts,
+                delay_ms=round(wait * 1000),
             )
             self._append(open_run, [retry_event])
             if wait <= 0:
@@ -212,6 +214,17 @@ class ActivitySteps:
                     "the partition restarted while this attempt was running",
                     delay=0.0,
                 )
+
+    def _deadline_stale(self, kind: str, key: tuple[str, str, int], number: int) -> bool:
+        """Whether a ``retry`` or deadline entry of the timer heap would do nothing now."""
+        attempt = self._attempts.get(key)
+        if attempt is None:
+            return True
+        if kind == "schedule_timeout":
+            return False
+        if kind == "retry":
+            return attempt.running or attempt.number != number - 1
+        return attempt.number != number or not attempt.running
 
     def _readopt_activities(self, before: AttemptTable) -> None:
         """After a rolled-back turn: the activity table again from the file, keeping the

@@ -29,10 +29,8 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from duraflow.actors import messages as m
-from duraflow.actors.local_host import partition_path
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
-from duraflow.cdc.consumer import Consumer
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import (
     ActivityInfo,
@@ -55,6 +53,7 @@ from duraflow.errors import (
     PartitionUnavailable,
     WorkflowClosed,
 )
+from duraflow.storage.layout import partition_path
 
 log = logging.getLogger("duraflow.ray")
 
@@ -179,6 +178,7 @@ class PartitionActor:
     """The Ray actor that hosts one Partition. Opens it (recovers) as soon as it starts."""
 
     async def __init__(self, index: int, config: bytes, shipped: bytes | None = None) -> None:
+        self._started_at = time.time()
         self._config = EngineConfig.decode(config)
         set_process_role(f"the Ray partition actor {index} of namespace {self._config.namespace!r}")
         for module in self._config.app_modules:
@@ -198,12 +198,15 @@ class PartitionActor:
             send=self._send,
         )
         self._fenced: PartitionUnavailable | None = None
+        self._init_s = time.time() - self._started_at
+        self._opened_at: float | None = None
         self._opened = loop.create_task(self._open())
 
     async def _open(self) -> None:
         while True:
             try:
                 await self._partition.open()
+                self._opened_at = time.time()
                 return
             except PartitionUnavailable as exc:
                 # Fencing: the old owner still holds the file. Wait for it to go.
@@ -257,12 +260,21 @@ class PartitionActor:
         self._executor.close()
 
     async def status(self) -> dict[str, Any]:
-        """PID, node, partition count, this partition's run counts, and the deployment's
-        config as :meth:`EngineConfig.public` shows it (no credentials)."""
+        """PID, node, partition count, this partition's run counts, the deployment's config
+        as :meth:`EngineConfig.public` shows it (no credentials), and when this incarnation
+        started: ``started`` has ``at`` (``__init__`` entered, epoch seconds), ``init_s``
+        (app imports and set-up), ``opened_at``, and the partition's ``store_s``, ``load_s``,
+        ``recover_s`` and ``recovered_at`` (see ``Partition.recovery``)."""
         await self._opened
         return {
             "index": self._index,
             "pid": os.getpid(),
+            "started": {
+                "at": self._started_at,
+                "init_s": self._init_s,
+                "opened_at": self._opened_at,
+                **self._partition.recovery,
+            },
             "node_id": ray.get_runtime_context().get_node_id(),
             "node_ip": ray.util.get_node_ip_address(),
             "partitions": self._config.partitions,
@@ -293,6 +305,10 @@ class ConsumerActor:
     """The archive's stream consumer as a Ray actor; restarts resume from the archive."""
 
     async def __init__(self, config: bytes) -> None:
+        # Imported here, not with the module: pyarrow, pyiceberg and DuckDB cost a partition
+        # actor (which shares this module) about a second on every restart.
+        from duraflow.cdc.consumer import Consumer
+
         self._config = EngineConfig.decode(config)
         handles = [
             ray.get_actor(actor_name(i), namespace=self._config.namespace)

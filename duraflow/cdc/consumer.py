@@ -45,6 +45,7 @@ from duraflow.storage.iceberg import (
     expire_all_but,
     resume_offsets,
 )
+from duraflow.storage.layout import archive_paths
 from duraflow.storage.warm import (
     Segment,
     delete_segments,
@@ -77,12 +78,6 @@ PENDING_ROWS_IN_MEMORY = 1_000_000
 their segments: the commit is behind, say a warehouse that is down)."""
 OPEN_RETRY_MAX_S = 10.0
 """Longest pause between attempts to open an archive that cannot be opened (S3 down, say)."""
-
-
-def archive_paths(data_dir: Path) -> tuple[Path, Path]:
-    """(archive folder, warm segment folder) of a data directory."""
-    root = data_dir / "archive"
-    return root, root / "warm"
 
 
 @dataclass

@@ -85,12 +85,17 @@ class ActivityFailed(Event, tag="workflow.activity_failed"):
 
 
 class ActivityRetry(Event, tag="workflow.step.retry"):
+    """Attempt ``attempt`` failed; the next one runs after ``delay_ms`` (seed 004's
+    ``delay``), at ``next_attempt_at_us``. ``max_attempts`` is the policy's (0: unlimited)."""
+
     seq: int
     activity: str
     attempt: int
     error_type: str
     error_message: str
     next_attempt_at_us: int
+    max_attempts: int = 0
+    delay_ms: int = 0
 
 
 class ActivityCancelled(Event, tag="workflow.activity_cancelled"):
@@ -144,20 +149,28 @@ class ChildFailed(Event, tag="workflow.child_failed"):
 
 
 class WorkflowCompleted(Event, tag="workflow.completed"):
+    """The run returned ``result``. ``duration_ms`` (on every closing event) counts from the
+    run's start; ``status`` is seed 001's field (always ``"completed"`` here)."""
+
     result: bytes
+    status: str = "completed"
+    duration_ms: int = 0
 
 
 class WorkflowFailed(Event, tag="workflow.failed"):
     error_type: str
     error_message: str
+    duration_ms: int = 0
 
 
 class WorkflowCancelled(Event, tag="workflow.cancelled"):
     reason: str = ""
+    duration_ms: int = 0
 
 
 class WorkflowTerminated(Event, tag="workflow.terminated"):
     reason: str = ""
+    duration_ms: int = 0
 
 
 AnyEvent = (

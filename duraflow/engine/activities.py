@@ -20,14 +20,10 @@ import msgspec
 
 from duraflow.engine.definitions import ActivityDefinition
 from duraflow.engine.payloads import activity_types, decode_args, encode_result
-from duraflow.errors import DuraflowError, PayloadError
+from duraflow.errors import ActivityCancelledError, PayloadError
 from duraflow.storage.codec import encode, error_text
 
 DEFAULT_ACTIVITY_THREADS = 64
-
-
-class ActivityCancelledError(DuraflowError):
-    """Raised by :func:`heartbeat` when this attempt is no longer wanted (timed out, cancelled)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +187,8 @@ async def run_async_attempt(task: ActivityTask, *, interruptible: bool = False) 
 
 
 class InlineExecutor:
-    """Runs attempts in the host process: sync functions on threads, async ones on the loop.
+    """Runs attempts in the host process: sync functions on threads, async ones on the loop
+    of the partition that starts them (``loop`` when called outside any).
 
     Note:
         A sync activity that never returns keeps its thread; the threads are daemons, so such
@@ -212,8 +209,13 @@ class InlineExecutor:
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
         if task.definition.is_async:
-            running = self._loop.create_task(run_async_attempt(task))
-            task.cancel_hook = lambda: self._loop.call_soon_threadsafe(running.cancel)
+            # On the calling partition's loop: in-process, each partition has its own.
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = self._loop
+            running = loop.create_task(run_async_attempt(task))
+            task.cancel_hook = lambda: loop.call_soon_threadsafe(running.cancel)
             running.add_done_callback(lambda t: done(t.result()))
             return
         with self._lock:

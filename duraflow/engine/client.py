@@ -8,9 +8,13 @@ and the Ray host implement (httpx's transport seam).
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import datetime as dt
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
@@ -27,8 +31,10 @@ from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import (
     ConfigurationError,
+    PartitionUnavailable,
     PayloadError,
     QueryError,
+    QueryTimeout,
     ResultTimeout,
     WorkflowCancelledError,
     WorkflowFailedError,
@@ -38,6 +44,8 @@ from duraflow.errors import (
 from duraflow.storage.codec import decode, encode
 
 T = TypeVar("T")
+RUNNER_CLOSE_WAIT_S = 5.0
+"""How long closing a client waits for its loop's tasks to end, then for its thread."""
 
 
 class Host(Protocol):
@@ -85,19 +93,43 @@ class BlockingRunner:
             target=self._loop.run_forever, name="duraflow-client", daemon=True
         )
         self._thread.start()
+        self._closing = False
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("blocking duraflow calls cannot run on the client's own loop")
-        return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        try:
+            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
+        except concurrent.futures.CancelledError:
+            if not self._closing:
+                raise
+            raise PartitionUnavailable(
+                "the client was closed (client.close() or engine.close()) while this call "
+                "waited for a partition"
+            ) from None
 
     def close(self) -> None:
+        """End what still runs on the loop (as ``asyncio.run`` does when it returns), then
+        stop the loop and its thread. A task left pending would be destroyed later, maybe
+        after its host is gone (a Ray call then hangs the process at exit)."""
         if self._loop.is_closed():
             return
+        self._closing = True
+        with contextlib.suppress(concurrent.futures.TimeoutError):
+            ending = asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self._loop)
+            ending.result(timeout=RUNNER_CLOSE_WAIT_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=RUNNER_CLOSE_WAIT_S)
         self._loop.close()
+
+
+async def _cancel_other_tasks() -> None:
+    this = asyncio.current_task()
+    others = [task for task in asyncio.all_tasks() if task is not this]
+    for task in others:
+        task.cancel()
+    await asyncio.gather(*others, return_exceptions=True)
 
 
 class WorkflowHandle:
@@ -165,22 +197,47 @@ class WorkflowHandle:
         """Blocking twin of :meth:`signal_async`."""
         self._client._block(self.signal_async(name, payload, request_id=request_id))
 
-    async def query_async(self, name: str, *args: Any) -> Any:
+    async def query_async(self, name: str, *args: Any, timeout: Duration | None = None) -> Any:
         """Ask the run's query handler ``name``; read-only, writes no history.
+
+        Args:
+            timeout: give up after this long (default: wait). A query still queued at its
+                partition then is not run at all.
 
         Raises:
             UnknownQuery: the run has no such handler. WorkflowClosed: the run closed.
-            QueryFailed: the handler raised.
+            QueryFailed: the handler raised, changed the run's state, or blocked its
+                partition (README "Rules for workflow code").
+            QueryTimeout: ``timeout`` elapsed first (its partition is busy, or the handler
+                is slow).
+
+        Note:
+            A handler that has started cannot be stopped: the timeout frees the caller, and
+            the partition is held until the handler returns.
         """
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
         data = encode(list(args), f"arguments of query {name!r}")
-        reply = await self._call(
-            m.Query(workflow_id=self.workflow_id, run_id=self.run_id, name=name, args=data)
+        request = m.Query(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            name=name,
+            args=data,
+            deadline_us=None if seconds is None else round((time.time() + seconds) * 1e6),
         )
+        if seconds is None:
+            return decode(await self._call(request))
+        try:
+            reply = await asyncio.wait_for(self._call(request), seconds)
+        except asyncio.TimeoutError:
+            raise QueryTimeout(
+                f"query {name!r} of workflow {self.workflow_id!r} got no answer within "
+                f"{seconds:g}s (its partition is busy, or the handler is slow)"
+            ) from None
         return decode(reply)
 
-    def query(self, name: str, *args: Any) -> Any:
+    def query(self, name: str, *args: Any, timeout: Duration | None = None) -> Any:
         """Blocking twin of :meth:`query_async`."""
-        return self._client._block(self.query_async(name, *args))
+        return self._client._block(self.query_async(name, *args, timeout=timeout))
 
     async def cancel_async(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` and may clean up."""
@@ -342,6 +399,8 @@ class Client:
         self._batcher = Batcher(host)
         self._runner = runner
         self._archive = archive
+        self._subscriptions: weakref.WeakSet[Subscription] = weakref.WeakSet()
+        self._subscriptions_lock = threading.Lock()  # subscribe and close, from any thread
 
     @classmethod
     def connect(cls, address: str = "auto", *, namespace: str = "duraflow") -> Client:
@@ -357,7 +416,12 @@ class Client:
         return cls(host, BlockingRunner(), archive)
 
     def close(self) -> None:
-        """Stop this client's background loop (a connected client; an engine's closes with it)."""
+        """Close every subscription of this client (their readers' loops end), then stop its
+        background loop (an engine's client closes with the engine). Idempotent."""
+        with self._subscriptions_lock:
+            subscriptions = list(self._subscriptions)
+        for subscription in subscriptions:
+            subscription.close()
         self._runner.close()
 
     def _block(self, coro: Coroutine[Any, Any, T]) -> T:
@@ -476,16 +540,19 @@ class Client:
         Args:
             event_types: e.g. ``["workflow.completed"]`` (default: every type).
             workflow_type, workflow_id: only events of these workflows.
-            from_: ``"latest"`` (only new events, default), ``"earliest"`` (everything still
-                in the partitions) or ``subscription.offsets`` saved earlier, to resume.
+            from_: ``"latest"`` (events committed after this call returns; default),
+                ``"earliest"`` (everything still in the partitions) or
+                ``subscription.offsets`` saved earlier, to resume.
             buffer: events held for a slow reader; when full, reading from partitions pauses
                 (workflows are never slowed down).
 
         Returns:
             A Subscription: iterate it with ``for`` or ``async for``; ``.offsets`` says where it
-            is; close it when done.
+            is. Close it when done (``close()``, or ``with`` / ``async with``); one that nothing
+            refers to any more (a ``for`` loop over ``client.subscribe()`` left early) closes
+            itself, and ``client.close()`` / ``engine.close()`` close every one.
         """
-        return Subscription(
+        subscription = Subscription(
             self._host,
             self._runner,
             event_types=event_types,
@@ -494,6 +561,9 @@ class Client:
             from_=from_,
             buffer=buffer,
         )
+        with self._subscriptions_lock:
+            self._subscriptions.add(subscription)
+        return subscription
 
     def duckdb(self) -> Any:
         """A DuckDB session over the archive: views ``history``, ``workflows`` and

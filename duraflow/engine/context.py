@@ -204,6 +204,8 @@ class WorkflowContext:
         """Answer queries named ``name`` with ``handler(*args)`` (sync, read-only)."""
         if asyncio.iscoroutinefunction(handler):
             raise TypeError(f"query handler {name!r} must be a plain function, not async")
+        if self._run._in_query:  # reason: the run and its context are one unit
+            raise RuntimeError("query handlers are read-only: they cannot set query handlers")
         self._run.query_handlers[name] = handler
 
     async def start_child(

@@ -93,6 +93,11 @@ class WorkflowLoop(asyncio.AbstractEventLoop):
         if not handle.cancelled():
             self._ready.append(handle)
 
+    def ready_count(self) -> int:
+        """Callbacks waiting to run (none between activations, unless a query handler woke
+        workflow code)."""
+        return len(self._ready)
+
     def run_until_idle(self) -> None:
         """Run ready callbacks, FIFO, until none is left (the loop's only way to run)."""
         previous = events._get_running_loop()

@@ -16,12 +16,15 @@ import contextlib
 import random
 import sys
 import zlib
+from asyncio import events
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from duraflow.cdc import events as ev
+from duraflow.engine import guard
 from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
 from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
+from duraflow.engine.guard import Watch
 from duraflow.engine.loop import WorkflowLoop
 from duraflow.engine.payloads import (
     activity_types,
@@ -30,7 +33,14 @@ from duraflow.engine.payloads import (
     encode_args,
     workflow_types,
 )
-from duraflow.errors import ActivityError, ChildWorkflowError, NonDeterminismError, PayloadError
+from duraflow.errors import (
+    ActivityError,
+    ChildWorkflowError,
+    NonDeterminismError,
+    PayloadError,
+    WorkflowBlocked,
+    WorkflowCodeError,
+)
 from duraflow.storage.codec import decode, encode, error_text
 
 PYTHON_VERSION = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -44,6 +54,11 @@ class _Divergence(BaseException):
 
 class _Discarded(BaseException):
     """Unwinds workflow code of a run that was dropped from memory."""
+
+
+class QueryChangedState(WorkflowCodeError):
+    """A query handler changed the run's state; the partition rebuilds the run from history
+    and answers the query with QueryFailed."""
 
 
 class ActivityRequest:
@@ -95,13 +110,20 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
 
 
 class WorkflowRun:
-    """One run of a workflow, resident in memory, driven by activations."""
+    """One run of a workflow, resident in memory, driven by activations.
+
+    With a ``watch`` (its partition's), activations and query handlers are timed: code that
+    holds the partition past the watch's threshold raises WorkflowBlocked when it returns,
+    and a thread started from it is refused (``duraflow.engine.guard``).
+    """
 
     def __init__(
         self,
         definition: WorkflowDefinition,
         started: ev.WorkflowStarted,
         recorded: dict[tuple[str, int], ev.Event] | None = None,
+        *,
+        watch: Watch | None = None,
     ) -> None:
         self.definition = definition
         self.started = started
@@ -137,6 +159,7 @@ class WorkflowRun:
         self._divergence: str | None = None
         self._in_query = False
         self._discarded = False
+        self._watch = watch
 
     @property
     def random(self) -> random.Random:
@@ -157,7 +180,22 @@ class WorkflowRun:
 
         Raises:
             NonDeterminismError: while replaying, the code issued something history does not hold.
+            WorkflowBlocked: the code held its partition past the watch's threshold (the
+                commands it issued are dropped with the run).
         """
+        watch = self._watch
+        if watch is None:
+            return self._activate(event)
+        watch.enter(self.info.workflow_id, event)
+        try:
+            issued = self._activate(event)
+        finally:
+            held_s = watch.leave()
+        if held_s:
+            raise WorkflowBlocked(watch.blocked_message(held_s))
+        return issued
+
+    def _activate(self, event: ev.Event) -> list[ev.Event]:
         self.loop.set_time(event.at_us / 1e6)
         self._apply(event)
         self.loop.run_until_idle()
@@ -240,6 +278,7 @@ class WorkflowRun:
         main = self._main
         assert main is not None
         base = self._event_base(at_us)
+        base["duration_ms"] = max(0, (at_us - self.started.at_us) // 1000)
         if main.cancelled():
             self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
             return
@@ -391,15 +430,55 @@ class WorkflowRun:
     def query(self, name: str, args: Sequence[Any]) -> Any:
         """Call the query handler ``name``; read-only, never writes history.
 
+        The handler runs with the run's loop as the running loop, so whatever it schedules
+        lands there, where it is seen (and never reaches the partition's own loop).
+
         Raises:
             KeyError: no handler of that name (the caller turns it into UnknownQuery).
+            WorkflowBlocked: the handler held the partition past the watch's threshold.
+            QueryChangedState: the handler changed what the run will do next: it woke
+                workflow code, or rebound or resized a variable it shares with the workflow.
+            BaseException: whatever the handler raised.
         """
         handler = self.query_handlers[name]
+        before = guard.captured(handler)
+        watch = self._watch
+        previous = events._get_running_loop()
+        events._set_running_loop(self.loop)
         self._in_query = True
+        if watch is not None:
+            watch.enter(self.info.workflow_id, name)
+        error: BaseException | None = None
+        value = None
         try:
-            return handler(*args)
+            value = handler(*args)
+        except BaseException as exc:  # reason: raised below, after the checks that outrank it
+            error = exc
         finally:
+            held_s = watch.leave() if watch is not None else 0.0
             self._in_query = False
+            events._set_running_loop(previous)
+        if held_s:
+            assert watch is not None
+            raise WorkflowBlocked(watch.blocked_message(held_s))
+        changed = self._changed_by_query(handler, before)
+        if changed:
+            raise QueryChangedState(
+                f"query handler {name!r} of workflow {self.info.workflow_id!r} changed the "
+                f"run's state ({changed}): query handlers must only read, since a replay, "
+                "which runs no queries, would not see the change; the run is rebuilt from "
+                "its history"
+            )
+        if error is not None:
+            raise error
+        return value
+
+    def _changed_by_query(self, handler: Callable[..., Any], before: list[Any]) -> str:
+        if self.loop.ready_count():
+            return "it woke workflow code: it resolved a future, set an event or cancelled a task"
+        if guard.captured(handler) != before:
+            return "it rebound or resized a variable it shares with the workflow"
+        return ""
 
     def open_children(self) -> list[int]:
         """Sequence numbers of children started and not yet resolved."""
@@ -419,9 +498,9 @@ class WorkflowRun:
 
 
 def rebuild(
-    definition: WorkflowDefinition, history: Sequence[ev.Event]
+    definition: WorkflowDefinition, history: Sequence[ev.Event], *, watch: Watch | None = None
 ) -> tuple[WorkflowRun, list[ev.Event]]:
-    """Rebuild a run by replaying its recorded history.
+    """Rebuild a run by replaying its recorded history (each activation timed by ``watch``).
 
     Returns:
         The resident run, and the commands its code issued that history does not hold yet
@@ -430,6 +509,7 @@ def rebuild(
     Raises:
         NonDeterminismError: the code diverged from history, or history was recorded on
             another Python minor version.
+        WorkflowBlocked: an activation held the partition past the watch's threshold.
     """
     started = history[0]
     if not isinstance(started, ev.WorkflowStarted):
@@ -443,7 +523,7 @@ def rebuild(
             "minor versions; finish it on the version that started it"
         )
     recorded = {command_key(e): e for e in history if isinstance(e, ev.COMMANDS)}
-    run = WorkflowRun(definition, started, recorded)
+    run = WorkflowRun(definition, started, recorded, watch=watch)
     new: list[ev.Event] = []
     for event in history:
         if isinstance(event, ev.RESOLUTIONS):
@@ -451,9 +531,12 @@ def rebuild(
     leftover = sorted(recorded.values(), key=lambda e: e.event_id)
     if leftover:
         first = leftover[0]
+        if new:  # the code went on where history closed (or did something else)
+            issued = f"replayed code issued {describe_command(new[0])} instead"
+        else:
+            issued = "but the replayed code never issued it"
         raise NonDeterminismError(
-            f"event {first.event_id}: history recorded {describe_command(first)}, but the "
-            "replayed code never issued it"
+            f"event {first.event_id}: history recorded {describe_command(first)}, {issued}"
         )
     run._recorded = None  # reason: replay is over; the run is live from here
     return run, new

@@ -11,6 +11,8 @@ Note:
 
 from __future__ import annotations
 
+import json
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -24,13 +26,16 @@ from sqlalchemy.exc import SQLAlchemyError
 from duraflow.config import S3Config  # also importable from here, as before
 from duraflow.errors import ConfigurationError
 from duraflow.storage.archive_schema import TABLES, TableSpec
+from duraflow.storage.layout import catalog_path, warehouse_dir
 
 NAMESPACE = "duraflow"
 CATALOG_NAME = "duraflow"
-CATALOG_FILE = "catalog.sqlite"
 OPEN_ATTEMPTS = 4
 """Tries at opening the catalog database (a concurrent first opening can fail once)."""
-WAREHOUSE_DIR = "warehouse"
+RELOCATE_COMMAND = "duraflow relocate-archive --data-dir"
+OFFSET_PREFIX = "duraflow.offset."
+"""Table properties ``duraflow.offset.<partition>``: the highest LSN of each partition that
+the table holds (storage/iceberg.py: commit)."""
 URL_SPECIAL = ("%", "#", "?")
 """Characters a local archive path cannot hold (they mean something in a URL)."""
 ROW_GROUP_ROWS = 16_384
@@ -138,12 +143,13 @@ def open_archive(
     root = Path(archive_dir).resolve()
     _check_path(root)
     root.mkdir(parents=True, exist_ok=True)
-    location = _warehouse_uri(root, warehouse)
+    location = warehouse_uri(root, warehouse)
     if location.startswith("s3://"):
         s3 = s3 or S3Config()
     elif s3 is not None:
         raise ConfigurationError(f"S3 settings were given for a local warehouse {location!r}")
-    properties = {"uri": f"sqlite:///{root / CATALOG_FILE}", "warehouse": location}
+    check_table_locations(root, location)
+    properties = {"uri": f"sqlite:///{catalog_path(root)}", "warehouse": location}
     if s3 is not None:
         properties |= catalog_properties(s3)
     for attempt in range(1, OPEN_ATTEMPTS + 1):
@@ -165,9 +171,11 @@ def open_archive(
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _warehouse_uri(root: Path, warehouse: str | None) -> str:
+def warehouse_uri(root: Path, warehouse: str | None) -> str:
+    """The warehouse of the archive in ``root``: ``warehouse`` as a URI, or the default
+    ``file://<root>/warehouse``; a local one is created."""
     if warehouse is None:
-        folder = root / WAREHOUSE_DIR
+        folder = warehouse_dir(root)
     elif warehouse.startswith("s3://"):
         if not warehouse.removeprefix("s3://").strip("/"):
             raise ConfigurationError(f"an S3 warehouse needs a bucket: {warehouse!r}")
@@ -181,6 +189,81 @@ def _warehouse_uri(root: Path, warehouse: str | None) -> str:
     _check_path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     return f"file://{folder}"  # not as_uri(): pyiceberg does not unquote %20 and the like
+
+
+def recorded_locations(root: Path) -> dict[str, str]:
+    """Each archive table's metadata location, as the catalog in ``root`` records it (empty
+    without a catalog). Reads only."""
+    path = catalog_path(root)
+    if not path.is_file():
+        return {}
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        raise ConfigurationError(f"cannot read the archive's catalog {path}: {exc}") from None
+    try:
+        rows = conn.execute(
+            "SELECT table_name, metadata_location FROM iceberg_tables "
+            "WHERE catalog_name = ? AND table_namespace = ?",
+            (CATALOG_NAME, NAMESPACE),
+        ).fetchall()
+    except sqlite3.OperationalError:  # no tables created yet
+        return {}
+    except sqlite3.Error as exc:
+        raise ConfigurationError(f"cannot read the archive's catalog {path}: {exc}") from None
+    finally:
+        conn.close()
+    return {str(name): str(where) for name, where in rows if where}
+
+
+def check_table_locations(root: Path, location: str) -> None:
+    """Refuse an archive whose catalog records its tables outside ``location``, the warehouse
+    this data directory uses.
+
+    Iceberg records absolute locations (in the catalog, and in every metadata and manifest
+    file), so the catalog of a copied data directory still points at the original's tables:
+    writing through it would add files to the original's warehouse and delete some of them.
+
+    Raises:
+        ConfigurationError: naming both places and the ways out.
+    """
+    for table, metadata in sorted(recorded_locations(root).items()):
+        if metadata.startswith(location.rstrip("/") + "/"):
+            continue
+        where = metadata.split(f"/{NAMESPACE}/{table}/metadata/")[0]
+        data_dir = root.parent
+        raise ConfigurationError(
+            f"the archive's catalog {catalog_path(root)} records its tables in {where}, not "
+            f"in the warehouse this data directory uses, {location}: was the data directory "
+            f"copied or moved? (Iceberg records absolute paths, and writing through them would "
+            f"change the files there.) To point this archive at its own copy of the files, "
+            f"run '{RELOCATE_COMMAND} {data_dir}'; to start a new archive instead, remove "
+            f"{root} (the runs already pruned from the partitions are then only in the old "
+            f"one); if the archive's warehouse was set, open with that warehouse."
+        )
+
+
+def archived_offsets(root: Path) -> dict[int, int]:
+    """The highest LSN of each partition that any table of the local archive in ``root``
+    holds, read from the tables' current metadata files (no pyiceberg: cheap enough for every
+    opening). Empty for an archive in S3, or one whose metadata cannot be read."""
+    offsets: dict[int, int] = {}
+    for metadata in recorded_locations(root).values():
+        if not metadata.startswith("file://"):
+            continue
+        try:
+            properties = json.loads(Path(metadata.removeprefix("file://")).read_bytes())
+            properties = properties.get("properties", {})
+            found = {
+                int(key.removeprefix(OFFSET_PREFIX)): int(value)
+                for key, value in properties.items()
+                if key.startswith(OFFSET_PREFIX)
+            }
+        except (OSError, ValueError, AttributeError):
+            continue  # the consumer, opening it with pyiceberg, will say what is wrong
+        for partition, lsn in found.items():
+            offsets[partition] = max(lsn, offsets.get(partition, 0))
+    return offsets
 
 
 def _check_path(folder: Path) -> None:

@@ -52,9 +52,8 @@ from duraflow.storage.archive_schema import (
     drop_duplicates,
     max_lsns,
 )
-from duraflow.storage.catalog import Archive
+from duraflow.storage.catalog import OFFSET_PREFIX, Archive
 
-OFFSET_PREFIX = "duraflow.offset."
 COMMIT_ATTEMPTS = 5
 LOOKUP_FILTER_MAX_IDS = 1_000
 """Above this many workflow IDs, looking up archived runs skips pyiceberg's file pruning by ID

@@ -20,6 +20,15 @@ import msgspec
 from duraflow.cdc.events import AnyEvent, Event, decode_event, encode_event, event_type
 from duraflow.config import SYNCHRONOUS_MODES
 from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.storage.partition_file import (
+    FileStamp,
+    check_file,
+    check_stamp,
+    damaged,
+    read_stamp,
+    schema_version,
+    write_stamp,
+)
 from duraflow.storage.schema import migrate
 
 BUSY_TIMEOUT_MS = 5000
@@ -83,28 +92,68 @@ _ACTIVITY_COLUMNS = (
 class PartitionStore:
     """The SQLite file of one partition. Single writer: only its partition uses it."""
 
-    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+    def __init__(
+        self,
+        path: Path,
+        synchronous: str = "FULL",
+        *,
+        stamp: FileStamp | None = None,
+        create: bool = False,
+    ) -> None:
+        """Open (or with ``create``, make) the partition file at ``path``.
+
+        Args:
+            path: the file.
+            synchronous: SQLite ``synchronous`` mode.
+            stamp: the deployment, partition and count the file must belong to; a file made
+                before stamps existed is stamped with it. None: not checked (tools, tests).
+            create: make a new file (stamped with ``stamp``); without it a missing file is
+                an error, never created.
+
+        Raises:
+            ConfigurationError: the file is missing, empty, damaged, not a partition file,
+                or stamped for another deployment, partition or count (the message names
+                it); an unknown ``synchronous`` mode.
+            PartitionUnavailable: another live process holds the file.
+        """
         mode = synchronous.upper()
         if mode not in SYNCHRONOUS_MODES:
             raise ConfigurationError(
                 f"synchronous must be one of {SYNCHRONOUS_MODES}, got {synchronous!r}"
             )
-        path.parent.mkdir(parents=True, exist_ok=True)
+        if create:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        else:
+            check_file(path)  # before connect(), which would make a missing file anew
         self.path = path
         self._lock_fd = _take_lock(path.with_name(path.name + ".lock"))
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        except BaseException:
+        except BaseException as exc:
             os.close(self._lock_fd)  # a failed open keeps no lock: a retry can take it
+            if isinstance(exc, sqlite3.Error):
+                raise damaged(path, exc) from None
             raise
         try:
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute(f"PRAGMA synchronous={mode}")
-            self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
-            migrate(self._conn)
-        except BaseException:
+            self._setup(mode, stamp, create)
+        except BaseException as exc:
             self.close()
+            if isinstance(exc, sqlite3.Error):
+                raise damaged(path, exc) from None
             raise
+
+    def _setup(self, mode: str, stamp: FileStamp | None, create: bool) -> None:
+        self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
+        if not create:  # first, so nothing is written to a file that is not ours
+            schema_version(self._conn, self.path)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(f"PRAGMA synchronous={mode}")
+        migrate(self._conn)
+        if stamp is not None:
+            found = read_stamp(self._conn)
+            check_stamp(self.path, found, stamp)
+            if found is None:  # new, or made before stamps existed
+                write_stamp(self._conn, stamp)
 
     def close(self) -> None:
         self._conn.close()

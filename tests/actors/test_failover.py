@@ -63,7 +63,8 @@ MULTINODE_SCRIPT = Path(__file__).with_name("multinode_script.py")
 PARTITIONS = 2
 POLL_S = 0.02
 RESTART_LIMIT_S = 15.0
-"""Ray restarts a killed actor in about a second; this allows for a loaded 2-core machine."""
+"""A killed partition serves again 2-4 s after the kill here (`./dev bench restart`); this allows
+for a loaded 2-core machine."""
 SHORT_RETRY_WINDOW_S = 0.3
 """A client retry window shorter than a restart, so calls during it raise PartitionUnavailable."""
 

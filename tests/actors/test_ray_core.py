@@ -295,7 +295,15 @@ def rc_gadget() -> dict[str, float]:
 
 
 GADGETS = 4
-HOLD_S = 1.5
+HOLD_S = 2.5
+"""How long the gadget holders keep theirs once all are taken: longer than GADGET_HEARTBEAT_S,
+so the one left waiting waits longer than its heartbeat timeout."""
+GADGET_HEARTBEAT_S = 2.0
+"""The holders heartbeat every 50 ms: a timeout 40 times that survives a loaded machine."""
+STAMP_TIMEOUT_S = 1.5
+HOG_S = 3.5
+"""The hog holds every gadget 2 s longer than STAMP_TIMEOUT_S (the stamp waits about that
+long: the 2 s cover noticing that the hog holds them on a loaded machine)."""
 
 
 @df.activity(num_cpus=0.25, resources={"gadget": 1})
@@ -324,10 +332,17 @@ def rc_gadget_hold(board: str, key: str, total: int) -> dict[str, Any]:
 
 
 @df.activity(num_cpus=0.25, resources={"gadget": GADGETS})
-def rc_gadget_hog(seconds: float) -> float:
+def rc_gadget_hog(board: str, key: str, seconds: float) -> float:
     """Holds every gadget for ``seconds``; returns when it let go (wall clock)."""
+    note(board, key, "hog holds every gadget")
     time.sleep(seconds)
     return time.time()
+
+
+@df.activity(inline=True)
+def rc_wait_for_note(board: str, key: str, label: str) -> None:
+    """Returns once ``label`` is on the board (what another activity has done)."""
+    wait_until(lambda: notes(board, key)[label], timeout=60, what=label)
 
 
 @df.activity(num_cpus=0.25, resources={"gadget": 1})
@@ -494,18 +509,23 @@ async def rc_where(ctx: df.WorkflowContext) -> dict[str, Any]:
 async def rc_gadgets(ctx: df.WorkflowContext, board: str, key: str, n: int) -> dict[str, Any]:
     # The one that waits for a gadget waits longer than its heartbeat timeout: waiting to run
     # does not count, only silence once it runs (a single attempt, so a timeout would show).
-    options = {"heartbeat_timeout": 0.5, "retry": df.RetryPolicy(maximum_attempts=1)}
+    options = {
+        "heartbeat_timeout": GADGET_HEARTBEAT_S,
+        "retry": df.RetryPolicy(maximum_attempts=1),
+    }
     held = await asyncio.gather(
         *(ctx.activity(rc_gadget_hold, board, key, n, **options) for _ in range(n))
     )
     single = await ctx.activity(rc_gadget)
     # start_to_close counts from the start too: an attempt that waits for the hog to let go
     # of every gadget, longer than its start_to_close_timeout, still gets its full time to run
-    hog = ctx.activity(rc_gadget_hog, 1.5)
-    await asyncio.sleep(0.3)  # the hog takes the gadgets first
+    hog = asyncio.ensure_future(ctx.activity(rc_gadget_hog, board, key, HOG_S))
+    await ctx.activity(rc_wait_for_note, board, key, "hog holds every gadget")
     submitted = ctx.time()
     stamp = ctx.activity(
-        rc_gadget_stamp, start_to_close_timeout=0.8, retry=df.RetryPolicy(maximum_attempts=1)
+        rc_gadget_stamp,
+        start_to_close_timeout=STAMP_TIMEOUT_S,
+        retry=df.RetryPolicy(maximum_attempts=1),
     )
     released, started = await asyncio.gather(hog, stamp)
     return {
@@ -623,17 +643,17 @@ def test_start_to_close_timeout_cancels_the_ray_task(
     handle = ray_client.start(
         rc_run,
         name,
-        [board, key, 20.0],
+        [board, key, 120.0],
         {"start_to_close_timeout": 0.5, "retry": retry},
         True,
         workflow_id=key,
     )
 
-    result = handle.result(timeout=30)
+    result = handle.result(timeout=60)
 
     assert ["TimeoutError", 2] == [result["error"][1], result["error"][3]]
     assert "start_to_close_timeout of 0.5s elapsed" in result["error"][2]
-    assert result["elapsed"] < 10
+    assert result["elapsed"] < 60  # cut short: each attempt would run 120 s
     # ray.cancel reached both attempts: each noted its interruption, neither finished
     seen = wait_until(
         lambda: (
@@ -650,12 +670,21 @@ def test_start_to_close_timeout_cancels_the_ray_task(
 # -- heartbeats ----------------------------------------------------------------------------------
 
 
+RAY_HEARTBEAT_TIMEOUT_S = 3.0
+"""Heartbeats every 0.1 s under a 3 s timeout: only a 3 s stall on a loaded machine could
+time them out (how heartbeats keep an activity alive is tested exactly on a stepped clock,
+in tests/test_activities.py; here, that they travel from Ray tasks)."""
+
+
 def test_heartbeats_from_ray_tasks_reach_the_partition(ray_client: df.Client, board: str) -> None:
     client = ray_client
-    options = {"heartbeat_timeout": 1.0, "retry": {**FAST, "maximum_attempts": 3}}
+    options = {
+        "heartbeat_timeout": RAY_HEARTBEAT_TIMEOUT_S,
+        "retry": {**FAST, "maximum_attempts": 3},
+    }
     # heartbeats keep activities running longer than their heartbeat timeout alive
     alive = [
-        client.start(rc_run, name, [board, 2.0, 0.1], options, True)
+        client.start(rc_run, name, [board, RAY_HEARTBEAT_TIMEOUT_S + 1.0, 0.1], options, True)
         for name in ("rc_heartbeating", "rc_async_heartbeating")
     ]
     # details of attempt 1 reach attempt 2, after an error and after a heartbeat timeout
@@ -663,12 +692,14 @@ def test_heartbeats_from_ray_tasks_reach_the_partition(ray_client: df.Client, bo
     after_silence = client.start(rc_run, "rc_resume_after_silence", [board], options, True)
 
     for handle in alive:
-        result = handle.result(timeout=30)
-        assert 10 <= result["ok"]["beats"], result
+        result = handle.result(timeout=60)
+        # it ran longer than its heartbeat timeout, beating all along (how often depends on
+        # the machine's load: a heartbeat from a Ray task is a call to the partition actor)
+        assert result["elapsed"] > RAY_HEARTBEAT_TIMEOUT_S and 2 <= result["ok"]["beats"], result
         assert result["ok"]["pid"] not in partition_pids(client)
         assert {"attempt 1": 1} == notes(board, handle.workflow_id)
-    assert {"attempt": 2, "resumed_from": {"done": 3}} == after_error.result(timeout=30)["ok"]
-    assert {"attempt": 2, "resumed_from": {"step": 7}} == after_silence.result(timeout=30)["ok"]
+    assert {"attempt": 2, "resumed_from": {"done": 3}} == after_error.result(timeout=60)["ok"]
+    assert {"attempt": 2, "resumed_from": {"step": 7}} == after_silence.result(timeout=60)["ok"]
     # the silent attempt was cancelled (ray.cancel), not left sleeping
     wait_until(
         lambda: any(
@@ -945,7 +976,7 @@ def test_bad_input_errors_arrive_with_their_duraflow_class(ray_client: df.Client
         "UnknownWorkflowType: unknown workflow type 'rc_no_such_child_type'"
     )
     assert caught["activity_arg"].startswith(
-        "PayloadError: cannot encode arguments of activity 'rc_note'"
+        "PayloadError: cannot encode argument 'board' of activity 'rc_note'"
     )
     cause_type, attempts, message = caught["activity_result"]
     assert ("PayloadError", 1) == (cause_type, attempts)  # from the Ray task, not retried
@@ -1026,5 +1057,5 @@ def test_declared_resources_are_what_ray_assigns_and_what_limits_concurrency(
     assert time.monotonic() - started >= HOLD_S
     assert [{"CPU": 0.25, "gadget": 1.0}] * (GADGETS + 1) == out["held"]
     assert {"CPU": 0.5, "gadget": 1.0} == out["single"]
-    assert out["waited"] > 0.8  # queued longer than its start_to_close_timeout, and then ran
+    assert out["waited"] > STAMP_TIMEOUT_S  # queued longer than its start_to_close_timeout
     assert out["after_release"] > -0.1  # (it ran once the hog let go)

@@ -97,7 +97,18 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
         assert all(getattr(event, f) not in (None, "") for f in COMMON), event
         assert event.lsn > 0 and event.event_id > 0 and event.at_us > 0
     by_type = {_tag(e): e for e in seen}
-    assert "cdc boom" == by_type["workflow.step.retry"].error_message
+    retry = by_type["workflow.step.retry"]
+    assert "cdc boom" == retry.error_message
+    assert (1, 2) == (retry.attempt, retry.max_attempts)
+    assert round((retry.next_attempt_at_us - retry.at_us) / 1000) == retry.delay_ms
+    completed = by_type["workflow.completed"]
+    started = next(
+        e for e in seen if e.run_id == completed.run_id and _tag(e) == "workflow.started"
+    )
+    assert "completed" == completed.status
+    assert (completed.at_us - started.at_us) // 1000 == completed.duration_ms
+    for closing in ("workflow.failed", "workflow.cancelled", "workflow.terminated"):
+        assert by_type[closing].duration_ms >= 0
     assert "ValueError" == by_type["workflow.activity_failed"].error_type
     assert "stop" == by_type["workflow.cancel_requested"].reason
     assert "bye" == by_type["workflow.terminated"].reason
@@ -142,6 +153,20 @@ def test_a_stalled_subscriber_does_not_slow_workflows(any_client: df.Client) -> 
     sub.close()
     assert first is not None and "workflow.started" == _tag(first)
     assert elapsed < 30
+
+
+def test_latest_means_after_subscribe_returns_not_after_the_first_read(
+    any_client: df.Client,
+) -> None:
+    any_client.start(cdc_fails, workflow_id="cdc-before-latest")
+    sub = any_client.subscribe(event_types=["workflow.failed"], from_="latest")
+    any_client.start(cdc_fails, workflow_id="cdc-after-latest").describe()
+    time.sleep(0.2)  # committed well before the first read below
+
+    got = _collect(sub, 1)
+    sub.close()
+
+    assert ["cdc-after-latest"] == [e.workflow_id for e in got]
 
 
 def test_filters_by_workflow_id_and_type_and_bad_filters_are_refused(

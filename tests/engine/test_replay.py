@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime as dt
 import sqlite3
 import sys
 import threading
@@ -34,6 +35,7 @@ from duraflow.engine.definitions import WorkflowDefinition, workflow_definition
 from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
 from duraflow.storage.codec import decode, encode
 from duraflow.storage.sqlite_store import PartitionStore
+from duraflow.testing import WorkflowEnvironment
 
 T = TypeVar("T")
 
@@ -443,20 +445,29 @@ def test_asyncio_timeouts_replay_after_reopen(data_dir: Path) -> None:
 
 
 def test_runs_parked_on_timers_fire_overdue_timers_after_reopen(data_dir: Path) -> None:
+    # On a stepped clock: the engine closes at START and opens again a day later, so the hour
+    # long sleeps fell due while no engine was open. They fire as the partitions open; the
+    # signal timeout that follows fires an hour after that.
+    start = dt.datetime(2026, 2, 1, tzinfo=dt.timezone.utc)
     keys = [f"rp-timer-{i}-{uuid.uuid4().hex[:8]}" for i in range(3)]
-    with open_engine(data_dir) as engine:
-        client = engine.client()
-        handles = [client.start(rp_timer_parked, k, 0.2, workflow_id=k) for k in keys]
+    with WorkflowEnvironment.start_local(
+        data_dir=data_dir, partitions=PARTITIONS, start_time=start
+    ) as env:
+        handles = [env.client.start(rp_timer_parked, k, 3600, workflow_id=k) for k in keys]
         for h in handles:
             wait_phase(h, "sleeping")
-        closed_at = time.monotonic()
-    time.sleep(0.25)  # the timers fall due while no engine is open
 
-    with open_engine(data_dir) as engine:
-        client = engine.client()
-        for k in keys:
-            assert ["a!", "b!", "default"] == client.get_handle(k).result(timeout=10)
-        assert time.monotonic() - closed_at >= 0.4  # the signal timeout ran after the sleep
+    reopened = start + dt.timedelta(days=1)
+    with WorkflowEnvironment.start_time_skipping(
+        data_dir=data_dir, partitions=PARTITIONS, start_time=reopened
+    ) as env:
+        for h in handles:
+            handle = env.client.get_handle(h.workflow_id)
+            assert ["a!", "b!", "default"] == handle.result(timeout=30)
+            fired = [e.at_us for e in handle.history() if isinstance(e, ev.TimerFired)]
+            assert [reopened, reopened + dt.timedelta(hours=1)] == [
+                dt.datetime.fromtimestamp(us / 1e6, tz=dt.timezone.utc) for us in fired
+            ]
     for k in keys:
         assert {"a": 1, "b": 1} == calls_of(k)
 
