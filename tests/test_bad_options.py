@@ -149,6 +149,8 @@ def test_a_config_is_checked_on_every_path_to_it(tmp_path: Path) -> None:
         EngineConfig(data_dir=str(tmp_path), partitions=2, max_resident_runs=-1)
     with pytest.raises(df.ConfigurationError, match="retention must be seconds from 0 to 100"):
         EngineConfig.from_public({**shown, "retention_s": 1e13})
+    with pytest.raises(df.ConfigurationError, match="deadlock_threshold must be seconds above 0"):
+        EngineConfig.from_public({**shown, "deadlock_threshold_s": 0})
     with pytest.raises(df.ConfigurationError, match="activity_threads must be a whole number"):
         EngineConfig.decode(msgspec.msgpack.encode({**shown, "activity_threads": 0}))
     with pytest.raises(df.ConfigurationError, match=r"s3\.region must be a region name"):
