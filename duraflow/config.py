@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Final, Literal, get_args
 
 import msgspec
 
@@ -26,7 +26,7 @@ from duraflow.errors import ConfigurationError
 DEFAULT_DATA_DIR = ".duraflow"
 DEFAULT_PARTITIONS = 4
 DEFAULT_NAMESPACE = "duraflow"
-DEFAULT_SYNCHRONOUS = "FULL"
+DEFAULT_SYNCHRONOUS: Final = "FULL"
 DEFAULT_ACTIVITY_THREADS = 64
 IDLE_BEFORE_HIBERNATE_S = 60.0
 """How long a run waiting on a timer or signal stays in memory before it is dropped."""
@@ -39,7 +39,9 @@ DEADLOCK_THRESHOLD_S = 2.0
 ``await`` before its run is marked stuck (Temporal's deadlock detector uses 2 s too)."""
 HIDDEN = "<hidden>"
 
-SYNCHRONOUS_MODES = ("OFF", "NORMAL", "FULL", "EXTRA")
+Synchronous = Literal["OFF", "NORMAL", "FULL", "EXTRA"]
+"""SQLite ``synchronous`` mode of the partition files (lower case is accepted too)."""
+SYNCHRONOUS_MODES: tuple[str, ...] = get_args(Synchronous)
 """SQLite ``synchronous`` modes a partition file may be opened with."""
 MAX_PARTITIONS = 1024
 """The most partitions a deployment may have (each is a Ray actor, or a file and a share of

@@ -8,7 +8,7 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 
 import msgspec
 
@@ -25,6 +25,7 @@ from duraflow.config import (
     SYNCHRONOUS_MODES,
     EngineConfig,
     S3Config,
+    Synchronous,
     check_namespace,
 )
 from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
@@ -45,7 +46,9 @@ if TYPE_CHECKING:
     from duraflow.cdc.consumer import ConsumerThread
     from duraflow.storage.query import ArchiveReader
 
-RUNTIMES = ("ray", "local")
+Runtime = Literal["ray", "local"]
+"""Where an engine hosts its partitions: Ray actors, or threads of this process."""
+RUNTIMES: tuple[str, ...] = get_args(Runtime)
 ANSWER_MARGIN_S = 10.0
 """How much longer than its own timeout a call to the archive consumer may take to answer."""
 
@@ -101,7 +104,7 @@ def engine_config(
     *,
     partitions: int | None = None,
     namespace: str | None = None,
-    synchronous: str = DEFAULT_SYNCHRONOUS,
+    synchronous: Synchronous = DEFAULT_SYNCHRONOUS,
     activity_threads: int = DEFAULT_ACTIVITY_THREADS,
     max_resident_runs: int | None = None,
     hibernate_after: Duration | None = IDLE_BEFORE_HIBERNATE_S,
@@ -238,9 +241,9 @@ class Engine:
         self,
         data_dir: str | os.PathLike[str] = DEFAULT_DATA_DIR,
         *,
-        runtime: str = "ray",
+        runtime: Runtime = "ray",
         partitions: int | None = None,
-        synchronous: str = DEFAULT_SYNCHRONOUS,
+        synchronous: Synchronous = DEFAULT_SYNCHRONOUS,
         activity_threads: int = DEFAULT_ACTIVITY_THREADS,
         max_resident_runs: int | None = None,
         hibernate_after: Duration | None = IDLE_BEFORE_HIBERNATE_S,

@@ -6,13 +6,17 @@ calls and the partition's outbox (where they are stored as msgpack).
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import msgspec
 
 # Re-exported: replies carry it (its home is the public duraflow.description).
 from duraflow.description import WorkflowDescription as WorkflowDescription
 from duraflow.errors import PayloadError
 
-ID_CONFLICT_POLICIES = ("fail", "use_existing", "terminate_existing")
+IdConflict = Literal["fail", "use_existing", "terminate_existing"]
+"""What ``start`` does when the ID's latest run is still open."""
+ID_CONFLICT_POLICIES: tuple[str, ...] = get_args(IdConflict)
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):

@@ -452,7 +452,7 @@ class Client:
         workflow: Callable[..., Any] | str,
         *args: Any,
         workflow_id: str | None = None,
-        id_conflict: str = "fail",
+        id_conflict: m.IdConflict = "fail",
     ) -> WorkflowHandle:
         """Start a workflow run; returns once its start is durable.
 
@@ -492,7 +492,7 @@ class Client:
         workflow: Callable[..., Any] | str,
         *args: Any,
         workflow_id: str | None = None,
-        id_conflict: str = "fail",
+        id_conflict: m.IdConflict = "fail",
     ) -> WorkflowHandle:
         """Blocking twin of :meth:`start_async`."""
         return self._block(

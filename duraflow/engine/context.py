@@ -12,7 +12,7 @@ import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from duraflow.engine.definitions import (
     ActivityOptions,
@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 _MISSING: Any = object()
 
-PARENT_CLOSE_POLICIES = ("terminate", "request_cancel", "abandon")
+ParentClosePolicy = Literal["terminate", "request_cancel", "abandon"]
+"""What happens to an open child when its parent closes."""
+PARENT_CLOSE_POLICIES: tuple[str, ...] = get_args(ParentClosePolicy)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -213,7 +215,7 @@ class WorkflowContext:
         workflow: Callable[..., Any] | str,
         *args: Any,
         workflow_id: str | None = None,
-        parent_close_policy: str = "terminate",
+        parent_close_policy: ParentClosePolicy = "terminate",
     ) -> ChildWorkflowHandle:
         """Start a child workflow (possibly on another partition) and return its handle.
 
