@@ -51,9 +51,9 @@ MAX_ACTIVITY_THREADS = 1024
 MAX_COUNT = 2**31 - 1
 """The largest count setting (``max_resident_runs``) accepted."""
 MAX_DURATION_S = 100 * 365.25 * 86400.0
-"""The longest duration setting: 100 years, the bound of every duration in duraflow
-(``duraflow.engine.definitions.MAX_DURATION_S``; both modules are leaves, so each holds it and
-tests/test_bad_options.py checks that they agree)."""
+"""The longest duration accepted anywhere (settings, timeouts, sleeps, retry intervals): 100
+years, 3,155,760,000 s. Durations become microsecond timestamps in SQLite INTEGER columns; with
+this bound ``now + duration`` stays below 2**63 microseconds for the next 290,000 years."""
 MAX_RESOURCE = 1e9
 """The largest amount of one custom Ray resource a partition actor may ask for."""
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")

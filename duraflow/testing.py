@@ -31,7 +31,7 @@ from typing import Any
 import msgspec
 
 from duraflow.actors import messages as m
-from duraflow.actors.local_host import LocalHost
+from duraflow.actors.local_host import CLOSE_TIMEOUT_S, LocalHost
 from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.cdc import events as ev
 from duraflow.config import IDLE_BEFORE_HIBERNATE_S
@@ -56,7 +56,6 @@ __all__ = ["Replayer", "WorkflowEnvironment", "load_history", "save_history"]
 
 DEFAULT_PARTITIONS = 2
 """Partitions of an environment's engine: two, so children and signals cross partitions."""
-CLOSE_TIMEOUT_S = 30.0
 
 History = Any
 """What :meth:`Replayer.replay` takes: a list of events (``handle.history()``), a path to a

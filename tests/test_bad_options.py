@@ -156,7 +156,7 @@ def test_a_config_is_checked_on_every_path_to_it(tmp_path: Path) -> None:
     with pytest.raises(df.ConfigurationError, match=r"s3\.region must be a region name"):
         config.S3Config(region="")
     assert good == EngineConfig.decode(good.encode())
-    assert config.MAX_DURATION_S == definitions.MAX_DURATION_S  # one bound, held twice
+    assert config.MAX_DURATION_S == definitions.MAX_DURATION_S  # one bound, defined in config
 
 
 # -- duraflow serve flags ---------------------------------------------------------------------

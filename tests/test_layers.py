@@ -23,6 +23,7 @@ LEAVES = {
     "duraflow.engine.ids",
 }
 ENGINE_MAY_IMPORT = {
+    "duraflow.config",  # a leaf: settings and their ranges
     "duraflow.description",
     "duraflow.actors.messages",
     "duraflow.actors.router",

@@ -18,12 +18,11 @@ from typing import Any, Protocol
 
 import msgspec
 
+from duraflow.config import DEFAULT_ACTIVITY_THREADS
 from duraflow.engine.definitions import ActivityDefinition
 from duraflow.engine.payloads import activity_types, decode_args, encode_result
 from duraflow.errors import ActivityCancelledError, PayloadError
 from duraflow.storage.codec import encode, error_text
-
-DEFAULT_ACTIVITY_THREADS = 64
 
 
 @dataclasses.dataclass(frozen=True)

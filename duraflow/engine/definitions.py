@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from duraflow.config import MAX_DURATION_S
 from duraflow.errors import (
     ConfigurationError,
     InvalidDuration,
@@ -34,10 +35,6 @@ Duration = float | int | str | dt.timedelta
 _UNITS_S = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
-MAX_DURATION_S = 100 * 365.25 * 86400.0
-"""The longest duration accepted anywhere (timeouts, sleeps, retry intervals): 100 years,
-3,155,760,000 s. Durations become microsecond timestamps in SQLite INTEGER columns; with this
-bound ``now + duration`` stays below 2**63 microseconds for the next 290,000 years."""
 
 MAX_ATTEMPTS = 2**31 - 1
 """The largest ``maximum_attempts`` a retry policy accepts (0 means unlimited)."""
