@@ -5,10 +5,10 @@ The public API is exactly the names in ``__all__``; everything else may change.
 
 from duraflow.cdc import events
 from duraflow.cdc.subscribers import Subscription
+from duraflow.client.client import Client, WorkflowHandle
 from duraflow.config import S3Config
 from duraflow.description import WorkflowDescription
 from duraflow.engine.activities import ActivityInfo, activity_info, heartbeat
-from duraflow.engine.client import Client, WorkflowHandle
 from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
 from duraflow.engine.definitions import RetryPolicy, activity, workflow
 from duraflow.errors import (

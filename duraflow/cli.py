@@ -34,6 +34,7 @@ from typing import Any
 import msgspec
 
 from duraflow import runtime
+from duraflow.client.client import Client
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,
@@ -44,7 +45,6 @@ from duraflow.config import (
     EngineConfig,
     S3Config,
 )
-from duraflow.engine.client import Client
 from duraflow.engine.definitions import parse_duration
 from duraflow.errors import (
     ConfigurationError,

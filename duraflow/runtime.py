@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
+from duraflow.client.client import BlockingRunner, Client, Host, set_connector
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,
@@ -28,7 +29,6 @@ from duraflow.config import (
     Synchronous,
     check_namespace,
 )
-from duraflow.engine.client import BlockingRunner, Client, Host, set_connector
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
 from duraflow.storage.deployment import (

@@ -34,8 +34,8 @@ from duraflow.actors import messages as m
 from duraflow.actors.local_host import CLOSE_TIMEOUT_S, LocalHost
 from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.cdc import events as ev
+from duraflow.client.client import Client
 from duraflow.config import IDLE_BEFORE_HIBERNATE_S
-from duraflow.engine.client import Client
 from duraflow.engine.definitions import (
     Duration,
     WorkflowDefinition,

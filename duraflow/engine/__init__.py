@@ -1,4 +1,4 @@
-"""The workflow model: definitions, the deterministic loop, replay, the context and the client.
+"""The workflow model: definitions, the deterministic loop, replay and the context.
 
 Pure Python: no SQLite, no Ray, no files.
 """

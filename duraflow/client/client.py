@@ -25,7 +25,7 @@ from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
-from duraflow.engine.batching import Batcher
+from duraflow.client.batching import Batcher
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
@@ -411,7 +411,7 @@ class Client:
             PartitionUnavailable: no deployment in that namespace.
         """
         if _connector is None:
-            raise RuntimeError("import duraflow (not duraflow.engine.client alone) to connect")
+            raise RuntimeError("import duraflow (not duraflow.client.client alone) to connect")
         host, archive = _connector(address, namespace)
         return cls(host, BlockingRunner(), archive)
 
