@@ -5,7 +5,8 @@ The public API is exactly the names in ``__all__``; everything else may change.
 
 from duraflow.cdc import events
 from duraflow.cdc.subscribers import Subscription
-from duraflow.client.client import Client, WorkflowHandle
+from duraflow.client.client import Client
+from duraflow.client.handle import WorkflowHandle
 from duraflow.config import S3Config
 from duraflow.description import WorkflowDescription
 from duraflow.engine.activities import ActivityInfo, activity_info, heartbeat

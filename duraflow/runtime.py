@@ -8,12 +8,14 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import msgspec
 
 from duraflow.actors.local_host import LocalHost
-from duraflow.client.client import BlockingRunner, Client, Host, set_connector
+from duraflow.client.blocking import BlockingRunner
+from duraflow.client.client import Client, set_connector
+from duraflow.client.host import Host
 from duraflow.config import (
     COMMIT_INTERVAL_S,
     DEADLOCK_THRESHOLD_S,
@@ -51,14 +53,6 @@ Runtime = Literal["ray", "local"]
 RUNTIMES: tuple[str, ...] = get_args(Runtime)
 ANSWER_MARGIN_S = 10.0
 """How much longer than its own timeout a call to the archive consumer may take to answer."""
-
-
-class RayHostProtocol(Host, Protocol):
-    """What the engine needs of a host besides ``call``."""
-
-    def stats(self) -> list[dict[str, int]]: ...
-
-    def close(self) -> None: ...
 
 
 def open_data_dir(config: EngineConfig) -> Deployment:
@@ -289,7 +283,7 @@ class Engine:
         """The data directory's deployment record (partition count, deployment ID)."""
         self._consumer: ConsumerThread | None = None
         self._consumer_actor: Any = None
-        self._host: LocalHost | RayHostProtocol
+        self._host: Host
         if runtime == "local":
             self._host = self._local_host()
             if self.config.archive:

@@ -21,6 +21,7 @@ from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
 from duraflow.actors.stepped_time import SteppedClock, TimeStepper
+from duraflow.client.host import Host
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
 from duraflow.storage.layout import partition_path
@@ -30,7 +31,7 @@ T = TypeVar("T")
 CLOSE_TIMEOUT_S = 30.0
 
 
-class LocalHost:
+class LocalHost(Host):
     """Hosts the partitions of ``config`` (its ``data_dir``, ``partitions``, ...) in this
     process.
 

@@ -31,6 +31,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.client.host import Host
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import (
     ActivityInfo,
@@ -564,7 +565,7 @@ def _reply(request: Any, reply: Any, retried: bool) -> Any:
     raise error
 
 
-class RayHost:
+class RayHost(Host):
     """The client side of Ray hosting: actor handles, with retries across actor restarts."""
 
     def __init__(self, handles: list[Any]) -> None:

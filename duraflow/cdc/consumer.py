@@ -55,7 +55,7 @@ from duraflow.storage.warm import (
 )
 
 if TYPE_CHECKING:
-    from duraflow.client.client import Host
+    from duraflow.client.host import Host
 
 log = logging.getLogger("duraflow.consumer")
 

@@ -27,7 +27,8 @@ from duraflow.cdc.events import EVENT_TYPES, AnyEvent, decode_event
 from duraflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
-    from duraflow.client.client import BlockingRunner, Host
+    from duraflow.client.blocking import BlockingRunner
+    from duraflow.client.host import Host
 
 POLL_WAIT_S = 1.0
 """How long one long-poll waits at a partition for new events."""

@@ -14,23 +14,16 @@ from __future__ import annotations
 import asyncio
 import uuid
 import weakref
-from typing import Any, Protocol
+from typing import Any
 
 from duraflow.actors import messages as m
+from duraflow.client.host import Host
 
 MAX_BATCH = 1000
 """Requests per host call; more made at once go as several calls."""
 
 COLLECT_WAIT_S = 30.0
 """How long one mailbox long-poll is held at the partition when nothing arrives."""
-
-
-class BatchHost(Protocol):
-    partitions: int
-
-    async def call(self, partition: int, request: Any) -> Any: ...
-
-    async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]: ...
 
 
 _Key = tuple[str, str | None]  # (workflow ID, run ID asked for)
@@ -54,7 +47,7 @@ class _LoopState:
 class Batcher:
     """Sends a client's requests to partitions in batches (see the module docstring)."""
 
-    def __init__(self, host: BatchHost) -> None:
+    def __init__(self, host: Host) -> None:
         self._host = host
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopState]
         self._loops = weakref.WeakKeyDictionary()

@@ -1,21 +1,18 @@
-"""Client and WorkflowHandle: start, signal, query, cancel, terminate, result, describe, list.
+"""Client: start workflows, make handles, list runs, subscribe, and query the archive.
 
-Every call has an ``_async`` twin that does the work; the plain method blocks on it. The client
-reaches partitions only through the small :class:`Host` protocol, which the in-process host
-and the Ray host implement (httpx's transport seam).
+Every call has an ``_async`` twin that does the work; the plain method blocks on it
+(``duraflow.client.blocking``). The client reaches partitions only through the small
+:class:`~duraflow.client.host.Host` protocol, which the in-process host and the Ray host
+implement (httpx's transport seam), and sends requests in batches (``duraflow.client.batching``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
-import datetime as dt
 import threading
-import time
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol, TypeVar
 
 import msgspec
@@ -26,42 +23,20 @@ from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
 from duraflow.client.batching import Batcher
-from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
+from duraflow.client.blocking import BlockingRunner
+from duraflow.client.handle import WorkflowHandle
+from duraflow.client.host import Host
+from duraflow.engine.definitions import Duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
-from duraflow.errors import (
-    ConfigurationError,
-    PartitionUnavailable,
-    PayloadError,
-    QueryError,
-    QueryTimeout,
-    ResultTimeout,
-    WorkflowCancelledError,
-    WorkflowFailedError,
-    WorkflowNotFound,
-    WorkflowTerminatedError,
-)
-from duraflow.storage.codec import decode, encode
+from duraflow.errors import ConfigurationError, QueryError
 
 T = TypeVar("T")
-RUNNER_CLOSE_WAIT_S = 5.0
-"""How long closing a client waits for its loop's tasks to end, then for its thread."""
-
-
-class Host(Protocol):
-    """Where partitions live. Calls may be awaited from any event loop."""
-
-    partitions: int
-
-    async def call(self, partition: int, request: Any) -> Any: ...
-
-    async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
-        """Replies to ``requests`` handled in one turn, an error in place of each failure."""
 
 
 class ArchiveAccess(Protocol):
     """The archive as a client reads it (``duraflow.storage.query.ArchiveReader``, wired by
-    duraflow.runtime: the engine layer does not import storage)."""
+    duraflow.runtime: the client does not import storage's archive modules)."""
 
     def open(self, live: list[dict[str, Any]], *, own_database: bool = False) -> Any:
         """A DuckDB session over the archive's views, with ``live`` as ``live_workflows``
@@ -75,318 +50,13 @@ class ArchiveAccess(Protocol):
 
 _connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]] | None = None
 """Makes the host of a running deployment; set by duraflow.runtime, the composition root
-(the engine layer does not import the hosts)."""
+(the client does not import the hosts)."""
 
 
 def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]]) -> None:
     """Install how :meth:`Client.connect` reaches a deployment (called by duraflow.runtime)."""
     global _connector  # reason: one process-wide seam, set once at import
     _connector = connector
-
-
-class BlockingRunner:
-    """Runs the async twins for the blocking API on one private background loop."""
-
-    def __init__(self) -> None:
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name="duraflow-client", daemon=True
-        )
-        self._thread.start()
-        self._closing = False
-
-    def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if threading.current_thread() is self._thread:
-            coro.close()
-            raise RuntimeError("blocking duraflow calls cannot run on the client's own loop")
-        try:
-            return asyncio.run_coroutine_threadsafe(coro, self._loop).result()
-        except concurrent.futures.CancelledError:
-            if not self._closing:
-                raise
-            raise PartitionUnavailable(
-                "the client was closed (client.close() or engine.close()) while this call "
-                "waited for a partition"
-            ) from None
-
-    def close(self) -> None:
-        """End what still runs on the loop (as ``asyncio.run`` does when it returns), then
-        stop the loop and its thread. A task left pending would be destroyed later, maybe
-        after its host is gone (a Ray call then hangs the process at exit)."""
-        if self._loop.is_closed():
-            return
-        self._closing = True
-        with contextlib.suppress(concurrent.futures.TimeoutError):
-            ending = asyncio.run_coroutine_threadsafe(_cancel_other_tasks(), self._loop)
-            ending.result(timeout=RUNNER_CLOSE_WAIT_S)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(timeout=RUNNER_CLOSE_WAIT_S)
-        self._loop.close()
-
-
-async def _cancel_other_tasks() -> None:
-    this = asyncio.current_task()
-    others = [task for task in asyncio.all_tasks() if task is not this]
-    for task in others:
-        task.cancel()
-    await asyncio.gather(*others, return_exceptions=True)
-
-
-class WorkflowHandle:
-    """Points at one workflow ID (and, when known, one run of it).
-
-    Handles are cheap: :meth:`Client.get_handle` makes one without any I/O. With ``run_id``
-    None, calls go to the latest run of the ID.
-    """
-
-    def __init__(self, client: Client, workflow_id: str, run_id: str | None = None) -> None:
-        self._client = client
-        self.workflow_id = workflow_id
-        self.run_id = run_id
-
-    def __repr__(self) -> str:
-        return f"WorkflowHandle({self.workflow_id!r}, run_id={self.run_id!r})"
-
-    async def _call(self, request: Any) -> Any:
-        return await self._client._call(self.workflow_id, request)
-
-    async def _call_or_archive(
-        self, calling: Awaitable[Any], from_archive: Callable[[list[AnyEvent]], Any]
-    ) -> Any:
-        """The reply ``calling`` awaits from the partition; for a closed run that has left the
-        partition (WorkflowNotFound there: archived and past its retention), ``from_archive``
-        of its events in the archive. An archive that cannot be read raises its own error."""
-        try:
-            return await calling
-        except WorkflowNotFound as exc:
-            if not exc.maybe_archived:  # the partition never let a run go: none to look up
-                raise
-            events = await self._client._archived_run(self.workflow_id, self.run_id)
-            if events is None:
-                raise
-            return from_archive(events)
-
-    async def signal_async(
-        self, name: str, payload: Any = None, *, request_id: str | None = None
-    ) -> None:
-        """Append a signal durably; returns once the owning partition committed it.
-
-        Args:
-            request_id: makes the signal idempotent: a signal whose request ID was already
-                accepted is not appended again. Pass your own when you may resend after an
-                error (e.g. PartitionUnavailable); by default each call gets a fresh one.
-
-        Raises:
-            WorkflowNotFound, WorkflowClosed: no open run to signal.
-            PayloadError: ``payload`` cannot be encoded.
-        """
-        _check_text(name, "signal name")
-        if request_id is not None:
-            _check_text(request_id, "request_id")
-        data = encode(payload, f"payload of signal {name!r}")
-        request = m.Signal(
-            workflow_id=self.workflow_id,
-            run_id=self.run_id,
-            name=name,
-            payload=data,
-            request_id=request_id or uuid.uuid4().hex,
-        )
-        await self._call(request)
-
-    def signal(self, name: str, payload: Any = None, *, request_id: str | None = None) -> None:
-        """Blocking twin of :meth:`signal_async`."""
-        self._client._block(self.signal_async(name, payload, request_id=request_id))
-
-    async def query_async(self, name: str, *args: Any, timeout: Duration | None = None) -> Any:
-        """Ask the run's query handler ``name``; read-only, writes no history.
-
-        Args:
-            timeout: give up after this long (default: wait). A query still queued at its
-                partition then is not run at all.
-
-        Raises:
-            UnknownQuery: the run has no such handler. WorkflowClosed: the run closed.
-            QueryFailed: the handler raised, changed the run's state, or blocked its
-                partition (README "Rules for workflow code").
-            QueryTimeout: ``timeout`` elapsed first (its partition is busy, or the handler
-                is slow).
-
-        Note:
-            A handler that has started cannot be stopped: the timeout frees the caller, and
-            the partition is held until the handler returns.
-        """
-        seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        data = encode(list(args), f"arguments of query {name!r}")
-        request = m.Query(
-            workflow_id=self.workflow_id,
-            run_id=self.run_id,
-            name=name,
-            args=data,
-            deadline_us=None if seconds is None else round((time.time() + seconds) * 1e6),
-        )
-        if seconds is None:
-            return decode(await self._call(request))
-        try:
-            reply = await asyncio.wait_for(self._call(request), seconds)
-        except asyncio.TimeoutError:
-            raise QueryTimeout(
-                f"query {name!r} of workflow {self.workflow_id!r} got no answer within "
-                f"{seconds:g}s (its partition is busy, or the handler is slow)"
-            ) from None
-        return decode(reply)
-
-    def query(self, name: str, *args: Any, timeout: Duration | None = None) -> Any:
-        """Blocking twin of :meth:`query_async`."""
-        return self._client._block(self.query_async(name, *args, timeout=timeout))
-
-    async def cancel_async(self, reason: str = "") -> None:
-        """Request cancellation: the workflow sees ``asyncio.CancelledError`` and may clean up."""
-        _check_text(reason, "cancel reason")
-        await self._call(m.Cancel(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
-
-    def cancel(self, reason: str = "") -> None:
-        """Blocking twin of :meth:`cancel_async`."""
-        self._client._block(self.cancel_async(reason))
-
-    async def terminate_async(self, reason: str = "") -> None:
-        """Close the run at once, without running any more of its code."""
-        _check_text(reason, "terminate reason")
-        await self._call(
-            m.Terminate(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason)
-        )
-
-    def terminate(self, reason: str = "") -> None:
-        """Blocking twin of :meth:`terminate_async`."""
-        self._client._block(self.terminate_async(reason))
-
-    async def result_async(self, timeout: Duration | None = None) -> Any:
-        """Wait for the run to close and return its result (from the archive for a run that
-        has left its partition).
-
-        Raises:
-            WorkflowNotFound: no such run in the partition or the archive.
-            WorkflowFailedError: it failed (``WorkflowCancelledError`` / ``WorkflowTerminatedError``
-                when cancelled or terminated).
-            ResultTimeout: ``timeout`` elapsed first; the run goes on.
-        """
-        seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        waiting = self._call_or_archive(
-            self._client._result(self.workflow_id, self.run_id), _archived_outcome
-        )
-        if seconds is None:
-            outcome = await waiting
-        else:
-            try:
-                outcome = await asyncio.wait_for(waiting, seconds)
-            except asyncio.TimeoutError:
-                raise ResultTimeout(
-                    f"workflow {self.workflow_id!r} did not close within {seconds}s"
-                ) from None
-        return _unwrap(outcome)
-
-    def result(self, timeout: Duration | None = None) -> Any:
-        """Blocking twin of :meth:`result_async`."""
-        return self._client._block(self.result_async(timeout))
-
-    async def history_async(self) -> list[AnyEvent]:
-        """Every recorded event of the run, in order (see ``duraflow.cdc.events``); from the
-        archive for a closed run that has left its partition."""
-        request = m.History(workflow_id=self.workflow_id, run_id=self.run_id)
-        encoded: list[bytes] | list[AnyEvent] = await self._call_or_archive(
-            self._call(request), list
-        )
-        return [decode_event(e) if isinstance(e, bytes) else e for e in encoded]
-
-    def history(self) -> list[AnyEvent]:
-        """Blocking twin of :meth:`history_async`."""
-        return self._client._block(self.history_async())
-
-    async def describe_async(self) -> m.WorkflowDescription:
-        """Status, type, times, history length and pending activities of the run; from the
-        archive for a closed run that has left its partition."""
-        request = m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
-        result: m.WorkflowDescription = await self._call_or_archive(
-            self._call(request), _archived_description
-        )
-        return result
-
-    def describe(self) -> m.WorkflowDescription:
-        """Blocking twin of :meth:`describe_async`."""
-        return self._client._block(self.describe_async())
-
-
-def _check_text(value: object, what: str) -> None:
-    """Names and reasons are recorded in history as UTF-8 ``str``; refuse anything else here,
-    before it can reach (and be stored by, or fail the turn of) a partition."""
-    if not isinstance(value, str):
-        raise PayloadError(f"{what} must be a str, got {type(value).__name__} {value!r:.60}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise PayloadError(f"{what} {value!r:.60} is not valid UTF-8 (lone surrogate)") from None
-
-
-def _unwrap(outcome: m.Outcome) -> Any:
-    if outcome.status == "completed":
-        return decode(outcome.result)
-    error_class: type[WorkflowFailedError] = {
-        "cancelled": WorkflowCancelledError,
-        "terminated": WorkflowTerminatedError,
-    }.get(outcome.status, WorkflowFailedError)
-    raise error_class(
-        outcome.workflow_id,
-        outcome.run_id,
-        outcome.status,
-        outcome.error_type or "",
-        outcome.error_message or "",
-    )
-
-
-def _closing(events: list[AnyEvent]) -> tuple[str, str | None, str | None, bytes | None]:
-    """(status, error type, error message, result) of a closed run's events, as its
-    partition recorded them when it closed."""
-    for event in reversed(events):
-        if isinstance(event, ev.WorkflowCompleted):
-            return "completed", None, None, event.result
-        if isinstance(event, ev.WorkflowFailed):
-            return "failed", event.error_type, event.error_message, None
-        if isinstance(event, ev.WorkflowCancelled):
-            return "cancelled", "CancelledError", event.reason or "cancelled", None
-        if isinstance(event, ev.WorkflowTerminated):
-            return "terminated", "Terminated", event.reason or "terminated", None
-    raise ValueError("the run has no closing event")
-
-
-def _archived_outcome(events: list[AnyEvent]) -> m.Outcome:
-    """How an archived run closed (what its partition answered ``AwaitResult`` with)."""
-    status, error_type, error_message, result = _closing(events)
-    return m.Outcome(
-        events[0].workflow_id, events[0].run_id, status, result, error_type, error_message
-    )
-
-
-def _archived_description(events: list[AnyEvent]) -> m.WorkflowDescription:
-    """An archived run described as its partition described it once closed."""
-    started = events[0]
-    status, error_type, error_message, _ = _closing(events)
-    closed_at = next(e.at_us for e in reversed(events) if isinstance(e, ev.CLOSING))
-
-    def when(us: int) -> dt.datetime:
-        return dt.datetime.fromtimestamp(us / 1e6, tz=dt.timezone.utc)
-
-    return m.WorkflowDescription(
-        workflow_id=started.workflow_id,
-        run_id=started.run_id,
-        workflow_type=started.workflow_type,
-        status=status,
-        start_time=when(started.at_us),
-        close_time=when(closed_at),
-        parent_workflow_id=started.parent_id if isinstance(started, ev.WorkflowStarted) else None,
-        history_length=max(e.event_id for e in events),
-        error_type=error_type,
-        error_message=error_message,
-        partition=started.partition,
-    )
 
 
 class Client:
@@ -411,7 +81,7 @@ class Client:
             PartitionUnavailable: no deployment in that namespace.
         """
         if _connector is None:
-            raise RuntimeError("import duraflow (not duraflow.client.client alone) to connect")
+            raise RuntimeError("import duraflow (not duraflow.client alone) to connect")
         host, archive = _connector(address, namespace)
         return cls(host, BlockingRunner(), archive)
 

@@ -45,7 +45,8 @@ import duraflow as df
 from duraflow.actors import ray_host
 from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
-from duraflow.client.client import BlockingRunner, Client
+from duraflow.client.blocking import BlockingRunner
+from duraflow.client.client import Client
 from duraflow.config import EngineConfig
 from duraflow.storage.codec import decode
 from tests.actors import failover_flows as flows
