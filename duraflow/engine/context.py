@@ -11,13 +11,16 @@ import collections
 import dataclasses
 import datetime as dt
 import uuid
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from collections.abc import Callable, Iterable
+from random import Random
+from typing import Any, Literal, Protocol, get_args
 
 from duraflow.engine.definitions import (
+    ActivityDefinition,
     ActivityOptions,
     Duration,
     RetryPolicy,
+    WorkflowDefinition,
     activity_definition,
     check_retry,
     parse_duration,
@@ -26,9 +29,6 @@ from duraflow.engine.definitions import (
 )
 from duraflow.engine.ids import check_workflow_id
 from duraflow.errors import ChildWorkflowError, ConfigurationError, InvalidDuration
-
-if TYPE_CHECKING:
-    from duraflow.engine.run import WorkflowRun
 
 _MISSING: Any = object()
 
@@ -66,10 +66,60 @@ class ChildWorkflowHandle:
         return await asyncio.shield(self._future)
 
 
+class RunState(Protocol):
+    """What a context uses of its run. ``duraflow.engine.run.WorkflowRun`` implements it;
+    declared here so that this module, which the run imports, does not import the run."""
+
+    @property
+    def info(self) -> WorkflowInfo: ...
+
+    @property
+    def replaying(self) -> bool: ...
+
+    @property
+    def cancel_requested(self) -> bool: ...
+
+    @property
+    def in_query(self) -> bool:
+        """True while a query handler runs (it must not change the run)."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The run's deterministic loop: its ``time()`` is workflow time."""
+
+    @property
+    def random(self) -> Random: ...
+
+    @property
+    def signals(self) -> dict[str, collections.deque[Any]]:
+        """Signals received and not taken yet, by name, in order."""
+
+    @property
+    def signal_waiters(self) -> dict[str, collections.deque[asyncio.Future[Any]]]:
+        """Futures of ``wait_signal`` calls waiting, by signal name, in order."""
+
+    @property
+    def query_handlers(self) -> dict[str, Callable[..., Any]]: ...
+
+    async def schedule_activity(
+        self, definition: ActivityDefinition, args: Iterable[Any], options: ActivityOptions
+    ) -> Any:
+        """Record the activity's scheduling and wait for its result."""
+
+    def start_child(
+        self,
+        definition: WorkflowDefinition,
+        args: Iterable[Any],
+        workflow_id: str | None,
+        parent_close_policy: str,
+    ) -> ChildWorkflowHandle:
+        """Record the child's start; its handle's result resolves when the child closes."""
+
+
 class WorkflowContext:
     """Passed as the first argument of every workflow function."""
 
-    def __init__(self, run: WorkflowRun) -> None:
+    def __init__(self, run: RunState) -> None:
         self._run = run
 
     @property
@@ -110,7 +160,7 @@ class WorkflowContext:
     def _random(self, what: str) -> Any:
         # A query drawing from the run's generator would shift what the run draws next, and a
         # replay (which runs no queries) would then see other values than the live run did.
-        if self._run._in_query:  # reason: the run and its context are one unit
+        if self._run.in_query:
             raise RuntimeError(f"query handlers are read-only: they cannot call ctx.{what}()")
         return self._run.random
 
@@ -206,7 +256,7 @@ class WorkflowContext:
         """Answer queries named ``name`` with ``handler(*args)`` (sync, read-only)."""
         if asyncio.iscoroutinefunction(handler):
             raise TypeError(f"query handler {name!r} must be a plain function, not async")
-        if self._run._in_query:  # reason: the run and its context are one unit
+        if self._run.in_query:
             raise RuntimeError("query handlers are read-only: they cannot set query handlers")
         self._run.query_handlers[name] = handler
 

@@ -157,7 +157,7 @@ class WorkflowRun:
         self._timer_seqs: dict[int, int] = {}
         self._main: asyncio.Task[Any] | None = None
         self._divergence: str | None = None
-        self._in_query = False
+        self.in_query = False
         self._discarded = False
         self._watch = watch
 
@@ -317,7 +317,7 @@ class WorkflowRun:
         """Record a command; returns False when replay matched it to history (not new)."""
         if self._discarded:
             raise _Discarded()
-        if self._in_query:
+        if self.in_query:
             raise RuntimeError("query handlers are read-only: they cannot issue commands")
         if self.closed is not None:
             return False
@@ -445,7 +445,7 @@ class WorkflowRun:
         watch = self._watch
         previous = events._get_running_loop()
         events._set_running_loop(self.loop)
-        self._in_query = True
+        self.in_query = True
         if watch is not None:
             watch.enter(self.info.workflow_id, name)
         error: BaseException | None = None
@@ -456,7 +456,7 @@ class WorkflowRun:
             error = exc
         finally:
             held_s = watch.leave() if watch is not None else 0.0
-            self._in_query = False
+            self.in_query = False
             events._set_running_loop(previous)
         if held_s:
             assert watch is not None
