@@ -1,12 +1,16 @@
 """WorkflowDescription: what ``describe()``, ``client.list()`` and ``live_workflows`` say
-about one run. A leaf: partitions build it, replies carry it, clients and the archive read it.
+about one run, and :func:`describe_run`, the one builder of it. A leaf: partitions build it,
+replies carry it, clients and the archive read it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 
 import msgspec
+
+from duraflow.cdc import events as ev
 
 
 class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -32,3 +36,68 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     stuck: str | None = None
     partition: int = 0
+
+
+def utc(us: int) -> dt.datetime:
+    """A moment in microseconds since the epoch as an aware UTC datetime."""
+    return dt.datetime.fromtimestamp(us / 1e6, tz=dt.timezone.utc)
+
+
+def describe_run(
+    *,
+    workflow_id: str,
+    run_id: str,
+    workflow_type: str,
+    status: str,
+    started_at_us: int,
+    closed_at_us: int | None = None,
+    parent_workflow_id: str | None = None,
+    history_length: int = 0,
+    pending_activities: list[str] | None = None,
+    error_type: str | None = None,
+    error_message: str | None = None,
+    stuck: str | None = None,
+    partition: int = 0,
+) -> WorkflowDescription:
+    """The one way a :class:`WorkflowDescription` is made, by a partition from its row of a
+    run and by a client from an archived run's history: times in microseconds since the
+    epoch become UTC datetimes."""
+    return WorkflowDescription(
+        workflow_id=workflow_id,
+        run_id=run_id,
+        workflow_type=workflow_type,
+        status=status,
+        start_time=utc(started_at_us),
+        close_time=None if closed_at_us is None else utc(closed_at_us),
+        parent_workflow_id=parent_workflow_id,
+        history_length=history_length,
+        pending_activities=[] if pending_activities is None else pending_activities,
+        error_type=error_type,
+        error_message=error_message,
+        stuck=stuck,
+        partition=partition,
+    )
+
+
+def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
+    """A closed run described from its history alone (a run the archive holds), as its
+    partition described it once closed.
+
+    Raises:
+        ValueError: the history has no closing event.
+    """
+    started, closing = events[0], ev.last_closing(events)
+    status, error_type, error_message, _ = ev.run_closing(closing)
+    return describe_run(
+        workflow_id=started.workflow_id,
+        run_id=started.run_id,
+        workflow_type=started.workflow_type,
+        status=status,
+        started_at_us=started.at_us,
+        closed_at_us=closing.at_us,
+        parent_workflow_id=started.parent_id if isinstance(started, ev.WorkflowStarted) else None,
+        history_length=max(e.event_id for e in events),
+        error_type=error_type,
+        error_message=error_message,
+        partition=started.partition,
+    )

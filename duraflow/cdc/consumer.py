@@ -34,6 +34,7 @@ import pyarrow as pa
 
 from duraflow.actors import messages as m
 from duraflow.cdc.events import decode_event
+from duraflow.cdc.stream import POLL_WAIT_S, ChangeLogReader
 from duraflow.config import EngineConfig
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, open_archive
@@ -61,13 +62,12 @@ log = logging.getLogger("duraflow.consumer")
 
 READ_BATCH = 5000
 """Events read from one partition per request."""
-POLL_WAIT_S = 1.0
 READ_LINGER_S = 0.5
 """After a read that took everything a partition had, how long to wait before the next: each
 read and each warm segment costs about a millisecond of CPU whatever its size, so reading
 every few events would cost far more per event than reading larger batches less often. It
 adds up to this much to the moment an event is queryable; :meth:`Consumer.caught_up` cuts it
-short."""
+short (see ``cdc/stream.py``)."""
 KEEP_SNAPSHOTS = 8
 """Snapshots each table keeps: after a commit the consumer expires older ones (the cost of
 every Iceberg commit grows with the snapshots a table holds, ~1 ms per snapshot per table)."""
@@ -105,13 +105,11 @@ class Consumer:
         self._interval = config.archive_interval_s
         self._archive: Archive | None = None
         self.stats = ConsumerStats()
-        self._read_to: dict[int, int] = {}
+        self._reader: ChangeLogReader | None = None  # made once the archive's offsets are known
         self._committed: dict[int, int] = {}  # what all three tables hold, for all we know
         self._pending: list[tuple[Segment, pa.Table | None]] = []  # rows: None = on disk only
         self._pending_rows = 0
         self._ready = asyncio.Event()
-        self._hurry = asyncio.Event()  # set while someone waits in caught_up(): no lingering
-        self._hurried = 0
         self._committing = asyncio.Lock()  # one committer: the timer's round or a caller's
         self._duckdb: duckdb.DuckDBPyConnection | None = None  # used under _committing only
 
@@ -149,48 +147,47 @@ class Consumer:
                 read_from.get(segment.partition, 0), segment.last_lsn
             )
             self._pending.append((segment, None))
-        self._read_to = {p: read_from.get(p, 0) for p in range(self._host.partitions)}
+        reader = self._reader = ChangeLogReader(
+            self._host,
+            read_from,
+            limit=READ_BATCH,
+            linger_s=READ_LINGER_S,
+            on_read_error=self._read_failed,
+        )
         self._ready.set()
-        readers = [
-            asyncio.create_task(self._read(p, self._read_to[p]))
-            for p in range(self._host.partitions)
+        followers = [
+            asyncio.create_task(reader.follow(p, self._write)) for p in range(self._host.partitions)
         ]
         try:
             await self._commit_forever()
         finally:
-            for reader in readers:
-                reader.cancel()
-            for reader in readers:
+            for task in followers:
+                task.cancel()
+            for task in followers:
                 with contextlib.suppress(asyncio.CancelledError):
-                    await reader
+                    await task
 
-    async def _read(self, partition: int, after: int) -> None:
-        while True:
-            try:
-                request = m.ReadEvents(after_lsn=after, limit=READ_BATCH, wait_s=POLL_WAIT_S)
-                batch: m.EventBatch = await self._host.call(partition, request)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a restarting partition: try again shortly
-                self.stats.last_error = self._scrub(f"read partition {partition}: {exc!r}")
-                await asyncio.sleep(POLL_WAIT_S)
-                continue
-            if batch.events:
-                rows = history_rows([decode_event(body) for body in batch.events], batch.events)
-                try:
-                    segment = await asyncio.to_thread(write_segment, self._warm, rows)
-                except OSError as exc:  # a full disk, say: read the same events again later
-                    self.stats.last_error = f"write warm segment of partition {partition}: {exc!r}"
-                    log.warning("%s; retrying", self.stats.last_error)
-                    await asyncio.sleep(POLL_WAIT_S)
-                    continue
-                self._keep(segment, rows)
-                self.stats.events_read += len(batch.events)
-                self.stats.segments_written += 1
-            after = self._read_to[partition] = batch.next_after_lsn
-            if after >= batch.head_lsn and not self._hurry.is_set():
-                with contextlib.suppress(asyncio.TimeoutError):  # read more at a time
-                    await asyncio.wait_for(self._hurry.wait(), READ_LINGER_S)
+    def _read_failed(self, partition: int, exc: Exception) -> None:
+        """A read failed (a restarting partition, say): the reader tries again shortly."""
+        self.stats.last_error = self._scrub(f"read partition {partition}: {exc!r}")
+
+    async def _write(self, partition: int, batch: m.EventBatch) -> bool:
+        """Write a batch of events as a warm segment; False (read them again later) when it
+        cannot be written."""
+        if not batch.events:
+            return True
+        rows = history_rows([decode_event(body) for body in batch.events], batch.events)
+        try:
+            segment = await asyncio.to_thread(write_segment, self._warm, rows)
+        except OSError as exc:  # a full disk, say: read the same events again later
+            self.stats.last_error = f"write warm segment of partition {partition}: {exc!r}"
+            log.warning("%s; retrying", self.stats.last_error)
+            await asyncio.sleep(POLL_WAIT_S)
+            return False
+        self._keep(segment, rows)
+        self.stats.events_read += len(batch.events)
+        self.stats.segments_written += 1
+        return True
 
     def _keep(self, segment: Segment, rows: pa.Table) -> None:
         """Remember a segment until its commit, with its rows while memory allows."""
@@ -310,25 +307,12 @@ class Consumer:
             await asyncio.wait_for(self._ready.wait(), timeout)
         except asyncio.TimeoutError:
             return False
-        heads = {}
-        for partition in range(self._host.partitions):
-            batch: m.EventBatch = await self._host.call(partition, m.ReadEvents(limit=0))
-            heads[partition] = batch.head_lsn
-        self._hurried += 1
-        self._hurry.set()
-        try:
-            while any(self._read_to.get(p, 0) < head for p, head in heads.items()):
-                if time.monotonic() > deadline:
-                    return False
-                await asyncio.sleep(0.02)
-            return True
-        finally:
-            self._hurried -= 1
-            if not self._hurried:
-                self._hurry.clear()
+        assert self._reader is not None
+        return await self._reader.caught_up(max(0.0, deadline - time.monotonic()))
 
     def status(self) -> dict[str, Any]:
-        return {**self.stats.__dict__, "read_to": dict(self._read_to)}
+        read_to = dict(self._reader.offsets) if self._reader is not None else {}
+        return {**self.stats.__dict__, "read_to": read_to}
 
 
 def _trim_snapshots(archive: Archive) -> None:

@@ -19,6 +19,10 @@ Three kinds of events:
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
   will be retried) and ``workflow.terminated`` (closed from outside without running code).
 
+The four closing events (:data:`CLOSING`) each close their run; :data:`CLOSING_RULES` is the
+one place that says what each means for it (status, error type and message, result), read by
+the partition, the client (:func:`run_closing`) and the archive's SQL.
+
 Payload fields (``args``, ``result``, ``payload``) hold msgpack bytes made by
 ``duraflow.storage.codec``.
 
@@ -27,6 +31,9 @@ field that has been written; never reuse a tag.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -220,6 +227,90 @@ CLOSING: tuple[type[Event], ...] = (
     WorkflowCancelled,
     WorkflowTerminated,
 )
+
+
+class FromField(NamedTuple):
+    """A value taken from the closing event's field ``name`` (``or_else`` when it is empty)."""
+
+    name: str
+    or_else: str | None = None
+
+
+ClosingValue = str | FromField | None
+"""What a run's closing says about one of its columns: a constant, an event field, or nothing."""
+
+
+class ClosingRule(NamedTuple):
+    """What a closing event makes of its run: the status, and where its error type, error
+    message and result come from."""
+
+    status: str
+    error_type: ClosingValue = None
+    error_message: ClosingValue = None
+    result: ClosingValue = None
+
+
+CLOSING_RULES: dict[type[Event], ClosingRule] = {
+    WorkflowCompleted: ClosingRule("completed", result=FromField("result")),
+    WorkflowFailed: ClosingRule("failed", FromField("error_type"), FromField("error_message")),
+    WorkflowCancelled: ClosingRule(
+        "cancelled", "CancelledError", FromField("reason", or_else="cancelled")
+    ),
+    WorkflowTerminated: ClosingRule(
+        "terminated", "Terminated", FromField("reason", or_else="terminated")
+    ),
+}
+"""The one place that says what each closing event means for its run. The partition records
+it when the run closes, the client reads it back from an archived history
+(:func:`run_closing`) and the archive's ``workflows`` table derives its columns from it (the
+SQL is generated from this table in ``storage/archive_schema.py``)."""
+
+
+class RunClosing(NamedTuple):
+    """How a run closed, as its partition records it and ``describe()`` / ``result()`` say."""
+
+    status: str
+    error_type: str | None
+    error_message: str | None
+    result: bytes | None
+
+
+def run_closing(event: Event) -> RunClosing:
+    """Status, error type, error message and result that the closing ``event`` gives its run.
+
+    Raises:
+        KeyError: ``event`` does not close a run (not one of :data:`CLOSING`).
+    """
+    rule = CLOSING_RULES[type(event)]
+    return RunClosing(
+        rule.status,
+        _closing_value(rule.error_type, event),
+        _closing_value(rule.error_message, event),
+        _closing_value(rule.result, event),
+    )
+
+
+def last_closing(events: Sequence[Event]) -> Event:
+    """The event that closed the run of ``events`` (the last of :data:`CLOSING` among them).
+
+    Raises:
+        ValueError: none of ``events`` closes a run.
+    """
+    for event in reversed(events):
+        if isinstance(event, CLOSING):
+            return event
+    raise ValueError("the run has no closing event")
+
+
+def _closing_value(value: ClosingValue, event: Event) -> Any:
+    if not isinstance(value, FromField):
+        return value
+    found = getattr(event, value.name)
+    if not found and value.or_else is not None:
+        return value.or_else
+    return found
+
+
 EVENT_TYPES: tuple[str, ...] = tuple(
     cls.__struct_config__.tag  # type: ignore[misc]  # reason: msgspec types tag as str | int
     for cls in AnyEvent.__args__  # type: ignore[attr-defined]  # reason: typing.Union exposes __args__

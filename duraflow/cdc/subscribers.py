@@ -1,8 +1,8 @@
 """subscribe(): every matching event at least once, in order per partition, resumable.
 
-A :class:`Subscription` runs one poller per partition. Each poller long-polls its partition
-(``ReadEvents``: committed history rows after an LSN, the partition's change log) and puts the
-decoded events into a bounded buffer. When the subscriber reads slowly the buffer fills and the
+A :class:`Subscription` runs one poller per partition. Each poller follows its partition's
+change log (``cdc/stream.py``: committed history rows after an LSN) and puts the decoded
+events into a bounded buffer. When the subscriber reads slowly the buffer fills and the
 pollers simply stop asking: back-pressure lands on the subscriber only, never on workflows.
 ``offsets`` (partition -> LSN of the last event handed out) can be stored and passed back as
 ``from_`` to resume without a gap.
@@ -24,14 +24,13 @@ from typing import TYPE_CHECKING, Any
 
 from duraflow.actors import messages as m
 from duraflow.cdc.events import EVENT_TYPES, AnyEvent, decode_event
+from duraflow.cdc.stream import ChangeLogReader, heads
 from duraflow.errors import ConfigurationError
 
 if TYPE_CHECKING:
     from duraflow.client.blocking import BlockingRunner
     from duraflow.client.host import Host
 
-POLL_WAIT_S = 1.0
-"""How long one long-poll waits at a partition for new events."""
 DEFAULT_BUFFER = 1000
 CLOSE_WAIT_S = 5.0
 """How long a blocking ``close()`` waits for the pollers to end on their loop."""
@@ -52,34 +51,32 @@ class _Pollers:
     any more is finalized (and stops its pollers) while they still run."""
 
     def __init__(
-        self, host: Host, loop: asyncio.AbstractEventLoop, buffer: int, filters: dict[str, Any]
+        self, reader: ChangeLogReader, loop: asyncio.AbstractEventLoop, buffer: int
     ) -> None:
-        self.host = host
+        self.reader = reader
         self.loop = loop
         self.queue: asyncio.Queue[AnyEvent | BaseException | _End] = asyncio.Queue(buffer)
         self.stopped = False
-        self._buffer = buffer
-        self._filters = filters
         self._tasks: list[asyncio.Task[None]] = []
 
-    def start(self, partition: int, after: int) -> None:
+    def start(self) -> None:
+        """One poller per partition, from the reader's offsets (nothing once stopped)."""
         if not self.stopped:
-            self._tasks.append(self.loop.create_task(self._poll(partition, after)))
+            for partition in self.reader.offsets:
+                self._tasks.append(self.loop.create_task(self._poll(partition)))
 
-    async def _poll(self, partition: int, after: int) -> None:
+    async def _poll(self, partition: int) -> None:
         try:
-            while True:
-                request = m.ReadEvents(
-                    after_lsn=after, limit=self._buffer, wait_s=POLL_WAIT_S, **self._filters
-                )
-                batch: m.EventBatch = await self.host.call(partition, request)
-                for body in batch.events:
-                    await self.queue.put(decode_event(body))  # waits while the subscriber lags
-                after = batch.next_after_lsn
+            await self.reader.follow(partition, self._put)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # the subscriber sees why its stream stopped
             await self.queue.put(exc)
+
+    async def _put(self, partition: int, batch: m.EventBatch) -> bool:
+        for body in batch.events:
+            await self.queue.put(decode_event(body))  # waits while the subscriber lags
+        return True
 
     def stop_now(self) -> None:
         """On the loop: cancel the pollers, drop what they buffered and wake every reader."""
@@ -160,7 +157,7 @@ class Subscription:
         if from_ == "latest":
             # Now, not at the first read: an event committed after subscribe() returned is
             # never skipped, however late iteration begins.
-            self._from = runner.run(self._heads())
+            self._from = runner.run(heads(host))
         self._buffer = buffer
         self.offsets: dict[int, int] = {}
         """Partition -> LSN of the last event handed out (pass it as ``from_`` to resume)."""
@@ -228,28 +225,17 @@ class Subscription:
             if loop is not self._pollers.loop:
                 raise RuntimeError("use a subscription with either 'for' or 'async for', not both")
             return self._pollers
-        pollers = self._pollers = _Pollers(self._host, loop, self._buffer, self._filters)
+        # "earliest" reads from 0; "latest" became each partition's head in __init__
+        start = self._from if isinstance(self._from, Mapping) else {}
+        reader = ChangeLogReader(self._host, start, limit=self._buffer, **self._filters)
+        pollers = self._pollers = _Pollers(reader, loop, self._buffer)
         weakref.finalize(self, pollers.stop_soon)  # dropped unclosed: the pollers stop too
         if self._closed:  # closed by another thread just before the pollers existed
             pollers.stop_now()
-        for partition in range(self._host.partitions):
-            start = await self._start_lsn(partition)
-            self.offsets.setdefault(partition, start)
-            pollers.start(partition, start)  # nothing once stopped
+        for partition, lsn in reader.offsets.items():
+            self.offsets.setdefault(partition, lsn)
+        pollers.start()  # nothing once stopped
         return pollers
-
-    async def _start_lsn(self, partition: int) -> int:
-        if isinstance(self._from, Mapping):
-            return int(self._from.get(partition, 0))
-        return 0  # "earliest" ("latest" became each partition's head in __init__)
-
-    async def _heads(self) -> dict[int, int]:
-        """Each partition's newest committed LSN."""
-        read = m.ReadEvents(limit=0)
-        heads = await asyncio.gather(
-            *(self._host.call(p, read) for p in range(self._host.partitions))
-        )
-        return {p: batch.head_lsn for p, batch in enumerate(heads)}
 
     # -- closing ----------------------------------------------------------------------------
 

@@ -7,7 +7,6 @@ blocking runner live there); a closed run that has left its partition is read fr
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
@@ -16,6 +15,7 @@ from typing import Any, Protocol, TypeVar
 from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
+from duraflow.description import describe_closed_run
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import (
     PayloadError,
@@ -222,7 +222,7 @@ class WorkflowHandle:
         archive for a closed run that has left its partition."""
         request = m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
         result: m.WorkflowDescription = await self._call_or_archive(
-            self._call(request), _archived_description
+            self._call(request), describe_closed_run
         )
         return result
 
@@ -258,48 +258,9 @@ def _unwrap(outcome: m.Outcome) -> Any:
     )
 
 
-def _closing(events: list[AnyEvent]) -> tuple[str, str | None, str | None, bytes | None]:
-    """(status, error type, error message, result) of a closed run's events, as its
-    partition recorded them when it closed."""
-    for event in reversed(events):
-        if isinstance(event, ev.WorkflowCompleted):
-            return "completed", None, None, event.result
-        if isinstance(event, ev.WorkflowFailed):
-            return "failed", event.error_type, event.error_message, None
-        if isinstance(event, ev.WorkflowCancelled):
-            return "cancelled", "CancelledError", event.reason or "cancelled", None
-        if isinstance(event, ev.WorkflowTerminated):
-            return "terminated", "Terminated", event.reason or "terminated", None
-    raise ValueError("the run has no closing event")
-
-
 def _archived_outcome(events: list[AnyEvent]) -> m.Outcome:
     """How an archived run closed (what its partition answered ``AwaitResult`` with)."""
-    status, error_type, error_message, result = _closing(events)
+    status, error_type, error_message, result = ev.run_closing(ev.last_closing(events))
     return m.Outcome(
         events[0].workflow_id, events[0].run_id, status, result, error_type, error_message
-    )
-
-
-def _archived_description(events: list[AnyEvent]) -> m.WorkflowDescription:
-    """An archived run described as its partition described it once closed."""
-    started = events[0]
-    status, error_type, error_message, _ = _closing(events)
-    closed_at = next(e.at_us for e in reversed(events) if isinstance(e, ev.CLOSING))
-
-    def when(us: int) -> dt.datetime:
-        return dt.datetime.fromtimestamp(us / 1e6, tz=dt.timezone.utc)
-
-    return m.WorkflowDescription(
-        workflow_id=started.workflow_id,
-        run_id=started.run_id,
-        workflow_type=started.workflow_type,
-        status=status,
-        start_time=when(started.at_us),
-        close_time=when(closed_at),
-        parent_workflow_id=started.parent_id if isinstance(started, ev.WorkflowStarted) else None,
-        history_length=max(e.event_id for e in events),
-        error_type=error_type,
-        error_message=error_message,
-        partition=started.partition,
     )

@@ -38,7 +38,15 @@ from pyiceberg.types import (
     TimestamptzType,
 )
 
-from duraflow.cdc.events import Event, encode_event, event_type
+from duraflow.cdc.events import (
+    CLOSING,
+    CLOSING_RULES,
+    ClosingRule,
+    Event,
+    FromField,
+    encode_event,
+    event_type,
+)
 from duraflow.storage import codec
 
 PAYLOAD_FIELDS = frozenset({"args", "result", "payload"})
@@ -295,7 +303,7 @@ def drop_duplicates(rows: pa.Table, key: tuple[str, ...]) -> pa.Table:
 
 # -- history rows to workflows and activities (DuckDB SQL) -----------------------------------
 
-RUN_CLOSING = ("workflow.completed", "workflow.failed", "workflow.cancelled", "workflow.terminated")
+RUN_CLOSING = tuple(str(cls.__struct_config__.tag) for cls in CLOSING)
 ACTIVITY_CLOSING = (
     "workflow.activity_completed",
     "workflow.activity_failed",
@@ -313,6 +321,46 @@ FACT_TYPES = (
 
 def _sql_list(values: tuple[str, ...]) -> str:
     return ", ".join(f"'{v}'" for v in values)
+
+
+def _sql_text(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+_CLOSING_FIELDS = frozenset({"error_type", "error_message", "reason"})
+"""The closing events' fields FACTS_SQL parses (the closing rules may name these)."""
+
+
+def _closing_value(value: object, event: str) -> str:
+    """SQL for one value of a closing rule (see ``cdc.events.ClosingRule``)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, str):
+        return _sql_text(value)
+    assert isinstance(value, FromField)
+    if value.name not in _CLOSING_FIELDS:
+        raise ValueError(
+            f"a closing rule of {event} reads field {value.name!r}, which the archive's "
+            f"facts do not carry; add it to _CLOSING_FIELDS and _DATA_FIELDS"
+        )
+    column = f"c.{value.name}"
+    if value.or_else is None:
+        return column
+    return f"coalesce(nullif({column}, ''), {_sql_text(value.or_else)})"
+
+
+def _closing_case(part: str, column: str = "c.event_type") -> str:
+    """An SQL ``CASE`` giving ``part`` (status, error_type or error_message) of a run closed
+    by the event whose type is ``column``, made from ``cdc.events.CLOSING_RULES`` (the one
+    place that says what each closing event means; the fields it reads are ``c.``'s)."""
+    rules: dict[str, ClosingRule] = {
+        str(cls.__struct_config__.tag): rule for cls, rule in CLOSING_RULES.items()
+    }
+    whens = " ".join(
+        f"WHEN '{tag}' THEN {_closing_value(getattr(rule, part), tag)}"
+        for tag, rule in rules.items()
+    )
+    return f"CASE {column} {whens} END"
 
 
 _RUN_CLOSING = _sql_list(RUN_CLOSING)
@@ -369,22 +417,14 @@ counts AS (
     GROUP BY workflow_id, run_id
 )
 SELECT c.workflow_id, c.run_id, c.workflow_type,
-       replace(c.event_type, 'workflow.', '') AS status,
+       {_closing_case("status")} AS status,
        n.start_time,
        c.event_time AS close_time,
        date_diff('millisecond', n.start_time, c.event_time) AS duration_ms,
        coalesce(n.activity_count, 0) AS activity_count,
        coalesce(n.retry_count, 0) AS retry_count,
-       CASE c.event_type
-           WHEN 'workflow.failed' THEN c.error_type
-           WHEN 'workflow.cancelled' THEN 'CancelledError'
-           WHEN 'workflow.terminated' THEN 'Terminated'
-       END AS error_type,
-       CASE c.event_type
-           WHEN 'workflow.failed' THEN c.error_message
-           WHEN 'workflow.cancelled' THEN coalesce(nullif(c.reason, ''), 'cancelled')
-           WHEN 'workflow.terminated' THEN coalesce(nullif(c.reason, ''), 'terminated')
-       END AS error_message,
+       {_closing_case("error_type")} AS error_type,
+       {_closing_case("error_message")} AS error_message,
        c.event_date AS close_date,
        c.partition,
        c.lsn
@@ -449,7 +489,7 @@ closed_by_run AS (
            c.r.event_time AS closed_at,
            'cancelled' AS outcome,
            'CancelledError' AS error_type,
-           'run ' || replace(c.r.event_type, 'workflow.', '') || ' first' AS error_message,
+           'run ' || {_closing_case("status", "c.r.event_type")} || ' first' AS error_message,
            c.r.event_date AS closed_date, c.r.partition, c.r.lsn
     FROM steps s JOIN run_closing c USING (workflow_id, run_id)
     WHERE s.closings = 0 AND s.scheduled_at IS NOT NULL

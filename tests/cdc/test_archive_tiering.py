@@ -131,6 +131,23 @@ def test_closed_runs_answer_from_the_archive_once_they_left_the_partitions(
         assert described == handle.describe()
         assert history == handle.history()
         assert outcome == _outcome(handle)
+    # The partition, the client's fold of an archived history and the archive's workflows
+    # table say the same of how each run closed (one mapping, cdc.events.CLOSING_RULES).
+    archived = {
+        (row["workflow_id"], row["run_id"]): (
+            row["status"],
+            row["error_type"],
+            row["error_message"],
+        )
+        for row in client.sql(
+            "SELECT workflow_id, run_id, status, error_type, error_message FROM workflows "
+            "WHERE workflow_id LIKE ?",
+            [f"at-{tag}-%"],
+        ).to_pylist()
+    }
+    for handle in closed:
+        d = handle.describe()
+        assert archived[(d.workflow_id, d.run_id)] == (d.status, d.error_type, d.error_message)
     assert "failed" == failing.describe().status
     assert (
         parents[0].workflow_id

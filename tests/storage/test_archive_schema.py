@@ -12,6 +12,7 @@ from pyiceberg.io.pyarrow import schema_to_pyarrow
 from pyiceberg.transforms import IdentityTransform
 
 from duraflow.cdc import events as ev
+from duraflow.description import describe_closed_run
 from duraflow.storage import codec
 from duraflow.storage.archive_schema import (
     HISTORY,
@@ -132,3 +133,49 @@ def test_history_rows_keep_the_events_own_bytes_when_given() -> None:
     assert history_rows(events).equals(rows)
     with pytest.raises(ValueError, match="encoded events"):
         history_rows(events, stored[:-1])
+
+
+def _closing_event(cls: type[ev.Event], text: str, **common: object) -> ev.Event:
+    """A ``cls`` event with every text field ``text`` (each rule's "empty" case when it is
+    ""), and its other fields set; defaults that are not empty text are kept."""
+    fields: dict[str, object] = {}
+    for field in msgspec.structs.fields(cls):
+        if field.name in COMMON or field.default not in (msgspec.NODEFAULT, ""):
+            continue
+        fields[field.name] = {str: text, bytes: codec.encode({"by": cls.__name__})}[field.type]
+    return cls(**common, **fields)
+
+
+def test_every_closing_event_closes_its_run_alike_in_the_client_and_the_archive(
+    archive: Archive,
+) -> None:
+    """One mapping from closing event to status, error type and message: what a client says
+    of an archived run (folding its history) is what the archive's ``workflows`` table says.
+    A closing event added to ``CLOSING`` without a rule fails here."""
+    events: list[ev.Event] = []
+    histories: dict[str, list[ev.Event]] = {}
+    for cls in ev.CLOSING:
+        for text in ("", "why: it's over"):
+            workflow_id = f"{cls.__name__}/{text}"
+            common = {"workflow_id": workflow_id, "run_id": "r", "workflow_type": "order"}
+            lsn = len(events)
+            started = ev.WorkflowStarted(
+                args=codec.encode([]), event_id=1, lsn=lsn + 1, at_us=1_000_000, **common
+            )
+            closing = _closing_event(cls, text, event_id=2, lsn=lsn + 2, at_us=3_000_000, **common)
+            histories[workflow_id] = [started, closing]
+            events += [started, closing]
+    archive_batch(archive, history_rows(events))
+
+    with connect(archive) as q:
+        rows = q.sql("SELECT workflow_id, status, error_type, error_message FROM workflows")
+        archived = {r[0]: r[1:] for r in rows.fetchall()}
+
+    folded = {}
+    for workflow_id, history in histories.items():
+        described = describe_closed_run(history)
+        outcome = ev.run_closing(history[-1])
+        assert (described.status, described.error_type, described.error_message) == outcome[:3]
+        folded[workflow_id] = outcome[:3]
+    assert folded == archived
+    assert {"completed", "failed", "cancelled", "terminated"} == {s for s, _, _ in folded.values()}
