@@ -23,6 +23,7 @@ LEAVES = {
     "duraflow.description",
     "duraflow.cdc.events",
     "duraflow.storage.codec",
+    "duraflow.storage.rows",  # the rows the partition machine reads and writes
     "duraflow.actors.messages",
     "duraflow.actors.router",
     "duraflow.engine.definitions",
@@ -34,7 +35,7 @@ LEAVES = {
 library or third-party packages). A new leaf (say storage row types) is added here."""
 
 LAYERS: dict[str, set[str]] = {
-    # pure: no SQLite, no Ray, no files; engine/machine*.py belong here too
+    # pure: no SQLite, no Ray, no files (the partition machine included)
     "duraflow.engine": set(),
     # what users hold: reaches partitions through client.host, the archive through a protocol
     "duraflow.client": {
@@ -57,14 +58,6 @@ or module names). A module belongs to the longest package that contains it."""
 
 COMPOSITION_ROOTS = {"duraflow", "duraflow.runtime", "duraflow.cli", "duraflow.testing"}
 """Modules that know every layer; no other module imports them."""
-
-ALLOWED_CYCLE_EDGES: set[tuple[str, str]] = {
-    # The partition's mixins import it back for types. Issue 12's partition rewrite (a pure
-    # machine in engine/ and a thin shell) removes them: empty this set then.
-    ("duraflow.actors.partition_activities", "duraflow.actors.partition"),
-    ("duraflow.actors.partition_failures", "duraflow.actors.partition"),
-}
-"""Imports (importer, imported) left out of the cycle check, each one closing a known cycle."""
 
 
 def _module_name(path: Path) -> str:
@@ -183,25 +176,10 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     return sorted(found)
 
 
-def _edges(leaving_out: set[tuple[str, str]]) -> dict[str, set[str]]:
-    return {
-        m: {i for i in imports if i in MODULES and (m, i) not in leaving_out}
-        for m, imports in OURS.items()
-    }
-
-
 def test_no_import_cycles() -> None:
-    cycles = _cycles(_edges(ALLOWED_CYCLE_EDGES))
+    edges = {m: {i for i in imports if i in MODULES} for m, imports in OURS.items()}
+    cycles = _cycles(edges)
     assert [] == cycles, f"modules that import each other (TYPE_CHECKING included): {cycles}"
-
-
-@pytest.mark.parametrize("edge", sorted(ALLOWED_CYCLE_EDGES))
-def test_each_allowed_cycle_still_exists(edge: tuple[str, str]) -> None:
-    """An allowance outlives its cycle by mistake only: remove it once the cycle is gone."""
-    importer, imported = edge
-    assert any({importer, imported} <= set(c) for c in _cycles(_edges(set()))), (
-        f"{importer} and {imported} no longer import each other: remove the allowance"
-    )
 
 
 def test_the_cycle_check_finds_a_cycle() -> None:

@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import Any
 
 from duraflow.actors import messages as m
+from duraflow.engine import effects as fx
 
 MAILBOX_TTL_S = 300.0
 """A mailbox nobody collected from or registered with for this long is dropped (its client
@@ -100,3 +102,45 @@ class Mailboxes:
         ]
         for name in stale:
             del self._boxes[name]
+
+
+class ResultWaits:
+    """Who waits for which open run's outcome: held futures (one call per run) and mailbox
+    registrations (``AwaitResult`` with a mailbox). In memory only; used from the
+    partition's loop."""
+
+    def __init__(self, mailboxes: Mailboxes) -> None:
+        self.mailboxes = mailboxes
+        self._futures: dict[tuple[str, str], list[asyncio.Future[Any]]] = {}
+        self._mailed: dict[tuple[str, str], list[tuple[str, str | None]]] = {}
+
+    def add(self, wait: fx.AwaitClose, future: asyncio.Future[Any], incarnation: str) -> None:
+        """Hold ``future`` until the run closes, or register its mailbox and answer at once."""
+        key = (wait.workflow_id, wait.run_id)
+        if wait.mailbox is None:
+            self._futures.setdefault(key, []).append(future)
+            return
+        self.mailboxes.register(wait.mailbox)
+        mailed = self._mailed.setdefault(key, [])
+        entry = (wait.mailbox, wait.requested_run_id)
+        if entry not in mailed:  # a client registers again after a restart
+            mailed.append(entry)
+        future.set_result(m.Waiting(incarnation))  # the outcome goes to the mailbox
+
+    def closed(self, outcome: m.Outcome) -> None:
+        """A run closed: answer its held futures and fill its mailboxes."""
+        key = (outcome.workflow_id, outcome.run_id)
+        for future in self._futures.pop(key, ()):
+            if not future.done():
+                future.set_result(outcome)
+        for mailbox, requested_run_id in self._mailed.pop(key, ()):
+            self.mailboxes.deliver(mailbox, m.MailedOutcome(requested_run_id, outcome))
+
+    def close(self, error: BaseException) -> None:
+        """The partition closes: every held future fails with ``error``."""
+        self.mailboxes.close()
+        for futures in self._futures.values():
+            for future in futures:
+                if not future.done():
+                    future.set_exception(error)
+        self._futures.clear()

@@ -153,9 +153,12 @@ class RayExecutor:
             definition, task.args, task.info, self._actor, task.timed
         )
         task.cancel_hook = lambda: ray.cancel(ref)
-        # _run_activity heartbeats first thing when a timeout must count from its start.
-        task.reports_start = task.timed
         self._loop.create_task(self._wait(ref, done, definition.name))
+
+    def waits_to_run(self, definition: ActivityDefinition) -> bool:
+        """A Ray task may wait for a worker: _run_activity heartbeats first thing when a
+        timeout must count from its start."""
+        return not definition.inline
 
     async def _wait(self, ref: Any, done: Callable[[ActivityOutcome], None], name: str) -> None:
         try:

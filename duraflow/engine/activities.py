@@ -64,9 +64,6 @@ class ActivityTask:
         self.cancel_hook: Callable[[], None] | None = None
         self.timed = False
         """Whether this attempt has a start-to-close or heartbeat timeout."""
-        self.reports_start = False
-        """Set by an executor whose attempts may wait before they run (Ray tasks): such an
-        attempt sends a first heartbeat when it starts, and its timeouts count from there."""
 
     def cancel(self) -> None:
         """Tell the attempt it is no longer wanted (heartbeat raises; async code is cancelled)."""
@@ -79,6 +76,11 @@ class ActivityExecutor(Protocol):
     """Runs activity attempts somewhere and calls ``done`` (from any thread) with the outcome."""
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None: ...
+
+    def waits_to_run(self, definition: ActivityDefinition) -> bool:
+        """Whether an attempt may wait before it runs (for a worker or resources): such an
+        attempt sends a first heartbeat when it starts, and its timeouts count from there."""
+        ...
 
     def close(self) -> None: ...
 
@@ -205,6 +207,10 @@ class InlineExecutor:
             tuple[ActivityTask, Callable[[ActivityOutcome], None]] | None
         ]
         self._queue = queue.SimpleQueue()
+
+    def waits_to_run(self, definition: ActivityDefinition) -> bool:
+        """An inline attempt starts at once: its timeouts count from its dispatch."""
+        return False
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
         if task.definition.is_async:

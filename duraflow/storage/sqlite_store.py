@@ -29,54 +29,12 @@ from duraflow.storage.partition_file import (
     schema_version,
     write_stamp,
 )
+from duraflow.storage.rows import ActivityRow, TimerRow, WorkflowRow
 from duraflow.storage.schema import migrate
 
+__all__ = ["ActivityRow", "PartitionStore", "TimerRow", "WorkflowRow", "is_storage_failure"]
+
 BUSY_TIMEOUT_MS = 5000
-
-
-class WorkflowRow(msgspec.Struct, frozen=True):
-    """One run as stored in the ``workflows`` table."""
-
-    workflow_id: str
-    run_id: str
-    workflow_type: str
-    code_ref: str
-    status: str
-    parent_id: str | None
-    parent_run_id: str | None
-    parent_seq: int | None
-    started_at_us: int
-    closed_at_us: int | None
-    result: bytes | None
-    error_type: str | None
-    error_message: str | None
-    stuck: str | None = None
-
-
-class ActivityRow(msgspec.Struct, frozen=True):
-    """One scheduled, unresolved activity as stored in ``workflow_activities``."""
-
-    workflow_id: str
-    run_id: str
-    seq: int
-    activity: str
-    code_ref: str
-    args: bytes
-    options: bytes
-    attempt: int
-    state: str
-    scheduled_at_us: int
-    next_at_us: int | None
-    heartbeat: bytes | None
-
-
-class TimerRow(msgspec.Struct, frozen=True):
-    """One durable timer of an open run."""
-
-    workflow_id: str
-    run_id: str
-    seq: int
-    fire_at_us: int
 
 
 _WORKFLOW_COLUMNS = (
@@ -431,6 +389,11 @@ class PartitionStore:
         )
 
     # -- outbox -----------------------------------------------------------------------------
+
+    @staticmethod
+    def failed(exc: BaseException) -> bool:
+        """Whether ``exc`` is this file or its disk failing (:func:`is_storage_failure`)."""
+        return is_storage_failure(exc)
 
     def insert_outbox(self, target_id: str, message: bytes) -> int:
         cursor = self._conn.execute(

@@ -1,4 +1,7 @@
-"""The partition's table of scheduled activities and the state of their current attempt."""
+"""The partition machine's table of scheduled activities and the state of their current attempt.
+
+Pure state: the shell holds the running attempts' tasks (``Dispatch`` / ``StopAttempt``).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +10,15 @@ from collections.abc import Callable
 import msgspec
 
 from duraflow.engine.activities import ActivityInfo, ActivityTask
-from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, resolve_activity
+from duraflow.engine.definitions import (
+    ActivityDefinition,
+    ActivityOptions,
+    delay_s,
+    resolve_activity,
+)
 from duraflow.errors import UnknownActivity
 from duraflow.storage.codec import decode
-from duraflow.storage.sqlite_store import ActivityRow
+from duraflow.storage.rows import ActivityRow
 
 Key = tuple[str, str, int]
 """(workflow ID, run ID, seq) of a scheduled activity."""
@@ -23,7 +31,6 @@ class Attempt:
     """A scheduled activity and its current attempt (number, running, heartbeat)."""
 
     __slots__ = (
-        "_task",
         "args",
         "definition",
         "heartbeat_details",
@@ -57,7 +64,6 @@ class Attempt:
         waiting for a worker or resources). Its start_to_close and heartbeat timeouts count
         from here."""
         self.heartbeat_details: bytes | None = None
-        self._task: ActivityTask | None = None
 
     def row(self, number: int, state: str, next_at_us: int | None) -> ActivityRow:
         wid, rid, seq = self.key
@@ -76,23 +82,39 @@ class Attempt:
             self.heartbeat_details,
         )
 
-    def begin(self, number: int, now: float) -> None:
+    def begin(self, number: int, now: float, waits_to_run: bool) -> None:
+        """Attempt ``number`` is running from ``now`` (``waits_to_run``: its timeouts count
+        from its first heartbeat instead, which it sends when it starts)."""
         self.number = number
         self.running = True
         self.last_heartbeat = now
-        self.started_at = now
+        self.started_at = None if waits_to_run else now
 
-    def stop(self) -> None:
-        """The current attempt is over (or unwanted): tell its code, if it still runs."""
-        self.running = False
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
+    @property
+    def timed(self) -> bool:
+        """Whether an attempt has a start-to-close or heartbeat timeout."""
+        return bool(self.options.start_to_close_timeout or self.options.heartbeat_timeout)
 
     def deadline(self) -> float | None:
         """When schedule_to_close_timeout ends all attempts (seconds), if it is set."""
         timeout = self.options.schedule_to_close_timeout
         return None if timeout is None else self.scheduled_at_us / 1e6 + timeout
+
+    def retry_wait(self, error_type: str, now: float, delay: float | None = None) -> float | None:
+        """How long to wait before the next attempt after this one failed with
+        ``error_type`` at ``now`` (``delay``: instead of the policy's backoff); None when the
+        policy, the error or the schedule-to-close deadline allows no more attempts."""
+        retry = self.options.retry
+        following = self.number + 1
+        wait = delay_s(retry, following) if delay is None else delay
+        deadline = self.deadline()
+        if (
+            error_type != "PayloadError"
+            and retry.allows(following, error_type)
+            and (deadline is None or now + wait < deadline)
+        ):
+            return wait
+        return None
 
     def task(self, heartbeat: Callable[[bytes | None], None]) -> ActivityTask:
         wid, rid, seq = self.key
@@ -104,10 +126,9 @@ class Attempt:
             attempt=self.number,
             heartbeat_details=decode(self.heartbeat_details),
         )
-        self._task = ActivityTask(self.definition, self.args, info, heartbeat)
-        options = self.options
-        self._task.timed = bool(options.start_to_close_timeout or options.heartbeat_timeout)
-        return self._task
+        task = ActivityTask(self.definition, self.args, info, heartbeat)
+        task.timed = self.timed
+        return task
 
 
 class AttemptTable:
@@ -153,8 +174,6 @@ class AttemptTable:
             attempt.running = row.state == "running"
             attempt.heartbeat_details = row.heartbeat
         else:
-            if old is not None:
-                old.stop()  # begun by the rolled-back turn, never dispatched
             attempt = self.restore(row)
             if attempt.running:
                 attempt.started_at = attempt.last_heartbeat = now
@@ -167,19 +186,11 @@ class AttemptTable:
         """Whether an attempt is running (not waiting out a retry backoff)."""
         return any(attempt.running for attempt in self._by_key.values())
 
-    def drop(self, key: Key) -> None:
-        attempt = self._by_key.pop(key, None)
-        if attempt is not None:
-            attempt.stop()
+    def drop(self, key: Key) -> Attempt | None:
+        return self._by_key.pop(key, None)
 
-    def forget(self, key: Key) -> None:
-        """Drop ``key`` without telling its attempt (another table took it over)."""
-        self._by_key.pop(key, None)
-
-    def cancel_all(self) -> None:
-        for attempt in self._by_key.values():
-            attempt.stop()
-        self._by_key.clear()
+    def values(self) -> list[Attempt]:
+        return list(self._by_key.values())
 
 
 def _missing(name: str, code_ref: str, message: str) -> ActivityDefinition:
