@@ -1,6 +1,6 @@
 """Entry point: ``python -m benchmarks [options]`` (or ``./dev bench``) runs the whole suite
-(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos|restart [options]`` runs
-one part alone."""
+(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos|restart|fencing
+[options]`` runs one part alone."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from benchmarks import (
     bench_archive,
     bench_core,
     bench_dbos,
+    bench_fencing,
     bench_lag,
     bench_parked,
     bench_restart,
@@ -23,6 +24,7 @@ PARTS = {
     "lag": bench_lag.main,
     "dbos": bench_dbos.main,
     "restart": bench_restart.main,
+    "fencing": bench_fencing.main,
 }
 
 

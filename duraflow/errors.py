@@ -33,7 +33,9 @@ DuraflowError
 ├── RequestFailed            not retriable: the partition could not apply this request (a value
 │                            its file cannot hold, or a bug); nothing of it was recorded
 └── PartitionUnavailable     retriable: the owning partition is restarting, closed, or its file
-                             is failing (I/O error, disk full); another try may succeed
+    │                        is failing (I/O error, disk full); another try may succeed
+    └── PartitionFenced      its file was taken over by a newer owner (a newer epoch): this
+                             owner wrote nothing more and stopped; a retry reaches the new one
 
 Workflow code sees cancellation as ``asyncio.CancelledError`` (a BaseException), so a
 workflow's ``except Exception`` does not swallow it.
@@ -276,3 +278,10 @@ class PartitionUnavailable(DuraflowError):
     or its file is failing (an I/O error, a full disk); the call may be retried once it is
     back. A request the partition cannot apply whatever the retries raises
     :class:`RequestFailed` instead."""
+
+
+class PartitionFenced(PartitionUnavailable):
+    """A partition's file was taken over by a newer owner while this one was stalled (stopped,
+    frozen, or cut off from its cluster): the file's epoch is newer than the one this owner
+    opened it at. The turn that found it was rolled back; this owner writes nothing more and
+    stops (README "Fencing"). Retriable: the new owner serves the partition."""

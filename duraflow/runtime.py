@@ -214,6 +214,12 @@ class Engine:
             partition longer than this without an ``await`` is reported while it blocks and
             its run marked stuck when it returns (default 2 s; None turns the detector off,
             e.g. to stop at breakpoints in workflow code). README "Rules for workflow code".
+        takeover: open the partition files even if a stalled owner (a process stopped,
+            frozen or cut off, that you know is being replaced) still holds them: their locks
+            are broken and each file gets a newer epoch, so that owner writes nothing more
+            when it wakes and closes its partitions (README "Fencing"). ``runtime="local"``
+            only: a restarted Ray partition actor takes over from its stalled predecessor by
+            itself. Without it (default) such a file raises ``PartitionUnavailable``.
 
     These settings become one :class:`~duraflow.config.EngineConfig` (``engine.config``),
     the same that ``duraflow serve`` builds from its options; partitions and the archive's
@@ -250,9 +256,18 @@ class Engine:
         s3: S3Config | None = None,
         archive_interval: Duration = COMMIT_INTERVAL_S,
         deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
+        takeover: bool = False,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+        if not isinstance(takeover, bool):
+            raise ConfigurationError(f"takeover must be True or False, got {takeover!r}")
+        if takeover and runtime != "local":
+            raise ConfigurationError(
+                "takeover=True is for runtime='local': on Ray, a restarted partition actor "
+                "takes its file over from a stalled predecessor by itself"
+            )
+        self._takeover = takeover
         if address is not None and (not isinstance(address, str) or not address):
             raise ConfigurationError(
                 f"address must be a Ray address ('auto', 'host:port', 'ray://...') or None, "
@@ -301,7 +316,7 @@ class Engine:
 
     def _local_host(self) -> LocalHost:
         """The in-process host (``duraflow.testing`` gives it a stepped clock)."""
-        return LocalHost(self.config)
+        return LocalHost(self.config, takeover=self._takeover)
 
     def client(self) -> Client:
         """The client of this engine (start workflows, get handles, list)."""

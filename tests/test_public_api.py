@@ -19,6 +19,7 @@ CONTRACT_NAMES = [
     "InvalidWorkflowId",
     "NonDeterminismError",
     "NotAnActivityError",
+    "PartitionFenced",
     "PartitionUnavailable",
     "PayloadError",
     "QueryError",

@@ -5,12 +5,19 @@ blocks (``time.sleep``, blocking I/O) holds its own partition only, and the othe
 (the GIL is released by blocking calls; see README "Rules for workflow code"). Under a
 stepped clock (``duraflow.testing``) every partition shares one loop, so the clock's
 stepper sees them all settle between its moves.
+
+Fencing (``storage/fencing.py``): with ``takeover=True`` the host breaks the lock of each
+partition file a stalled owner still holds (the operator says that owner is replaced) and
+claims a newer epoch; a partition of this host whose file another owner took over the same way
+is closed at its next write turn (``fenced``), having written nothing more.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
+import logging
 import threading
 import time
 from collections.abc import Coroutine
@@ -24,7 +31,11 @@ from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.client.host import Host
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
+from duraflow.errors import PartitionFenced
+from duraflow.storage import fencing
 from duraflow.storage.layout import partition_path
+
+log = logging.getLogger("duraflow.local")
 
 T = TypeVar("T")
 
@@ -39,11 +50,20 @@ class LocalHost(Host):
         config: the deployment's settings.
         clock: a stepped clock for every partition (``duraflow.testing``); ``stepper`` then
             moves it. None: the wall clock.
+        takeover: open partition files whose lock a stalled owner still holds (the caller
+            knows that owner is replaced): its lock is broken and a newer epoch claimed, so it
+            writes nothing more once it wakes. Without it such a file raises
+            PartitionUnavailable.
     """
 
-    def __init__(self, config: EngineConfig, *, clock: SteppedClock | None = None) -> None:
+    def __init__(
+        self, config: EngineConfig, *, clock: SteppedClock | None = None, takeover: bool = False
+    ) -> None:
         self.config = config
         self.partitions = config.partitions
+        self.fenced: dict[int, PartitionFenced] = {}
+        """The partitions this host closed because a newer owner took their file over."""
+        self._fenced_closing: dict[int, concurrent.futures.Future[None]] = {}
         count = config.partitions if clock is None else 1
         loops = [asyncio.new_event_loop() for _ in range(count)]
         self._threads = [
@@ -60,10 +80,11 @@ class LocalHost(Host):
         # Async activities run on the loop of the partition that starts them.
         self._executor = InlineExecutor(self._loops[0], config.activity_threads)
         data_dir = Path(config.data_dir)
+        self._paths = [partition_path(data_dir, i) for i in range(config.partitions)]
         self._parts = [
             Partition(
                 i,
-                partition_path(data_dir, i),
+                self._paths[i],
                 config,
                 executor=self._executor,
                 send=self._send,
@@ -75,12 +96,34 @@ class LocalHost(Host):
         self.stepper = None if clock is None else TimeStepper(clock, self._parts)
         """Moves the stepped clock (None on the wall clock); use it through :meth:`submit`."""
         try:
-            opening = [self._submit(i, part.open()) for i, part in enumerate(self._parts)]
+            opening = [self._submit(i, self._open(i, takeover)) for i in range(self.partitions)]
             for future in opening:
                 future.result()
         except BaseException:
             self.close()
             raise
+
+    async def _open(self, index: int, takeover: bool) -> None:
+        if takeover:
+            holder = fencing.break_lock(self._paths[index])
+            if holder is not None:
+                log.warning(
+                    "partition %d: taking its file over from %s, which still holds it "
+                    "(takeover=True); that owner writes nothing more once it wakes",
+                    index,
+                    holder,
+                )
+        with fencing.fenced_callback(functools.partial(self._fenced_out, index)):
+            await self._parts[index].open()
+
+    def _fenced_out(self, index: int, error: PartitionFenced) -> None:
+        """Partition ``index``'s file was taken over (called in the turn that found it, on its
+        loop): close the partition, which writes nothing more."""
+        self.fenced[index] = error
+        loop = self._loops[index]
+        self._fenced_closing[index] = asyncio.run_coroutine_threadsafe(
+            self._parts[index].close(), loop
+        )
 
     def _submit(self, partition: int, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         return asyncio.run_coroutine_threadsafe(coro, self._loops[partition])
@@ -95,16 +138,28 @@ class LocalHost(Host):
         return await self.call(partition_of(workflow_id, self.partitions), request)
 
     async def call(self, partition: int, request: Any) -> Any:
-        """Send ``request`` to partition ``partition``; awaitable from any event loop."""
+        """Send ``request`` to partition ``partition``; awaitable from any event loop.
+
+        Raises:
+            PartitionFenced: another owner took the partition's file over.
+        """
+        self._check_owned(partition)
         future = self._submit(partition, self._parts[partition].handle(request))
         return await asyncio.wrap_future(future)
 
     async def call_batch(self, partition: int, requests: list[Any]) -> list[Any]:
         """Send ``requests`` for one turn; replies in order, an error in place of a failure.
         Encoded as over Ray, so the partition checks a batch the same way from either host."""
+        self._check_owned(partition)
         payload = m.encode_requests(requests)
         future = self._submit(partition, self._parts[partition].handle_batch(payload))
         return await asyncio.wrap_future(future)
+
+    def _check_owned(self, partition: int) -> None:
+        if self.fenced:
+            error = self.fenced.get(partition)
+            if error is not None:
+                raise PartitionFenced(str(error))
 
     def stats(self) -> list[dict[str, int]]:
         async def collect(part: Partition) -> dict[str, int]:
@@ -119,7 +174,7 @@ class LocalHost(Host):
             return
         try:
             closing = [
-                self._submit(i, part.close())
+                self._fenced_closing.get(i) or self._submit(i, part.close())
                 for i, part in enumerate(self._parts)
                 if not self._loops[i].is_closed()
             ]

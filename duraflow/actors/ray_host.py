@@ -2,9 +2,17 @@
 
 Each partition is hosted by a Ray actor named ``partition-NNNN`` in the deployment's namespace
 (``get_if_exists``, ``max_restarts=-1``). The actor opens its partition in ``__init__``, so a
-restarted actor recovers from its SQLite file at once, without any client. The partition file's
-exclusive lock fences it: a replacement cannot open the file while a stalled old owner still
-holds it, and keeps trying until the old one is gone.
+restarted actor recovers from its SQLite file at once, without any client.
+
+Fencing (``storage/fencing.py``; Ray gives none): the partition file's lock keeps a second
+actor out while its owner lives, and the actor keeps trying until the old owner is gone. One
+exception: when the lock is still held, TAKEOVER_AFTER_S after the actor started, by an
+earlier incarnation of this same actor (the lock file names the holder's actor ID), Ray has
+restarted this actor because it holds that incarnation dead, though it is not (its node was cut
+off, its process frozen): the actor then breaks the lock and claims a newer epoch. The old
+incarnation, should it wake, finds that epoch at its next write turn, writes nothing and exits
+its process. A frozen process on a live node is not replaced by Ray at all (it stays ALIVE to
+Ray): kill it, and Ray's restart opens the file at once.
 
 Activities run as Ray tasks (``max_retries=0``: retrying is the engine's job) with the
 activity's ``num_cpus``, ``num_gpus``, ``resources`` and ``runtime_env``; ``inline=True``
@@ -51,15 +59,22 @@ from duraflow.engine.definitions import (
 from duraflow.errors import (
     ConfigurationError,
     DuraflowError,
+    PartitionFenced,
     PartitionUnavailable,
     WorkflowClosed,
 )
+from duraflow.storage import fencing
 from duraflow.storage.layout import partition_path
 
 log = logging.getLogger("duraflow.ray")
 
 OPEN_RETRY_S = 0.5
 """How often a new partition actor retries opening a file still locked by an old owner."""
+TAKEOVER_AFTER_S = 3.0
+"""How long a restarted partition actor waits for an earlier incarnation of itself to release
+the file's lock before it takes the file over (a dying process releases it at once)."""
+FENCED_EXIT_DELAY_S = 0.5
+"""How long a fenced partition actor lets its last replies go before its process exits."""
 FENCED_CALL_WAIT_S = 10.0
 """How long a call to a partition actor whose file another live process still holds waits
 before it fails with PartitionUnavailable (retriable) instead of hanging."""
@@ -192,16 +207,17 @@ class PartitionActor:
         self._index = index
         self._peers: dict[int, Any] = {}
         loop = asyncio.get_running_loop()
-        me = ray.get_runtime_context().current_actor
+        context = ray.get_runtime_context()
+        me = context.current_actor
+        self._owner = f"Ray actor {context.get_actor_id()}"
+        fencing.set_owner(self._owner)  # the lock file names us; our restarts keep the ID
         self._executor = RayExecutor(loop, me, self._config.activity_threads)
+        self._path = partition_path(Path(self._config.data_dir), index)
         self._partition = Partition(
-            index,
-            partition_path(Path(self._config.data_dir), index),
-            self._config,
-            executor=self._executor,
-            send=self._send,
+            index, self._path, self._config, executor=self._executor, send=self._send
         )
-        self._fenced: PartitionUnavailable | None = None
+        self._locked_out: PartitionUnavailable | None = None
+        self._exiting: asyncio.Task[None] | None = None
         self._init_s = time.time() - self._started_at
         self._opened_at: float | None = None
         self._opened = loop.create_task(self._open())
@@ -209,14 +225,48 @@ class PartitionActor:
     async def _open(self) -> None:
         while True:
             try:
-                await self._partition.open()
+                with fencing.fenced_callback(self._fenced_out):
+                    await self._partition.open()
                 self._opened_at = time.time()
                 return
             except PartitionUnavailable as exc:
-                # Fencing: the old owner still holds the file. Wait for it to go.
+                # Fencing: the old owner still holds the file. Wait for it to go, or take
+                # the file over from an earlier incarnation of ours that Ray holds dead.
+                if self._take_over():
+                    continue
                 log.warning("partition %d waits for its file: %s", self._index, exc)
-                self._fenced = exc
+                self._locked_out = exc
                 await asyncio.sleep(OPEN_RETRY_S)
+
+    def _take_over(self) -> bool:
+        """Break the file's lock if an earlier incarnation of this actor has held it for
+        TAKEOVER_AFTER_S since this one started (see the module docstring)."""
+        holder = fencing.read_holder(self._path)
+        waited = time.time() - self._started_at
+        if holder is None or holder.owner != self._owner or waited < TAKEOVER_AFTER_S:
+            return False
+        broken = fencing.break_lock(self._path)
+        if broken is not None:
+            log.warning(
+                "partition %d: taking its file over from %s, an earlier incarnation of this "
+                "actor that Ray restarted but that still holds the file (frozen or cut off?)",
+                self._index,
+                broken,
+            )
+        return True
+
+    def _fenced_out(self, error: PartitionFenced) -> None:
+        """A newer owner took the file over: this is a stale incarnation. Close the partition
+        (it writes nothing more) and end the process."""
+        log.error("partition %d stops: %s", self._index, error)
+        self._exiting = asyncio.get_running_loop().create_task(self._exit_fenced())
+
+    async def _exit_fenced(self) -> None:
+        try:
+            await self._partition.close()
+            await asyncio.sleep(FENCED_EXIT_DELAY_S)
+        finally:
+            os._exit(1)
 
     async def call(self, request: Any) -> Any:
         """One request to the partition; duraflow errors come back as values."""
@@ -240,10 +290,10 @@ class PartitionActor:
     async def _wait_opened(self) -> _Failure | None:
         if not self._opened.done():
             await asyncio.wait([self._opened], timeout=FENCED_CALL_WAIT_S)
-            if not self._opened.done() and self._fenced is not None:
+            if not self._opened.done() and self._locked_out is not None:
                 return _Failure(
                     PartitionUnavailable(
-                        f"partition {self._index} cannot open its file yet: {self._fenced} "
+                        f"partition {self._index} cannot open its file yet: {self._locked_out} "
                         "(an old owner still runs); retry later"
                     )
                 )

@@ -7,6 +7,7 @@ data_dir/
 ├── partitions/
 │   ├── p0000.sqlite         one SQLite file per partition (named by number, never by
 │   ├── p0000.sqlite.lock    workflow ID), each with the flock that makes one writer
+│   │                        (naming its holder; storage/fencing.py)
 │   └── ...
 └── archive/
     ├── catalog.sqlite       the Iceberg catalog (pyiceberg SqlCatalog)

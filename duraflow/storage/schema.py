@@ -88,6 +88,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     CREATE INDEX workflows_closed ON workflows (closed_at_us) WHERE status != 'running';
     """,
+    # 4: the owner's epoch (storage/fencing.py): each opening increments it, each write turn
+    # checks it.
+    """
+    INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', '0');
+    """,
 )
 
 

@@ -3,13 +3,14 @@
 One connection, WAL mode, ``synchronous`` FULL by default. The partition wraps everything one
 turn changes in :meth:`PartitionStore.turn` (one ``BEGIN IMMEDIATE`` ... ``COMMIT``), which is
 what makes group commit: many workflows' changes, one fsync. Workflow IDs only ever appear as
-``?`` parameters.
+``?`` parameters. Each store is one owner of its file, fenced by a lock and an epoch
+(``storage/fencing.py``): every turn checks the epoch first.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
+import logging
 import os
 import sqlite3
 from collections.abc import Iterable, Iterator
@@ -19,7 +20,8 @@ import msgspec
 
 from duraflow.cdc.events import AnyEvent, Event, decode_event, encode_event, event_type
 from duraflow.config import SYNCHRONOUS_MODES
-from duraflow.errors import ConfigurationError, PartitionUnavailable
+from duraflow.errors import ConfigurationError, PartitionFenced
+from duraflow.storage import fencing
 from duraflow.storage.partition_file import (
     FileStamp,
     check_file,
@@ -35,6 +37,8 @@ from duraflow.storage.schema import migrate
 __all__ = ["ActivityRow", "PartitionStore", "TimerRow", "WorkflowRow", "is_storage_failure"]
 
 BUSY_TIMEOUT_MS = 5000
+
+log = logging.getLogger("duraflow.storage")
 
 
 _WORKFLOW_COLUMNS = (
@@ -57,6 +61,7 @@ class PartitionStore:
         *,
         stamp: FileStamp | None = None,
         create: bool = False,
+        on_fenced: fencing.OnFenced | None = None,
     ) -> None:
         """Open (or with ``create``, make) the partition file at ``path``.
 
@@ -67,12 +72,15 @@ class PartitionStore:
                 before stamps existed is stamped with it. None: not checked (tools, tests).
             create: make a new file (stamped with ``stamp``); without it a missing file is
                 an error, never created.
+            on_fenced: called once when a turn finds the file taken over by a newer owner
+                (default: the one ``fencing.fenced_callback`` set around this opening).
 
         Raises:
             ConfigurationError: the file is missing, empty, damaged, not a partition file,
                 or stamped for another deployment, partition or count (the message names
                 it); an unknown ``synchronous`` mode.
-            PartitionUnavailable: another live process holds the file.
+            PartitionUnavailable: another live process holds the file, or an old owner
+                stopped in the middle of a turn holds its write lock.
         """
         mode = synchronous.upper()
         if mode not in SYNCHRONOUS_MODES:
@@ -84,7 +92,14 @@ class PartitionStore:
         else:
             check_file(path)  # before connect(), which would make a missing file anew
         self.path = path
-        self._lock_fd = _take_lock(path.with_name(path.name + ".lock"))
+        self.epoch = 0
+        """This owner's epoch, claimed at opening; a turn that finds another one is fenced."""
+        self.fenced: PartitionFenced | None = None
+        """Set once a turn found the file taken over: the store then writes nothing more."""
+        self._epoch_text = ""
+        self._found: str | None = None
+        self._on_fenced = on_fenced or fencing.opening_callback()
+        self._lock_fd = fencing.take_lock(path)
         try:
             self._conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         except BaseException as exc:
@@ -99,6 +114,7 @@ class PartitionStore:
             if isinstance(exc, sqlite3.Error):
                 raise damaged(path, exc) from None
             raise
+        fencing.record_holder(self._lock_fd)
 
     def _setup(self, mode: str, stamp: FileStamp | None, create: bool) -> None:
         self._conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS:d}")
@@ -112,10 +128,14 @@ class PartitionStore:
             check_stamp(self.path, found, stamp)
             if found is None:  # new, or made before stamps existed
                 write_stamp(self._conn, stamp)
+        self.epoch, self._epoch_text = fencing.claim_epoch(self._conn, self.path)
 
     def close(self) -> None:
+        """Close the file and release its lock (a second call does nothing)."""
         self._conn.close()
-        os.close(self._lock_fd)  # closing the descriptor releases the flock
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # closing the descriptor releases the flock
+            self._lock_fd = -1
 
     # -- transactions -------------------------------------------------------------------------
 
@@ -125,13 +145,34 @@ class PartitionStore:
         # IMMEDIATE takes the write lock before we read anything. A deferred transaction that
         # reads first can get SQLITE_BUSY_SNAPSHOT on its first write, and busy_timeout cannot
         # retry that.
-        self._conn.execute("BEGIN IMMEDIATE")
+        if self.fenced is not None:
+            raise fencing.fenced_error(self.path, self.epoch, self._found)
+        conn = self._conn
+        conn.execute("BEGIN IMMEDIATE")
         try:
+            # Under the write lock: a new owner's opening either committed before (we see its
+            # epoch) or waits until this turn is over.
+            found = conn.execute(fencing.EPOCH_SQL).fetchone()
+            if found is None or found[0] != self._epoch_text:
+                raise self._fence(None if found is None else found[0])
             yield
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
+        conn.execute("COMMIT")
+
+    def _fence(self, found: str | None) -> PartitionFenced:
+        """Stop writing for good: another owner claimed the file."""
+        self._conn.execute("PRAGMA query_only = ON")  # not one write more, turn or not
+        self._found = found
+        self.fenced = fencing.fenced_error(self.path, self.epoch, found)
+        log.error("%s", self.fenced)
+        if self._on_fenced is not None:
+            try:
+                self._on_fenced(self.fenced)
+            except Exception:  # reason: the host's reaction must not keep the turn from failing
+                log.exception("the fencing callback of %s raised", self.path)
+        return self.fenced
 
     # -- meta -----------------------------------------------------------------------------
 
@@ -411,8 +452,9 @@ class PartitionStore:
 
 def is_storage_failure(exc: BaseException) -> bool:
     """Whether ``exc`` is the file or its disk failing (an I/O error, a full disk, a locked or
-    damaged file), which may pass, rather than a value the file cannot hold (an integer over
-    64 bits, a broken constraint, text that is not UTF-8), which fails the same way each time."""
+    damaged file, or the file taken over by a newer owner), which may pass, rather than a value
+    the file cannot hold (an integer over 64 bits, a broken constraint, text that is not
+    UTF-8), which fails the same way each time. Either way the whole turn was rolled back."""
     if isinstance(
         exc,
         (
@@ -423,22 +465,4 @@ def is_storage_failure(exc: BaseException) -> bool:
         ),
     ):
         return False
-    return isinstance(exc, (sqlite3.Error, OSError, MemoryError))
-
-
-def _take_lock(lock_path: Path) -> int:
-    """Hold an exclusive flock on a side file while the store is open: one writer per file.
-
-    A killed process releases it at once. (fcntl/lockf locks on the database file itself are
-    silently dropped when any other connection to it closes, so they cannot be used.)
-    """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise PartitionUnavailable(
-            f"{lock_path.parent / lock_path.stem} is open in another live process: a partition "
-            "file has exactly one writer"
-        ) from None
-    return fd
+    return isinstance(exc, (sqlite3.Error, OSError, MemoryError, PartitionFenced))
