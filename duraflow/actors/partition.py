@@ -36,7 +36,7 @@ from duraflow.engine import effects as fx
 from duraflow.engine import guard
 from duraflow.engine.activities import ActivityExecutor
 from duraflow.engine.machine import Machine
-from duraflow.errors import PartitionUnavailable, PayloadError, QueryTimeout
+from duraflow.errors import PartitionFenced, PartitionUnavailable, PayloadError, QueryTimeout
 from duraflow.storage.deployment import partition_stamp
 from duraflow.storage.sqlite_store import PartitionStore
 
@@ -60,9 +60,8 @@ class Partition:
         executor: where activity attempts run.
         send: reaches the partition owning another workflow ID (children, parents).
         clock: seconds since the epoch; a parameter so tests can step time.
-        stepped: ``clock`` moves only when told (``duraflow.testing``): due times are then
-            never armed on the loop's wall clock, and the host calls :meth:`clock_moved`
-            after each move.
+        stepped: ``clock`` moves only when told (``duraflow.testing``); the host calls
+            :meth:`clock_moved` after each move.
     """
 
     def __init__(
@@ -194,11 +193,8 @@ class Partition:
 
     async def handle_batch(self, payload: bytes) -> list[Any]:
         """Handle a batch encoded by ``messages.encode_requests`` in one turn: the replies in
-        order, an error in place of each request that failed.
-
-        The batch is checked whole before any of it is queued: a malformed one is refused
-        and none of its requests runs. ``AwaitResult`` in a batch must name a mailbox (a
-        batch never waits on a run).
+        order, an error in place of each request that failed. The batch is checked whole
+        first (a malformed one runs nothing); its ``AwaitResult``s must name a mailbox.
 
         Raises:
             PayloadError: malformed (the field named), or an ``AwaitResult`` without mailbox.
@@ -250,6 +246,10 @@ class Partition:
         self._turn_items += len(items)
         try:
             done = self.apply(items)
+        except PartitionFenced as exc:  # a newer owner has the file: write nothing more
+            self._closing = True  # the host closes the partition (its store told it)
+            turn_repair.fail_all(items, exc)
+            return
         except Exception as exc:  # reason: only what caused it fails (turn_repair)
             turn_repair.turn_failed(self, items, exc)
             return
