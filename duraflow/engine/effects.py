@@ -106,11 +106,15 @@ class Delivered(msgspec.Struct, tag=True):
 # -- writes: applied at once, inside the turn's transaction -----------------------------------
 
 
-class InsertWorkflow(msgspec.Struct, tag=True):
+class Write(msgspec.Struct, tag=True):
+    """An effect the shell writes to the partition's file inside the turn's transaction."""
+
+
+class InsertWorkflow(Write):
     row: WorkflowRow
 
 
-class CloseWorkflow(msgspec.Struct, tag=True):
+class CloseWorkflow(Write):
     """Close a run's row and drop its timers, activities and signal marks."""
 
     workflow_id: str
@@ -122,47 +126,47 @@ class CloseWorkflow(msgspec.Struct, tag=True):
     error_message: str | None
 
 
-class AppendEvents(msgspec.Struct, tag=True):
+class AppendEvents(Write):
     """History rows (already stamped with event IDs and LSNs): also the CDC outbox."""
 
     events: list[Any]
 
 
-class SetStuck(msgspec.Struct, tag=True):
+class SetStuck(Write):
     workflow_id: str
     run_id: str
     stuck: str | None
 
 
-class PutActivity(msgspec.Struct, tag=True):
+class PutActivity(Write):
     row: ActivityRow
 
 
-class UpdateActivity(msgspec.Struct, tag=True):
+class UpdateActivity(Write):
     key: Key
     attempt: int
     state: str
     next_at_us: int | None
 
 
-class SetActivityHeartbeat(msgspec.Struct, tag=True):
+class SetActivityHeartbeat(Write):
     key: Key
     details: bytes
 
 
-class DropActivity(msgspec.Struct, tag=True):
+class DropActivity(Write):
     key: Key
 
 
-class PutTimer(msgspec.Struct, tag=True):
+class PutTimer(Write):
     row: TimerRow
 
 
-class DropTimer(msgspec.Struct, tag=True):
+class DropTimer(Write):
     key: Key
 
 
-class MarkSignal(msgspec.Struct, tag=True):
+class MarkSignal(Write):
     """Remember a signal's request ID, so a retried signal is appended once."""
 
     request_id: str
@@ -171,23 +175,23 @@ class MarkSignal(msgspec.Struct, tag=True):
     lsn: int
 
 
-class PutOutbox(msgspec.Struct, tag=True):
+class PutOutbox(Write):
     """A message to another partition: a durable outbox row, sent after the commit."""
 
     target_id: str
     message: m.OutboxMessage
 
 
-class DropOutbox(msgspec.Struct, tag=True):
+class DropOutbox(Write):
     outbox_id: int
 
 
-class SetMeta(msgspec.Struct, tag=True):
+class SetMeta(Write):
     key: str
     value: str
 
 
-class DeleteRun(msgspec.Struct, tag=True):
+class DeleteRun(Write):
     """Delete a closed run that the archive holds (tiering)."""
 
     workflow_id: str
@@ -197,14 +201,18 @@ class DeleteRun(msgspec.Struct, tag=True):
 # -- after the commit -------------------------------------------------------------------------
 
 
-class Reply(msgspec.Struct, tag=True):
+class AfterCommit(msgspec.Struct, tag=True):
+    """An effect the shell carries out once the turn's transaction committed."""
+
+
+class Reply(AfterCommit):
     """The answer to the request being applied (``error``: a DuraflowError raised instead)."""
 
     value: Any = None
     error: Any = None
 
 
-class AwaitClose(msgspec.Struct, tag=True):
+class AwaitClose(AfterCommit):
     """The request waits for an open run to close: keep its future, or register its mailbox."""
 
     workflow_id: str
@@ -213,21 +221,21 @@ class AwaitClose(msgspec.Struct, tag=True):
     mailbox: str | None
 
 
-class Dispatch(msgspec.Struct, tag=True):
+class Dispatch(AfterCommit):
     """Start attempt ``number`` of activity ``key`` on the executor."""
 
     key: Key
     number: int
 
 
-class StopAttempt(msgspec.Struct, tag=True):
+class StopAttempt(AfterCommit):
     """Tell attempt ``number`` of ``key``, if it still runs, that it is no longer wanted."""
 
     key: Key
     number: int
 
 
-class Send(msgspec.Struct, tag=True):
+class Send(AfterCommit):
     """Send outbox row ``outbox_id`` (already durable) to the owner of ``target_id``."""
 
     outbox_id: int
@@ -235,59 +243,18 @@ class Send(msgspec.Struct, tag=True):
     message: m.OutboxMessage
 
 
-class Arm(msgspec.Struct, tag=True):
+class Arm(AfterCommit):
     """Feed ``due`` back to the machine at ``at`` (epoch seconds)."""
 
     at: float
     due: Due
 
 
-class Closed(msgspec.Struct, tag=True):
+class Closed(AfterCommit):
     """A run closed: answer whoever waits for its result."""
 
     outcome: m.Outcome
 
 
-WRITES = (
-    InsertWorkflow,
-    CloseWorkflow,
-    AppendEvents,
-    SetStuck,
-    PutActivity,
-    UpdateActivity,
-    SetActivityHeartbeat,
-    DropActivity,
-    PutTimer,
-    DropTimer,
-    MarkSignal,
-    PutOutbox,
-    DropOutbox,
-    SetMeta,
-    DeleteRun,
-)
-"""The effects applied inside the transaction; the rest are applied after it commits."""
-
-Effect = (
-    InsertWorkflow
-    | CloseWorkflow
-    | AppendEvents
-    | SetStuck
-    | PutActivity
-    | UpdateActivity
-    | SetActivityHeartbeat
-    | DropActivity
-    | PutTimer
-    | DropTimer
-    | MarkSignal
-    | PutOutbox
-    | DropOutbox
-    | SetMeta
-    | DeleteRun
-    | Reply
-    | AwaitClose
-    | Dispatch
-    | StopAttempt
-    | Send
-    | Arm
-    | Closed
-)
+WRITES: tuple[type[Write], ...] = tuple(Write.__subclasses__())
+"""The effects applied inside the transaction; the rest (``AfterCommit``) once it committed."""
