@@ -25,10 +25,11 @@ import msgspec
 import pytest
 
 import duraflow as df
-from duraflow import cli, config
+from duraflow import config
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.cli.main import main
 from duraflow.config import EngineConfig
 from duraflow.engine import definitions
 from duraflow.engine.activities import InlineExecutor
@@ -189,7 +190,7 @@ def test_serve_refuses_each_bad_flag_naming_it_before_joining_ray(
     unreachable = ["--address", f"127.0.0.1:{_free_port()}", "--data-dir", str(tmp_path / "d")]
 
     try:
-        code = cli.main(["serve", *unreachable, *flags])
+        code = main(["serve", *unreachable, *flags])
     except SystemExit as exit_info:  # argparse's own refusals
         code = int(exit_info.code or 0)
 
@@ -200,7 +201,7 @@ def test_serve_refuses_each_bad_flag_naming_it_before_joining_ray(
 
 def test_client_commands_refuse_a_bad_namespace(capsys: pytest.CaptureFixture[str]) -> None:
     address = f"127.0.0.1:{_free_port()}"
-    assert 2 == cli.main(["status", "--address", address, "--namespace", "a/b"])
+    assert 2 == main(["status", "--address", address, "--namespace", "a/b"])
     assert "namespace must be 1 to 64 letters" in capsys.readouterr().err
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from duraflow.actors.router import partition_of
-from duraflow.cli import main
+from duraflow.cli.main import main
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parent.parent

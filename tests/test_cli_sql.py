@@ -21,7 +21,7 @@ import duckdb
 import pytest
 
 import duraflow as df
-from duraflow.cli import main
+from duraflow.cli.main import main
 from duraflow.runtime import relocate_archive
 
 

@@ -16,7 +16,8 @@ import msgspec
 import pytest
 
 import duraflow as df
-from duraflow import cli
+from duraflow.cli.deploy import serve_config as cli_serve_config
+from duraflow.cli.main import build_parser, main
 from duraflow.config import EngineConfig, S3Config
 
 KEY_ID = "cfg-access-key-id"
@@ -28,7 +29,7 @@ ENGINE_CANNOT_SET = {"app_modules"}
 
 def serve_config(*argv: str) -> EngineConfig:
     """The config ``duraflow serve ARGV`` would serve (parsed, built; no Ray joined)."""
-    return cli._serve_config(cli._parser().parse_args(["serve", *argv]))
+    return cli_serve_config(build_parser().parse_args(["serve", *argv]))
 
 
 def every_serve_option(data_dir: Path) -> list[str]:
@@ -151,7 +152,7 @@ def test_bad_s3_options_of_serve_exit_2_at_once(
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
     monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
     unreachable = ["--address", "127.0.0.1:1", "--data-dir", str(tmp_path)]
-    assert 2 == cli.main(["serve", *unreachable, *argv])
+    assert 2 == main(["serve", *unreachable, *argv])
     err = capsys.readouterr().err
     assert message in err and KEY_ID not in err
 

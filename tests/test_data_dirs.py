@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import duraflow as df
-from duraflow.cli import main
+from duraflow.cli.main import main
 from duraflow.config import DEFAULT_PARTITIONS
 from duraflow.runtime import relocate_archive
 from duraflow.storage.deployment import partition_stamp
