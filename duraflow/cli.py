@@ -29,7 +29,7 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -55,7 +55,11 @@ from duraflow.errors import (
 )
 from duraflow.storage.codec import to_json
 from duraflow.storage.layout import CATALOG_FILE, archive_paths, data_dir_path, warehouse_dir
-from duraflow.storage.query import ArchiveQuery, open_query
+
+if TYPE_CHECKING:
+    # DuckDB, pyiceberg and pyarrow cost a command's start 1-2 s here: only `duraflow sql`
+    # (which reads the archive in this process) imports them.
+    from duraflow.storage.query import ArchiveQuery
 
 DEFAULT_ADDRESS = "auto"
 DEFAULT_S3_REGION = "us-east-1"
@@ -317,6 +321,8 @@ def _open_local_archive(args: argparse.Namespace) -> ArchiveQuery:
         s3 = S3Config(endpoint=args.s3_endpoint, region=args.s3_region)
     elif args.s3_endpoint is not None:
         raise ConfigurationError("--s3-endpoint needs an s3:// --warehouse")
+    from duraflow.storage.query import open_query
+
     return open_query(root, warm, [], warehouse=args.warehouse, s3=s3)
 
 
