@@ -30,6 +30,7 @@ import duraflow as df
 from duraflow.testing import WorkflowEnvironment
 
 T = TypeVar("T")
+RAY_ARCHIVE = False  # their Ray variants test the transport, not the archive (see conftest)
 
 # -- helpers --------------------------------------------------------------------------------------
 
