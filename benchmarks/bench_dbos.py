@@ -280,9 +280,14 @@ class _OverBudget(Exception):
 
 
 async def w4_parked(
-    flows: SimpleNamespace, n: int, parked: _ParkedCounter, budget_s: float
+    flows: SimpleNamespace,
+    n: int,
+    parked: _ParkedCounter,
+    budget_s: float,
+    idle_window_s: float = IDLE_WINDOW_S,
 ) -> dict[str, Any]:
-    """Start ``n`` parked workflows, measure them parked, then message all and await all.
+    """Start ``n`` parked workflows, measure them parked (CPU over ``idle_window_s``), then
+    message all and await all.
 
     A phase (start, complete) that runs past ``budget_s`` or fails stops the run; the result
     then says why in ``did_not_finish`` and keeps what was measured so far.
@@ -294,7 +299,7 @@ async def w4_parked(
         handles = await _w4_start(flows, n, parked, budget_s, measured, progress)
         _emit("partial", measured)
         cpu0, wall0 = time.process_time(), time.perf_counter()
-        await asyncio.sleep(IDLE_WINDOW_S)
+        await asyncio.sleep(idle_window_s)
         measured["idle_cpu_cores"] = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
         measured["rss_mib"] = rss_mib([os.getpid()])
         measured["threads"] = _thread_count()
@@ -419,6 +424,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--size", type=int, required=True)
     parser.add_argument("--budget-s", type=float, default=900.0)
     parser.add_argument("--max-executor-threads", type=int, default=None)
+    parser.add_argument("--idle-window-s", type=float, default=IDLE_WINDOW_S)
     args = parser.parse_args(argv)
     from dbos import DBOS
 
@@ -442,7 +448,7 @@ def worker_main(argv: list[str]) -> None:
     elif args.workload == "w2_signal_unloaded":
         asyncio.run(_report_async(w2_signal_unloaded(flows, n, parked)))
     else:
-        asyncio.run(_report_async(w4_parked(flows, n, parked, args.budget_s)))
+        asyncio.run(_report_async(w4_parked(flows, n, parked, args.budget_s, args.idle_window_s)))
 
 
 # --------------------------------------------------------------------------- parent process
@@ -455,6 +461,7 @@ def _run_child(
     timeout_s: float,
     budget_s: float = 900.0,
     max_executor_threads: int | None = None,
+    idle_window_s: float = IDLE_WINDOW_S,
 ) -> dict[str, Any]:
     """Run one workload in a fresh interpreter; kill it (by its PID) after ``timeout_s``."""
     print(f"dbos {workload} ({size}) ...", file=sys.stderr, flush=True)
@@ -471,6 +478,8 @@ def _run_child(
             str(size),
             "--budget-s",
             str(budget_s),
+            "--idle-window-s",
+            str(idle_window_s),
         ]
         if max_executor_threads is not None:
             command += ["--max-executor-threads", str(max_executor_threads)]
@@ -527,6 +536,7 @@ def run(
     parked_sizes: tuple[int, ...] = (10_000,),
     parked_budget_s: float = 900.0,
     max_executor_threads: int | None = None,
+    idle_window_s: float = IDLE_WINDOW_S,
 ) -> dict[str, Any]:
     """Run every DBOS workload, each in its own child process, and collect the results.
 
@@ -539,6 +549,7 @@ def run(
         parked_budget_s: W4 time budget for each phase (start, complete) of each size.
         max_executor_threads: DBOS's ``max_executor_threads``; None keeps its default, an
             unbounded thread pool.
+        idle_window_s: how long W4 measures CPU while everything is parked.
 
     Returns:
         ``{"w1_throughput": ..., "w1_unloaded": ..., "w2_signal_loaded": ...,
@@ -565,21 +576,28 @@ def run(
             max_executor_threads=max_executor_threads,
         )
     results["w4_parked"] = {
-        str(size): parked(size, parked_budget_s, max_executor_threads) for size in parked_sizes
+        str(size): parked(size, parked_budget_s, max_executor_threads, idle_window_s)
+        for size in parked_sizes
     }
     return results
 
 
-def parked(size: int, budget_s: float, max_executor_threads: int | None = None) -> dict[str, Any]:
+def parked(
+    size: int,
+    budget_s: float,
+    max_executor_threads: int | None = None,
+    idle_window_s: float = IDLE_WINDOW_S,
+) -> dict[str, Any]:
     """W4 alone at ``size``, in its own child process (see :func:`run`)."""
     if importlib.util.find_spec("dbos") is None:
         raise RuntimeError(INSTALL_HINT)
     result: dict[str, Any] = _run_child(
         "w4_parked",
         size,
-        timeout_s=2 * budget_s + IDLE_WINDOW_S + W4_LAUNCH_SLACK_S,
+        timeout_s=2 * budget_s + idle_window_s + W4_LAUNCH_SLACK_S,
         budget_s=budget_s,
         max_executor_threads=max_executor_threads,
+        idle_window_s=idle_window_s,
     )
     return result
 

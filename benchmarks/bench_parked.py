@@ -21,6 +21,8 @@ import duraflow as df
 from benchmarks.common import RESULTS_DIR, print_table, rss_mib, write_json
 
 BATCH = 500
+SETTLE_S = 1.0
+"""How long the parked runs settle after the last start before RSS is measured."""
 
 
 @df.workflow
@@ -55,12 +57,14 @@ async def _in_batches(coros: list[Any]) -> list[Any]:
     return results
 
 
-async def scenario(client: df.Client, n: int, engine: df.Engine, wait_s: float) -> dict[str, Any]:
+async def scenario(
+    client: df.Client, n: int, engine: df.Engine, wait_s: float, settle_s: float = SETTLE_S
+) -> dict[str, Any]:
     ids = [f"parked-{i:06d}" for i in range(n)]
     t0 = time.perf_counter()
     await _in_batches([client.start_async(bench_parked, workflow_id=wid) for wid in ids])
     start_s = time.perf_counter() - t0
-    await asyncio.sleep(1.0)
+    await asyncio.sleep(settle_s)
     rss_parked = rss_mib(descendants(os.getpid()))
     stats_parked = engine.stats()
     rss_hibernated = None
@@ -95,6 +99,7 @@ def run(
     partitions: int = 2,
     synchronous: str = "FULL",
     hibernate_after: float | None = None,
+    settle_s: float = SETTLE_S,
 ) -> dict[str, Any]:
     """One W4 run on a fresh engine (and, on Ray, a fresh local Ray) with the engine's
     default settings; with ``hibernate_after`` it also waits until idle runs left memory and
@@ -107,7 +112,7 @@ def run(
         df.Engine(Path(tmp) / "data", runtime=runtime, **options) as engine,
     ):
         wait_s = hibernate_after * 1.5 + 1 if hibernate_after else 0.0
-        return asyncio.run(scenario(engine.client(), workflows, engine, wait_s))
+        return asyncio.run(scenario(engine.client(), workflows, engine, wait_s, settle_s))
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -60,6 +60,8 @@ SMOKE = {
     "restart_loads": "10",
     "restart_repeats": 1,
     "restart_settle": 0.2,
+    "parked_settle": 0.1,
+    "dbos_idle_window": 0.5,
 }
 
 
@@ -72,6 +74,15 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--dbos-big-budget", type=float, default=300.0, help="DBOS W4 s per phase, > 10,000"
+    )
+    parser.add_argument(
+        "--parked-settle", type=float, default=bench_parked.SETTLE_S, help="W4 s before RSS"
+    )
+    parser.add_argument(
+        "--dbos-idle-window",
+        type=float,
+        default=bench_dbos.IDLE_WINDOW_S,
+        help="DBOS W4 s of idle CPU measured while parked",
     )
     parser.add_argument("--archive-workflows", type=int, default=10_000, help="W5 throughput")
     parser.add_argument("--query-rows", default="1000000,10000000", help="W5 DuckDB sizes")
@@ -121,7 +132,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for n in args.parked:
                 _step(f"duraflow {system}: W4 {n} parked")
                 results[system][f"w4_parked_{n}"] = bench_parked.run(
-                    system, n, partitions=args.partitions, synchronous=args.synchronous
+                    system,
+                    n,
+                    partitions=args.partitions,
+                    synchronous=args.synchronous,
+                    settle_s=args.parked_settle,
                 )
     if "ray" in args.systems:
         _step("duraflow ray: restart after kill -9 of a partition actor")
@@ -143,12 +158,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             timers=args.timers,
             parked_sizes=tuple(n for n in args.parked if n <= DBOS_DEFAULT_POOL_MAX),
             parked_budget_s=args.dbos_parked_budget,
+            idle_window_s=args.dbos_idle_window,
         )
         for n in args.parked:
             if n > DBOS_DEFAULT_POOL_MAX:
                 _step(f"DBOS: W4 {n} parked, max_executor_threads={DBOS_BOUNDED_POOL}")
                 results["dbos"]["w4_parked"][str(n)] = bench_dbos.parked(
-                    n, args.dbos_big_budget, max_executor_threads=DBOS_BOUNDED_POOL
+                    n,
+                    args.dbos_big_budget,
+                    max_executor_threads=DBOS_BOUNDED_POOL,
+                    idle_window_s=args.dbos_idle_window,
                 )
     archive: dict[str, Any] = {}
     for rows in args.query_rows:

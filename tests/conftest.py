@@ -89,13 +89,29 @@ def ray_session() -> Iterator[None]:
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
+RAY_ARCHIVE = True
+"""Whether ``ray_engine`` runs the archive (its consumer actor). A test module about partition
+actors, Ray tasks or the Ray transport, which never reads the archive, sets its own
+``RAY_ARCHIVE = False``: the consumer actor costs each Ray engine about 1.5 s to start and stop
+(the modules in tests/cdc and tests/actors/test_failover.py keep it)."""
+
+
 @pytest.fixture
-def ray_engine(ray_session: None, data_dir: Path) -> Iterator[df.Engine]:
+def ray_engine(
+    ray_session: None, data_dir: Path, request: pytest.FixtureRequest
+) -> Iterator[df.Engine]:
     """A Ray-hosted engine with 2 partition actors in a namespace of its own; closing it
-    kills its actors, so tests do not pile up processes."""
+    kills its actors, so tests do not pile up processes. With the archive unless the test's
+    module says ``RAY_ARCHIVE = False`` (see ``RAY_ARCHIVE`` above)."""
     namespace = f"test-{uuid.uuid4().hex[:12]}"
+    archive = bool(getattr(request.module, "RAY_ARCHIVE", RAY_ARCHIVE))
     with df.Engine(
-        data_dir, runtime="ray", partitions=2, synchronous="NORMAL", namespace=namespace
+        data_dir,
+        runtime="ray",
+        partitions=2,
+        synchronous="NORMAL",
+        namespace=namespace,
+        archive=archive,
     ) as eng:
         yield eng
 

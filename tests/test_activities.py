@@ -377,6 +377,10 @@ FAST_RETRY = {"initial_interval": 0.01, "backoff_coefficient": 1.0}
 # -- results, sync and async, concurrency ------------------------------------------------------
 
 
+# In-process only. Ray path: results of Ray-task activities: test_ray_core's
+# test_activities_run_as_ray_tasks_with_retries_and_activity_errors and
+# test_a_hundred_workflows_with_ray_task_activities.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_activity_result_flows_back_to_workflow_and_caller(any_client: df.Client) -> None:
     order = {
         "id": "o-1",
@@ -394,6 +398,10 @@ def test_activity_result_flows_back_to_workflow_and_caller(any_client: df.Client
     assert expected == result
 
 
+# In-process only. Ray path: sync and async activities as Ray tasks: test_ray_core's
+# test_activities_run_as_ray_tasks_with_retries_and_activity_errors and
+# test_async_and_inline_activities_run_where_declared.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_sync_and_async_activities_both_run(any_client: df.Client, data_dir: Path) -> None:
     handle = any_client.start(act_wf_mixed, 7, workflow_id=new_id("mixed"))
 

@@ -20,6 +20,8 @@ import pytest
 import duraflow as df
 from tests.test_bad_input import assert_keeper_intact, start_keeper
 
+RAY_ARCHIVE = False  # the Ray test is about Ray-task activities, not the archive (see conftest)
+
 
 class Unprintable(Exception):
     def __str__(self) -> str:

@@ -430,6 +430,9 @@ def test_closed_workflow_refuses_signal_query_cancel(client: df.Client, call: An
 # -- queries ------------------------------------------------------------------------------------
 
 
+# In-process only. Ray path: UnknownQuery naming the known queries, through Ray: test_ray_core's
+# test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_unknown_query_names_the_known_ones(any_client: df.Client) -> None:
     keeper = start_keeper(any_client)
 
@@ -454,6 +457,9 @@ def test_query_handler_that_raises(client: df.Client) -> None:
     assert_keeper_intact(keeper)
 
 
+# In-process only. Ray path: PayloadError raised in the partition actor for a query result:
+# test_ray_core's test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_query_result_that_cannot_be_encoded(any_client: df.Client) -> None:
     keeper = start_keeper(any_client)
 
@@ -763,6 +769,9 @@ def test_invalid_workflow_ids(client: df.Client, workflow_id: Any, named: str) -
     assert_keeper_intact(keeper)
 
 
+# In-process only. Ray path: InvalidWorkflowId of a child, caught by the parent in a partition
+# actor: test_ray_core's test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_invalid_workflow_id_for_a_child(any_client: df.Client) -> None:
     assert "caught: workflow ID 'a\\x00b' holds control character '\\x00'" == any_client.execute(
         bad_wf_child_bad_id, workflow_id="bad-child-id", timeout=30
@@ -822,6 +831,9 @@ def test_odd_but_valid_ids_are_ordinary_data(client: df.Client, data_dir: Path) 
 # -- workflows and activities that fail --------------------------------------------------------
 
 
+# In-process only. Ray path: WorkflowFailedError with the cause's type and message through Ray:
+# test_ray_core's test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_workflow_that_raises(any_client: df.Client) -> None:
     handle = any_client.start(bad_raises, "order 7 is invalid", workflow_id="bad-raises")
 

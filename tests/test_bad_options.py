@@ -38,6 +38,7 @@ from tests.test_bad_input import assert_keeper_intact, bad_echo, start_keeper
 
 PARTITIONS = 2
 KEEPER = "bad-keeper"
+RAY_ARCHIVE = False  # their Ray variants test the transport, not the archive (see conftest)
 """start_keeper's workflow ID."""
 
 

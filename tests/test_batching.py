@@ -14,6 +14,8 @@ from duraflow.actors.mailboxes import Mailboxes
 from duraflow.actors.router import partition_of
 from duraflow.engine.definitions import workflow_definition
 
+RAY_ARCHIVE = False  # the Ray variants test the transport, not the archive (see conftest)
+
 
 @df.activity(inline=True)
 def bt_double(x: int) -> int:

@@ -290,3 +290,21 @@ def test_serve_checks_partitions_and_app_before_joining_ray(
 
     assert 2 == main(["serve", *unreachable, "--app", "tests.no_such_module"])
     assert "cannot import app module 'tests.no_such_module'" in capsys.readouterr().err
+
+
+def test_the_command_starts_without_the_archives_modules() -> None:
+    """Only ``duraflow sql`` reads an archive in the command's process: the other commands do
+    not import DuckDB, pyiceberg or pyarrow, which cost each of them 1-2 s to start here."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "duraflow.cli", "--help"],
+        capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
+    )  # fmt: skip
+    assert 0 == done.returncode, done.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+    assert "duraflow.runtime" in imported  # the command's own modules were loaded
+    heavy = {name for name in imported if name.split(".")[0] in {"duckdb", "pyiceberg", "pyarrow"}}
+    assert set() == heavy

@@ -182,8 +182,10 @@ def test_reading_leaves_the_data_directory_unchanged(
     assert before == files()
 
 
-def test_the_command_as_a_process(data_dir: Path) -> None:
-    """Exit codes and output of the real process; errors without a traceback."""
+def test_the_command_as_a_process(data_dir: Path, tmp_path: Path) -> None:
+    """Exit codes and output of the real process; errors, and a refused statement, without a
+    traceback. (The other tests call the command's ``main`` in this process: the same code,
+    without the second or so that starting a process and importing DuckDB costs each time.)"""
     command = [sys.executable, "-m", "duraflow.cli", "sql", "--data-dir", str(data_dir)]
     done = subprocess.run(
         [*command, "SELECT workflow_type, count(*) AS runs FROM workflows GROUP BY 1"],
@@ -199,6 +201,17 @@ def test_the_command_as_a_process(data_dir: Path) -> None:
     assert 2 == done.returncode
     assert done.stderr.startswith("duraflow: error: Parser Error:"), done.stderr
     assert "Traceback" not in done.stderr
+    target = tmp_path / "copied.csv"
+    done = subprocess.run(
+        [*command, f"COPY (SELECT * FROM workflows) TO '{target}' (FORMAT csv)"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert (2, "") == (done.returncode, done.stdout), done.stderr
+    assert done.stderr.startswith("duraflow: error: "), done.stderr
+    assert "COPY" in done.stderr and "Traceback" not in done.stderr
+    assert not target.exists()
 
 
 # -- read-only SQL: through `duraflow sql` and client.sql alike --------------------------------
@@ -387,10 +400,14 @@ def test_sql_that_does_more_than_read_is_refused_and_changes_nothing(
     data_dir: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
     template: str,
     statement: str | None,
     named: str,
 ) -> None:
+    """``duraflow sql`` (its ``main``, in this process: test_the_command_as_a_process runs a
+    refused statement in a real process) and ``client.sql`` refuse the query, name what they
+    refused, and leave every file and every workflow as they were."""
     data = _copy(data_dir, tmp_path / "data")
     (tmp_path / ".tmp").mkdir()  # DuckDB's default spill folder, in the current directory
     (tmp_path / ".tmp" / "secret.txt").write_text("not the archive's")
@@ -398,16 +415,12 @@ def test_sql_that_does_more_than_read_is_refused_and_changes_nothing(
     query = template.format(data=data, tmp=tmp_path)
     before = _files(tmp_path)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "duraflow.cli", "sql", "--data-dir", str(data), query],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert (2, "") == (done.returncode, done.stdout), done.stderr
-    assert done.stderr.startswith("duraflow: error: "), done.stderr
-    assert named in done.stderr
-    assert "Traceback" not in done.stderr
+    code = main(["sql", "--data-dir", str(data), query])
+    out, err = capfd.readouterr()  # file descriptors: DuckDB's own output would show too
+    assert (2, "") == (code, out), err
+    assert err.startswith("duraflow: error: "), err
+    assert named in err
+    assert "Traceback" not in err
     assert before == _files(tmp_path)  # nothing written, nothing changed
 
     with _open_engine(data) as engine:

@@ -1,5 +1,6 @@
 """``client.list()`` and the ``live_workflows`` view carry what ``describe()`` says of a run:
-why it is stuck, its history length and its pending activities; on both runtimes.
+why it is stuck, its history length and its pending activities; on both runtimes (a stuck run
+in-process only: see beside that test where its Ray path is covered).
 
 Changed workflow code is a file the workflow looks at: it stands for a new deployment of the
 code that the partition processes of both runtimes see (re-registering a function, as
@@ -15,6 +16,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+
+import pytest
 
 import duraflow as df
 
@@ -89,6 +92,13 @@ def live_rows(client: df.Client, *workflow_ids: str) -> dict[str, dict[str, Any]
     return {row["workflow_id"]: row for row in table.to_pylist()}
 
 
+# In-process only. Ray path: list() and live_workflows through Ray:
+# test_pending_activities_show_in_list_and_live_workflows[ray]; a stuck run described through Ray:
+# test_code_rules'
+# test_workflow_code_that_blocks_is_reported_and_marked_stuck_and_other_partitions_go_on[ray];
+# replay in new partition actors: test_ray_core's
+# test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_a_stuck_run_shows_in_list_and_live_workflows(
     open_any_engine: Callable[[], df.Engine], tmp_path: Path
 ) -> None:

@@ -62,6 +62,7 @@ class Bundle(msgspec.Struct, frozen=True):
 
 
 WHEN = dt.datetime(2027, 1, 2, 3, 4, 5)
+RAY_ARCHIVE = False  # their Ray variants test the transport, not the archive (see conftest)
 ARGS: tuple[Any, ...] = (
     {"b", "a"},
     frozenset({3, 1}),

@@ -4,6 +4,10 @@ Signals, queries, cancel, terminate, results, ID reuse, describe/list, child wor
 their parent-close policies, deterministic time/randomness, asyncio inside workflows, the
 async twins of the client, and a thousand workflows at once. Every workflow and activity name
 here starts with ``wf_`` so it cannot clash with other test modules (the registry is global).
+
+Tests taking ``any_client`` or ``open_any_engine`` run on both runtimes; those marked
+in-process only (``parametrize("runtime", ["local"])``) test rules of the engine whose Ray
+path a test in tests/actors/test_ray_core.py covers (named beside each).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import duraflow as df
 from duraflow.testing import WorkflowEnvironment
 
 T = TypeVar("T")
+RAY_ARCHIVE = False  # their Ray variants test the transport, not the archive (see conftest)
 
 # -- helpers --------------------------------------------------------------------------------------
 
@@ -346,6 +351,9 @@ async def wf_many(ctx: df.WorkflowContext, i: int) -> int:
 # -- signals --------------------------------------------------------------------------------------
 
 
+# In-process only. Ray path: signals buffered in order through Ray: test_ray_core's
+# test_signals_queries_describe_and_list_through_ray.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_signals_are_buffered_in_order_before_the_workflow_waits(any_client: df.Client) -> None:
     handle = any_client.start(wf_signal_order, workflow_id=new_id("sig-order"))
     handle.signal("item", 1)
@@ -376,6 +384,9 @@ def test_wait_for_signal_timeout_without_default_raises_timeout_error(
     assert "TimeoutError" == caught.value.cause_type
 
 
+# In-process only. Ray path: WorkflowClosed and WorkflowNotFound through Ray: test_ray_core's
+# test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_signal_to_a_closed_workflow_raises(any_client: df.Client) -> None:
     handle = any_client.start(wf_wait_signal, workflow_id=new_id("sig-closed"))
     handle.signal("finish", 1)
@@ -394,6 +405,9 @@ def test_signal_to_a_closed_workflow_raises(any_client: df.Client) -> None:
 # -- queries --------------------------------------------------------------------------------------
 
 
+# In-process only. Ray path: queries through Ray, no history written: test_ray_core's
+# test_signals_queries_describe_and_list_through_ray.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_query_reflects_state_and_never_writes_history(any_client: df.Client) -> None:
     handle = any_client.start(wf_counter, workflow_id=new_id("query"))
     assert {"count": 0, "last": None} == query_when_ready(handle, "state")
@@ -422,6 +436,10 @@ def test_query_reflects_state_and_never_writes_history(any_client: df.Client) ->
         handle.query("state")
 
 
+# In-process only. Ray path: the rule is the workflow context's; queries answered by replay in new
+# partition actors with the same random values: test_ray_core's
+# test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_query_cannot_consume_the_runs_randomness(open_any_engine: Callable[[], df.Engine]) -> None:
     """A query that drew from ctx.random() would shift the values the run sees next, and a
     replay (which runs no queries) would then disagree with the live run."""
@@ -556,6 +574,10 @@ def test_terminate_runs_no_more_workflow_code(client: df.Client) -> None:
 # -- result, ID conflicts, runs -----------------------------------------------------------------
 
 
+# In-process only. Ray path: ResultTimeout through Ray, then the result: test_ray_core's
+# test_bad_input_errors_arrive_with_their_duraflow_class and test_batching's
+# test_result_waits_time_out_alone_and_can_wait_again[ray].
+@pytest.mark.parametrize("runtime", ["local"])
 def test_result_timeout_leaves_the_run_going(any_client: df.Client) -> None:
     handle = any_client.start(wf_wait_signal, "v", workflow_id=new_id("result-timeout"))
     started = time.monotonic()
@@ -580,6 +602,9 @@ def test_id_conflict_fail(client: df.Client) -> None:
     assert [1, "x"] == first.result(timeout=10)
 
 
+# In-process only. Ray path: the policy is the partition's; WorkflowAlreadyRunning through Ray:
+# test_ray_core's test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_id_conflict_use_existing(any_client: df.Client) -> None:
     wid = new_id("conflict-use")
     first = any_client.start(wf_wait_signal, 1, workflow_id=wid)
@@ -591,6 +616,10 @@ def test_id_conflict_use_existing(any_client: df.Client) -> None:
     assert 1 == len([d for d in listed if d.workflow_id == wid])
 
 
+# In-process only. Ray path: the policy is the partition's; WorkflowClosed and terminated runs
+# through Ray: test_ray_core's test_bad_input_errors_arrive_with_their_duraflow_class and
+# test_cancel_and_terminate_stop_the_running_ray_task.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_id_conflict_terminate_existing(any_client: df.Client) -> None:
     wid = new_id("conflict-terminate")
     first = any_client.start(wf_wait_signal, 1, workflow_id=wid)
@@ -611,6 +640,9 @@ def test_bad_id_conflict_policy_is_refused(client: df.Client) -> None:
         client.start(wf_listed_b, id_conflict="replace")
 
 
+# In-process only. Ray path: runs are the partition's; WorkflowClosed and WorkflowNotFound (of a
+# run ID) through Ray: test_ray_core's test_bad_input_errors_arrive_with_their_duraflow_class.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_closed_id_started_again_gets_a_new_run(any_client: df.Client) -> None:
     wid = new_id("rerun")
     old = any_client.start(wf_wait_signal, "first", workflow_id=wid)
@@ -679,6 +711,9 @@ def test_describe_fields(client: df.Client) -> None:
     assert isinstance(done, df.WorkflowDescription)
 
 
+# In-process only. Ray path: list filters, both partition actors answering, newest first:
+# test_ray_core's test_signals_queries_describe_and_list_through_ray.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_list_filters_by_status_and_type(any_client: df.Client) -> None:
     running = [any_client.start(wf_listed_a, workflow_id=new_id("list-a")) for _ in range(3)]
     done_a = any_client.start(wf_listed_a, workflow_id=new_id("list-a"))
@@ -709,6 +744,9 @@ def test_list_filters_by_status_and_type(any_client: df.Client) -> None:
 # -- child workflows -------------------------------------------------------------------------------
 
 
+# In-process only. Ray path: children over both partition actors: test_ray_core's
+# test_twenty_children_fan_out_over_both_partition_actors.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_parent_fans_out_to_children_on_both_partitions(any_client: df.Client) -> None:
     pid = new_id("fanout")
     out = any_client.execute(wf_fanout_parent, 20, workflow_id=pid, timeout=30)
@@ -738,6 +776,9 @@ def test_failing_child_raises_child_workflow_error_in_parent(any_client: df.Clie
     assert "failed" == any_client.get_handle(child_id).describe().status
 
 
+# In-process only. Ray path: the reply is the partition's; child starts between partition actors:
+# test_ray_core's test_twenty_children_fan_out_over_both_partition_actors.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_child_id_already_running_fails_the_child_handle(any_client: df.Client) -> None:
     taken = new_id("taken")
     squatter = any_client.start(wf_wait_signal, "squatter", workflow_id=taken)
@@ -783,6 +824,9 @@ def test_child_is_terminated_when_parent_is_terminated(client: df.Client) -> Non
     wait_until(lambda: status_of(child) == "terminated", what="child terminated")
 
 
+# In-process only. Ray path: a parent-close policy reaching the child's partition through Ray:
+# test_child_is_terminated_when_parent_completes[ray].
+@pytest.mark.parametrize("runtime", ["local"])
 def test_child_is_cancelled_with_request_cancel_policy(any_client: df.Client) -> None:
     child_id = new_id("policy-child-cancel")
     parent = any_client.start(wf_policy_parent, child_id, "request_cancel", True)
@@ -817,6 +861,10 @@ def _exists(handle: df.WorkflowHandle) -> bool:
 # -- determinism -------------------------------------------------------------------------------
 
 
+# In-process only. Ray path: the same values after the Ray engine is closed and reopened (new
+# actors replay): test_ray_core's
+# test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_now_random_uuid_are_the_same_after_restart_and_replay(
     open_any_engine: Callable[[], df.Engine],
 ) -> None:
@@ -867,10 +915,13 @@ def test_asyncio_wait_for_and_timeout_around_activities_and_signals(client: df.C
     assert 1 == calls(key + "-fast", "slow-finished")
 
 
+# In-process only. Ray path: a durable timer outliving the Ray engine and firing in the new actors:
+# test_ray_core's test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened.
+@pytest.mark.parametrize("runtime", ["local"])
 def test_asyncio_sleep_is_a_durable_timer(
     open_any_engine: Callable[[], df.Engine], data_dir: Path
 ) -> None:
-    # The real path on both runtimes: the timer is a row that outlives the engine, and the
+    # The real clock and files: the timer is a row that outlives the engine, and the
     # reopened engine keeps the run waiting on it (nothing lost, nothing fired early). That it
     # fires when due after a reopen is checked on a stepped clock just below.
     from duraflow.actors.local_host import partition_path

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -14,7 +14,11 @@ from duraflow.client.client import Client
 from duraflow.config import S3Config
 from duraflow.errors import ConfigurationError
 from duraflow.storage.layout import CATALOG_FILE, archive_paths, data_dir_path
-from duraflow.storage.query import ArchiveQuery, open_query
+
+if TYPE_CHECKING:
+    # DuckDB, pyiceberg and pyarrow cost a command's start 1-2 s: only `duraflow sql` (which
+    # reads the archive in this process) imports them, when it runs.
+    from duraflow.storage.query import ArchiveQuery
 
 SQL_CELL_WIDTH = 60
 """Table cells are cut to this many characters (``--json`` prints whole values)."""
@@ -87,6 +91,8 @@ def _open_local_archive(args: argparse.Namespace) -> ArchiveQuery:
         s3 = S3Config(endpoint=args.s3_endpoint, region=args.s3_region)
     elif args.s3_endpoint is not None:
         raise ConfigurationError("--s3-endpoint needs an s3:// --warehouse")
+    from duraflow.storage.query import open_query
+
     return open_query(root, warm, [], warehouse=args.warehouse, s3=s3)
 
 

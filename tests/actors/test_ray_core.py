@@ -7,7 +7,10 @@ workflows and activities live in this importable module (``tests.actors.test_ray
 the partition actors and Ray workers import them by ``module:qualname``, as they would an app.
 
 Each test starts its own two partition actors (about a second); tests therefore group several
-checks on one engine. Names start with ``rc_`` (the registry is global).
+checks on one engine. Their engines run without the archive: these tests are about partition
+actors and Ray tasks, and the archive's consumer actor (which costs each engine another second
+and a half to start and to stop) is tested on Ray in tests/cdc. Names start with ``rc_`` (the
+registry is global).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from duraflow.cdc.events import ActivityRetry, decode_event
 T = TypeVar("T")
 
 THIS_MODULE = "tests.actors.test_ray_core"
+RAY_ARCHIVE = False  # conftest's ray_engine without the archive (see the docstring)
 FAST = {"initial_interval": 0.01, "backoff_coefficient": 1.0}
 
 # -- the board: what activities in other processes tell the test -----------------------------
@@ -858,7 +862,12 @@ def test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened(
 
     def open_engine() -> df.Engine:
         return df.Engine(
-            data_dir, runtime="ray", partitions=2, synchronous="NORMAL", namespace=namespace
+            data_dir,
+            runtime="ray",
+            partitions=2,
+            synchronous="NORMAL",
+            namespace=namespace,
+            archive=False,
         )
 
     keys = [new_id(f"rc-mid{i}") for i in range(3)]
