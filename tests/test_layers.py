@@ -21,6 +21,8 @@ LEAVES = {
     "duraflow.actors.router",
     "duraflow.engine.definitions",
     "duraflow.engine.ids",
+    "duraflow.loop_thread",
+    "duraflow.backoff",
 }
 ENGINE_MAY_IMPORT = {
     "duraflow.config",  # a leaf: settings and their ranges
@@ -31,6 +33,7 @@ ENGINE_MAY_IMPORT = {
     "duraflow.cdc.events",
     "duraflow.cdc.subscribers",  # the client is the user's door to the CDC stream
     "duraflow.errors",
+    "duraflow.loop_thread",  # a leaf: the blocking client's background loop
 }
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -23,6 +22,7 @@ from duraflow.actors.router import partition_of
 from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
+from duraflow.loop_thread import LoopThread
 from duraflow.storage.layout import partition_path
 
 T = TypeVar("T")
@@ -44,20 +44,11 @@ class LocalHost:
         self.config = config
         self.partitions = config.partitions
         count = config.partitions if clock is None else 1
-        loops = [asyncio.new_event_loop() for _ in range(count)]
-        self._threads = [
-            threading.Thread(
-                target=loop.run_forever, name=f"duraflow-partition-{index}", daemon=True
-            )
-            for index, loop in enumerate(loops)
-        ]
-        self._own_loops = loops
-        self._loops = loops if clock is None else loops * config.partitions
-        """Each partition's loop (one shared by all under a stepped clock)."""
-        for thread in self._threads:
-            thread.start()
+        self._loop_threads = [LoopThread(f"duraflow-partition-{i}") for i in range(count)]
+        self._runners = self._loop_threads * (config.partitions // count)
+        """Each partition's loop thread (one shared by all under a stepped clock)."""
         # Async activities run on the loop of the partition that starts them.
-        self._executor = InlineExecutor(self._loops[0], config.activity_threads)
+        self._executor = InlineExecutor(self._runners[0].loop, config.activity_threads)
         data_dir = Path(config.data_dir)
         self._parts = [
             Partition(
@@ -82,7 +73,7 @@ class LocalHost:
             raise
 
     def _submit(self, partition: int, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loops[partition])
+        return self._runners[partition].submit(coro)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the loop every partition shares under a stepped clock (from any
@@ -114,21 +105,13 @@ class LocalHost:
 
     def close(self) -> None:
         """Close every partition and stop the loop threads."""
-        if all(loop.is_closed() for loop in self._loops):
+        if not any(runner.running for runner in self._loop_threads):
             return
         try:
-            closing = [
-                self._submit(i, part.close())
-                for i, part in enumerate(self._parts)
-                if not self._loops[i].is_closed()
-            ]
+            closing = [self._submit(i, part.close()) for i, part in enumerate(self._parts)]
             for future in closing:
                 future.result(timeout=CLOSE_TIMEOUT_S)
         finally:
             self._executor.close()
-            for loop, thread in zip(self._own_loops, self._threads, strict=True):
-                if loop.is_closed():
-                    continue
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=10)
-                loop.close()
+            for runner in self._loop_threads:
+                runner.stop()
