@@ -30,6 +30,8 @@ LEAVES = {
     "duraflow.engine.ids",
     "duraflow.client.host",  # the Host protocol: every layer that reaches partitions names it
     "duraflow.client.blocking",  # the blocking runner: the client's and subscriptions' loop
+    "duraflow.loop_thread",  # an event loop on a thread of its own (client, hosts, consumer)
+    "duraflow.backoff",  # retry with growing waits (hosts, consumer)
 }
 """Modules every layer may import. A leaf imports only other leaves (and the standard
 library or third-party packages). A new leaf (say storage row types) is added here."""

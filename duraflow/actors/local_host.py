@@ -18,7 +18,6 @@ import asyncio
 import concurrent.futures
 import functools
 import logging
-import threading
 import time
 from collections.abc import Coroutine
 from pathlib import Path
@@ -32,6 +31,7 @@ from duraflow.client.host import Host
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import InlineExecutor
 from duraflow.errors import PartitionFenced
+from duraflow.loop_thread import LoopThread
 from duraflow.storage import fencing
 from duraflow.storage.layout import partition_path
 
@@ -65,20 +65,11 @@ class LocalHost(Host):
         """The partitions this host closed because a newer owner took their file over."""
         self._fenced_closing: dict[int, concurrent.futures.Future[None]] = {}
         count = config.partitions if clock is None else 1
-        loops = [asyncio.new_event_loop() for _ in range(count)]
-        self._threads = [
-            threading.Thread(
-                target=loop.run_forever, name=f"duraflow-partition-{index}", daemon=True
-            )
-            for index, loop in enumerate(loops)
-        ]
-        self._own_loops = loops
-        self._loops = loops if clock is None else loops * config.partitions
-        """Each partition's loop (one shared by all under a stepped clock)."""
-        for thread in self._threads:
-            thread.start()
+        self._loop_threads = [LoopThread(f"duraflow-partition-{i}") for i in range(count)]
+        self._runners = self._loop_threads * (config.partitions // count)
+        """Each partition's loop thread (one shared by all under a stepped clock)."""
         # Async activities run on the loop of the partition that starts them.
-        self._executor = InlineExecutor(self._loops[0], config.activity_threads)
+        self._executor = InlineExecutor(self._runners[0].loop, config.activity_threads)
         data_dir = Path(config.data_dir)
         self._paths = [partition_path(data_dir, i) for i in range(config.partitions)]
         self._parts = [
@@ -120,13 +111,10 @@ class LocalHost(Host):
         """Partition ``index``'s file was taken over (called in the turn that found it, on its
         loop): close the partition, which writes nothing more."""
         self.fenced[index] = error
-        loop = self._loops[index]
-        self._fenced_closing[index] = asyncio.run_coroutine_threadsafe(
-            self._parts[index].close(), loop
-        )
+        self._fenced_closing[index] = self._submit(index, self._parts[index].close())
 
     def _submit(self, partition: int, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        return asyncio.run_coroutine_threadsafe(coro, self._loops[partition])
+        return self._runners[partition].submit(coro)
 
     def submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         """Run ``coro`` on the loop every partition shares under a stepped clock (from any
@@ -170,21 +158,16 @@ class LocalHost(Host):
 
     def close(self) -> None:
         """Close every partition and stop the loop threads."""
-        if all(loop.is_closed() for loop in self._loops):
+        if not any(runner.running for runner in self._loop_threads):
             return
         try:
             closing = [
                 self._fenced_closing.get(i) or self._submit(i, part.close())
                 for i, part in enumerate(self._parts)
-                if not self._loops[i].is_closed()
             ]
             for future in closing:
                 future.result(timeout=CLOSE_TIMEOUT_S)
         finally:
             self._executor.close()
-            for loop, thread in zip(self._own_loops, self._threads, strict=True):
-                if loop.is_closed():
-                    continue
-                loop.call_soon_threadsafe(loop.stop)
-                thread.join(timeout=10)
-                loop.close()
+            for runner in self._loop_threads:
+                runner.stop()

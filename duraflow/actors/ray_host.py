@@ -39,6 +39,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.backoff import retry, retry_async
 from duraflow.client.host import Host
 from duraflow.config import EngineConfig
 from duraflow.engine.activities import (
@@ -83,6 +84,8 @@ JOIN_PROBE_TIMEOUT_S = 5.0
 """How long joining a cluster waits for its address to accept a TCP connection."""
 CALL_RETRY_WINDOW_S = 60.0
 """How long a client keeps retrying a call while the partition's actor restarts."""
+_RESTARTING = (ActorUnavailableError, ActorDiedError, RayActorError)
+"""What a call to an actor raises while Ray restarts it (retried)."""
 
 
 def actor_name(index: int) -> str:
@@ -407,21 +410,21 @@ def call_actor(actor: Any, method: str, *args: Any, timeout: float | None = None
     """
     window = CALL_RETRY_WINDOW_S if timeout is None else timeout
     deadline = time.monotonic() + window
-    delay = 0.05
-    while True:
+
+    def once() -> Any:
         remaining = None if timeout is None else max(0.0, deadline - time.monotonic())
-        try:
-            return ray.get(getattr(actor, method).remote(*args), timeout=remaining)
-        except ray.exceptions.GetTimeoutError:
-            raise TimeoutError(f"{method}() did not answer within {timeout}s") from None
-        except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
-            if time.monotonic() + delay > deadline:
-                raise TimeoutError(
-                    f"{method}() failed and the actor did not come back within {window:g}s: "
-                    f"{_first_line(exc)}"
-                ) from None
-            time.sleep(delay)
-            delay = min(1.0, delay * 2)
+        return ray.get(getattr(actor, method).remote(*args), timeout=remaining)
+
+    def give_up(exc: Exception) -> TimeoutError:
+        return TimeoutError(
+            f"{method}() failed and the actor did not come back within {window:g}s: "
+            f"{_first_line(exc)}"
+        )
+
+    try:
+        return retry(once, retry_on=_RESTARTING, deadline=deadline, give_up=give_up)
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(f"{method}() did not answer within {timeout}s") from None
 
 
 def start_consumer(config: EngineConfig, *, detached: bool) -> Any:
@@ -572,35 +575,35 @@ def _wait_opened(handles: list[Any], timeout: float | None) -> list[dict[str, An
 
 def _status_of(handle: Any, index: int, deadline: float | None) -> dict[str, Any]:
     """``handle.status()``, retried while the actor restarts, until ``deadline``."""
-    delay = 0.05
-    while True:
+
+    def once() -> dict[str, Any]:
         remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            status: dict[str, Any] = ray.get(handle.status.remote(), timeout=remaining)
-            return status
-        except ray.exceptions.GetTimeoutError:
+        status: dict[str, Any] = ray.get(handle.status.remote(), timeout=remaining)
+        return status
+
+    def give_up(exc: Exception) -> PartitionUnavailable:
+        return PartitionUnavailable(
+            f"partition {index} did not come back in time: {_first_line(exc)}"
+        )
+
+    try:  # restarting (ActorUnavailableError): calls queue again after ~0.5 s
+        return retry(once, retry_on=(ActorUnavailableError,), deadline=deadline, give_up=give_up)
+    except ray.exceptions.GetTimeoutError:
+        raise PartitionUnavailable(
+            f"partition {index} did not open in time: another process may hold its file, "
+            "or no node offers the resources its actor asks for (the actor's log in the "
+            "Ray session's logs folder says more)"
+        ) from None
+    except RayActorError as exc:  # not restarting: failed
+        if getattr(exc, "actor_init_failed", False):  # the traceback's last line says why
+            why = str(exc).strip().splitlines()[-1]
             raise PartitionUnavailable(
-                f"partition {index} did not open in time: another process may hold its file, "
-                "or no node offers the resources its actor asks for (the actor's log in the "
-                "Ray session's logs folder says more)"
+                f"the actor of partition {index} failed to start: {why} (its log in the "
+                "Ray session's logs folder has the traceback)"
             ) from None
-        except ActorUnavailableError as exc:  # restarting: calls queue again after ~0.5 s
-            if deadline is not None and time.monotonic() + delay > deadline:
-                raise PartitionUnavailable(
-                    f"partition {index} did not come back in time: {_first_line(exc)}"
-                ) from None
-            time.sleep(delay)
-            delay = min(1.0, delay * 2)
-        except RayActorError as exc:
-            if getattr(exc, "actor_init_failed", False):  # the traceback's last line says why
-                why = str(exc).strip().splitlines()[-1]
-                raise PartitionUnavailable(
-                    f"the actor of partition {index} failed to start: {why} (its log in the "
-                    "Ray session's logs folder has the traceback)"
-                ) from None
-            raise PartitionUnavailable(
-                f"the actor of partition {index} failed: {_first_line(exc)}"
-            ) from None
+        raise PartitionUnavailable(
+            f"the actor of partition {index} failed: {_first_line(exc)}"
+        ) from None
 
 
 def _first_line(exc: BaseException) -> str:
@@ -695,22 +698,25 @@ class RayHost(Host):
         return out
 
     async def _retrying(self, partition: int, method: str, payload: Any) -> tuple[Any, bool]:
-        deadline = time.monotonic() + CALL_RETRY_WINDOW_S
         retried = False
-        delay = 0.05
-        while True:
-            try:
-                actor_method = getattr(self._handles[partition], method)
-                return await actor_method.remote(payload), retried
-            except (ActorUnavailableError, ActorDiedError, RayActorError) as exc:
-                if time.monotonic() + delay > deadline:
-                    raise PartitionUnavailable(
-                        f"partition {partition} did not come back within "
-                        f"{CALL_RETRY_WINDOW_S:.0f}s: {exc}"
-                    ) from None
-                retried = True
-                await asyncio.sleep(delay)
-                delay = min(1.0, delay * 2)
+
+        def note(exc: Exception) -> None:
+            nonlocal retried
+            retried = True
+
+        def give_up(exc: Exception) -> PartitionUnavailable:
+            return PartitionUnavailable(
+                f"partition {partition} did not come back within {CALL_RETRY_WINDOW_S:.0f}s: {exc}"
+            )
+
+        reply = await retry_async(
+            lambda: getattr(self._handles[partition], method).remote(payload),
+            retry_on=_RESTARTING,
+            deadline=time.monotonic() + CALL_RETRY_WINDOW_S,
+            give_up=give_up,
+            on_retry=note,
+        )
+        return reply, retried
 
     def statuses(self) -> list[dict[str, Any]]:
         return list(ray.get([h.status.remote() for h in self._handles]))

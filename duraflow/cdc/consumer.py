@@ -23,7 +23,6 @@ import concurrent.futures
 import contextlib
 import datetime as dt
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +32,11 @@ import duckdb
 import pyarrow as pa
 
 from duraflow.actors import messages as m
+from duraflow.backoff import retry_async
 from duraflow.cdc.events import decode_event
 from duraflow.cdc.stream import POLL_WAIT_S, ChangeLogReader
 from duraflow.config import EngineConfig
+from duraflow.loop_thread import LoopThread
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, open_archive
 from duraflow.storage.iceberg import (
@@ -76,6 +77,8 @@ SNAPSHOT_MIN_AGE_S = 10.0
 PENDING_ROWS_IN_MEMORY = 1_000_000
 """Warm rows kept in memory until their commit (above this, a commit reads them back from
 their segments: the commit is behind, say a warehouse that is down)."""
+OPEN_RETRY_FIRST_S = 0.5
+"""First pause before opening again an archive that could not be opened."""
 OPEN_RETRY_MAX_S = 10.0
 """Longest pause between attempts to open an archive that cannot be opened (S3 down, say)."""
 
@@ -124,17 +127,19 @@ class Consumer:
     async def _open(self) -> tuple[Archive, dict[int, int]]:
         """Open the archive and read its offsets, retrying while that fails (a warehouse that
         is down or not there yet); ``last_error`` and the log say why meanwhile."""
-        delay = 0.5
-        while True:
-            try:
-                return await asyncio.to_thread(self._open_archive)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self.stats.last_error = self._scrub(f"open archive: {exc!r}")
-                log.warning("cannot open the archive; retrying: %s", self.stats.last_error)
-                await asyncio.sleep(delay)
-                delay = min(OPEN_RETRY_MAX_S, delay * 2)
+
+        def note(exc: Exception) -> None:
+            self.stats.last_error = self._scrub(f"open archive: {exc!r}")
+            log.warning("cannot open the archive; retrying: %s", self.stats.last_error)
+
+        return await retry_async(
+            lambda: asyncio.to_thread(self._open_archive),
+            retry_on=(Exception,),
+            deadline=None,
+            on_retry=note,
+            first_wait_s=OPEN_RETRY_FIRST_S,
+            max_wait_s=OPEN_RETRY_MAX_S,
+        )
 
     async def run(self) -> None:
         """Read, write warm segments and commit, until cancelled."""
@@ -330,35 +335,30 @@ def _pending_rows(pending: list[tuple[Segment, pa.Table | None]]) -> pa.Table:
     return pa.concat_tables(tables)  # rows repeated across segments: archive_batch drops them
 
 
+CLOSE_WAIT_S = 30.0
+"""How long closing the in-process consumer waits for it to end (a commit in progress)."""
+
+
 class ConsumerThread:
     """Runs a Consumer on an event loop of its own thread (the in-process runtime)."""
 
     def __init__(self, consumer: Consumer) -> None:
         self.consumer = consumer
-        self._loop = asyncio.new_event_loop()
-        self._task = self._loop.create_task(consumer.run())
-        self._thread = threading.Thread(target=self._main, name="duraflow-consumer", daemon=True)
-        self._thread.start()
-
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        with contextlib.suppress(asyncio.CancelledError):
-            self._loop.run_until_complete(self._task)
-        # A cancelled commit or segment write may still run in an executor thread: let it
-        # finish, so that close() returns only when the consumer no longer touches files.
-        self._loop.run_until_complete(self._loop.shutdown_default_executor())
+        self._loop_thread = LoopThread("duraflow-consumer")
+        self._running = self._loop_thread.submit(consumer.run())
+        self._running.add_done_callback(_report_end)
 
     def call(self, coro: Any, timeout: float | None = None) -> Any:
         """Run a coroutine of the consumer's on its loop and wait for it.
 
         Raises:
-            RuntimeError: the consumer is closed or its thread has stopped.
+            RuntimeError: the consumer is closed or has failed.
             TimeoutError: ``timeout`` seconds passed first.
         """
-        if not self._thread.is_alive() or self._loop.is_closed():
+        if not self._loop_thread.running or self._running.done():
             coro.close()
             raise RuntimeError("the archive consumer is not running (closed, or it failed)")
-        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        future = self._loop_thread.submit(coro)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -368,10 +368,11 @@ class ConsumerThread:
             raise TimeoutError(f"the archive consumer did not answer within {timeout}s") from None
 
     def close(self) -> None:
-        if self._loop.is_closed():
-            return
-        if self._thread.is_alive():
-            self._loop.call_soon_threadsafe(self._task.cancel)
-            self._thread.join(timeout=30)
-        if not self._thread.is_alive():
-            self._loop.close()
+        """Cancel the consumer and wait until it no longer touches files: a cancelled commit
+        or segment write may still run in an executor thread (:meth:`LoopThread.stop`)."""
+        self._loop_thread.stop(CLOSE_WAIT_S)
+
+
+def _report_end(running: concurrent.futures.Future[None]) -> None:
+    if not running.cancelled() and running.exception() is not None:
+        log.error("the archive consumer stopped", exc_info=running.exception())
