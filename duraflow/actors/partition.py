@@ -30,7 +30,7 @@ from duraflow.actors.change_log import ChangeLog
 from duraflow.actors.due_times import DueTimes
 from duraflow.actors.mailboxes import Mailboxes, ResultWaits
 from duraflow.actors.outbox import OutboxSender, Send
-from duraflow.actors.partition_writes import WRITERS
+from duraflow.actors.partition_writes import write
 from duraflow.config import EngineConfig
 from duraflow.engine import effects as fx
 from duraflow.engine import guard
@@ -273,43 +273,25 @@ class Partition:
             with store.turn():
                 if recovering:
                     began = time.perf_counter()
-                    self._write(machine.recover(self._now_us(), store), None, replies, after)
+                    recovered = machine.recover(self._now_us(), store)
+                    write(store, machine, recovered, (None, replies), after)
                     self.recovery["recover_s"] = time.perf_counter() - began
                     self.recovery["recovered_at"] = time.time()
                 for item, future in items:
                     if type(item) is _Due:
                         for due in self._due.pop_due():
-                            self._write(machine.apply(due, self._now_us(), store), None, [], after)
+                            fired = machine.apply(due, self._now_us(), store)
+                            write(store, machine, fired, (None, []), after)
                         replies.append((future, fx.Reply()))
                     elif type(item) is m.Query and (late := _too_late(item, self.index)):
                         replies.append((future, fx.Reply(error=late)))
                     else:
                         effects = machine.apply(item, self._now_us(), store)
-                        self._write(effects, future, replies, after)
+                        write(store, machine, effects, (future, replies), after)
         except BaseException:
             machine.recovering = recovering  # a recovery rolled back is still to be done
             raise
         return replies, after
-
-    def _write(
-        self,
-        effects: list[Any],
-        future: asyncio.Future[Any] | None,
-        replies: list[tuple[asyncio.Future[Any] | None, Any]],
-        after: list[Any],
-    ) -> None:
-        store = self._db()
-        for index, effect in enumerate(effects):
-            writer = WRITERS.get(type(effect))
-            if writer is not None:
-                try:
-                    writer(store, effect, after)
-                except Exception as exc:
-                    raise self.machine.blame(effects, index, exc) from exc
-            elif type(effect) in (fx.Reply, fx.AwaitClose):
-                replies.append((future, effect))
-            else:
-                after.append(effect)
 
     def after_commit(self, replies: list[tuple[Any, Any]], after: list[Any]) -> None:
         """Answer, dispatch, send and arm what the committed turn asked for."""

@@ -1,4 +1,5 @@
-"""How the partition shell writes the machine's write effects into its SQLite file.
+"""How the partition shell writes the machine's write effects into its SQLite file, and sorts
+the rest for after the commit.
 
 One writer per write effect (:data:`duraflow.engine.effects.WRITES`), called inside the
 turn's transaction as soon as the machine returns the effect, so later inputs of the same
@@ -13,6 +14,7 @@ from typing import Any
 
 from duraflow.actors import messages as m
 from duraflow.engine import effects as fx
+from duraflow.engine.machine import Machine
 from duraflow.storage.sqlite_store import PartitionStore
 
 Writer = Callable[[PartitionStore, Any, list[Any]], None]
@@ -53,3 +55,30 @@ WRITERS: dict[type, Writer] = {
     fx.SetMeta: lambda store, e, after: store.set_meta(e.key, e.value),
     fx.DeleteRun: lambda store, e, after: store.delete_run(e.workflow_id, e.run_id),
 }
+
+
+def write(
+    store: PartitionStore,
+    machine: Machine,
+    effects: list[Any],
+    answer: tuple[Any, list[tuple[Any, Any]]],
+    after: list[Any],
+) -> None:
+    """Write the writes among ``effects`` (the machine's answer to one input) now; its reply
+    joins ``answer``'s list with ``answer``'s future; the rest joins ``after``.
+
+    Raises:
+        RunBroke: a write failed (``Machine.blame`` names the run it recorded).
+    """
+    future, replies = answer
+    for index, effect in enumerate(effects):
+        writer = WRITERS.get(type(effect))
+        if writer is not None:
+            try:
+                writer(store, effect, after)
+            except Exception as exc:
+                raise machine.blame(effects, index, exc) from exc
+        elif type(effect) in (fx.Reply, fx.AwaitClose):
+            replies.append((future, effect))
+        else:
+            after.append(effect)
