@@ -1,5 +1,5 @@
 """Entry point: ``python -m benchmarks [options]`` (or ``./dev bench``) runs the whole suite
-(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos|restart|fencing
+(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos|restate|restart|fencing
 [options]`` runs one part alone."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from benchmarks import (
     bench_lag,
     bench_parked,
     bench_restart,
+    bench_restate,
     suite,
 )
 
@@ -23,6 +24,7 @@ PARTS = {
     "archive": bench_archive.main,
     "lag": bench_lag.main,
     "dbos": bench_dbos.main,
+    "restate": bench_restate.main,
     "restart": bench_restart.main,
     "fencing": bench_fencing.main,
 }

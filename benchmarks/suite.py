@@ -1,22 +1,26 @@
 """The whole benchmark suite: every workload on duraflow in-process, duraflow on a local Ray,
-and DBOS Transact on its SQLite system database, in one run, with the floors beneath them.
+DBOS Transact on its SQLite system database and Restate 1.7 with its Python SDK, in one run,
+with the floors beneath them.
 
   W1  1,000 workflows of 3 no-op activities at once: workflows/s, p50/p99 start-to-result;
-      one at a time (unloaded). duraflow's no-op activities run inline (``inline=True``, the
-      choice for cheap steps); on Ray also as Ray tasks (the default for real work).
+      one at a time (unloaded); Restate also 32 in flight. duraflow's no-op activities run
+      inline (``inline=True``, the choice for cheap steps); on Ray also as Ray tasks (the
+      default for real work).
   W2  200 workflows parked on a signal, all signalled: send-to-completion p50/p99; unloaded.
   W3  200 workflows sleeping 1 s: lateness p50/p99.
   W4  10,000 and 100,000 workflows parked on a signal: time to start, total RSS of every
       process while parked, time to signal and complete all.
   W5  archive: events/s into Iceberg, lag from ``workflow.completed`` to visible in SQL,
-      DuckDB query times over 1 M and 10 M history rows (duraflow only: DBOS has no archive).
+      DuckDB query times over 1 M and 10 M history rows (duraflow only: neither peer has one).
   R   restart: a partition actor killed with kill -9 -> a signal to it served again, idle and
       under W1 load, by open runs on that partition (Ray only; benchmarks/bench_restart.py).
   Floors: raw SQLite on the partition schema, Ray's actor call.
 
-Every duraflow figure is printed beside DBOS's from the same run, as a ratio ("x better":
-throughput divided, latency and memory inverted), and the Ray column beside its target.
-``--smoke`` runs tiny sizes of everything (the test suite does, so the suite cannot rot).
+Every duraflow figure is printed beside DBOS's and Restate's from the same run, as ratios
+("x better": throughput divided, latency and memory inverted), and the Ray column beside its
+target. ``--smoke`` runs tiny sizes of everything (the test suite does, so the suite cannot
+rot); it runs Restate only if its server binary is already cached (~100 MB from the npm
+registry, which a full run or ``./dev bench restate`` installs), and otherwise prints why not.
 """
 
 from __future__ import annotations
@@ -37,15 +41,21 @@ from benchmarks import (
     bench_lag,
     bench_parked,
     bench_restart,
+    bench_restate,
 )
 from benchmarks.common import RESULTS_DIR, write_json
 from benchmarks.floors import sqlite_floor
+from benchmarks.restate_server import RestateUnavailable
+from benchmarks.suite_table import render, table
 
 DBOS_DEFAULT_POOL_MAX = 10_000
 """Above this many parked workflows DBOS runs with a bounded thread pool: with its default
 (unbounded) pool it grew to ~22,000 threads at ~23,000 parked and failed workflows with
 ``can't start new thread`` on this machine (see benchmarks/bench_dbos.py)."""
 DBOS_BOUNDED_POOL = 64
+RESTATE_PARKED_MAX = 10_000
+"""Restate's W4 runs at sizes up to this; at 10,000 it took ~45 s on this machine, while each
+parked run holds an HTTP/2 stream to the SDK for its first minute (see bench_restate.py)."""
 
 SMOKE = {
     "workflows": 20,
@@ -95,7 +105,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--restart-settle", type=float, default=bench_restart.SETTLE_S, help="R: s around kills"
     )
-    parser.add_argument("--systems", default="local,ray,dbos", help="comma-separated")
+    parser.add_argument(
+        "--systems", default="local,ray,dbos,restate", help="comma-separated: local, ray, ..."
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny sizes of everything")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "suite.json")
     args = parser.parse_args(argv)
@@ -109,6 +121,24 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.restart_parked = [int(n) for n in str(args.restart_parked).split(",") if n]
     args.restart_loads = [int(n) for n in str(args.restart_loads).split(",") if n]
     return args
+
+
+def _restate(args: argparse.Namespace) -> dict[str, Any]:
+    """Restate's results, or ``{"skipped": why}`` when it cannot run here (a smoke run never
+    downloads the server)."""
+    try:
+        return bench_restate.run(
+            workflows=args.workflows,
+            samples=args.samples,
+            signals=args.signals,
+            timers=args.timers,
+            parked_sizes=tuple(n for n in args.parked if n <= RESTATE_PARKED_MAX),
+            parked_budget_s=args.dbos_parked_budget,
+            install_missing=not args.smoke,
+        )
+    except RestateUnavailable as exc:
+        _step(f"Restate skipped: {exc}")
+        return {"skipped": str(exc)}
 
 
 def _quiet(function: Any, *args: Any, **kwargs: Any) -> Any:
@@ -169,6 +199,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     max_executor_threads=DBOS_BOUNDED_POOL,
                     idle_window_s=args.dbos_idle_window,
                 )
+    if "restate" in args.systems:
+        _step("Restate: W1-W3 on one server, W4 on a fresh one per size")
+        results["restate"] = _restate(args)
     archive: dict[str, Any] = {}
     for rows in args.query_rows:
         _step(f"duraflow archive: throughput and DuckDB over {rows} history rows")
@@ -203,247 +236,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
-# -- the table ------------------------------------------------------------------------------
-
-
-def _get(results: dict[str, Any], system: str, *path: str) -> Any:
-    value: Any = results.get(system)
-    if system == "dbos":  # DBOS has one kind of step: its keys carry no "_inline"
-        path = tuple(key.removesuffix("_inline") for key in path)
-    for key in path:
-        if not isinstance(value, dict) or key not in value:
-            return None
-        value = value[key]
-    return value
-
-
-def _num(value: Any, fmt: str) -> str:
-    return "-" if value is None else fmt.format(value)
-
-
-def _pair(result: Any, fmt: str = "{:.1f}") -> str:
-    if not isinstance(result, dict) or "p50_ms" not in result:
-        return "-" if not isinstance(result, dict) else _dnf(result)
-    return f"{fmt.format(result['p50_ms'])} / {fmt.format(result['p99_ms'])} ms"
-
-
-def _dnf(result: dict[str, Any]) -> str:
-    return "did not finish" if "did_not_finish" in result else "-"
-
-
-def _ratio(ours: Any, theirs: Any, higher_is_better: bool) -> str:
-    if not ours or not theirs:
-        return "-"
-    times = ours / theirs if higher_is_better else theirs / ours
-    return f"{times:,.1f}x"
-
-
-def _mark(value: Any, target: float, higher_is_better: bool) -> str:
-    if value is None:
-        return ""
-    met = value >= target if higher_is_better else value <= target
-    return "met" if met else "NOT met"
-
-
-def table(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
-    """Rows: workload, in-process, Ray, DBOS, Ray vs DBOS, target for Ray (met or not)."""
-    rows: list[tuple[str, ...]] = [
-        ("workload", "in-process", "Ray", "DBOS", "Ray vs DBOS", "target (Ray)")
-    ]
-
-    def throughput(label: str, key: str, target: float | None) -> None:
-        vals = [_get(r, s, key, "workflows_per_s") for s in ("local", "ray", "dbos")]
-        goal = f">= {target:,.0f}: {_mark(vals[1], target, True)}" if target else ""
-        rows.append(
-            (label, *(_num(v, "{:,.0f} wf/s") for v in vals), _ratio(vals[1], vals[2], True), goal)
-        )
-
-    def latency(label: str, key: str, stat: str = "p50_ms", target: float | None = None) -> None:
-        cells = [_pair(_get(r, s, key)) for s in ("local", "ray", "dbos")]
-        ours, theirs = _get(r, "ray", key, stat), _get(r, "dbos", key, stat)
-        goal = ""
-        if target is not None:
-            goal = f"{stat[:3]} <= {target:g} ms: {_mark(ours, target, False)}"
-        rows.append((label, *cells, f"{_ratio(ours, theirs, False)} ({stat[:3]})", goal))
-
-    n = args.workflows
-    throughput(f"W1 {n} x 3 activities, inline", "w1_throughput_inline", 1100)
-    latency("W1 latency under load p50/p99", "w1_throughput_inline")
-    latency("W1 unloaded p50/p99", "w1_unloaded_inline", target=10)
-    ray_tasks = _get(r, "ray", "w1_throughput_ray_tasks", "workflows_per_s")
-    rows.append(
-        (
-            "W1 with activities as Ray tasks",
-            "",
-            f"{_num(ray_tasks, '{:,.0f} wf/s')}, {_pair(_get(r, 'ray', 'w1_unloaded_ray_tasks'))}"
-            " unloaded",
-            "",
-            "",
-            "",
-        )
-    )
-    latency(f"W2 {args.signals} signalled at once p50/p99", "w2_signal_loaded")
-    latency("W2 signal unloaded p50/p99", "w2_signal_unloaded", target=5)
-    latency(
-        f"W3 {args.timers} x 1 s timers, lateness p50/p99",
-        "w3_timer_lateness",
-        "p99_ms",
-        target=20,
-    )
-    for size in args.parked:
-        key = f"w4_parked_{size}"
-        dbos = _get(r, "dbos", "w4_parked", str(size)) or {}
-        unfinished = dbos.get("did_not_finish")
-        cells = {}
-        for metric, ours, theirs, fmt in (
-            ("start all", "start_s", "start_s", "{:,.1f} s"),
-            ("total RSS", "rss_parked_mib", "rss_mib", "{:,.0f} MiB"),
-            ("signal, complete all", "signal_and_complete_s", "complete_s", "{:,.1f} s"),
-        ):
-            vals = [_get(r, s, key, ours) for s in ("local", "ray")] + [dbos.get(theirs)]
-            texts = [_num(v, fmt) for v in vals]
-            if unfinished and vals[2] is None:
-                texts[2] = "did not finish"
-                if metric == "start all":
-                    texts[2] = f"{dbos.get('started', 0):,} started, then {unfinished}"
-                elif metric == "total RSS" and dbos.get("rss_mib_at_stop"):
-                    texts[2] = f"{dbos['rss_mib_at_stop']:,.0f} MiB at stop"
-            goal = ""
-            if metric == "total RSS" and size >= 100_000:
-                goal = f"<= 4,096 MiB: {_mark(vals[1], 4096, False)}"
-            rows.append(
-                (f"W4 {size:,} parked: {metric}", *texts, _ratio(vals[1], vals[2], False), goal)
-            )
-    rows.extend(_restart_rows(r.get("restart") or {}))
-    archives = r.get("archive") or {}
-    if archives:  # each DuckDB size is archived by a throughput run of its own: one row for all
-        rates = [archived["a1"]["end_to_end_events_per_s"] for archived in archives.values()]
-        events = next(iter(archives.values()))["a1"]["events"]
-        runs = f" ({len(rates)} runs)" if len(rates) > 1 else ""
-        rows.append(
-            (
-                f"W5 archive, {events:,} events into Iceberg{runs}",
-                " / ".join(f"{rate:,.0f}" for rate in rates) + " events/s",
-                "",
-                "n/a",
-                "",
-                f">= 50,000/s: {_mark(min(rates), 50_000, True)}",
-            )
-        )
-    for size, archived in archives.items():
-        queries = archived["queries_after"]
-        for title in ("group by event_type (full scan)", "workflows join activities"):
-            rows.append(
-                (
-                    f"W5 DuckDB, {int(size):,} rows: {title}",
-                    _num(queries.get(title), "{:,.0f} ms"),
-                    "",
-                    "n/a",
-                    "",
-                    "",
-                )
-            )
-    lag = r.get("lag") or {}
-    if lag:
-        cells = [_pair(_get(lag, s, "visible"), "{:,.0f}") for s in ("local", "ray")]
-        p99 = _get(lag, "ray", "visible", "p99_ms")
-        rows.append(
-            (
-                "W5 lag completed -> in SQL p50/p99",
-                *cells,
-                "n/a",
-                "",
-                f"p99 <= 5,000 ms: {_mark(p99, 5000, False)}",
-            )
-        )
-    floor = r["sqlite_floor"]
-    rows.append(
-        (
-            "floor: SQLite 1-row commits",
-            f"{floor['commits_per_s']:,.0f}/s",
-            "",
-            "",
-            "",
-            "",
-        )
-    )
-    rows.append(
-        (
-            "floor: SQLite W1 rows, 1 / 50 per commit",
-            f"{floor['w1_one_per_commit_workflows_per_s']:,.0f} / "
-            f"{floor['w1_batched_workflows_per_s']:,.0f} wf/s",
-            "",
-            "",
-            "",
-            "",
-        )
-    )
-    ray_floor = _get(r, "ray", "ray_floor")
-    if ray_floor:
-        rows.append(
-            (
-                "floor: Ray actor call",
-                "",
-                f"{_pair(ray_floor['round_trip'], '{:.2f}')} round trip, "
-                f"{ray_floor['pipelined_calls_per_s']:,.0f} calls/s pipelined, "
-                f"{ray_floor['batched_us_per_request']:.0f} us/request in batches of 100",
-                "",
-                "",
-                "",
-            )
-        )
-    restart_floor = (r.get("restart") or {}).get("ray_floor")
-    if restart_floor:
-        rows.append(
-            (
-                "floor: Ray restarts a bare actor p50/max",
-                "",
-                _seconds(restart_floor, "new_pid"),
-                "",
-                "",
-                "",
-            )
-        )
-    return rows
-
-
-def _seconds(result: dict[str, Any], measure: str) -> str:
-    value = result["kill_to"][measure]
-    return f"{value['p50_s']:.1f} / {value['max_s']:.1f} s"
-
-
-def _restart_rows(restart: dict[str, Any]) -> list[tuple[str, ...]]:
-    """One row per restart scenario: kill -9 -> a signal served again (and the new PID seen)."""
-    rows: list[tuple[str, ...]] = []
-    for key, result in restart.items():
-        if not key.startswith("parked_"):
-            continue
-        load = result["load_in_flight"]
-        where = f"{result['parked']:,} open, " + (f"W1 {load} in flight" if load else "idle")
-        rows.append(
-            (
-                f"R kill -9 -> served p50/max, {where}",
-                "",
-                f"{_seconds(result, 'serving')} (new PID in status {_seconds(result, 'new_pid')})",
-                "n/a",
-                "",
-                "",
-            )
-        )
-    return rows
-
-
-def render(rows: list[tuple[str, ...]]) -> str:
-    """The rows as a Markdown table (README's Performance section takes it as it is)."""
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = []
-    for n, row in enumerate(rows):
-        lines.append("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
-        if n == 0:
-            lines.append("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse(argv)
     started = time.perf_counter()
@@ -453,12 +245,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     rows = table(args, results)
     config = {k: v for k, v in vars(args).items() if k not in ("json",) and not callable(v)}
     path = write_json(args.json, {"config": config, "results": results, "table": rows})
+    restate = results.get("restate", {})
     print(
         f"\nduraflow vs DBOS Transact {results.get('dbos', {}).get('version', '')} "
+        f"and Restate {restate.get('version', '')} "
         f"({args.partitions} partitions, synchronous={args.synchronous}; "
         f"{time.perf_counter() - started:,.0f} s; load average {load_before:.1f} before, "
         f"{results['load_average']['after']:.1f} after)\n"
     )
     print(render(rows))
+    if "skipped" in restate:
+        print(f"\nRestate skipped: {restate['skipped']}")
     print(f"\nJSON (with the machine's facts): {path}")
     return results

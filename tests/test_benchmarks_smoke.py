@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks import suite
+from benchmarks import restate_server, suite
 
 
 @pytest.mark.timeout(600)
@@ -20,7 +20,7 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
 
     out = capsys.readouterr().out
     assert "| W1 20 x 3 activities, inline" in out
-    assert "Ray vs DBOS" in out
+    assert "Ray vs DBOS" in out and "Ray vs Restate" in out
     assert "| W5 archive, " in out and ">= 50,000/s: " in out  # one throughput row
     for system in ("local", "ray"):
         assert 20 == results[system]["w1_throughput_inline"]["workflows"]
@@ -28,6 +28,14 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
         assert results[system]["w3_timer_lateness"]["p99_ms"] >= 0
     assert 20 == results["dbos"]["w1_throughput"]["workflows"]
     assert 200 == results["dbos"]["w4_parked"]["200"]["workflows"]
+    if restate_server.installed() is None:  # the smoke run never downloads the server
+        assert "Restate skipped: restate-server " in out
+    else:
+        assert 20 == results["restate"]["w1_throughput"]["workflows"]
+        assert 32 == results["restate"]["w1_in_flight"]["in_flight"]
+        assert results["restate"]["w3_timer_lateness"]["p99_ms"] >= 0
+        assert 200 == results["restate"]["w4_parked"]["200"]["workflows"]
+        assert results["restate"]["w4_parked"]["200"]["rss_mib"] > 0
     assert results["ray"]["ray_floor"]["round_trip"]["p50_ms"] > 0
     assert (10, 10) == (
         results["lag"]["ray"]["closed_seen"],
@@ -42,4 +50,16 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
     assert 0 < results["restart"]["ray_floor"]["kill_to"]["new_pid"]["max_s"] < 60
     written = json.loads(out_file.read_text())
     assert written["machine"]["cores"] >= 1
-    assert written["table"][0][:4] == ["workload", "in-process", "Ray", "DBOS"]
+    assert written["table"][0][:5] == ["workload", "in-process", "Ray", "DBOS", "Restate"]
+
+
+def test_the_smoke_run_skips_restate_when_its_server_is_not_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DURAFLOW_BENCH_CACHE", str(tmp_path))  # an empty cache
+
+    result = suite._restate(suite.parse(["--smoke"]))
+
+    assert result["skipped"].startswith(f"restate-server {restate_server.VERSION} is not in")
+    assert "does not download" in result["skipped"]
+    assert [] == list(tmp_path.iterdir())  # nothing was installed
