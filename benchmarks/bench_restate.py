@@ -14,18 +14,22 @@ How Restate runs here (benchmarks/restate_server.py has the details):
           with only loopback (it needs root), with the server and the SDK below it: the server
           asks GitHub for its latest release at start and no setting turns that off.
 
-The workflows are written the way Restate's docs write them: ``restate.Workflow``, each step a
-``ctx.run_typed`` (an async no-op: a sync one would hop to a thread), a signal a durable promise
-(``ctx.promise("go")``) resolved by a shared handler, a timer ``ctx.sleep``. Each run is a
-workflow with a key of its own, as each duraflow run has a workflow ID.
+The workflows (benchmarks/restate_app.py) are written the way Restate's docs write them:
+``restate.Workflow``, each step a ``ctx.run_typed`` (an async no-op: a sync one would hop to a
+thread), a signal a durable promise (``ctx.promise("go")``) resolved by a shared handler, a timer
+``ctx.sleep``. Each run is a workflow with a key of its own, as each duraflow run has a workflow
+ID. Over HTTP/2 a run waiting on its promise stays ``running``, its stream to the SDK open, until
+Restate's inactivity timeout (1 min) suspends it: a run signalled within that minute goes on
+over its open stream, a later one is invoked again and replays its journal.
 
   W1  N at once (one POST to ``/<workflow>/<key>/run`` each, answered with the result):
-      workflows/s and start-to-result p50/p99; one at a time (unloaded); 32 in flight.
+      workflows/s and start-to-result p50/p99; one at a time (unloaded); N with 32 in flight.
   W2  M parked on the promise, their results awaited (``/attach``), all signalled at once:
       send-to-result p50/p99; and one at a time (unloaded).
-  W3  M sleeping 1 s: lateness (wake time minus due time, the due time from ``ctx.time()``).
-  W4  P parked: time until every one is parked (suspended, read from the admin SQL API), RSS of
-      the server and SDK processes, time from the first signal to every result.
+  W3  M sleeping 1 s: lateness (wake time minus due time, the due time recorded by a step).
+  W4  P parked: time until every one waits on its promise (its journal holds the promise's
+      command: read from the admin SQL API every 0.5 s), RSS of the server and SDK processes,
+      time from the first signal to every result. Starts, signals and awaits go 500 at a time.
 
 The server and SDK are started once for W1-W3 and afresh for each W4 size.
 """

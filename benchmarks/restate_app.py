@@ -43,10 +43,17 @@ async def signal(ctx: restate.WorkflowSharedContext, value: int) -> None:
     await ctx.promise("go", type_hint=int).resolve(value)
 
 
+async def deadline(seconds: float) -> float:
+    return time.time() + seconds
+
+
 @sleeper.main(name="run")
 async def run_sleeper(ctx: restate.WorkflowContext, seconds: float) -> float:
-    due = await ctx.time() + seconds  # durably recorded, so a replay keeps the same due time
-    await ctx.sleep(timedelta(seconds=seconds))
+    """Sleep until a deadline recorded by a step (so a replay keeps it); return how late it
+    woke. The sleep is set for the time left after the step's round trip to the server, so
+    the lateness is the timer's alone."""
+    due = await ctx.run_typed("deadline", deadline, seconds=seconds)
+    await ctx.sleep(timedelta(seconds=max(0.0, due - time.time())))
     return time.time() - due
 
 
