@@ -60,7 +60,7 @@ BATCH = 500  # W4 starts, signals and awaits this many at a time, as bench_parke
 CONNECTIONS = 1000  # the client's connection pool to the ingress
 PARKED_POLL_S = 0.005  # W2 unloaded: how often the admin API is asked whether it parked
 PARKED_COUNT_POLL_S = 0.5  # W4: how often all parked workflows are counted
-IDLE_S = 1.0  # W4: parked this long before RSS is read, as bench_parked does
+SETTLE_S = 1.0  # W4: parked this long before RSS is read, as bench_parked does
 WORKER_TIMEOUT_S = 600.0  # a child: this plus 2 s per workflow, then it is killed
 SDK_MODULES = {"restate": "restate-sdk", "hypercorn": "hypercorn"}  # module: package
 
@@ -228,7 +228,9 @@ async def _in_batches(coros: list[Any]) -> list[Any]:
     return results
 
 
-async def w4_parked(ingress: Ingress, n: int, pids: list[int], budget_s: float) -> dict[str, Any]:
+async def w4_parked(
+    ingress: Ingress, n: int, pids: list[int], budget_s: float, settle_s: float
+) -> dict[str, Any]:
     """Start ``n`` parked, read RSS, then signal all and await every result.
 
     A phase that runs past ``budget_s`` stops the run; the result says so in
@@ -247,7 +249,7 @@ async def w4_parked(ingress: Ingress, n: int, pids: list[int], budget_s: float) 
         await ingress.wait_parked(n, PARKED_COUNT_POLL_S, left)
         measured["start_s"] = time.perf_counter() - t0
         measured["starts_per_s"] = n / measured["start_s"]
-        await asyncio.sleep(IDLE_S)
+        await asyncio.sleep(settle_s)
         measured["rss_mib"] = rss_mib(pids)
         phase = "complete"
         t1 = time.perf_counter()
@@ -287,7 +289,7 @@ async def _workloads(args: argparse.Namespace, ingress_url: str, admin_url: str,
         ingress = Ingress(session, ingress_url, admin_url)
         if args.workload == "core":
             return await _core(ingress, args)
-        return await w4_parked(ingress, args.parked, pids, args.budget_s)
+        return await w4_parked(ingress, args.parked, pids, args.budget_s, args.settle_s)
 
 
 # -------------------------------------------------------------------- the child process
@@ -305,6 +307,7 @@ def worker_main(argv: list[str]) -> None:
     parser.add_argument("--in-flight", type=int, default=IN_FLIGHT)
     parser.add_argument("--parked", type=int, default=10_000)
     parser.add_argument("--budget-s", type=float, default=900.0)
+    parser.add_argument("--settle-s", type=float, default=SETTLE_S)
     args = parser.parse_args(argv)
     isolated = restate_server.isolate_network()  # first: before any thread or child exists
     binary = restate_server.installed()
@@ -381,6 +384,7 @@ def run(
     in_flight: int = IN_FLIGHT,
     parked_sizes: tuple[int, ...] = (10_000,),
     parked_budget_s: float = 900.0,
+    parked_settle_s: float = SETTLE_S,
     install_missing: bool = True,
 ) -> dict[str, Any]:
     """Every Restate workload: W1-W3 on one server, each W4 size on a fresh one.
@@ -404,6 +408,7 @@ def run(
     results["w4_parked"] = {}
     for size in parked_sizes:
         options = ["--parked", str(size), "--budget-s", str(parked_budget_s)]
+        options += ["--settle-s", str(parked_settle_s)]
         results["w4_parked"][str(size)] = _run_child("parked", options, 3 * parked_budget_s)
     results["version"] = restate_server.VERSION
     results["sdk_version"] = metadata.version("restate-sdk")

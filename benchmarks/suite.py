@@ -134,6 +134,7 @@ def _restate(args: argparse.Namespace) -> dict[str, Any]:
             timers=args.timers,
             parked_sizes=tuple(n for n in args.parked if n <= RESTATE_PARKED_MAX),
             parked_budget_s=args.dbos_parked_budget,
+            parked_settle_s=args.parked_settle,
             install_missing=not args.smoke,
         )
     except RestateUnavailable as exc:
