@@ -217,6 +217,9 @@ def _free_port() -> int:
         (["--namespace", "not a namespace"], f"namespace must be {ALLOWED['namespace']}"),
         (["--partition-resources", '{"gpu": -1}'], "JSON object of resource amounts > 0"),
         (["--timeout", "inf"], "argument --timeout: must be > 0 and finite, got inf"),
+        (["--workers", '{"gpu": {"size": 0}}'], "WorkerPool size must be a whole number"),
+        (["--workers", '{"a b": {}}'], "a workers queue name must be 1 to 64 letters"),
+        (["--workers", "[1]"], "expected a JSON object of queue names to pools"),
     ],
 )
 def test_serve_refuses_each_bad_flag_naming_it_before_joining_ray(
@@ -232,6 +235,26 @@ def test_serve_refuses_each_bad_flag_naming_it_before_joining_ray(
     assert 2 == code
     assert named in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--queue", "a b"], "queue must be 1 to 64 letters"),
+        (["--size", "0"], "argument --size: must be > 0"),
+        (["--num-gpus", "-1"], "WorkerPool num_gpus must be a number from 0 to"),
+    ],
+)
+def test_worker_refuses_each_bad_flag_naming_it_before_joining_ray(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(["worker", "--address", f"127.0.0.1:{_free_port()}", *flags])
+    except SystemExit as exit_info:  # argparse's own refusals
+        code = int(exit_info.code or 0)
+
+    assert 2 == code
+    assert named in capsys.readouterr().err
 
 
 def test_client_commands_refuse_a_bad_namespace(capsys: pytest.CaptureFixture[str]) -> None:
