@@ -1,8 +1,8 @@
 """Core engine speed on duraflow: W1 (throughput, latency), W2 (signals), W3 (timers).
 
   W1  N workflows of 3 no-op activities started at once: workflows/s, p50/p99 start-to-result
-      latency; and the same workflow one at a time (unloaded latency). On Ray, once with
-      inline activities and once with activities as Ray tasks.
+      latency; and the same workflow one at a time (unloaded latency). On Ray three times:
+      inline activities, plain ones (the default worker pool), and Ray tasks (num_cpus=1).
   W2  M workflows parked on a signal with their results awaited, all signalled at once:
       send-to-completion p50/p99; and one at a time (unloaded).
   W3  M workflows each sleeping 1 s: timer lateness (fire time minus due time).
@@ -35,9 +35,18 @@ def bench_noop_inline(i: int) -> int:
     return i
 
 
+@df.activity(num_cpus=1)
+def bench_noop_task(i: int) -> int:
+    return i
+
+
+STEPS = {"inline": bench_noop_inline, "pool": bench_noop, "ray_tasks": bench_noop_task}
+"""W1's activity by kind: in the partition's process, on the default pool, as a Ray task."""
+
+
 @df.workflow
-async def bench_three_steps(ctx: df.WorkflowContext, i: int, inline: bool) -> int:
-    step = bench_noop_inline if inline else bench_noop
+async def bench_three_steps(ctx: df.WorkflowContext, i: int, kind: str) -> int:
+    step = STEPS[kind]
     a = await ctx.activity(step, i)
     b = await ctx.activity(step, a)
     return await ctx.activity(step, b)
@@ -55,16 +64,16 @@ async def bench_sleep(ctx: df.WorkflowContext, seconds: float) -> float:
     return ctx.time() - due  # workflow time at wake-up is the timer_fired event's time
 
 
-async def _timed_workflow(client: df.Client, i: int, inline: bool) -> float:
+async def _timed_workflow(client: df.Client, i: int, kind: str) -> float:
     t0 = time.perf_counter()
-    handle = await client.start_async(bench_three_steps, i, inline)
+    handle = await client.start_async(bench_three_steps, i, kind)
     await handle.result_async()
     return time.perf_counter() - t0
 
 
-async def w1_throughput(client: df.Client, n: int, inline: bool) -> dict[str, Any]:
+async def w1_throughput(client: df.Client, n: int, kind: str) -> dict[str, Any]:
     t0 = time.perf_counter()
-    latencies = await asyncio.gather(*(_timed_workflow(client, i, inline) for i in range(n)))
+    latencies = await asyncio.gather(*(_timed_workflow(client, i, kind) for i in range(n)))
     elapsed = time.perf_counter() - t0
     return {
         "workflows": n,
@@ -74,8 +83,8 @@ async def w1_throughput(client: df.Client, n: int, inline: bool) -> dict[str, An
     }
 
 
-async def w1_unloaded(client: df.Client, n: int, inline: bool) -> dict[str, Any]:
-    latencies = [await _timed_workflow(client, i, inline) for i in range(n)]
+async def w1_unloaded(client: df.Client, n: int, kind: str) -> dict[str, Any]:
+    latencies = [await _timed_workflow(client, i, kind) for i in range(n)]
     return {"samples": n, **summary_ms(latencies)}
 
 
@@ -117,14 +126,16 @@ async def w3_timers(client: df.Client, n: int, seconds: float = 1.0) -> dict[str
     return {"timers": n, "sleep_s": seconds, **summary_ms(list(lateness))}
 
 
+KINDS = {"local": ["inline"], "ray": ["inline", "pool", "ray_tasks"]}
+"""The W1 kinds run on each runtime (in-process, every activity runs inline)."""
+
+
 async def _workloads(client: df.Client, runtime: str, sizes: argparse.Namespace) -> dict[str, Any]:
-    kinds = [True] if runtime == "local" else [True, False]
     results: dict[str, Any] = {}
-    for inline in kinds:
-        label = "inline" if inline else "ray_tasks"
-        await w1_unloaded(client, 5, inline)  # warm-up (Ray starts task workers lazily)
-        results[f"w1_throughput_{label}"] = await w1_throughput(client, sizes.workflows, inline)
-        results[f"w1_unloaded_{label}"] = await w1_unloaded(client, sizes.samples, inline)
+    for kind in KINDS[runtime]:
+        await w1_unloaded(client, 5, kind)  # warm-up (Ray starts task workers lazily)
+        results[f"w1_throughput_{kind}"] = await w1_throughput(client, sizes.workflows, kind)
+        results[f"w1_unloaded_{kind}"] = await w1_unloaded(client, sizes.samples, kind)
     results["w2_signal_unloaded"] = await w2_signal(client, sizes.samples)
     results["w2_signal_loaded"] = await w2_signal_loaded(client, sizes.signals)
     results["w3_timer_lateness"] = await w3_timers(client, sizes.timers)
@@ -166,9 +177,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runtimes = [r for r in args.runtimes.split(",") if r]
     results: dict[str, Any] = {runtime: run(runtime, args) for runtime in runtimes}
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
-    columns = [
-        (r, k) for r in runtimes for k in (["inline"] if r == "local" else ["inline", "ray_tasks"])
-    ]
+    columns = [(r, k) for r in runtimes for k in KINDS[r]]
     rows = [("", "  ".join(f"{f'{r}/{k}':>22}" for r, k in columns))]
     thr = "{workflows_per_s:.0f} wf/s"
     lat = "{p50_ms:.1f} / {p99_ms:.1f} ms"

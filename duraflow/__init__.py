@@ -7,7 +7,7 @@ from duraflow.cdc import events
 from duraflow.cdc.subscribers import Subscription
 from duraflow.client.client import Client
 from duraflow.client.handle import WorkflowHandle
-from duraflow.config import S3Config
+from duraflow.config import S3Config, WorkerPool
 from duraflow.description import WorkflowDescription
 from duraflow.engine.activities import ActivityInfo, activity_info, heartbeat
 from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
@@ -76,6 +76,7 @@ __all__ = [
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
+    "WorkerPool",
     "WorkflowAlreadyRunning",
     "WorkflowBlocked",
     "WorkflowCancelledError",

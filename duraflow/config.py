@@ -57,6 +57,79 @@ this bound ``now + duration`` stays below 2**63 microseconds for the next 290,00
 MAX_RESOURCE = 1e9
 """The largest amount of one custom Ray resource a partition actor may ask for."""
 _NAMESPACE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+DEFAULT_QUEUE = "default"
+"""The queue of activities that name none: the engine's default worker pool serves it."""
+MAX_POOL_SIZE = 1024
+"""The most workers one pool may have (each is a Ray actor: a process of ~80 MiB)."""
+DEFAULT_MAX_ASYNC = 100
+"""How many async attempts one worker runs at once by default."""
+_QUEUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+class WorkerPool(msgspec.Struct, frozen=True, kw_only=True):
+    """A pool of long-lived Ray actors that run the activity attempts of one queue.
+
+    ``df.Engine(workers={"gpu": df.WorkerPool(size=4, num_gpus=1)})`` starts four workers,
+    each holding one GPU, for the activities declared ``@df.activity(queue="gpu")``; the
+    queue ``"default"`` is the pool of every activity that names no queue and asks Ray for
+    nothing of its own. A pool's size is its queue's concurrency across the deployment: each
+    worker runs one sync attempt at a time, and up to ``max_async`` async ones.
+
+    Attributes:
+        size: how many workers (1 to 1,024; None: the cluster's CPU count, at least 1).
+        num_cpus, num_gpus: what each worker reserves from Ray for its whole life (finite
+            numbers >= 0; default 0 CPUs, 0 GPUs).
+        resources: custom Ray resources each worker reserves (amounts above 0).
+        runtime_env: Ray's runtime environment of the workers (a dict).
+        max_async: async attempts one worker runs at once (1 to 1,024).
+    """
+
+    size: int | None = None
+    num_cpus: float = 0.0
+    num_gpus: float = 0.0
+    resources: dict[str, float] | None = None
+    runtime_env: dict[str, Any] | None = None
+    max_async: int = DEFAULT_MAX_ASYNC
+
+    def __post_init__(self) -> None:
+        if self.size is not None:
+            _check_count("WorkerPool size", self.size, 1, MAX_POOL_SIZE, "None (CPU count)")
+        for name in ("num_cpus", "num_gpus"):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not 0 <= value <= MAX_RESOURCE
+            ):
+                raise _refused(f"WorkerPool {name}", value, f"a number from 0 to {MAX_RESOURCE:g}")
+            msgspec.structs.force_setattr(self, name, float(value))
+        _check_resource_dict("WorkerPool resources", self.resources)
+        if self.runtime_env is not None and not isinstance(self.runtime_env, dict):
+            raise _refused("WorkerPool runtime_env", self.runtime_env, "a dict (Ray's) or None")
+        _check_count("WorkerPool max_async", self.max_async, 1, MAX_ACTIVITY_THREADS)
+
+    def ray_options(self) -> dict[str, Any]:
+        """What each worker actor asks Ray for."""
+        options: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        if self.runtime_env:
+            options["runtime_env"] = dict(self.runtime_env)
+        return options
+
+
+def check_queue(queue: object, what: str = "queue") -> str:
+    """``queue`` if it is a queue name duraflow accepts (it becomes part of actor names).
+
+    Raises:
+        ConfigurationError: not 1 to 64 letters, digits, ``_``, ``.`` or ``-`` starting with
+            a letter or digit.
+    """
+    if not isinstance(queue, str) or not _QUEUE.fullmatch(queue):
+        raise _refused(
+            what, queue, "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit"
+        )
+    return queue
 
 
 class S3Config(msgspec.Struct, frozen=True):
@@ -142,6 +215,9 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
         deadlock_threshold_s: workflow code that holds its partition longer without an
             ``await`` is reported and its run marked stuck (above 0, at most 100 years; None:
             never; for debuggers).
+        workers: the worker pools the engine starts on Ray, by queue name; ``"default"``
+            configures the default pool (otherwise: one worker per cluster CPU, reserving
+            nothing).
     """
 
     data_dir: str
@@ -159,6 +235,7 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
     app_modules: tuple[str, ...] = ()
     partition_resources: dict[str, float] | None = None
     deadlock_threshold_s: float | None = DEADLOCK_THRESHOLD_S
+    workers: dict[str, WorkerPool] = msgspec.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # Every path to a config (Engine, serve, an actor decoding its argument, a client
@@ -185,7 +262,8 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
         if self.deadlock_threshold_s is not None:
             self._seconds("deadlock_threshold_s", None, "None (off)")
         self._check_app_modules()
-        self._check_resources()
+        _check_resource_dict("partition_resources", self.partition_resources)
+        self._check_workers()
 
     def _seconds(self, name: str, least: float | None, otherwise: str = "") -> None:
         """Check (and store as a float) the duration setting ``name``; ``least`` None means
@@ -218,22 +296,17 @@ class EngineConfig(msgspec.Struct, frozen=True, kw_only=True):
             ):
                 raise _refused("app_modules", module, "importable module names like 'app.flows'")
 
-    def _check_resources(self) -> None:
-        resources = self.partition_resources
-        if resources is None:
-            return
-        allowed = f"a dict of resource names to amounts above 0 and at most {MAX_RESOURCE:g}"
-        if not isinstance(resources, dict):
-            raise _refused("partition_resources", resources, allowed)
-        for name, amount in resources.items():
-            if (
-                not isinstance(name, str)
-                or not name
-                or isinstance(amount, bool)
-                or not isinstance(amount, (int, float))
-                or not 0 < amount <= MAX_RESOURCE
-            ):
-                raise _refused("partition_resources", {name: amount}, allowed)
+    def _check_workers(self) -> None:
+        if not isinstance(self.workers, dict):
+            raise _refused("workers", self.workers, "a dict of queue names to df.WorkerPool")
+        for queue, pool in self.workers.items():
+            check_queue(queue, "a workers queue name")
+            if not isinstance(pool, WorkerPool):
+                raise _refused(f"workers[{queue!r}]", pool, "a df.WorkerPool")
+
+    def pools(self) -> dict[str, WorkerPool]:
+        """The pools this engine starts: its ``workers``, and the default pool."""
+        return {DEFAULT_QUEUE: WorkerPool(), **self.workers}
 
     def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
         # msgspec's own __rich_repr__ would show the nested S3Config's fields, credentials too
@@ -314,6 +387,23 @@ def check_namespace(namespace: object) -> str:
             "1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit",
         )
     return namespace
+
+
+def _check_resource_dict(name: str, resources: object) -> None:
+    if resources is None:
+        return
+    allowed = f"a dict of resource names to amounts above 0 and at most {MAX_RESOURCE:g}"
+    if not isinstance(resources, dict):
+        raise _refused(name, resources, allowed)
+    for key, amount in resources.items():
+        if (
+            not isinstance(key, str)
+            or not key
+            or isinstance(amount, bool)
+            or not isinstance(amount, (int, float))
+            or not 0 < amount <= MAX_RESOURCE
+        ):
+            raise _refused(name, {key: amount}, allowed)
 
 
 def _check_count(name: str, value: object, least: int, most: int, otherwise: str = "") -> None:

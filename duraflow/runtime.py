@@ -29,7 +29,9 @@ from duraflow.config import (
     EngineConfig,
     S3Config,
     Synchronous,
+    WorkerPool,
     check_namespace,
+    check_queue,
 )
 from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
@@ -110,6 +112,7 @@ def engine_config(
     app_modules: Sequence[str] = (),
     partition_resources: dict[str, float] | None = None,
     deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
+    workers: dict[str, WorkerPool] | None = None,
 ) -> EngineConfig:
     """The one :class:`EngineConfig` that :class:`Engine` and ``duraflow serve`` (through
     :func:`serve`) build from their options: the same options give the same config on every
@@ -152,6 +155,7 @@ def engine_config(
         app_modules=tuple(app_modules),
         partition_resources=None if partition_resources is None else dict(partition_resources),
         deadlock_threshold_s=_threshold(deadlock_threshold),
+        workers={} if workers is None else workers,
     )
 
 
@@ -182,7 +186,8 @@ class Engine:
     Args:
         data_dir: where partition files live (default ``./.duraflow``). On a Ray cluster
             with several nodes it must be a folder every node sees at the same path.
-        runtime: ``"ray"`` (default): partitions are Ray actors and activities Ray tasks, on
+        runtime: ``"ray"`` (default): partitions are Ray actors and activities run on worker
+            pools (README "Where activities run"), on
             the cluster at ``address`` or on a local Ray started for this engine;
             ``"local"``: partitions on a background thread of this process, activities on
             its threads (tests, embedding).
@@ -220,6 +225,10 @@ class Engine:
             when it wakes and closes its partitions (README "Fencing"). ``runtime="local"``
             only: a restarted Ray partition actor takes over from its stalled predecessor by
             itself. Without it (default) such a file raises ``PartitionUnavailable``.
+        workers: worker pools by queue name, e.g. ``{"gpu": df.WorkerPool(size=4,
+            num_gpus=1)}`` for ``@df.activity(queue="gpu")``; ``"default"`` sizes the pool
+            of activities that name no queue (default: one worker per cluster CPU). Ray
+            runtime only: in-process, every activity runs on this process's threads.
 
     These settings become one :class:`~duraflow.config.EngineConfig` (``engine.config``),
     the same that ``duraflow serve`` builds from its options; partitions and the archive's
@@ -257,6 +266,7 @@ class Engine:
         archive_interval: Duration = COMMIT_INTERVAL_S,
         deadlock_threshold: Duration | None = DEADLOCK_THRESHOLD_S,
         takeover: bool = False,
+        workers: dict[str, WorkerPool] | None = None,
     ) -> None:
         if runtime not in RUNTIMES:
             raise ConfigurationError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
@@ -288,6 +298,7 @@ class Engine:
             archive_interval=archive_interval,
             partition_resources=partition_resources,
             deadlock_threshold=deadlock_threshold,
+            workers=workers,
         )
         """Every setting of this engine, as its partitions and archive consumer got them."""
         self.data_dir = Path(self.config.data_dir)
@@ -477,6 +488,41 @@ def serve(
     if config.archive:
         ray_host.start_consumer(config, detached=True)
     return Served(config=config, already_running=running is not None, statuses=host.statuses())
+
+
+def serve_workers(
+    queue: str,
+    pool: WorkerPool,
+    *,
+    address: str = "auto",
+    namespace: str | None = None,
+    timeout: float = SERVE_TIMEOUT_S,
+) -> list[dict[str, Any]]:
+    """Start (or find) the detached worker pool of ``queue`` for the deployment served in
+    ``namespace`` on the Ray cluster at ``address``, and wait until every worker answers.
+
+    The workers outlive this process, restart when their process dies, and import the
+    deployment's app modules. Returns each worker's status (``queue``, ``index``, ``pid``,
+    ``node_id``).
+
+    Raises:
+        PartitionUnavailable: nothing is served in that namespace.
+        ConfigurationError: a bad queue name; the cluster cannot be joined.
+        TimeoutError: a worker did not answer within ``timeout`` (no node has what it asks).
+    """
+    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+
+    check_queue(queue)
+    namespace = namespace or DEFAULT_NAMESPACE
+    _join(address, namespace)
+    running = ray_host.running_status(namespace, timeout)
+    if running is None:
+        raise PartitionUnavailable(
+            f"no duraflow deployment in Ray namespace {namespace!r}: serve one first "
+            "(duraflow serve)"
+        )
+    config = EngineConfig.from_public(running["config"])
+    return ray_host.start_worker_pool(config, queue, pool, timeout)
 
 
 def serving_status(

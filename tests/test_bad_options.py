@@ -135,6 +135,41 @@ def test_engine_refuses_each_bad_duration_naming_it(
     assert not data_dir.exists()
 
 
+@pytest.mark.parametrize(
+    ("pool", "named"),
+    [
+        ({"size": 0}, "WorkerPool size must be a whole number from 1 to 1024"),
+        ({"size": 2.5}, "WorkerPool size must be a whole number from 1 to 1024"),
+        ({"num_gpus": -1}, "WorkerPool num_gpus must be a number from 0 to"),
+        ({"num_cpus": math.nan}, "WorkerPool num_cpus must be a number from 0 to"),
+        ({"resources": {"tpu": 0}}, "WorkerPool resources must be a dict of resource names"),
+        ({"runtime_env": "env"}, "WorkerPool runtime_env must be a dict"),
+        ({"max_async": 0}, "WorkerPool max_async must be a whole number from 1 to 1024"),
+    ],
+)
+def test_worker_pool_refuses_each_bad_option_naming_it(pool: dict[str, Any], named: str) -> None:
+    with pytest.raises(df.ConfigurationError) as caught:
+        df.WorkerPool(**pool)
+
+    assert str(caught.value).startswith(named)
+
+
+@pytest.mark.parametrize(
+    ("workers", "named"),
+    [
+        ({"a b": df.WorkerPool()}, "a workers queue name must be 1 to 64 letters"),
+        ({"gpu": {"size": 2}}, "workers['gpu'] must be a df.WorkerPool, got {'size': 2}"),
+        (["gpu"], "workers must be a dict of queue names to df.WorkerPool"),
+    ],
+)
+def test_engine_refuses_bad_workers(data_dir: Path, workers: Any, named: str) -> None:
+    with pytest.raises(df.ConfigurationError) as caught:
+        df.Engine(data_dir, runtime="local", workers=workers)
+
+    assert str(caught.value).startswith(named)
+    assert not data_dir.exists()
+
+
 def test_activity_threads_zero_used_to_wait_forever_and_is_refused(data_dir: Path) -> None:
     # It was accepted, and then every sync activity waited for a thread that never came.
     with pytest.raises(df.ConfigurationError, match=r"activity_threads .* got 0"):
@@ -183,6 +218,9 @@ def _free_port() -> int:
         (["--namespace", "not a namespace"], f"namespace must be {ALLOWED['namespace']}"),
         (["--partition-resources", '{"gpu": -1}'], "JSON object of resource amounts > 0"),
         (["--timeout", "inf"], "argument --timeout: must be > 0 and finite, got inf"),
+        (["--workers", '{"gpu": {"size": 0}}'], "WorkerPool size must be a whole number"),
+        (["--workers", '{"a b": {}}'], "a workers queue name must be 1 to 64 letters"),
+        (["--workers", "[1]"], "expected a JSON object of queue names to pools"),
     ],
 )
 def test_serve_refuses_each_bad_flag_naming_it_before_joining_ray(
@@ -198,6 +236,26 @@ def test_serve_refuses_each_bad_flag_naming_it_before_joining_ray(
     assert 2 == code
     assert named in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "named"),
+    [
+        (["--queue", "a b"], "queue must be 1 to 64 letters"),
+        (["--size", "0"], "argument --size: must be > 0"),
+        (["--num-gpus", "-1"], "WorkerPool num_gpus must be a number from 0 to"),
+    ],
+)
+def test_worker_refuses_each_bad_flag_naming_it_before_joining_ray(
+    flags: list[str], named: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    try:
+        code = main(["worker", "--address", f"127.0.0.1:{_free_port()}", *flags])
+    except SystemExit as exit_info:  # argparse's own refusals
+        code = int(exit_info.code or 0)
+
+    assert 2 == code
+    assert named in capsys.readouterr().err
 
 
 def test_client_commands_refuse_a_bad_namespace(capsys: pytest.CaptureFixture[str]) -> None:
@@ -234,6 +292,14 @@ NOT_NAME = "@activity name must be a non-empty str without control characters, g
         ({"name": ""}, df.ConfigurationError, f"{NOT_NAME} ''"),
         ({"name": "a\nb"}, df.ConfigurationError, f"{NOT_NAME} 'a\\nb'"),
         ({"inline": "yes"}, df.ConfigurationError, "inline must be True or False, got 'yes'"),
+        ({"queue": "a b"}, df.ConfigurationError, "queue must be 1 to 64 letters"),
+        ({"queue": 7}, df.ConfigurationError, "queue must be 1 to 64 letters"),
+        (
+            {"queue": "gpu", "num_gpus": 1},
+            df.ConfigurationError,
+            "queue='gpu' cannot go with inline or num_cpus / num_gpus / resources / runtime_env",
+        ),
+        ({"queue": "gpu", "inline": True}, df.ConfigurationError, "queue='gpu' cannot go with"),
         (
             {"start_to_close_timeout": 0},
             df.InvalidDuration,

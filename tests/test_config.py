@@ -41,6 +41,7 @@ def every_serve_option(data_dir: Path) -> list[str]:
         "--s3-endpoint", "http://127.0.0.1:9", "--s3-region", "eu-west-3",
         "--app", "tests.cli_app", "--app", "tests.cdc.consumer_crash_app",
         "--partition-resources", '{"duraflow": 1}', "--deadlock-threshold", "never",
+        "--workers", '{"gpu": {"size": 2, "num_gpus": 1}}',
     ]  # fmt: skip
 
 
@@ -77,6 +78,7 @@ def test_serve_has_an_option_for_every_setting(tmp_path: Path, aws_credentials: 
         app_modules=("tests.cli_app", "tests.cdc.consumer_crash_app"),
         partition_resources={"duraflow": 1.0},
         deadlock_threshold_s=None,
+        workers={"gpu": df.WorkerPool(size=2, num_gpus=1)},
     )
     assert expected == config
 
@@ -101,6 +103,7 @@ def test_an_engine_builds_the_config_serve_builds_and_its_partitions_use_it(
         s3=S3Config("http://127.0.0.1:9", KEY_ID, SECRET, "eu-west-3"),
         partition_resources={"duraflow": 1},
         deadlock_threshold=None,
+        workers={"gpu": df.WorkerPool(size=2, num_gpus=1)},
     ) as engine:
         defaults = serve_config("--data-dir", str(tmp_path / "other"))
         assert FIELDS - ENGINE_CANNOT_SET == set(engine.config.differences(defaults))

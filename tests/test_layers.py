@@ -210,9 +210,9 @@ def test_only_storage_touches_sqlite() -> None:
     assert set() == {m for m in users if not m.startswith("duraflow.storage")}
 
 
-def test_only_the_ray_host_imports_ray() -> None:
+def test_only_the_ray_host_and_the_workers_import_ray() -> None:
     users = {m for m, imports in MODULES.items() if any(i.split(".")[0] == "ray" for i in imports)}
-    assert {"duraflow.actors.ray_host"} == users
+    assert {"duraflow.actors.ray_host", "duraflow.actors.workers"} == users
 
 
 ARCHIVE_LIBRARIES = ("pyarrow", "pyiceberg", "duckdb", "sqlalchemy")

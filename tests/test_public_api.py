@@ -34,6 +34,7 @@ CONTRACT_NAMES = [
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
+    "WorkerPool",
     "WorkflowAlreadyRunning",
     "WorkflowBlocked",
     "WorkflowCancelledError",

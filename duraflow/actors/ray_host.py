@@ -1,4 +1,4 @@
-"""Ray Host: one named async actor per partition, and activities as Ray tasks.
+"""Ray Host: one named async actor per partition; activities on worker pools or as Ray tasks.
 
 Each partition is hosted by a Ray actor named ``partition-NNNN`` in the deployment's namespace
 (``get_if_exists``, ``max_restarts=-1``). The actor opens its partition in ``__init__``, so a
@@ -14,9 +14,10 @@ incarnation, should it wake, finds that epoch at its next write turn, writes not
 its process. A frozen process on a live node is not replaced by Ray at all (it stays ALIVE to
 Ray): kill it, and Ray's restart opens the file at once.
 
-Activities run as Ray tasks (``max_retries=0``: retrying is the engine's job) with the
-activity's ``num_cpus``, ``num_gpus``, ``resources`` and ``runtime_env``; ``inline=True``
-activities run in the actor's own process.
+Activities run on the worker pool of their queue (``actors/workers.py``; the default pool
+when they name none); those that ask for ``num_cpus``, ``num_gpus``, ``resources`` or a
+``runtime_env`` of their own run as Ray tasks (``max_retries=0``: retrying is the engine's
+job); ``inline=True`` activities run in the actor's own process.
 """
 
 from __future__ import annotations
@@ -39,9 +40,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
+from duraflow.actors.workers import PoolDispatcher, pool_names, start_pool, start_pools
 from duraflow.backoff import retry, retry_async
 from duraflow.client.host import Host
-from duraflow.config import EngineConfig
+from duraflow.config import EngineConfig, WorkerPool
 from duraflow.engine.activities import (
     ActivityInfo,
     ActivityOutcome,
@@ -155,17 +157,24 @@ async def _interruptible(attempt: Coroutine[Any, Any, ActivityOutcome]) -> Activ
 
 
 class RayExecutor:
-    """Runs activity attempts as Ray tasks (inline ones in this process)."""
+    """Runs activity attempts on worker pools, as Ray tasks (those with Ray options of their
+    own), or in this process (inline ones)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, actor: Any, threads: int) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, actor: Any, threads: int, namespace: str
+    ) -> None:
         self._loop = loop
         self._actor = actor
         self._inline = InlineExecutor(loop, threads)
+        self._pools = PoolDispatcher(loop, actor, namespace)
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
         definition = task.definition
         if definition.inline:
             self._inline.start(task, done)
+            return
+        if not definition.ray_options:
+            self._pools.start(task, done)
             return
         ref = _run_activity.options(**definition.ray_options).remote(
             definition, task.args, task.info, self._actor, task.timed
@@ -174,8 +183,8 @@ class RayExecutor:
         self._loop.create_task(self._wait(ref, done, definition.name))
 
     def waits_to_run(self, definition: ActivityDefinition) -> bool:
-        """A Ray task may wait for a worker: _run_activity heartbeats first thing when a
-        timeout must count from its start."""
+        """A Ray task or a pool attempt may wait for a worker: each heartbeats first thing
+        when a timeout must count from its start."""
         return not definition.inline
 
     async def _wait(self, ref: Any, done: Callable[[ActivityOutcome], None], name: str) -> None:
@@ -214,7 +223,9 @@ class PartitionActor:
         me = context.current_actor
         self._owner = f"Ray actor {context.get_actor_id()}"
         fencing.set_owner(self._owner)  # the lock file names us; our restarts keep the ID
-        self._executor = RayExecutor(loop, me, self._config.activity_threads)
+        self._executor = RayExecutor(
+            loop, me, self._config.activity_threads, self._config.namespace
+        )
         self._path = partition_path(Path(self._config.data_dir), index)
         self._partition = Partition(
             index, self._path, self._config, executor=self._executor, send=self._send
@@ -564,7 +575,35 @@ def stop_partition_actors(namespace: str, timeout: float) -> list[int]:
         ray.get([h.shutdown.remote() for h in handles], timeout=timeout)
     for handle in handles:
         ray.kill(handle, no_restart=True)
+    stop_workers(namespace)
     return [int(name.removeprefix("partition-")) for name in names]
+
+
+def start_worker_pool(
+    config: EngineConfig, queue: str, pool: WorkerPool, timeout: float
+) -> list[dict[str, Any]]:
+    """Create (or find) the detached workers of ``queue`` and return their statuses.
+
+    Raises:
+        TimeoutError: a worker did not answer within ``timeout`` seconds.
+    """
+    handles = start_pool(config, queue, pool, detached=True)
+    try:
+        return list(ray.get([h.status.remote() for h in handles], timeout=timeout))
+    except ray.exceptions.GetTimeoutError:
+        raise TimeoutError(
+            f"the workers of queue {queue!r} did not start within {timeout:g}s: does a node "
+            f"offer what each asks for ({pool.ray_options()})?"
+        ) from None
+
+
+def stop_workers(namespace: str, queue: str | None = None) -> list[str]:
+    """Kill the workers of ``queue`` (of every pool when None) in ``namespace``; their names."""
+    names = pool_names(namespace, queue)
+    for name in names:
+        with contextlib.suppress(ValueError):  # died meanwhile
+            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
+    return names
 
 
 def _wait_opened(handles: list[Any], timeout: float | None) -> list[dict[str, Any]]:
@@ -627,6 +666,8 @@ class RayHost(Host):
     def __init__(self, handles: list[Any]) -> None:
         self._handles = handles
         self.partitions = len(handles)
+        self.workers: list[Any] = []
+        """The worker actors this host created or found (``create`` only)."""
 
     @classmethod
     def create(
@@ -657,7 +698,9 @@ class RayHost(Host):
         ]
         for status in _wait_opened(handles, timeout):
             check_same_deployment(status, config)
-        return cls(handles)
+        host = cls(handles)
+        host.workers = start_pools(config, detached=detached, shipped=shipped)
+        return host
 
     @classmethod
     def connect(cls, namespace: str) -> RayHost:
@@ -776,7 +819,9 @@ class EngineOnRay(RayHost):
         shipped = ray.cloudpickle.dumps(shipped_defs) if shipped_defs else None  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
         host = RayHost.create(config, shipped=shipped)
         consumer = start_consumer(config, detached=False) if config.archive else None
-        return cls(host._handles, existing is None, started_ray, consumer)
+        engine = cls(host._handles, existing is None, started_ray, consumer)
+        engine.workers = host.workers
+        return engine
 
     def close(self) -> None:
         if self._created:
@@ -785,7 +830,7 @@ class EngineOnRay(RayHost):
             owned = [*self._handles, *([self.consumer] if self.consumer is not None else [])]
             with contextlib.suppress(Exception):  # an actor may be restarting or gone
                 ray.get([h.shutdown.remote() for h in owned], timeout=30)
-            for handle in owned:
+            for handle in [*owned, *self.workers]:
                 ray.kill(handle, no_restart=True)
         if self._started_ray:
             ray.shutdown()

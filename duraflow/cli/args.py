@@ -10,9 +10,11 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from duraflow.config import DEFAULT_NAMESPACE
+import msgspec
+
+from duraflow.config import DEFAULT_NAMESPACE, WorkerPool
 from duraflow.engine.definitions import parse_duration
-from duraflow.errors import InvalidDuration
+from duraflow.errors import ConfigurationError, InvalidDuration
 
 DEFAULT_ADDRESS = "auto"
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -54,6 +56,18 @@ def resources(text: str) -> dict[str, float]:
             f'expected a JSON object of resource amounts > 0, like {{"duraflow": 1}}: {text}'
         )
     return {str(k): float(v) for k, v in value.items()}
+
+
+def worker_pools(text: str) -> dict[str, WorkerPool]:
+    """``{"gpu": {"size": 4, "num_gpus": 1}}``: worker pools by queue name."""
+    value = json_value(text)
+    try:
+        return msgspec.convert(value, dict[str, WorkerPool])
+    except (msgspec.ValidationError, ConfigurationError) as exc:
+        raise argparse.ArgumentTypeError(
+            f'expected a JSON object of queue names to pools, like {{"gpu": {{"size": 4, '
+            f'"num_gpus": 1}}}}: {exc}'
+        ) from None
 
 
 def duration(text: str) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from duraflow import runtime
-from duraflow.cli.args import duration, duration_or_never, positive, resources
+from duraflow.cli.args import duration, duration_or_never, positive, resources, worker_pools
 from duraflow.cli.output import EXIT_ERROR, print_json
 from duraflow.config import (
     COMMIT_INTERVAL_S,
@@ -153,6 +153,15 @@ def _add_serve(
         help="workflow code that holds its partition this long without an await is reported "
         "and its run marked stuck; 'never' turns the detector off (default %(default)gs)",
     )
+    p.add_argument(
+        "--workers",
+        type=worker_pools,
+        default=None,
+        metavar="JSON",
+        help='worker pools by queue, e.g. \'{"gpu": {"size": 4, "num_gpus": 1}}\' for '
+        '@df.activity(queue="gpu"); "default" sizes the pool of the activities that name no '
+        "queue (default: one worker per cluster CPU); 'duraflow worker' adds one later",
+    )
     _add_archive_options(p)
     p.add_argument(
         "--timeout",
@@ -260,6 +269,7 @@ def serve_config(args: argparse.Namespace) -> EngineConfig:
         app_modules=args.app,
         partition_resources=args.partition_resources,
         deadlock_threshold=args.deadlock_threshold,
+        workers=args.workers,
     )
 
 

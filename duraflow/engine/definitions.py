@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from duraflow.config import MAX_DURATION_S
+from duraflow.config import MAX_DURATION_S, check_queue
 from duraflow.errors import (
     ConfigurationError,
     InvalidDuration,
@@ -147,6 +147,17 @@ def _check_ray_options(
     if runtime_env is not None and not isinstance(runtime_env, dict):
         raise ConfigurationError(
             f"runtime_env must be a dict (Ray's runtime_env) or None, got {_short(runtime_env)}"
+        )
+
+
+def _check_queue(queue: object, inline: bool, *ray_options: object) -> None:
+    if queue is None:
+        return
+    check_queue(queue)
+    if inline or any(option is not None for option in ray_options):
+        raise ConfigurationError(
+            f"queue={queue!r} cannot go with inline or num_cpus / num_gpus / resources / "
+            "runtime_env: the worker pool of a queue carries the resources (df.WorkerPool)"
         )
 
 
@@ -306,6 +317,9 @@ class ActivityDefinition:
     is_async: bool
     inline: bool = False
     ray_options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    queue: str | None = None
+    """The worker pool that runs it on Ray (None: the default pool, unless ``inline`` or
+    ``ray_options`` say otherwise)."""
 
 
 _lock = threading.Lock()
@@ -362,6 +376,7 @@ def activity(
     num_gpus: float | None = None,
     resources: dict[str, float] | None = None,
     runtime_env: dict[str, Any] | None = None,
+    queue: str | None = None,
 ) -> Any:
     """Register a function (sync or async) as an activity: an at-least-once unit of work.
 
@@ -374,10 +389,14 @@ def activity(
         heartbeat_timeout: an attempt fails if it does not call ``heartbeat()`` this often
             (from when it starts running, like ``start_to_close_timeout``).
         inline: run in the partition's own process (threads for sync functions, its event
-            loop for async ones) instead of as a Ray task: for cheap steps. Activities always
-            run inline on the in-process runtime.
-        num_cpus, num_gpus, resources, runtime_env: passed to Ray for the activity's task
-            (Ray's defaults when not given: one CPU).
+            loop for async ones) instead of on a worker pool: for cheap steps. Activities
+            always run inline on the in-process runtime.
+        num_cpus, num_gpus, resources, runtime_env: run each attempt as a Ray task asking
+            for these (instead of on a worker pool).
+        queue: the worker pool that runs it on Ray (``df.Engine(workers={queue: ...})`` or
+            ``duraflow worker --queue``); without one, and without Ray options, it runs on
+            the engine's default pool. The pool carries the resources: a queue cannot be
+            combined with Ray options or ``inline``.
 
     The function is returned unchanged and can still be called directly.
 
@@ -385,13 +404,15 @@ def activity(
         InvalidDuration: a timeout that is not a duration, is 0, negative or over 100 years.
         ConfigurationError: ``retry`` that is not a RetryPolicy, ``num_cpus`` / ``num_gpus``
             / ``resources`` amounts that are not finite numbers >= 0, a ``runtime_env`` that
-            is not a dict, an empty ``name``, or ``inline`` that is not a bool.
+            is not a dict, an empty ``name``, ``inline`` that is not a bool, a ``queue``
+            that is not a queue name or comes with Ray options or ``inline``.
     """
     check_name(name, "@activity name")
     check_retry(retry)
     if not isinstance(inline, bool):
         raise ConfigurationError(f"inline must be True or False, got {_short(inline)}")
     _check_ray_options(num_cpus, num_gpus, resources, runtime_env)
+    _check_queue(queue, inline, num_cpus, num_gpus, resources, runtime_env)
     options = ActivityOptions(
         retry=retry or RetryPolicy(),
         start_to_close_timeout=parse_timeout(start_to_close_timeout, "start_to_close_timeout"),
@@ -420,6 +441,7 @@ def activity(
             inspect.iscoroutinefunction(f),
             inline=inline,
             ray_options=ray_options,
+            queue=queue,
         )
         with _lock:
             _activities[definition.name] = definition
