@@ -92,6 +92,11 @@ def process_start(pid: int) -> float | None:
     return boot + ticks / os.sysconf("SC_CLK_TCK")
 
 
+ERROR_PAUSE_S = 0.05
+"""How long a load worker waits after a failed start (one that fails at once, before any
+await, would otherwise keep the loop from running anything else)."""
+
+
 class Load:
     """``in_flight`` W1 workflows at all times, each started when another finished.
 
@@ -115,7 +120,7 @@ class Load:
         i = 0
         while not self._stopping:
             try:
-                handle = await self._client.start_async(bench_three_steps, i, True)
+                handle = await self._client.start_async(bench_three_steps, i, "inline")
                 try:
                     await handle.result_async(timeout=RESULT_TIMEOUT_S)
                     self.completed += 1
@@ -123,6 +128,7 @@ class Load:
                     self.lost.append(handle.workflow_id)
             except df.DuraflowError as exc:  # counted and reported; the load goes on
                 self.errors.append(f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(ERROR_PAUSE_S)  # never spin: the kills run on this loop
             i += 1
 
     async def stop(self) -> dict[str, Any]:
