@@ -42,6 +42,7 @@ from duraflow.errors import (
     WorkflowFailedError,
     WorkflowNotFound,
     WorkflowTerminatedError,
+    WorkflowTimedOutError,
 )
 from duraflow.runtime import Engine
 
@@ -89,6 +90,7 @@ __all__ = [
     "WorkflowInfo",
     "WorkflowNotFound",
     "WorkflowTerminatedError",
+    "WorkflowTimedOutError",
     "activity",
     "activity_info",
     "events",

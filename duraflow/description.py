@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
@@ -17,10 +18,15 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     """What ``handle.describe()`` and ``client.list()`` report about one run.
 
     Attributes:
-        status: ``running``, ``completed``, ``failed``, ``cancelled`` or ``terminated``.
+        status: ``running``, ``completed``, ``failed``, ``cancelled``, ``terminated``,
+            ``timed_out`` or ``continued_as_new``.
         history_length: events recorded so far (for runs still in the partition's file).
         pending_activities: names of activities scheduled and not yet resolved.
         stuck: why an open run cannot make progress (non-determinism, missing code), if so.
+        attempt: which attempt of a workflow-level retry policy this run is (1 first).
+        continued_from: the run of the same ID this one followed (continue-as-new, retry).
+        next_run_id: the run of the same ID that followed this one, once it closed so.
+        search_attributes: the run's typed search attributes.
     """
 
     workflow_id: str
@@ -36,6 +42,10 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     stuck: str | None = None
     partition: int = 0
+    attempt: int = 1
+    continued_from: str | None = None
+    next_run_id: str | None = None
+    search_attributes: dict[str, Any] = {}
 
 
 def utc(us: int) -> dt.datetime:
@@ -58,6 +68,10 @@ def describe_run(
     error_message: str | None = None,
     stuck: str | None = None,
     partition: int = 0,
+    attempt: int = 1,
+    continued_from: str | None = None,
+    next_run_id: str | None = None,
+    search_attributes: dict[str, Any] | None = None,
 ) -> WorkflowDescription:
     """The one way a :class:`WorkflowDescription` is made, by a partition from its row of a
     run and by a client from an archived run's history: times in microseconds since the
@@ -76,6 +90,10 @@ def describe_run(
         error_message=error_message,
         stuck=stuck,
         partition=partition,
+        attempt=attempt,
+        continued_from=continued_from,
+        next_run_id=next_run_id,
+        search_attributes={} if search_attributes is None else search_attributes,
     )
 
 
@@ -88,6 +106,11 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
     """
     started, closing = events[0], ev.last_closing(events)
     status, error_type, error_message, _ = ev.run_closing(closing)
+    first = started if isinstance(started, ev.WorkflowStarted) else None
+    attributes = first.search_attributes if first is not None else None
+    for event in events:
+        if isinstance(event, ev.SearchAttributesSet):
+            attributes = event.search_attributes
     return describe_run(
         workflow_id=started.workflow_id,
         run_id=started.run_id,
@@ -100,4 +123,8 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
         error_type=error_type,
         error_message=error_message,
         partition=started.partition,
+        attempt=first.attempt if first is not None else 1,
+        continued_from=first.continued_from if first is not None else None,
+        next_run_id=ev.next_run(closing),
+        search_attributes=dict(attributes or {}),
     )

@@ -23,7 +23,8 @@ DuraflowError
 ├── ChildWorkflowError       a child closed without a result (.workflow_id, .cause_type)
 ├── WorkflowFailedError      result() of a run that failed, was cancelled or terminated
 │   ├── WorkflowCancelledError
-│   └── WorkflowTerminatedError
+│   ├── WorkflowTerminatedError
+│   └── WorkflowTimedOutError run_timeout or execution_timeout elapsed
 ├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
 ├── QueryTimeout             query(timeout=) elapsed first (also a TimeoutError)
 ├── ConfigurationError       bad option values; a data dir that is unusable, damaged, edited,
@@ -197,6 +198,11 @@ class WorkflowFailedError(DuraflowError):
 
 class WorkflowCancelledError(WorkflowFailedError):
     """``result()`` of a run that was cancelled."""
+
+
+class WorkflowTimedOutError(WorkflowFailedError):
+    """``result()`` of a run that timed out (``run_timeout``, or the whole chain's
+    ``execution_timeout``; ``cause_message`` says which)."""
 
 
 class WorkflowTerminatedError(WorkflowFailedError):

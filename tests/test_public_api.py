@@ -47,6 +47,7 @@ CONTRACT_NAMES = [
     "WorkflowInfo",
     "WorkflowNotFound",
     "WorkflowTerminatedError",
+    "WorkflowTimedOutError",
     "activity",
     "activity_info",
     "events",

@@ -6,7 +6,7 @@ calls and the partition's outbox (where they are stored as msgpack).
 
 from __future__ import annotations
 
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import msgspec
 
@@ -17,6 +17,18 @@ from duraflow.errors import PayloadError
 IdConflict = Literal["fail", "use_existing", "terminate_existing"]
 """What ``start`` does when the ID's latest run is still open."""
 ID_CONFLICT_POLICIES: tuple[str, ...] = get_args(IdConflict)
+
+
+class RunOptions(msgspec.Struct, frozen=True, kw_only=True):
+    """A start's run options (``client.start``, ``ctx.start_child``), checked by the caller:
+    timeouts and delay in seconds, ``retry`` a RetryPolicy's fields, search attributes
+    checked by ``engine/search_attributes.py``."""
+
+    execution_timeout_s: float | None = None
+    run_timeout_s: float | None = None
+    start_delay_s: float | None = None
+    retry: dict[str, Any] | None = None
+    search_attributes: dict[str, Any] | None = None
 
 
 class Message(msgspec.Struct, frozen=True, kw_only=True, tag=True):
@@ -36,6 +48,7 @@ class Start(Message, kw_only=True):
     parent_id: str | None = None
     parent_run_id: str | None = None
     parent_seq: int | None = None
+    options: RunOptions | None = None
 
 
 class Signal(Message, kw_only=True):
@@ -145,6 +158,8 @@ class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     status: str | None = None
     workflow_type: str | None = None
     limit: int = 1000
+    search: dict[str, Any] | None = None
+    """Only runs whose search attributes have these values."""
 
 
 OutboxMessage = Start | Terminate | Cancel | ChildClosed
@@ -167,6 +182,8 @@ class Outcome(msgspec.Struct, frozen=True):
     result: bytes | None = None
     error_type: str | None = None
     error_message: str | None = None
+    next_run_id: str | None = None
+    """The run of the same ID that followed (continue-as-new, a workflow retry), if any."""
 
 
 class MailedOutcome(msgspec.Struct, frozen=True):

@@ -22,7 +22,14 @@ Writer = Callable[[PartitionStore, Any, list[Any]], None]
 
 def _close(store: PartitionStore, e: fx.CloseWorkflow, after: list[Any]) -> None:
     store.close_workflow(
-        e.workflow_id, e.run_id, e.status, e.at_us, e.result, e.error_type, e.error_message
+        e.workflow_id,
+        e.run_id,
+        e.status,
+        e.at_us,
+        e.result,
+        e.error_type,
+        e.error_message,
+        e.next_run_id,
     )
     store.delete_run_state(e.workflow_id, e.run_id)
 
@@ -54,6 +61,9 @@ WRITERS: dict[type, Writer] = {
     fx.DropOutbox: lambda store, e, after: store.delete_outbox([e.outbox_id]),
     fx.SetMeta: lambda store, e, after: store.set_meta(e.key, e.value),
     fx.DeleteRun: lambda store, e, after: store.delete_run(e.workflow_id, e.run_id),
+    fx.SetSearchAttributes: lambda store, e, after: store.set_search_attributes(
+        e.workflow_id, e.run_id, e.data
+    ),
 }
 
 

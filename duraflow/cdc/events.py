@@ -15,13 +15,17 @@ Three kinds of events:
 * **commands** are what the workflow code did; replay checks that re-run code issues the
   same ones: ``workflow.activity_scheduled``, ``workflow.activity_cancelled``,
   ``workflow.timer_started``, ``workflow.timer_cancelled``, ``workflow.child_started``,
-  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``;
+  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``,
+  ``workflow.search_attributes_set``, ``workflow.continued_as_new``;
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
-  will be retried) and ``workflow.terminated`` (closed from outside without running code).
+  will be retried), ``workflow.terminated`` (closed from outside without running code) and
+  ``workflow.timed_out`` (a run or execution timeout closed it, likewise).
 
-The four closing events (:data:`CLOSING`) each close their run; :data:`CLOSING_RULES` is the
+The closing events (:data:`CLOSING`) each close their run; :data:`CLOSING_RULES` is the
 one place that says what each means for it (status, error type and message, result), read by
-the partition, the client (:func:`run_closing`) and the archive's SQL.
+the partition, the client (:func:`run_closing`) and the archive's SQL. A run that continued
+as new, or failed or timed out under a workflow retry policy, names the next run of its ID
+(``new_run_id``), whose ``workflow.started`` names it back (``continued_from``).
 
 Payload fields (``args``, ``result``, ``payload``) hold msgpack bytes made by
 ``duraflow.storage.codec``.
@@ -68,6 +72,14 @@ class WorkflowStarted(Event, tag="workflow.started"):
     parent_run_id: str | None = None
     parent_seq: int | None = None
     attempt: int = 1
+    # Run options (family "runs"): the run this one continued from (continue-as-new or a
+    # workflow retry), and what every run of the chain carries over.
+    continued_from: str | None = None
+    execution_deadline_us: int | None = None
+    run_timeout_us: int | None = None
+    start_delay_us: int = 0
+    retry: dict[str, Any] | None = None
+    search_attributes: dict[str, Any] | None = None
 
 
 class ActivityScheduled(Event, tag="workflow.activity_scheduled"):
@@ -168,6 +180,8 @@ class WorkflowFailed(Event, tag="workflow.failed"):
     error_type: str
     error_message: str
     duration_ms: int = 0
+    new_run_id: str | None = None
+    """The run a workflow-level retry policy started next, if any."""
 
 
 class WorkflowCancelled(Event, tag="workflow.cancelled"):
@@ -178,6 +192,33 @@ class WorkflowCancelled(Event, tag="workflow.cancelled"):
 class WorkflowTerminated(Event, tag="workflow.terminated"):
     reason: str = ""
     duration_ms: int = 0
+
+
+class SearchAttributesSet(Event, tag="workflow.search_attributes_set"):
+    """The code set search attributes (``ctx.set_search_attributes``): ``changed`` is what it
+    set (None removes a key), ``search_attributes`` the run's whole set afterwards."""
+
+    seq: int
+    changed: dict[str, Any]
+    search_attributes: dict[str, Any] = {}
+
+
+class WorkflowContinuedAsNew(Event, tag="workflow.continued_as_new"):
+    """The code called ``ctx.continue_as_new(*args)``: this run closes and run
+    ``new_run_id`` of the same ID starts with ``args`` (in the same turn)."""
+
+    args: bytes
+    new_run_id: str
+    duration_ms: int = 0
+
+
+class WorkflowTimedOut(Event, tag="workflow.timed_out"):
+    """The run's ``run_timeout`` or the chain's ``execution_timeout`` (``timeout``) elapsed;
+    closed from outside without running code (``new_run_id``: a retry's next run)."""
+
+    timeout: str
+    duration_ms: int = 0
+    new_run_id: str | None = None
 
 
 AnyEvent = (
@@ -199,6 +240,9 @@ AnyEvent = (
     | WorkflowFailed
     | WorkflowCancelled
     | WorkflowTerminated
+    | SearchAttributesSet
+    | WorkflowContinuedAsNew
+    | WorkflowTimedOut
 )
 
 RESOLUTIONS: tuple[type[Event], ...] = (
@@ -220,12 +264,16 @@ COMMANDS: tuple[type[Event], ...] = (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
+    SearchAttributesSet,
+    WorkflowContinuedAsNew,
 )
 CLOSING: tuple[type[Event], ...] = (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
     WorkflowTerminated,
+    WorkflowContinuedAsNew,
+    WorkflowTimedOut,
 )
 
 
@@ -259,6 +307,8 @@ CLOSING_RULES: dict[type[Event], ClosingRule] = {
     WorkflowTerminated: ClosingRule(
         "terminated", "Terminated", FromField("reason", or_else="terminated")
     ),
+    WorkflowContinuedAsNew: ClosingRule("continued_as_new"),
+    WorkflowTimedOut: ClosingRule("timed_out", "TimedOut", FromField("timeout")),
 }
 """The one place that says what each closing event means for its run. The partition records
 it when the run closes, the client reads it back from an archived history
@@ -288,6 +338,11 @@ def run_closing(event: Event) -> RunClosing:
         _closing_value(rule.error_message, event),
         _closing_value(rule.result, event),
     )
+
+
+def next_run(event: Event) -> str | None:
+    """The run that followed the run ``event`` closed (continue-as-new, a workflow retry)."""
+    return getattr(event, "new_run_id", None) or None
 
 
 def last_closing(events: Sequence[Event]) -> Event:

@@ -26,7 +26,8 @@ from duraflow.client.batching import Batcher
 from duraflow.client.blocking import BlockingRunner
 from duraflow.client.handle import WorkflowHandle
 from duraflow.client.host import Host
-from duraflow.engine.definitions import Duration, workflow_definition
+from duraflow.engine import run_options, search_attributes
+from duraflow.engine.definitions import Duration, RetryPolicy, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import ConfigurationError, QueryError
@@ -123,6 +124,11 @@ class Client:
         *args: Any,
         workflow_id: str | None = None,
         id_conflict: m.IdConflict = "fail",
+        execution_timeout: Duration | None = None,
+        run_timeout: Duration | None = None,
+        retry: RetryPolicy | None = None,
+        start_delay: Duration | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> WorkflowHandle:
         """Start a workflow run; returns once its start is durable.
 
@@ -133,9 +139,23 @@ class Client:
             id_conflict: when the ID's latest run is still open: ``"fail"`` (default, raises
                 WorkflowAlreadyRunning), ``"use_existing"`` (returns its handle) or
                 ``"terminate_existing"``.
+            execution_timeout: the whole chain of runs (continue-as-new, retries) must close
+                within this; else the open run closes as ``timed_out``.
+            run_timeout: each run must close within this (counted from when its code
+                starts); else it closes as ``timed_out`` (and ``retry`` may start another).
+            retry: a workflow-level RetryPolicy: a failed (or run-timed-out) run is followed
+                by a new run of the same ID after the policy's backoff
+                (``ctx.info.attempt`` counts).
+            start_delay: the run's code starts this much later (a durable timer).
+            search_attributes: typed values (str, int, float, bool, datetime) to find the
+                run by (``list(search=...)``).
+
+        Returns:
+            A handle that follows the ID's chain of runs from this one.
 
         Raises:
-            UnknownWorkflowType, InvalidWorkflowId, PayloadError, WorkflowAlreadyRunning.
+            UnknownWorkflowType, InvalidWorkflowId, PayloadError, WorkflowAlreadyRunning;
+            InvalidDuration, ConfigurationError: a bad run option (named).
         """
         definition = workflow_definition(workflow)
         workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
@@ -143,6 +163,13 @@ class Client:
             raise ConfigurationError(
                 f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
             )
+        options = run_options.make(
+            execution_timeout=execution_timeout,
+            run_timeout=run_timeout,
+            retry=retry,
+            start_delay=start_delay,
+            search_attributes=search_attributes,
+        )
         data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
         reply: m.StartReply = await self._call(
             workflow_id,
@@ -153,9 +180,10 @@ class Client:
                 args=data,
                 id_conflict=id_conflict,
                 run_id=uuid.uuid4().hex,
+                options=options,
             ),
         )
-        return WorkflowHandle(self, workflow_id, reply.run_id)
+        return WorkflowHandle(self, workflow_id, reply.run_id, follow=True)
 
     def start(
         self,
@@ -163,10 +191,13 @@ class Client:
         *args: Any,
         workflow_id: str | None = None,
         id_conflict: m.IdConflict = "fail",
+        **options: Any,
     ) -> WorkflowHandle:
-        """Blocking twin of :meth:`start_async`."""
+        """Blocking twin of :meth:`start_async` (the same run options, as keywords)."""
         return self._block(
-            self.start_async(workflow, *args, workflow_id=workflow_id, id_conflict=id_conflict)
+            self.start_async(
+                workflow, *args, workflow_id=workflow_id, id_conflict=id_conflict, **options
+            )
         )
 
     async def execute_async(
@@ -286,11 +317,26 @@ class Client:
             return session.fetch_arrow(query, params)
 
     async def list_async(
-        self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000
+        self,
+        status: str | None = None,
+        workflow_type: str | None = None,
+        limit: int = 1000,
+        *,
+        search: dict[str, Any] | None = None,
     ) -> list[m.WorkflowDescription]:
-        """Runs across all partitions, newest first, filtered by status and type; each as
-        ``describe()`` gives it (``stuck``, ``history_length``, ``pending_activities``)."""
-        request = m.ListWorkflows(status=status, workflow_type=workflow_type, limit=limit)
+        """Runs across all partitions, newest first, filtered by status, type and search
+        attributes (``search``: every key must have that value); each as ``describe()``
+        gives it (``stuck``, ``history_length``, ``pending_activities``,
+        ``search_attributes``).
+
+        Raises:
+            ConfigurationError: a bad ``search`` key or value (named).
+        """
+        if search is not None:
+            search = search_attributes.check(search, "search")
+        request = m.ListWorkflows(
+            status=status, workflow_type=workflow_type, limit=limit, search=search
+        )
         parts = await asyncio.gather(
             *(self._host.call(p, request) for p in range(self._host.partitions))
         )
@@ -299,7 +345,12 @@ class Client:
         return merged[:limit]
 
     def list(
-        self, status: str | None = None, workflow_type: str | None = None, limit: int = 1000
+        self,
+        status: str | None = None,
+        workflow_type: str | None = None,
+        limit: int = 1000,
+        *,
+        search: dict[str, Any] | None = None,
     ) -> list[m.WorkflowDescription]:
         """Blocking twin of :meth:`list_async`."""
-        return self._block(self.list_async(status, workflow_type, limit))
+        return self._block(self.list_async(status, workflow_type, limit, search=search))

@@ -12,6 +12,8 @@ import uuid
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Protocol, TypeVar
 
+import msgspec
+
 from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
@@ -22,9 +24,11 @@ from duraflow.errors import (
     QueryTimeout,
     ResultTimeout,
     WorkflowCancelledError,
+    WorkflowClosed,
     WorkflowFailedError,
     WorkflowNotFound,
     WorkflowTerminatedError,
+    WorkflowTimedOutError,
 )
 from duraflow.storage.codec import decode, encode
 
@@ -52,22 +56,57 @@ class WorkflowHandle:
     """Points at one workflow ID (and, when known, one run of it).
 
     Handles are cheap: :meth:`Client.get_handle` makes one without any I/O. With ``run_id``
-    None, calls go to the latest run of the ID.
+    None, calls go to the latest run of the ID. ``result()`` follows the ID's chain of runs
+    (continue-as-new, workflow retries) to the last one; a handle from ``start`` (``follow``)
+    also sends its other calls to the newest run of its chain (``run_id`` moves along).
     """
 
-    def __init__(self, client: HandleOwner, workflow_id: str, run_id: str | None = None) -> None:
+    def __init__(
+        self,
+        client: HandleOwner,
+        workflow_id: str,
+        run_id: str | None = None,
+        *,
+        follow: bool = False,
+    ) -> None:
         self._client = client
         self.workflow_id = workflow_id
         self.run_id = run_id
+        self.first_run_id = run_id
+        """The run this handle was made for (``run_id`` moves along the chain)."""
+        self._follow = follow
 
     def __repr__(self) -> str:
         return f"WorkflowHandle({self.workflow_id!r}, run_id={self.run_id!r})"
 
     async def _call(self, request: Any) -> Any:
-        return await self._client._call(self.workflow_id, request)
+        while True:
+            try:
+                return await self._client._call(self.workflow_id, request)
+            except WorkflowClosed:
+                run_id = getattr(request, "run_id", None)
+                following = await self._next_run(run_id) if self._follow else None
+                if following is None:
+                    raise
+                request = msgspec.structs.replace(request, run_id=following)
+
+    async def _next_run(self, run_id: str | None) -> str | None:
+        """The run that followed ``run_id`` in its chain (None if none); the handle moves."""
+        if run_id is None:
+            return None
+        request = m.Describe(workflow_id=self.workflow_id, run_id=run_id)
+        described: m.WorkflowDescription = await self._call_or_archive(
+            self._client._call(self.workflow_id, request), describe_closed_run
+        )
+        if described.next_run_id is not None:
+            self.run_id = described.next_run_id
+        return described.next_run_id
 
     async def _call_or_archive(
-        self, calling: Awaitable[Any], from_archive: Callable[[list[AnyEvent]], Any]
+        self,
+        calling: Awaitable[Any],
+        from_archive: Callable[[list[AnyEvent]], Any],
+        run_id: str | None = None,
     ) -> Any:
         """The reply ``calling`` awaits from the partition; for a closed run that has left the
         partition (WorkflowNotFound there: archived and past its retention), ``from_archive``
@@ -77,7 +116,7 @@ class WorkflowHandle:
         except WorkflowNotFound as exc:
             if not exc.maybe_archived:  # the partition never let a run go: none to look up
                 raise
-            events = await self._client._archived_run(self.workflow_id, self.run_id)
+            events = await self._client._archived_run(self.workflow_id, run_id or self.run_id)
             if events is None:
                 raise
             return from_archive(events)
@@ -182,13 +221,15 @@ class WorkflowHandle:
         Raises:
             WorkflowNotFound: no such run in the partition or the archive.
             WorkflowFailedError: it failed (``WorkflowCancelledError`` / ``WorkflowTerminatedError``
-                when cancelled or terminated).
+                / ``WorkflowTimedOutError`` when cancelled, terminated or timed out).
+
+        The run's chain is followed: a run that continued as new, or failed or timed out
+        and was retried by its workflow retry policy, gives way to the next one; the result
+        is the last run's.
             ResultTimeout: ``timeout`` elapsed first; the run goes on.
         """
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        waiting = self._call_or_archive(
-            self._client._result(self.workflow_id, self.run_id), _archived_outcome
-        )
+        waiting = self._final_outcome()
         if seconds is None:
             outcome = await waiting
         else:
@@ -199,6 +240,21 @@ class WorkflowHandle:
                     f"workflow {self.workflow_id!r} did not close within {seconds}s"
                 ) from None
         return _unwrap(outcome)
+
+    async def _final_outcome(self) -> m.Outcome:
+        """The outcome of the last run of the chain that starts at ``run_id``."""
+        run_id = self.run_id
+        while True:
+            outcome: m.Outcome = await self._call_or_archive(
+                self._client._result(self.workflow_id, run_id),
+                _archived_outcome,
+                run_id,
+            )
+            if outcome.next_run_id is None:
+                return outcome
+            run_id = outcome.next_run_id
+            if self._follow:
+                self.run_id = run_id
 
     def result(self, timeout: Duration | None = None) -> Any:
         """Blocking twin of :meth:`result_async`."""
@@ -219,12 +275,16 @@ class WorkflowHandle:
 
     async def describe_async(self) -> m.WorkflowDescription:
         """Status, type, times, history length and pending activities of the run; from the
-        archive for a closed run that has left its partition."""
-        request = m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
-        result: m.WorkflowDescription = await self._call_or_archive(
-            self._call(request), describe_closed_run
-        )
-        return result
+        archive for a closed run that has left its partition. A handle from ``start``
+        describes the newest run of its chain."""
+        while True:
+            request = m.Describe(workflow_id=self.workflow_id, run_id=self.run_id)
+            result: m.WorkflowDescription = await self._call_or_archive(
+                self._call(request), describe_closed_run
+            )
+            if not (self._follow and result.next_run_id):
+                return result
+            self.run_id = result.next_run_id
 
     def describe(self) -> m.WorkflowDescription:
         """Blocking twin of :meth:`describe_async`."""
@@ -248,6 +308,7 @@ def _unwrap(outcome: m.Outcome) -> Any:
     error_class: type[WorkflowFailedError] = {
         "cancelled": WorkflowCancelledError,
         "terminated": WorkflowTerminatedError,
+        "timed_out": WorkflowTimedOutError,
     }.get(outcome.status, WorkflowFailedError)
     raise error_class(
         outcome.workflow_id,
@@ -260,7 +321,14 @@ def _unwrap(outcome: m.Outcome) -> Any:
 
 def _archived_outcome(events: list[AnyEvent]) -> m.Outcome:
     """How an archived run closed (what its partition answered ``AwaitResult`` with)."""
-    status, error_type, error_message, result = ev.run_closing(ev.last_closing(events))
+    closing = ev.last_closing(events)
+    status, error_type, error_message, result = ev.run_closing(closing)
     return m.Outcome(
-        events[0].workflow_id, events[0].run_id, status, result, error_type, error_message
+        events[0].workflow_id,
+        events[0].run_id,
+        status,
+        result,
+        error_type,
+        error_message,
+        ev.next_run(closing),
     )

@@ -13,8 +13,9 @@ import datetime as dt
 import uuid
 from collections.abc import Callable, Iterable
 from random import Random
-from typing import Any, Literal, Protocol, get_args
+from typing import Any, Literal, NoReturn, Protocol, get_args
 
+from duraflow.engine import search_attributes
 from duraflow.engine.definitions import (
     ActivityDefinition,
     ActivityOptions,
@@ -47,6 +48,15 @@ class WorkflowInfo:
     attempt: int
     parent_workflow_id: str | None
     parent_run_id: str | None
+
+
+class ContinueAsNew(BaseException):
+    """Raised by ``ctx.continue_as_new``: unwinds the workflow's code so its run closes as
+    ``continued_as_new``; a BaseException so that ``except Exception`` does not catch it."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__("continue as new")
+        self.payload = payload
 
 
 class ChildWorkflowHandle:
@@ -114,6 +124,17 @@ class RunState(Protocol):
         parent_close_policy: str,
     ) -> ChildWorkflowHandle:
         """Record the child's start; its handle's result resolves when the child closes."""
+
+    # -- a run's lifecycle (continue-as-new, search attributes) --
+
+    @property
+    def search_attributes(self) -> dict[str, Any]: ...
+
+    def set_search_attributes(self, changed: dict[str, Any]) -> None:
+        """Record the change (a command) and apply it."""
+
+    def continue_as_new_args(self, args: Iterable[Any]) -> bytes:
+        """``args`` encoded for the next run."""
 
 
 class WorkflowContext:
@@ -296,9 +317,53 @@ class WorkflowContext:
         handle = await self.start_child(workflow, *args, workflow_id=workflow_id)
         return await handle.result()
 
+    # -- a run's lifecycle: continue-as-new and search attributes (DESIGN section 5) ----------
+
+    async def continue_as_new(self, *args: Any) -> NoReturn:
+        """End this run and start a new run of the same workflow ID with ``args``, in one
+        step: the run closes as ``continued_as_new``, signals it received and did not take
+        go to the new run in their order, and the new run's history starts empty (how an
+        eternal workflow keeps its history bounded). Its run options (timeouts, retry
+        policy, search attributes) carry over; ``ctx.info.attempt`` starts at 1 again.
+
+        Call it from the workflow function itself (it raises, to unwind the code; do not
+        catch it). Activities and timers still pending are dropped; open children follow
+        their parent-close policy.
+
+        Raises:
+            PayloadError: an argument cannot be encoded (or the annotations refuse it).
+        """
+        raise ContinueAsNew(self._run.continue_as_new_args(args))
+
+    def set_search_attributes(self, **attributes: Any) -> None:
+        """Set (or with None, remove) search attributes of this run: typed values (str,
+        int, float, bool, datetime) that ``client.list(search={...})`` filters on and that
+        ``describe()``, ``live_workflows`` and the archive's ``workflows`` table show.
+        Recorded in history (``workflow.search_attributes_set``).
+
+        Raises:
+            ConfigurationError: a key that is not an identifier, or a value of another type.
+        """
+        if self._run.in_query:
+            raise RuntimeError("query handlers are read-only: they cannot set search attributes")
+        changed = search_attributes.check(attributes, "set_search_attributes", removals=True)
+        if changed:
+            self._run.set_search_attributes(changed)
+
+    @property
+    def search_attributes(self) -> dict[str, Any]:
+        """This run's search attributes now (a copy)."""
+        return dict(self._run.search_attributes)
+
 
 def _pick(override: Duration | None, default: float | None, what: str) -> float | None:
     return default if override is None else parse_timeout(override, what)
 
 
-__all__ = ["ChildWorkflowError", "ChildWorkflowHandle", "WorkflowContext", "WorkflowInfo"]
+__all__ = [
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
+    "ContinueAsNew",
+    "WorkflowContext",
+    "WorkflowInfo",
+]

@@ -124,6 +124,7 @@ class CloseWorkflow(Write):
     result: bytes | None
     error_type: str | None
     error_message: str | None
+    next_run_id: str | None = None
 
 
 class AppendEvents(Write):
@@ -189,6 +190,14 @@ class DropOutbox(Write):
 class SetMeta(Write):
     key: str
     value: str
+
+
+class SetSearchAttributes(Write):
+    """Record a run's search attributes (msgpack, ``engine/search_attributes.py``)."""
+
+    workflow_id: str
+    run_id: str
+    data: bytes
 
 
 class DeleteRun(Write):

@@ -10,7 +10,8 @@ reads its file only through ``reader`` and writes nothing: the effects it return
 
 To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
-:mod:`duraflow.engine.machine_activities`.
+:mod:`duraflow.engine.machine_activities`; continue-as-new, workflow retries, run and
+execution timeouts and search attributes in :mod:`duraflow.engine.machine_lifecycle`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,17 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
+from duraflow.engine import machine_lifecycle as lifecycle
 from duraflow.engine import machine_requests as requests
 from duraflow.engine.attempts import AttemptTable
 from duraflow.engine.machine_state import OpenRun, Reader, Rule, RunBroke, State
 from duraflow.errors import DuraflowError
+
+
+def _timer_rule(due: fx.TimerDue) -> Rule:
+    """A timer row of the code's (seq > 0), or a deadline the partition keeps (seq < 0)."""
+    return lifecycle.deadline if due.key[2] < 0 else requests.timer_due
+
 
 RULES: dict[type, Rule] = {
     m.Start: requests.start,
@@ -41,7 +49,7 @@ RULES: dict[type, Rule] = {
     fx.Delivered: requests.delivered,
     fx.ActivityDone: activities.done,
     fx.Heartbeat: activities.heartbeat,
-    fx.TimerDue: requests.timer_due,
+    fx.TimerDue: lambda st, due: _timer_rule(due)(st, due),
     fx.RetryDue: activities.retry_due,
     fx.AttemptTimeout: activities.attempt_timeout,
     fx.HeartbeatCheck: activities.heartbeat_check,
@@ -58,6 +66,9 @@ COMMANDS: dict[type, Rule] = {
     ev.TimerCancelled: requests.cancel_timer,
     ev.ChildStarted: requests.start_child,
     **dict.fromkeys(ev.CLOSING, requests.close),
+    ev.WorkflowFailed: lifecycle.failed,
+    ev.WorkflowContinuedAsNew: lifecycle.continue_as_new,
+    ev.SearchAttributesSet: lifecycle.set_search_attributes,
 }
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
 

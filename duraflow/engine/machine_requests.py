@@ -14,10 +14,11 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.description import WorkflowDescription, describe_run
 from duraflow.engine import effects as fx
+from duraflow.engine import run_options, search_attributes
 from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.machine_state import OpenRun, State
-from duraflow.engine.run import PYTHON_VERSION, QueryChangedState, WorkflowRun
+from duraflow.engine.run import PYTHON_VERSION, QueryChangedState
 from duraflow.errors import (
     ConfigurationError,
     PartitionUnavailable,
@@ -68,6 +69,7 @@ def start(st: State, req: m.Start) -> m.StartReply:
                 "pass id_conflict='use_existing' or 'terminate_existing' to start anyway"
             )
     definition = resolve_workflow(req.workflow_type, req.code_ref)
+    options = run_options.started_fields(req.options, st.now_us)
     if existing is not None:
         st.terminate(existing, "terminated by a new start (id_conflict=terminate_existing)")
     row = WorkflowRow(
@@ -84,10 +86,8 @@ def start(st: State, req: m.Start) -> m.StartReply:
         None,
         None,
         None,
+        search_attributes=search_attributes.encode(options.get("search_attributes")),
     )
-    st.fx.append(fx.InsertWorkflow(row))
-    open_run = OpenRun(row, 0)
-    st.open[row.workflow_id] = open_run
     started = ev.WorkflowStarted(
         **st.base(row),
         args=req.args,
@@ -96,11 +96,9 @@ def start(st: State, req: m.Start) -> m.StartReply:
         parent_id=req.parent_id,
         parent_run_id=req.parent_run_id,
         parent_seq=req.parent_seq,
+        **options,
     )
-    open_run.run = WorkflowRun(definition, started, watch=st.watch)
-    st.touch(row.workflow_id)
-    st.append(open_run, [started])
-    st.activate(open_run, started)
+    st.begin_run(row, started, definition)
     return m.StartReply(row.run_id, started=True)
 
 
@@ -220,7 +218,13 @@ def await_result(st: State, req: m.AwaitResult) -> Any:
         return DEFERRED
     row = st.stored_row(req.workflow_id, req.run_id)
     return m.Outcome(
-        row.workflow_id, row.run_id, row.status, row.result, row.error_type, row.error_message
+        row.workflow_id,
+        row.run_id,
+        row.status,
+        row.result,
+        row.error_type,
+        row.error_message,
+        row.next_run_id,
     )
 
 
@@ -245,7 +249,16 @@ def history(st: State, req: m.History) -> list[bytes]:
 def list_runs(st: State, req: m.ListWorkflows) -> list[WorkflowDescription]:
     """What describe() says of each run: open runs from memory, lengths from one query."""
     out = []
-    for row, length in st.reader.list_workflows(req.status, req.workflow_type, req.limit):
+    search = req.search
+    limit = req.limit if search is None else -1  # filtered below (search attributes: msgpack)
+    for row, length in st.reader.list_workflows(req.status, req.workflow_type, limit):
+        if search is not None:
+            if not search_attributes.matches(
+                search_attributes.decode(row.search_attributes), search
+            ):
+                continue
+            if len(out) == req.limit:
+                break
         open_run = st.open.get(row.workflow_id)
         if open_run is not None and open_run.row.run_id == row.run_id:
             known = open_run.last_event_id
@@ -282,6 +295,10 @@ def _description(
         error_message=row.error_message,
         stuck=stuck,
         partition=st.index,
+        attempt=row.attempt,
+        continued_from=row.continued_from,
+        next_run_id=row.next_run_id,
+        search_attributes=search_attributes.decode(row.search_attributes),
     )
 
 

@@ -18,7 +18,7 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine.attempts import Attempt, AttemptTable
-from duraflow.engine.definitions import ActivityDefinition, resolve_workflow
+from duraflow.engine.definitions import ActivityDefinition, WorkflowDefinition, resolve_workflow
 from duraflow.engine.guard import Watch
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.run import WorkflowRun, rebuild
@@ -26,6 +26,15 @@ from duraflow.errors import DuraflowError, WorkflowClosed, WorkflowNotFound
 from duraflow.storage.rows import ActivityRow, TimerRow, WorkflowRow
 
 log = logging.getLogger("duraflow.partition")
+
+RUN_TIMEOUT_SEQ = -1
+"""The timer seq of a run's ``run_timeout`` (timer rows with seqs below 0 are deadlines the
+partition keeps, never the code's: ``engine/machine_lifecycle.py``)."""
+EXECUTION_TIMEOUT_SEQ = -2
+"""The timer seq of the chain's ``execution_timeout``."""
+FIRST_ACTIVATION_SEQ = -3
+"""The timer seq of a next run's first activation (continue-as-new, a workflow retry): a
+turn of its own, so a chain of runs never recurses within one turn."""
 
 
 class Reader(Protocol):
@@ -249,6 +258,44 @@ class State:
             "partition %d: workflow %r is stuck: %s", self.index, open_run.row.workflow_id, exc
         )
 
+    # -- starting a run ------------------------------------------------------------------------
+
+    def begin_run(
+        self,
+        row: WorkflowRow,
+        started: ev.WorkflowStarted,
+        definition: WorkflowDefinition,
+        *,
+        later: bool = False,
+    ) -> OpenRun:
+        """Insert a new open run, record its ``workflow.started``, arm its deadlines and run
+        its code's first activation (with ``later``, in a turn of its own: a durable due
+        time, ``FIRST_ACTIVATION_SEQ``)."""
+        self.fx.append(fx.InsertWorkflow(row))
+        open_run = OpenRun(row, 0)
+        self.open[row.workflow_id] = open_run
+        if not later:
+            open_run.run = WorkflowRun(definition, started, watch=self.watch)
+            self.touch(row.workflow_id)
+        self.append(open_run, [started])
+        if started.run_timeout_us is not None:
+            at_us = started.at_us + started.start_delay_us + started.run_timeout_us
+            self.put_deadline(open_run, RUN_TIMEOUT_SEQ, at_us)
+        if started.execution_deadline_us is not None:
+            self.put_deadline(open_run, EXECUTION_TIMEOUT_SEQ, started.execution_deadline_us)
+        if later:
+            self.put_deadline(open_run, FIRST_ACTIVATION_SEQ, started.at_us)
+        else:
+            self.activate(open_run, started)
+        return open_run
+
+    def put_deadline(self, open_run: OpenRun, seq: int, at_us: int) -> None:
+        """A durable due time of the run kept by the partition (a timer row, ``seq`` < 0)."""
+        wid, rid = open_run.key
+        self.fx.append(fx.PutTimer(TimerRow(wid, rid, seq, at_us)))
+        open_run.timer_seqs.add(seq)
+        self.arm(at_us / 1e6, fx.TimerDue((wid, rid, seq)))
+
     # -- recording and waking ---------------------------------------------------------------
 
     def append(self, open_run: OpenRun, events: list[Any]) -> None:
@@ -341,12 +388,16 @@ class State:
         status, error_type, error_message, result = ev.run_closing(event)
         row = open_run.row
         wid, rid = open_run.key
+        next_run_id = ev.next_run(event)
         self.fx.append(
-            fx.CloseWorkflow(wid, rid, status, event.at_us, result, error_type, error_message)
+            fx.CloseWorkflow(
+                wid, rid, status, event.at_us, result, error_type, error_message, next_run_id
+            )
         )
         for seq in open_run.activity_seqs:
             self.drop_attempt((wid, rid, seq))
-        if row.parent_id is not None and row.parent_run_id is not None:
+        if row.parent_id is not None and row.parent_run_id is not None and next_run_id is None:
+            # (a run followed by another keeps its parent waiting: the chain's last one tells)
             self.outbox(
                 row.parent_id,
                 m.ChildClosed(
@@ -368,7 +419,7 @@ class State:
                 )
             elif policy == "request_cancel":
                 self.outbox(child_id, m.Cancel(workflow_id=child_id, reason=reason))
-        outcome = m.Outcome(wid, rid, status, result, error_type, error_message)
+        outcome = m.Outcome(wid, rid, status, result, error_type, error_message, next_run_id)
         self.fx.append(fx.Closed(outcome))
         del self.open[wid]
         self.closed_this_turn[wid] = open_run

@@ -15,14 +15,20 @@ import collections
 import contextlib
 import random
 import sys
+import uuid
 import zlib
 from asyncio import events
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from duraflow.cdc import events as ev
-from duraflow.engine import guard
-from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
+from duraflow.engine import guard, search_attributes
+from duraflow.engine.context import (
+    ChildWorkflowHandle,
+    ContinueAsNew,
+    WorkflowContext,
+    WorkflowInfo,
+)
 from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from duraflow.engine.guard import Watch
 from duraflow.engine.loop import WorkflowLoop
@@ -73,7 +79,9 @@ class ActivityRequest:
 
 def command_key(event: ev.Event) -> tuple[str, int]:
     """Identity of a command within its run, for matching replayed code against history."""
-    if isinstance(event, (ev.ActivityScheduled, ev.TimerStarted, ev.ChildStarted)):
+    if isinstance(
+        event, (ev.ActivityScheduled, ev.TimerStarted, ev.ChildStarted, ev.SearchAttributesSet)
+    ):
         return ("seq", event.seq)
     if isinstance(event, ev.ActivityCancelled):
         return ("cancel_activity", event.seq)
@@ -160,6 +168,7 @@ class WorkflowRun:
         self.in_query = False
         self._discarded = False
         self._watch = watch
+        self.search_attributes: dict[str, Any] = dict(started.search_attributes or {})
 
     @property
     def random(self) -> random.Random:
@@ -259,6 +268,8 @@ class WorkflowRun:
     async def _call_workflow(self, data: bytes | None) -> Any:
         # Decoded inside the run: arguments its annotations refuse fail the run, on replay too.
         role = f"workflow {self.info.workflow_type!r}"
+        if self.started.start_delay_us > 0:  # start_delay, or a workflow retry's backoff
+            await asyncio.sleep(self.started.start_delay_us / 1e6)
         args = decode_args(workflow_types(self.definition), data, role)
         return await self.definition.fn(self.ctx, *args)
 
@@ -284,6 +295,11 @@ class WorkflowRun:
             return
         exc = main.exception()
         if isinstance(exc, (_Divergence, _Discarded)):
+            return
+        if isinstance(exc, ContinueAsNew):
+            self._command(
+                ev.WorkflowContinuedAsNew(**base, args=exc.payload, new_run_id=uuid.uuid4().hex)
+            )
             return
         if exc is None:
             try:
@@ -321,7 +337,7 @@ class WorkflowRun:
             raise RuntimeError("query handlers are read-only: they cannot issue commands")
         if self.closed is not None:
             return False
-        if isinstance(event, (ev.WorkflowCompleted, ev.WorkflowFailed, ev.WorkflowCancelled)):
+        if isinstance(event, ev.CLOSING):
             self.closed = event
         recorded = self._recorded
         if recorded is not None:
@@ -415,6 +431,22 @@ class WorkflowRun:
             )
         )
         return ChildWorkflowHandle(child_id, future)
+
+    def set_search_attributes(self, changed: dict[str, Any]) -> None:
+        merged = search_attributes.merge(self.search_attributes, changed)
+        seq = self.next_seq()
+        self._command(
+            ev.SearchAttributesSet(
+                **self._event_base(), seq=seq, changed=changed, search_attributes=merged
+            )
+        )
+        self.search_attributes = merged
+
+    def continue_as_new_args(self, args: Iterable[Any]) -> bytes:
+        """``args`` encoded for the next run of this workflow (its annotations checked)."""
+        return encode_args(
+            workflow_types(self.definition), list(args), f"workflow {self.info.workflow_type!r}"
+        )
 
     def _deliver_signal(self, name: str, value: Any) -> None:
         waiters = self.signal_waiters.get(name)

@@ -93,8 +93,14 @@ WORKFLOWS_SCHEMA = Schema(
     _field(12, "close_date", DateType()),
     _field(13, "partition", IntegerType()),
     _field(14, "lsn", LongType()),
+    _field(15, "continued_from", StringType(), required=False),
+    _field(16, "next_run_id", StringType(), required=False),
+    _field(17, "attempt", IntegerType(), required=False),
+    _field(18, "search_attributes", StringType(), required=False),
 )
-"""One row per closed run; ``status`` is completed, failed, cancelled or terminated."""
+"""One row per closed run; ``status`` is completed, failed, cancelled, terminated, timed_out
+or continued_as_new. ``continued_from`` and ``next_run_id`` link the runs of one ID (continue-
+as-new, workflow retries); ``search_attributes`` is JSON of the run's last search attributes."""
 
 ACTIVITIES_SCHEMA = Schema(
     _field(1, "workflow_id", StringType()),
@@ -311,6 +317,7 @@ ACTIVITY_CLOSING = (
 )
 FACT_TYPES = (
     "workflow.started",
+    "workflow.search_attributes_set",
     "workflow.activity_scheduled",
     "workflow.step.retry",
     *ACTIVITY_CLOSING,
@@ -327,7 +334,7 @@ def _sql_text(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_CLOSING_FIELDS = frozenset({"error_type", "error_message", "reason"})
+_CLOSING_FIELDS = frozenset({"error_type", "error_message", "reason", "timeout"})
 """The closing events' fields FACTS_SQL parses (the closing rules may name these)."""
 
 
@@ -367,12 +374,15 @@ _RUN_CLOSING = _sql_list(RUN_CLOSING)
 _ACTIVITY_CLOSING = _sql_list(ACTIVITY_CLOSING)
 _DATA_FIELDS = (
     '{"seq": "BIGINT", "activity": "VARCHAR", "attempt": "INTEGER", '
-    '"error_type": "VARCHAR", "error_message": "VARCHAR", "reason": "VARCHAR"}'
+    '"error_type": "VARCHAR", "error_message": "VARCHAR", "reason": "VARCHAR", '
+    '"timeout": "VARCHAR", "continued_from": "VARCHAR", "new_run_id": "VARCHAR", '
+    '"search_attributes": "JSON"}'
 )
 
 FACTS_SQL = f"""
 SELECT workflow_id, run_id, workflow_type, event_id, event_type, partition, lsn, event_time,
        event_date, d.seq, d.activity, d.attempt, d.error_type, d.error_message, d.reason,
+       d.timeout, d.continued_from, d.new_run_id, d.search_attributes,
        {{in_batch}} AS in_batch
 FROM (
     SELECT *, from_json(data, '{_DATA_FIELDS.replace("{", "{{").replace("}", "}}")}') AS d
@@ -397,20 +407,29 @@ WORKFLOWS_SQL = f"""
 WITH closing AS (
     SELECT DISTINCT ON (workflow_id, run_id)
            workflow_id, run_id, workflow_type, event_type, event_time, event_date, partition,
-           lsn, error_type, error_message, reason
+           lsn, error_type, error_message, reason, timeout, new_run_id
     FROM {{facts}}
     WHERE in_batch AND event_type IN ({_RUN_CLOSING}) AND {{after}}
     ORDER BY workflow_id, run_id, event_id
 ),
 events AS (
     SELECT DISTINCT ON (workflow_id, run_id, event_id)
-           workflow_id, run_id, event_id, event_type, event_time
+           workflow_id, run_id, event_id, event_type, event_time, attempt, continued_from,
+           search_attributes
     FROM {{facts}} SEMI JOIN closing USING (workflow_id, run_id)
-    WHERE event_type IN ('workflow.started', 'workflow.activity_scheduled', 'workflow.step.retry')
+    WHERE event_type IN ('workflow.started', 'workflow.activity_scheduled', 'workflow.step.retry',
+                         'workflow.search_attributes_set')
 ),
 counts AS (
     SELECT workflow_id, run_id,
            min(event_time) FILTER (WHERE event_type = 'workflow.started') AS start_time,
+           any_value(attempt) FILTER (WHERE event_type = 'workflow.started') AS attempt,
+           any_value(continued_from) FILTER (WHERE event_type = 'workflow.started')
+               AS continued_from,
+           arg_max(search_attributes, event_id) FILTER (
+               WHERE event_type IN ('workflow.started', 'workflow.search_attributes_set')
+                 AND search_attributes IS NOT NULL AND CAST(search_attributes AS VARCHAR) != 'null'
+           ) AS search_attributes,
            count(*) FILTER (WHERE event_type = 'workflow.activity_scheduled') AS activity_count,
            count(*) FILTER (WHERE event_type = 'workflow.step.retry') AS retry_count
     FROM events
@@ -427,7 +446,11 @@ SELECT c.workflow_id, c.run_id, c.workflow_type,
        {_closing_case("error_message")} AS error_message,
        c.event_date AS close_date,
        c.partition,
-       c.lsn
+       c.lsn,
+       n.continued_from,
+       c.new_run_id AS next_run_id,
+       n.attempt,
+       CAST(n.search_attributes AS VARCHAR) AS search_attributes
 FROM closing c LEFT JOIN counts n USING (workflow_id, run_id)
 """
 """``workflows`` rows for the runs that close in the ``in_batch`` rows of ``{facts}`` above

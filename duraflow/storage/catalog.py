@@ -274,13 +274,24 @@ def _check_path(folder: Path) -> None:
         )
 
 
+def _with_new_columns(table: Table, spec: TableSpec) -> Table:
+    """``table`` with the optional columns added to ``spec`` since it was made (schema
+    evolution is additive: archive_schema's rule)."""
+    known = {field.name for field in table.schema().fields}
+    if all(field.name in known for field in spec.schema.fields):
+        return table
+    with table.update_schema() as update:
+        update.union_by_name(spec.schema)
+    return table
+
+
 def _open_table(catalog: SqlCatalog, spec: TableSpec) -> Table:
     # Load first: pyiceberg's create_table_if_not_exists writes a new metadata file before it
     # finds the table exists, leaving one orphan file per table on every open (and writing
     # where a reader such as `duraflow sql --data-dir` should only read).
     identifier = (NAMESPACE, spec.name)
     try:
-        return catalog.load_table(identifier)
+        return _with_new_columns(catalog.load_table(identifier), spec)
     except NoSuchTableError:
         pass
     try:

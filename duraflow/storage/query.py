@@ -29,6 +29,7 @@ from types import TracebackType
 from typing import Any
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -231,6 +232,10 @@ LIVE_WORKFLOWS = pa.schema(
         ("history_length", pa.int64()),
         ("pending_activities", pa.list_(pa.string())),
         ("partition", pa.int32()),
+        ("attempt", pa.int32()),
+        ("continued_from", pa.string()),
+        ("next_run_id", pa.string()),
+        ("search_attributes", pa.string()),
     ]
 )
 """The ``live_workflows`` view: runs still in the partitions' files (open ones, and closed
@@ -240,12 +245,23 @@ ones not yet past their retention)."""
 def add_live_workflows(query: ArchiveQuery, rows: list[dict[str, Any]]) -> ArchiveQuery:
     """Register ``live_workflows`` (rows from the partitions, newest first) on ``query``."""
     table = pa.Table.from_pylist(
-        [{name: row.get(name) for name in LIVE_WORKFLOWS.names} for row in rows],
+        [
+            {
+                **{name: row.get(name) for name in LIVE_WORKFLOWS.names},
+                # JSON text (datetimes as ISO 8601): json_extract_string(search_attributes, ...)
+                "search_attributes": _json_text(row.get("search_attributes")),
+            }
+            for row in rows
+        ],
         schema=LIVE_WORKFLOWS,
     )
     query.con.register("_live_workflows", table)
     query.con.execute("CREATE OR REPLACE TEMP VIEW live_workflows AS SELECT * FROM _live_workflows")
     return query
+
+
+def _json_text(value: object) -> str | None:
+    return msgspec.json.encode(value).decode() if value else None
 
 
 def open_query(

@@ -22,6 +22,11 @@ class WorkflowRow(msgspec.Struct, frozen=True):
     error_type: str | None
     error_message: str | None
     stuck: str | None = None
+    continued_from: str | None = None
+    next_run_id: str | None = None
+    attempt: int = 1
+    search_attributes: bytes | None = None
+    """msgpack of the run's typed search attributes (``engine/search_attributes.py``)."""
 
 
 class ActivityRow(msgspec.Struct, frozen=True):

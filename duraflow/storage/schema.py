@@ -93,6 +93,14 @@ MIGRATIONS: tuple[str, ...] = (
     """
     INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', '0');
     """,
+    # 5: the chain of runs of an ID (continue-as-new, workflow retries) and typed search
+    # attributes (msgpack).
+    """
+    ALTER TABLE workflows ADD COLUMN continued_from TEXT;
+    ALTER TABLE workflows ADD COLUMN next_run_id TEXT;
+    ALTER TABLE workflows ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE workflows ADD COLUMN search_attributes BLOB;
+    """,
 )
 
 

@@ -43,8 +43,10 @@ log = logging.getLogger("duraflow.storage")
 
 _WORKFLOW_COLUMNS = (
     "workflow_id, run_id, workflow_type, code_ref, status, parent_id, parent_run_id, parent_seq, "
-    "started_at_us, closed_at_us, result, error_type, error_message, stuck"
+    "started_at_us, closed_at_us, result, error_type, error_message, stuck, continued_from, "
+    "next_run_id, attempt, search_attributes"
 )
+_WORKFLOW_MARKS = ",".join("?" * len(_WORKFLOW_COLUMNS.split(",")))
 _ACTIVITY_COLUMNS = (
     "workflow_id, run_id, seq, activity, code_ref, args, options, attempt, state, "
     "scheduled_at_us, next_at_us, heartbeat"
@@ -191,7 +193,7 @@ class PartitionStore:
 
     def insert_workflow(self, row: WorkflowRow) -> None:
         self._conn.execute(
-            f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            f"INSERT INTO workflows ({_WORKFLOW_COLUMNS}) VALUES ({_WORKFLOW_MARKS})",
             msgspec.structs.astuple(row),
         )
 
@@ -204,11 +206,28 @@ class PartitionStore:
         result: bytes | None = None,
         error_type: str | None = None,
         error_message: str | None = None,
+        next_run_id: str | None = None,
     ) -> None:
         self._conn.execute(
             "UPDATE workflows SET status = ?, closed_at_us = ?, result = ?, error_type = ?, "
-            "error_message = ? WHERE workflow_id = ? AND run_id = ?",
-            (status, closed_at_us, result, error_type, error_message, workflow_id, run_id),
+            "error_message = ?, next_run_id = ? WHERE workflow_id = ? AND run_id = ?",
+            (
+                status,
+                closed_at_us,
+                result,
+                error_type,
+                error_message,
+                next_run_id,
+                workflow_id,
+                run_id,
+            ),
+        )
+
+    def set_search_attributes(self, workflow_id: str, run_id: str, data: bytes) -> None:
+        """Record a run's search attributes (msgpack)."""
+        self._conn.execute(
+            "UPDATE workflows SET search_attributes = ? WHERE workflow_id = ? AND run_id = ?",
+            (data, workflow_id, run_id),
         )
 
     def set_stuck(self, workflow_id: str, run_id: str, stuck: str | None) -> None:

@@ -213,6 +213,12 @@ def one_of_each() -> list[ev.Event]:
             parent_run_id="pr",
             parent_seq=4,
             attempt=2,
+            continued_from="r-0",
+            execution_deadline_us=10**15,
+            run_timeout_us=60_000_000,
+            start_delay_us=5,
+            retry={"initial_interval": 1.0, "maximum_attempts": 3},
+            search_attributes={"customer": "c-9", "priority": 2},
             **base,
         ),
         ev.ActivityScheduled(seq=1, activity="charge", args=codec.encode([9.5]), **base),
@@ -259,6 +265,11 @@ def one_of_each() -> list[ev.Event]:
         ev.WorkflowFailed(error_type="KeyError", error_message="'sku'", **base),
         ev.WorkflowCancelled(reason="asked", **base),
         ev.WorkflowTerminated(reason="ops", **base),
+        ev.SearchAttributesSet(
+            seq=8, changed={"vip": True}, search_attributes={"vip": True, "n": 1.5}, **base
+        ),
+        ev.WorkflowContinuedAsNew(args=codec.encode([2]), new_run_id="r-2", duration_ms=4, **base),
+        ev.WorkflowTimedOut(timeout="run_timeout", duration_ms=9, new_run_id="r-3", **base),
     ]
     for i, event in enumerate(made, start=1):
         event.event_id = i

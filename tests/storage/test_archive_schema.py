@@ -178,4 +178,6 @@ def test_every_closing_event_closes_its_run_alike_in_the_client_and_the_archive(
         assert (described.status, described.error_type, described.error_message) == outcome[:3]
         folded[workflow_id] = outcome[:3]
     assert folded == archived
-    assert {"completed", "failed", "cancelled", "terminated"} == {s for s, _, _ in folded.values()}
+    assert {"completed", "failed", "cancelled", "terminated", "timed_out", "continued_as_new"} == {
+        s for s, _, _ in folded.values()
+    }
