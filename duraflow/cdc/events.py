@@ -151,6 +151,8 @@ class ChildStarted(Event, tag="workflow.child_started"):
     code_ref: str = ""
     args: bytes = b""
     parent_close_policy: str = "terminate"
+    run_options: dict[str, Any] | None = None
+    """The child's run options (timeouts, retry, start delay, search attributes), if any."""
 
 
 class ChildCompleted(Event, tag="workflow.child_completed"):

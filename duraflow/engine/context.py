@@ -15,7 +15,8 @@ from collections.abc import Callable, Iterable
 from random import Random
 from typing import Any, Literal, NoReturn, Protocol, get_args
 
-from duraflow.engine import search_attributes
+from duraflow.actors.messages import RunOptions
+from duraflow.engine import run_options, search_attributes
 from duraflow.engine.definitions import (
     ActivityDefinition,
     ActivityOptions,
@@ -122,6 +123,7 @@ class RunState(Protocol):
         args: Iterable[Any],
         workflow_id: str | None,
         parent_close_policy: str,
+        options: RunOptions | None = None,
     ) -> ChildWorkflowHandle:
         """Record the child's start; its handle's result resolves when the child closes."""
 
@@ -287,6 +289,11 @@ class WorkflowContext:
         *args: Any,
         workflow_id: str | None = None,
         parent_close_policy: ParentClosePolicy = "terminate",
+        execution_timeout: Duration | None = None,
+        run_timeout: Duration | None = None,
+        retry: RetryPolicy | None = None,
+        start_delay: Duration | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> ChildWorkflowHandle:
         """Start a child workflow (possibly on another partition) and return its handle.
 
@@ -294,13 +301,24 @@ class WorkflowContext:
             workflow_id: the child's ID (default: ``"<parent id>/<n>"``, deterministic).
             parent_close_policy: what happens to the child if this run closes first:
                 ``"terminate"`` (default), ``"request_cancel"`` or ``"abandon"``.
+            execution_timeout, run_timeout, retry, start_delay, search_attributes: the
+                child's run options, as for ``client.start``; the handle's result is the
+                last run's of the child's chain.
 
         Raises:
             UnknownWorkflowType: ``workflow`` is not a registered workflow.
             InvalidWorkflowId: ``workflow_id`` is not a valid ID.
-            ConfigurationError: an unknown ``parent_close_policy``.
+            ConfigurationError: an unknown ``parent_close_policy``; a bad run option.
+            InvalidDuration: a bad timeout or start delay.
         """
         definition = workflow_definition(workflow)
+        options = run_options.make(
+            execution_timeout=execution_timeout,
+            run_timeout=run_timeout,
+            retry=retry,
+            start_delay=start_delay,
+            search_attributes=search_attributes,
+        )
         if parent_close_policy not in PARENT_CLOSE_POLICIES:
             raise ConfigurationError(
                 f"parent_close_policy must be one of {PARENT_CLOSE_POLICIES}, "
@@ -308,7 +326,7 @@ class WorkflowContext:
             )
         if workflow_id is not None:
             check_workflow_id(workflow_id)
-        return self._run.start_child(definition, args, workflow_id, parent_close_policy)
+        return self._run.start_child(definition, args, workflow_id, parent_close_policy, options)
 
     async def execute_child(
         self, workflow: Callable[..., Any] | str, *args: Any, workflow_id: str | None = None

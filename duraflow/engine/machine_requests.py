@@ -391,6 +391,7 @@ def start_child(st: State, issued: tuple[OpenRun, ev.ChildStarted]) -> None:
         parent_id=wid,
         parent_run_id=rid,
         parent_seq=cmd.seq,
+        options=None if cmd.run_options is None else m.RunOptions(**cmd.run_options),
     )
     st.outbox(cmd.child_workflow_id, start_message)
 

@@ -21,6 +21,9 @@ from asyncio import events
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import msgspec
+
+from duraflow.actors.messages import RunOptions
 from duraflow.cdc import events as ev
 from duraflow.engine import guard, search_attributes
 from duraflow.engine.context import (
@@ -411,6 +414,7 @@ class WorkflowRun:
         args: Iterable[Any],
         workflow_id: str | None,
         parent_close_policy: str,
+        options: RunOptions | None = None,
     ) -> ChildWorkflowHandle:
         payload = encode_args(
             workflow_types(definition), list(args), f"child workflow {definition.name!r}"
@@ -428,6 +432,7 @@ class WorkflowRun:
                 code_ref=definition.code_ref,
                 args=payload,
                 parent_close_policy=parent_close_policy,
+                run_options=None if options is None else msgspec.structs.asdict(options),
             )
         )
         return ChildWorkflowHandle(child_id, future)
