@@ -26,6 +26,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
         attempt: which attempt of a workflow-level retry policy this run is (1 first).
         continued_from: the run of the same ID this one followed (continue-as-new, retry).
         next_run_id: the run of the same ID that followed this one, once it closed so.
+        first_run_id: the first run of this run's chain (its own ID for a first run).
         search_attributes: the run's typed search attributes.
     """
 
@@ -46,6 +47,7 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     continued_from: str | None = None
     next_run_id: str | None = None
     search_attributes: dict[str, Any] = {}
+    first_run_id: str | None = None
 
 
 def utc(us: int) -> dt.datetime:
@@ -72,6 +74,7 @@ def describe_run(
     continued_from: str | None = None,
     next_run_id: str | None = None,
     search_attributes: dict[str, Any] | None = None,
+    first_run_id: str | None = None,
 ) -> WorkflowDescription:
     """The one way a :class:`WorkflowDescription` is made, by a partition from its row of a
     run and by a client from an archived run's history: times in microseconds since the
@@ -94,6 +97,7 @@ def describe_run(
         continued_from=continued_from,
         next_run_id=next_run_id,
         search_attributes={} if search_attributes is None else search_attributes,
+        first_run_id=first_run_id or run_id,
     )
 
 
@@ -127,4 +131,5 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
         continued_from=first.continued_from if first is not None else None,
         next_run_id=ev.next_run(closing),
         search_attributes=dict(attributes or {}),
+        first_run_id=first.first_run_id if first is not None else None,
     )

@@ -75,6 +75,8 @@ class WorkflowStarted(Event, tag="workflow.started"):
     # Run options (family "runs"): the run this one continued from (continue-as-new or a
     # workflow retry), and what every run of the chain carries over.
     continued_from: str | None = None
+    first_run_id: str | None = None
+    """The first run of the chain (None: this one)."""
     execution_deadline_us: int | None = None
     run_timeout_us: int | None = None
     start_delay_us: int = 0

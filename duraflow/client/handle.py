@@ -85,28 +85,29 @@ class WorkflowHandle:
                 return await self._client._call(self.workflow_id, request)
             except WorkflowClosed:
                 run_id = getattr(request, "run_id", None)
-                following = await self._next_run(run_id) if self._follow else None
-                if following is None:
+                newest = await self._newest_of_chain() if self._follow else None
+                if newest is None or newest == run_id:
                     raise
-                request = msgspec.structs.replace(request, run_id=following)
+                self.run_id = newest
+                request = msgspec.structs.replace(request, run_id=newest)
 
-    async def _next_run(self, run_id: str | None) -> str | None:
-        """The run that followed ``run_id`` in its chain (None if none); the handle moves."""
-        if run_id is None:
-            return None
-        request = m.Describe(workflow_id=self.workflow_id, run_id=run_id)
-        described: m.WorkflowDescription = await self._call_or_archive(
-            self._client._call(self.workflow_id, request), describe_closed_run
+    async def _newest_of_chain(self) -> str | None:
+        """The newest run of this handle's chain: the ID's latest run when it belongs to it
+        (one call, however long the chain), else None (a later start of the ID began
+        another chain)."""
+        request = m.Describe(workflow_id=self.workflow_id, run_id=None)
+        latest: m.WorkflowDescription = await self._call_or_archive(
+            self._client._call(self.workflow_id, request), describe_closed_run, latest=True
         )
-        if described.next_run_id is not None:
-            self.run_id = described.next_run_id
-        return described.next_run_id
+        return latest.run_id if latest.first_run_id == self.first_run_id else None
 
     async def _call_or_archive(
         self,
         calling: Awaitable[Any],
         from_archive: Callable[[list[AnyEvent]], Any],
         run_id: str | None = None,
+        *,
+        latest: bool = False,
     ) -> Any:
         """The reply ``calling`` awaits from the partition; for a closed run that has left the
         partition (WorkflowNotFound there: archived and past its retention), ``from_archive``
@@ -116,7 +117,8 @@ class WorkflowHandle:
         except WorkflowNotFound as exc:
             if not exc.maybe_archived:  # the partition never let a run go: none to look up
                 raise
-            events = await self._client._archived_run(self.workflow_id, run_id or self.run_id)
+            wanted = None if latest else run_id or self.run_id
+            events = await self._client._archived_run(self.workflow_id, wanted)
             if events is None:
                 raise
             return from_archive(events)
@@ -253,7 +255,8 @@ class WorkflowHandle:
             if outcome.next_run_id is None:
                 return outcome
             run_id = outcome.next_run_id
-            if self._follow:
+            if self._follow:  # jump to the chain's newest run (else walk it run by run)
+                run_id = await self._newest_of_chain() or run_id
                 self.run_id = run_id
 
     def result(self, timeout: Duration | None = None) -> Any:
@@ -284,7 +287,7 @@ class WorkflowHandle:
             )
             if not (self._follow and result.next_run_id):
                 return result
-            self.run_id = result.next_run_id
+            self.run_id = await self._newest_of_chain() or result.next_run_id
 
     def describe(self) -> m.WorkflowDescription:
         """Blocking twin of :meth:`describe_async`."""

@@ -148,6 +148,7 @@ def _next_run(
     attributes: dict[str, object],
 ) -> None:
     old = before.row
+    first_run_id = old.first_run_id or old.run_id
     definition = resolve_workflow(old.workflow_type, old.code_ref)
     row = WorkflowRow(
         old.workflow_id,
@@ -166,6 +167,7 @@ def _next_run(
         continued_from=old.run_id,
         attempt=attempt,
         search_attributes=sa.encode(attributes),
+        first_run_id=first_run_id,
     )
     event = ev.WorkflowStarted(
         **st.base(row),
@@ -174,6 +176,7 @@ def _next_run(
         python=PYTHON_VERSION,
         attempt=attempt,
         continued_from=old.run_id,
+        first_run_id=first_run_id,
         start_delay_us=delay_us,
         **run_options.carried(started, attributes),
     )

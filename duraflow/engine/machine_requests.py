@@ -299,6 +299,7 @@ def _description(
         continued_from=row.continued_from,
         next_run_id=row.next_run_id,
         search_attributes=search_attributes.decode(row.search_attributes),
+        first_run_id=row.first_run_id,
     )
 
 

@@ -27,6 +27,8 @@ class WorkflowRow(msgspec.Struct, frozen=True):
     attempt: int = 1
     search_attributes: bytes | None = None
     """msgpack of the run's typed search attributes (``engine/search_attributes.py``)."""
+    first_run_id: str | None = None
+    """The first run of this run's chain (continue-as-new, workflow retries); None: itself."""
 
 
 class ActivityRow(msgspec.Struct, frozen=True):

@@ -100,6 +100,7 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE workflows ADD COLUMN next_run_id TEXT;
     ALTER TABLE workflows ADD COLUMN attempt INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE workflows ADD COLUMN search_attributes BLOB;
+    ALTER TABLE workflows ADD COLUMN first_run_id TEXT;
     """,
 )
 

@@ -44,7 +44,7 @@ log = logging.getLogger("duraflow.storage")
 _WORKFLOW_COLUMNS = (
     "workflow_id, run_id, workflow_type, code_ref, status, parent_id, parent_run_id, parent_seq, "
     "started_at_us, closed_at_us, result, error_type, error_message, stuck, continued_from, "
-    "next_run_id, attempt, search_attributes"
+    "next_run_id, attempt, search_attributes, first_run_id"
 )
 _WORKFLOW_MARKS = ",".join("?" * len(_WORKFLOW_COLUMNS.split(",")))
 _ACTIVITY_COLUMNS = (
