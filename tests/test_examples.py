@@ -89,3 +89,28 @@ def test_analytics_example_answers_with_sql(tmp_path: Path) -> None:
     assert shipped == _number(ended["shipped"][0])
     assert cancelled == _number(ended["cancelled (payment timeout)"][0])
     assert (tmp_path / ".duraflow-analytics" / "archive").is_dir()
+
+
+def test_billing_example_loops_month_after_month_with_continue_as_new(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "billing.py")],
+        cwd=tmp_path,  # the example keeps its data in ./.duraflow-billing
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stderr
+    out = done.stdout
+    for name, billed in (("acme", "15.00"), ("globex", "30.00")):
+        closed = re.search(rf"closed    billing-{name}: (\d+) monthly invoices, billed (\S+),", out)
+        assert closed, out
+        assert closed[2] == billed  # every usage signal billed once, whichever month took it
+        runs = re.search(
+            rf"history   billing-{name}: (\d+) runs, (\d+) continued as new, "
+            r"at most (\d+) events per run",
+            out,
+        )
+        assert runs, out
+        invoices, count, continued = int(closed[1]), int(runs[1]), int(runs[2])
+        assert count == invoices >= 2 and continued == count - 1
+    assert "pro plan: ['billing-acme']" in out
