@@ -53,6 +53,14 @@ async def cdc_wait(ctx: df.WorkflowContext) -> None:
 
 
 @df.workflow
+async def cdc_lifecycle(ctx: df.WorkflowContext, first: bool) -> None:
+    ctx.set_search_attributes(first=first)  # search_attributes_set
+    if first:
+        await ctx.continue_as_new(False)  # continued_as_new
+    await ctx.sleep(60)  # timed_out: the run_timeout (carried to the new run) comes first
+
+
+@df.workflow
 async def cdc_fails(ctx: df.WorkflowContext) -> None:
     raise ValueError("workflow failed")
 
@@ -86,6 +94,9 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
             failed.result(timeout=10)
         with pytest.raises(df.WorkflowCancelledError):
             cancelled.result(timeout=10)
+        lifecycle = any_client.start(cdc_lifecycle, True, workflow_id="cdc-life", run_timeout=0.3)
+        with pytest.raises(df.WorkflowTimedOutError):
+            lifecycle.result(timeout=10)
         seen: list[ev.Event] = []
         deadline = time.monotonic() + 20
         while set(ev.EVENT_TYPES) - {_tag(e) for e in seen} and time.monotonic() < deadline:
