@@ -170,6 +170,7 @@ def running_here() -> Watch | None:
 
 
 _start_thread = threading.Thread.start
+"""What ``Thread.start`` was when the guard was installed (an embedder's own wrapper is kept)."""
 
 
 @functools.wraps(_start_thread)
@@ -185,7 +186,9 @@ def _start_guarded(self: threading.Thread) -> None:
 
 
 def _guard_threads() -> None:
+    global _start_thread
     if threading.Thread.start is not _start_guarded:
+        _start_thread = threading.Thread.start
         threading.Thread.start = _start_guarded  # type: ignore[method-assign]  # reason: the one cheap hook on thread starts (no audit event before 3.13)
 
 
