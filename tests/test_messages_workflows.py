@@ -380,3 +380,39 @@ def test_runs_dropped_from_memory_after_every_turn_still_exchange_in_order(
         )
         assert 10 == sender.result(timeout=30)
         assert list(range(10)) == collector.result(timeout=30)
+
+
+def test_the_new_events_reach_the_archive_with_their_fields(
+    engine: df.Engine, client: df.Client
+) -> None:
+    done = client.start(msg_collector, 0, workflow_id=on_partition("msg-arch-d", 1))
+    done.result(timeout=10)
+    blocker = client.start(
+        msg_blocker,
+        [done.workflow_id, "msg-arch-never"],
+        "any_complete",
+        None,
+        workflow_id=on_partition("msg-arch-b", 0),
+    )
+    prober = client.start(msg_prober, done.workflow_id, workflow_id="msg-arch-p")
+    blocker.result(timeout=10)
+    prober.result(timeout=10)
+    assert engine.sync_archive(timeout=30)
+
+    rows = client.sql(
+        "SELECT event_type, data FROM history WHERE workflow_id IN ('msg-arch-p', ?) "
+        "ORDER BY event_type",
+        [blocker.workflow_id],
+    ).to_pylist()
+    by_type = {r["event_type"]: r["data"] for r in rows}
+    assert {
+        "workflow.external_signal_requested",
+        "workflow.external_query_requested",
+        "workflow.external_cancel_requested",
+        "workflow.external_failed",
+        "workflow.block_until_started",
+        "workflow.blocked_workflow_closed",
+        "workflow.block_until_ended",
+    } <= set(by_type)
+    assert '"msg-arch-never"' in by_type["workflow.block_until_ended"]
+    assert '"WorkflowClosed"' in by_type["workflow.external_failed"]
