@@ -11,6 +11,7 @@ DuraflowError
 ├── WorkflowNotFound         no workflow (or run) with that ID
 ├── WorkflowAlreadyRunning   start() of an ID whose latest run is still open
 ├── WorkflowClosed           signal / query / cancel of a run that has already closed
+├── NoParentWorkflow         ctx.signal_parent / ctx.query_parent in a run that is no child
 ├── UnknownQuery             the run has no query handler of that name
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
@@ -92,6 +93,11 @@ class WorkflowAlreadyRunning(DuraflowError):
 
 class WorkflowClosed(DuraflowError):
     """A signal, query or cancel sent to a run that has already closed."""
+
+
+class NoParentWorkflow(DuraflowError, LookupError):
+    """``ctx.signal_parent`` or ``ctx.query_parent`` in a run that no workflow started as its
+    child (started by a client, a schedule or the CLI)."""
 
 
 class UnknownQuery(DuraflowError, LookupError):

@@ -26,6 +26,11 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
         assert 20 == results[system]["w1_throughput_inline"]["workflows"]
         assert 200 == results[system]["w4_parked_200"]["workflows"]
         assert results[system]["w3_timer_lateness"]["p99_ms"] >= 0
+    for system in ("local", "ray"):
+        assert 20 == results[system]["w6_ping_pong"]["round_trips"]
+        assert results[system]["w6_signal"]["p50_ms"] > 0
+    assert 2 == results["dbos"]["w6_ping_pong"]["round_trips"]
+    assert "| W6 ping-pong, per round trip (round trips)" in out
     assert 20 == results["dbos"]["w1_throughput"]["workflows"]
     assert 200 == results["dbos"]["w4_parked"]["200"]["workflows"]
     if restate_server.installed() is None:  # the smoke run never downloads the server

@@ -89,3 +89,22 @@ def test_analytics_example_answers_with_sql(tmp_path: Path) -> None:
     assert shipped == _number(ended["shipped"][0])
     assert cancelled == _number(ended["cancelled (payment timeout)"][0])
     assert (tmp_path / ".duraflow-analytics" / "archive").is_dir()
+
+
+def test_coordinator_example_children_signal_back_and_the_parent_publishes(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "coordinator.py")],
+        cwd=tmp_path,  # the example keeps its data in ./.duraflow-coordinator
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stderr
+    out = done.stdout
+    assert "audit     3/3 regions counted" in out
+    assert "rows      3500, approved by auditor" in out
+    for region in ("amer", "apac", "emea"):
+        assert f"closed    report-2026-01-05-{region}: completed" in out
+    assert "published s3://reports/apac.parquet (800 rows)" in out

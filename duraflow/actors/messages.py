@@ -98,6 +98,41 @@ class ChildClosed(Message, kw_only=True):
     error_message: str = ""
 
 
+class ExternalRequest(Message, kw_only=True):
+    """A signal, query or cancel that a workflow's code sent to ``workflow_id`` through its
+    partition's outbox; the reply (or error) resolves command ``seq`` of the sender's run.
+    A signal's ``request_id`` is ``"<sender run ID>:<seq>"``, so a resent one is appended once."""
+
+    sender_id: str
+    sender_run_id: str
+    seq: int
+    request: Signal | Query | Cancel
+    child_seq: int | None = None
+    """Set when the target is the sender's child of that ``seq`` (see the machine's rule)."""
+
+
+class Watch(Message, kw_only=True):
+    """``block_until``: tell run ``watcher_run_id`` of ``watcher_id`` (its wait ``seq``) when
+    ``workflow_id`` closes. The reply is the status if the ID's latest run is closed already,
+    else None (the registration is durable; :class:`WatchedClosed` follows). With ``cancel``,
+    forget the registration."""
+
+    watcher_id: str
+    watcher_run_id: str
+    seq: int
+    cancel: bool = False
+
+
+class WatchedClosed(Message, kw_only=True):
+    """To a ``block_until``'s run (``workflow_id`` is the watcher's): ``target_workflow_id``
+    closed with ``status``."""
+
+    watcher_run_id: str
+    seq: int
+    target_workflow_id: str
+    status: str
+
+
 class ReadEvents(msgspec.Struct, frozen=True, kw_only=True):
     """Read a partition's events after ``after_lsn`` (its change log), optionally filtered.
 
@@ -147,9 +182,20 @@ class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 1000
 
 
-OutboxMessage = Start | Terminate | Cancel | ChildClosed
+OutboxMessage = Start | Terminate | Cancel | ChildClosed | ExternalRequest | Watch | WatchedClosed
 Request = (
-    Start | Signal | Query | Cancel | Terminate | AwaitResult | Describe | History | ChildClosed
+    Start
+    | Signal
+    | Query
+    | Cancel
+    | Terminate
+    | AwaitResult
+    | Describe
+    | History
+    | ChildClosed
+    | ExternalRequest
+    | Watch
+    | WatchedClosed
 )
 
 

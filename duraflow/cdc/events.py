@@ -11,11 +11,15 @@ Three kinds of events:
 * **resolutions** come from outside the workflow code and are fed to it on replay:
   ``workflow.started``, ``workflow.activity_completed``, ``workflow.activity_failed``,
   ``workflow.timer_fired``, ``workflow.signal_received``, ``workflow.cancel_requested``,
-  ``workflow.child_completed``, ``workflow.child_failed``;
+  ``workflow.child_completed``, ``workflow.child_failed``, ``workflow.external_completed``,
+  ``workflow.external_failed``, ``workflow.blocked_workflow_closed``;
 * **commands** are what the workflow code did; replay checks that re-run code issues the
   same ones: ``workflow.activity_scheduled``, ``workflow.activity_cancelled``,
   ``workflow.timer_started``, ``workflow.timer_cancelled``, ``workflow.child_started``,
-  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``;
+  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``,
+  ``workflow.external_signal_requested``, ``workflow.external_query_requested``,
+  ``workflow.external_cancel_requested``, ``workflow.block_until_started``,
+  ``workflow.block_until_ended``;
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
   will be retried) and ``workflow.terminated`` (closed from outside without running code).
 
@@ -180,6 +184,89 @@ class WorkflowTerminated(Event, tag="workflow.terminated"):
     duration_ms: int = 0
 
 
+# -- workflows talking to workflows (DESIGN section 5) ------------------------------------------
+
+
+class ExternalSignalRequested(Event, tag="workflow.external_signal_requested"):
+    """The code signalled another workflow (``ctx.external_workflow(id).signal``, a child
+    handle's ``signal``, ``ctx.signal_parent``): sent through the outbox, resolved by
+    ``workflow.external_completed`` / ``workflow.external_failed`` of the same ``seq``.
+    ``target_run_id`` set: that run only (the parent's); else the ID's latest run.
+    ``child_seq``: the target is this run's child of that ``seq`` (a child handle's request
+    waits until the child's start arrived)."""
+
+    seq: int
+    target_workflow_id: str
+    name: str
+    payload: bytes
+    target_run_id: str | None = None
+    child_seq: int | None = None
+
+
+class ExternalQueryRequested(Event, tag="workflow.external_query_requested"):
+    """The code queried another workflow; the answer is recorded by
+    ``workflow.external_completed`` (``result``) so a replay does not ask again."""
+
+    seq: int
+    target_workflow_id: str
+    name: str
+    args: bytes
+    target_run_id: str | None = None
+    child_seq: int | None = None
+
+
+class ExternalCancelRequested(Event, tag="workflow.external_cancel_requested"):
+    """The code asked another workflow's latest run to cancel."""
+
+    seq: int
+    target_workflow_id: str
+    reason: str = ""
+    child_seq: int | None = None
+
+
+class ExternalCompleted(Event, tag="workflow.external_completed"):
+    """The target's partition committed the request ``seq`` (a query's answer in ``result``)."""
+
+    seq: int
+    target_workflow_id: str
+    result: bytes = b""
+
+
+class ExternalFailed(Event, tag="workflow.external_failed"):
+    """The target's partition refused request ``seq`` (``WorkflowClosed``, ``WorkflowNotFound``,
+    ``UnknownQuery``, ``QueryFailed``, ...): the code's await raises that error."""
+
+    seq: int
+    target_workflow_id: str
+    error_type: str
+    error_message: str
+
+
+class BlockUntilStarted(Event, tag="workflow.block_until_started"):
+    """``ctx.block_until(workflow_ids, condition)``: each target's partition is asked to tell
+    this run when the ID closes (at once if it is closed already)."""
+
+    seq: int
+    workflow_ids: list[str]
+    condition: str
+
+
+class BlockedWorkflowClosed(Event, tag="workflow.blocked_workflow_closed"):
+    """A workflow that ``block_until`` ``seq`` waits on is closed with ``status``."""
+
+    seq: int
+    target_workflow_id: str
+    status: str
+
+
+class BlockUntilEnded(Event, tag="workflow.block_until_ended"):
+    """``block_until`` ``seq`` stopped waiting (condition met, timeout, cancel) before the
+    IDs in ``pending`` closed: their partitions are told to forget it."""
+
+    seq: int
+    pending: list[str]
+
+
 AnyEvent = (
     WorkflowStarted
     | ActivityScheduled
@@ -199,6 +286,14 @@ AnyEvent = (
     | WorkflowFailed
     | WorkflowCancelled
     | WorkflowTerminated
+    | ExternalSignalRequested
+    | ExternalQueryRequested
+    | ExternalCancelRequested
+    | ExternalCompleted
+    | ExternalFailed
+    | BlockUntilStarted
+    | BlockedWorkflowClosed
+    | BlockUntilEnded
 )
 
 RESOLUTIONS: tuple[type[Event], ...] = (
@@ -210,6 +305,9 @@ RESOLUTIONS: tuple[type[Event], ...] = (
     CancelRequested,
     ChildCompleted,
     ChildFailed,
+    ExternalCompleted,
+    ExternalFailed,
+    BlockedWorkflowClosed,
 )
 COMMANDS: tuple[type[Event], ...] = (
     ActivityScheduled,
@@ -220,6 +318,11 @@ COMMANDS: tuple[type[Event], ...] = (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
+    ExternalSignalRequested,
+    ExternalQueryRequested,
+    ExternalCancelRequested,
+    BlockUntilStarted,
+    BlockUntilEnded,
 )
 CLOSING: tuple[type[Event], ...] = (
     WorkflowCompleted,

@@ -28,7 +28,19 @@ from duraflow.engine.definitions import (
     workflow_definition,
 )
 from duraflow.engine.ids import check_workflow_id
-from duraflow.errors import ChildWorkflowError, ConfigurationError, InvalidDuration
+from duraflow.engine.messaging import (
+    BLOCK_CONDITIONS,
+    BlockCondition,
+    ExternalWorkflowHandle,
+    Messaging,
+    RunCore,
+)
+from duraflow.errors import (
+    ChildWorkflowError,
+    ConfigurationError,
+    InvalidDuration,
+    NoParentWorkflow,
+)
 
 _MISSING: Any = object()
 
@@ -49,11 +61,20 @@ class WorkflowInfo:
     parent_run_id: str | None
 
 
-class ChildWorkflowHandle:
-    """A child workflow started by this run. ``await handle.result()`` waits for it."""
+class ChildWorkflowHandle(ExternalWorkflowHandle):
+    """A child workflow started by this run. ``await handle.result()`` waits for it;
+    ``signal``, ``query`` and ``cancel`` reach it as :class:`ExternalWorkflowHandle`'s do
+    (one sent right after the start waits until the child's start arrived)."""
 
-    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
-        self.workflow_id = workflow_id
+    def __init__(
+        self,
+        workflow_id: str,
+        future: asyncio.Future[Any],
+        messaging: Messaging,
+        run: RunCore,
+        seq: int,
+    ) -> None:
+        super().__init__(messaging, run, workflow_id, child_seq=seq)
         self._future = future
 
     async def result(self) -> Any:
@@ -100,6 +121,16 @@ class RunState(Protocol):
 
     @property
     def query_handlers(self) -> dict[str, Callable[..., Any]]: ...
+
+    @property
+    def messaging(self) -> Messaging:
+        """Requests to other workflows, block_until, signal handlers, conditions."""
+
+    def event_base(self) -> dict[str, Any]: ...
+
+    def command(self, event: Any) -> bool: ...
+
+    def next_seq(self) -> int: ...
 
     async def schedule_activity(
         self, definition: ActivityDefinition, args: Iterable[Any], options: ActivityOptions
@@ -296,9 +327,123 @@ class WorkflowContext:
         handle = await self.start_child(workflow, *args, workflow_id=workflow_id)
         return await handle.result()
 
+    # -- workflows talking to workflows (DESIGN section 5) ------------------------------------
+
+    def external_workflow(self, workflow_id: str) -> ExternalWorkflowHandle:
+        """A handle on any workflow ID (any partition, its latest run) to signal, query or
+        cancel it from this workflow.
+
+        Raises:
+            InvalidWorkflowId: ``workflow_id`` is not a valid ID.
+        """
+        check_workflow_id(workflow_id)
+        return ExternalWorkflowHandle(self._run.messaging, self._run, workflow_id)
+
+    def _parent(self, verb: str) -> ExternalWorkflowHandle:
+        info = self._run.info
+        if info.parent_workflow_id is None:
+            raise NoParentWorkflow(
+                f"cannot {verb}: workflow {info.workflow_id!r} was not started as a child"
+            )
+        return ExternalWorkflowHandle(
+            self._run.messaging, self._run, info.parent_workflow_id, info.parent_run_id
+        )
+
+    async def signal_parent(self, name: str, payload: Any = None) -> None:
+        """Signal the run that started this one as its child (durable, exactly once, in
+        order with this run's other signals).
+
+        Raises:
+            NoParentWorkflow: this run is not a child.
+            WorkflowClosed: the parent's run has closed.
+        """
+        await self._parent(f"signal_parent({name!r})").signal(name, payload)
+
+    async def query_parent(self, name: str, *args: Any) -> Any:
+        """Query the run that started this one; the answer is recorded for replay.
+
+        Raises:
+            NoParentWorkflow: this run is not a child.
+            WorkflowClosed: the parent's run has closed.
+            UnknownQuery: the parent has no handler of that name.
+            QueryFailed: the handler raised.
+        """
+        return await self._parent(f"query_parent({name!r})").query(name, *args)
+
+    async def block_until(
+        self,
+        workflow_ids: Iterable[str],
+        *,
+        condition: BlockCondition = "all_complete",
+        timeout: Duration | None = None,
+    ) -> dict[str, str]:
+        """Wait until the workflows ``workflow_ids`` (any partition) are closed, with any
+        status: all of them, or (``"any_complete"``) one. IDs that do not exist yet count
+        once a run of theirs closes.
+
+        Returns:
+            ``{workflow_id: status}`` of the closed ones.
+
+        Raises:
+            TimeoutError: ``timeout`` elapsed first (a durable timer).
+            ConfigurationError: no IDs, this run's own ID, or an unknown ``condition``.
+            InvalidWorkflowId: an ID that is not a valid ID.
+            InvalidDuration: ``timeout`` is not a duration.
+        """
+        if isinstance(workflow_ids, str):
+            raise ConfigurationError("block_until takes a list of workflow IDs, not one str")
+        ids = list(dict.fromkeys(check_workflow_id(i) for i in workflow_ids))
+        if not ids:
+            raise ConfigurationError("block_until needs at least one workflow ID")
+        if self._run.info.workflow_id in ids:
+            raise ConfigurationError(
+                f"block_until cannot wait for its own workflow {self._run.info.workflow_id!r}"
+            )
+        if condition not in BLOCK_CONDITIONS:
+            raise ConfigurationError(
+                f"block_until condition must be one of {BLOCK_CONDITIONS}, got {condition!r}"
+            )
+        seconds = None if timeout is None else parse_duration(timeout, "block_until timeout")
+        return await self._run.messaging.block_until(ids, condition, seconds)
+
+    def set_signal_handler(self, name: str, handler: Callable[[Any], Any]) -> None:
+        """Call ``handler(payload)`` for each signal ``name`` (a plain or async function),
+        in arrival order; signals that arrived before are handed to it first. A handler
+        that raises fails the run. ``wait_for_signal`` no longer sees signals of that name.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"signal name must be a non-empty str, got {name!r}")
+        if not callable(handler):
+            raise TypeError(f"signal handler for {name!r} must be callable, got {handler!r}")
+        if self._run.in_query:
+            raise RuntimeError("query handlers are read-only: they cannot set signal handlers")
+        run = self._run
+        run.messaging.set_signal_handler(name, handler, run.signals.get(name))
+
+    async def wait_condition(
+        self, condition: Callable[[], Any], *, timeout: Duration | None = None
+    ) -> None:
+        """Wait until ``condition()`` is true; it is checked after each thing that happens to
+        the run (a signal, an activity result, a timer, ...), so it must only read state.
+
+        Raises:
+            TimeoutError: ``timeout`` elapsed first (a durable timer).
+            InvalidDuration: ``timeout`` is not a duration.
+        """
+        if not callable(condition):
+            raise TypeError(f"wait_condition needs a callable, got {condition!r}")
+        seconds = None if timeout is None else parse_duration(timeout, "wait_condition timeout")
+        await self._run.messaging.wait_condition(condition, seconds)
+
 
 def _pick(override: Duration | None, default: float | None, what: str) -> float | None:
     return default if override is None else parse_timeout(override, what)
 
 
-__all__ = ["ChildWorkflowError", "ChildWorkflowHandle", "WorkflowContext", "WorkflowInfo"]
+__all__ = [
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
+    "ExternalWorkflowHandle",
+    "WorkflowContext",
+    "WorkflowInfo",
+]

@@ -10,7 +10,8 @@ reads its file only through ``reader`` and writes nothing: the effects it return
 
 To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
-:mod:`duraflow.engine.machine_activities`.
+:mod:`duraflow.engine.machine_activities`; signals, queries and cancels between workflows
+and ``block_until`` in :mod:`duraflow.engine.machine_messages`.
 """
 
 from __future__ import annotations
@@ -21,10 +22,26 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
+from duraflow.engine import machine_messages as messages
 from duraflow.engine import machine_requests as requests
 from duraflow.engine.attempts import AttemptTable
 from duraflow.engine.machine_state import OpenRun, Reader, Rule, RunBroke, State
-from duraflow.errors import DuraflowError
+from duraflow.errors import DuraflowError, PartitionUnavailable
+
+DELIVERED: dict[type, Rule] = {
+    m.ExternalRequest: messages.request_delivered,
+    m.Watch: messages.watch_delivered,
+}
+"""What an outbox message's delivery (answered or refused) does, by message type; the rest,
+and every delivery that may succeed later, go to ``requests.delivered``."""
+
+
+def _delivered(st: State, item: fx.Delivered) -> Any:
+    rule = DELIVERED.get(type(item.message))
+    if rule is None or isinstance(item.error, PartitionUnavailable):
+        return requests.delivered(st, item)
+    return rule(st, item)
+
 
 RULES: dict[type, Rule] = {
     m.Start: requests.start,
@@ -38,7 +55,7 @@ RULES: dict[type, Rule] = {
     m.ListWorkflows: requests.list_runs,
     m.Archived: requests.archived,
     m.ChildClosed: requests.child_closed,
-    fx.Delivered: requests.delivered,
+    fx.Delivered: _delivered,
     fx.ActivityDone: activities.done,
     fx.Heartbeat: activities.heartbeat,
     fx.TimerDue: requests.timer_due,
@@ -48,6 +65,9 @@ RULES: dict[type, Rule] = {
     fx.ScheduleTimeout: activities.schedule_timeout,
     fx.OutboxRetry: requests.resend,
     fx.PruneDue: requests.prune,
+    m.ExternalRequest: messages.receive,
+    m.Watch: messages.watch,
+    m.WatchedClosed: messages.watched_closed,
 }
 """The rule for each input type."""
 
@@ -57,6 +77,11 @@ COMMANDS: dict[type, Rule] = {
     ev.TimerStarted: requests.start_timer,
     ev.TimerCancelled: requests.cancel_timer,
     ev.ChildStarted: requests.start_child,
+    ev.ExternalSignalRequested: messages.send_request,
+    ev.ExternalQueryRequested: messages.send_request,
+    ev.ExternalCancelRequested: messages.send_request,
+    ev.BlockUntilStarted: messages.watch_targets,
+    ev.BlockUntilEnded: messages.unwatch_targets,
     **dict.fromkeys(ev.CLOSING, requests.close),
 }
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
@@ -77,6 +102,8 @@ class Machine(State):
     """One partition's runs and rules (see the module docstring); the shell owns one."""
 
     commands = COMMANDS
+    rules = RULES
+    close_hooks = (messages.notify_watchers,)
 
     def apply(self, item: Any, now_us: int, reader: Reader) -> list[Any]:
         """The effects of applying ``item`` at ``now_us``: write effects first in the order

@@ -103,6 +103,13 @@ class State:
     commands: dict[type, Rule]
     """What each command a workflow issued does (filled in by the machine)."""
 
+    rules: dict[type, Rule]
+    """The rule for each input type (filled in by the machine)."""
+
+    close_hooks: tuple[Callable[[State, str, str], None], ...] = ()
+    """Called with ``(state, workflow ID, status)`` when a run closes (filled in by the
+    machine): what else a closing tells other workflows."""
+
     def __init__(
         self,
         index: int,
@@ -346,6 +353,8 @@ class State:
         )
         for seq in open_run.activity_seqs:
             self.drop_attempt((wid, rid, seq))
+        for hook in self.close_hooks:
+            hook(self, wid, status)
         if row.parent_id is not None and row.parent_run_id is not None:
             self.outbox(
                 row.parent_id,

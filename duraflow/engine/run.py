@@ -26,6 +26,7 @@ from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, Workfl
 from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from duraflow.engine.guard import Watch
 from duraflow.engine.loop import WorkflowLoop
+from duraflow.engine.messaging import Messaging
 from duraflow.engine.payloads import (
     activity_types,
     decode_args,
@@ -71,10 +72,29 @@ class ActivityRequest:
         self.options = options
 
 
+_SEQ_COMMANDS = (
+    ev.ActivityScheduled,
+    ev.TimerStarted,
+    ev.ChildStarted,
+    ev.ExternalSignalRequested,
+    ev.ExternalQueryRequested,
+    ev.ExternalCancelRequested,
+    ev.BlockUntilStarted,
+)
+_EXTERNAL_COMMANDS = (
+    ev.ExternalSignalRequested,
+    ev.ExternalQueryRequested,
+    ev.ExternalCancelRequested,
+)
+_MESSAGING_RESOLUTIONS = (ev.ExternalCompleted, ev.ExternalFailed, ev.BlockedWorkflowClosed)
+
+
 def command_key(event: ev.Event) -> tuple[str, int]:
     """Identity of a command within its run, for matching replayed code against history."""
-    if isinstance(event, (ev.ActivityScheduled, ev.TimerStarted, ev.ChildStarted)):
+    if isinstance(event, _SEQ_COMMANDS):
         return ("seq", event.seq)
+    if isinstance(event, ev.BlockUntilEnded):
+        return ("end_block", event.seq)
     if isinstance(event, ev.ActivityCancelled):
         return ("cancel_activity", event.seq)
     if isinstance(event, ev.TimerCancelled):
@@ -93,6 +113,11 @@ def describe_command(event: ev.Event) -> str:
         )
     if isinstance(event, (ev.TimerStarted, ev.TimerCancelled)):
         return f"{kind} (seq {event.seq})"
+    if isinstance(event, _EXTERNAL_COMMANDS):
+        what = getattr(event, "name", "")
+        return f"{kind} {what!r} to {event.target_workflow_id!r} (seq {event.seq})"
+    if isinstance(event, (ev.BlockUntilStarted, ev.BlockUntilEnded)):
+        return f"{kind} (seq {event.seq})"
     return kind
 
 
@@ -106,6 +131,13 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
             issued.child_workflow_id,  # type: ignore[attr-defined]  # reason: same type
             issued.child_workflow_type,  # type: ignore[attr-defined]  # reason: same type
         )
+    if isinstance(recorded, _EXTERNAL_COMMANDS):
+        return (recorded.target_workflow_id, getattr(recorded, "name", "")) == (
+            issued.target_workflow_id,  # type: ignore[attr-defined]  # reason: same type
+            getattr(issued, "name", ""),
+        )
+    if isinstance(recorded, ev.BlockUntilStarted):
+        return recorded.workflow_ids == issued.workflow_ids  # type: ignore[attr-defined]  # reason: same type
     return True
 
 
@@ -160,6 +192,7 @@ class WorkflowRun:
         self.in_query = False
         self._discarded = False
         self._watch = watch
+        self.messaging = Messaging(self)
 
     @property
     def random(self) -> random.Random:
@@ -199,6 +232,12 @@ class WorkflowRun:
         self.loop.set_time(event.at_us / 1e6)
         self._apply(event)
         self.loop.run_until_idle()
+        while self.messaging.settle():  # wait_condition calls whose condition now holds
+            self.loop.run_until_idle()
+        failed = self.messaging.handler_error
+        if failed is not None and self.closed is None:
+            with contextlib.suppress(_Divergence):
+                self._command(self._failed(event.at_us, failed))
         if self._main is not None and self._main.done() and self.closed is None:
             # A close that differs from history sets self._divergence (raised just below).
             with contextlib.suppress(_Divergence):
@@ -247,6 +286,11 @@ class WorkflowRun:
                         event.child_workflow_id, event.status, event.error_type, event.error_message
                     )
                 )
+        elif isinstance(event, _MESSAGING_RESOLUTIONS):
+            try:
+                self.messaging.resolve(event)
+            except KeyError:
+                self._pending(None, event)
 
     def _pending(self, found: Any, event: ev.Event) -> Any:
         if found is None:
@@ -297,11 +341,14 @@ class WorkflowRun:
         elif isinstance(exc, asyncio.CancelledError):
             self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
         else:
-            self._command(
-                ev.WorkflowFailed(
-                    **base, error_type=type(exc).__name__, error_message=error_text(exc)
-                )
-            )
+            self._command(self._failed(at_us, exc))
+
+    def _failed(self, at_us: int, exc: BaseException) -> ev.WorkflowFailed:
+        base = self._event_base(at_us)
+        base["duration_ms"] = max(0, (at_us - self.started.at_us) // 1000)
+        return ev.WorkflowFailed(
+            **base, error_type=type(exc).__name__, error_message=error_text(exc)
+        )
 
     # -- commands issued by workflow code ----------------------------------------------------
 
@@ -312,6 +359,14 @@ class WorkflowRun:
             "workflow_type": self.info.workflow_type,
             "at_us": round(self.loop.time() * 1e6) if at_us is None else at_us,
         }
+
+    def event_base(self) -> dict[str, Any]:
+        """The fields every event of this run carries, at workflow time."""
+        return self._event_base()
+
+    def command(self, event: ev.Event) -> bool:
+        """Record a command issued by workflow code (see :meth:`_command`)."""
+        return self._command(event)
 
     def _command(self, event: ev.Event) -> bool:
         """Record a command; returns False when replay matched it to history (not new)."""
@@ -414,9 +469,11 @@ class WorkflowRun:
                 parent_close_policy=parent_close_policy,
             )
         )
-        return ChildWorkflowHandle(child_id, future)
+        return ChildWorkflowHandle(child_id, future, self.messaging, self, seq)
 
     def _deliver_signal(self, name: str, value: Any) -> None:
+        if self.messaging.deliver(name, value):
+            return
         waiters = self.signal_waiters.get(name)
         while waiters:
             waiter = waiters.popleft()

@@ -44,6 +44,15 @@ async def cdc_everything(ctx: df.WorkflowContext) -> str:
     await ctx.execute_child(cdc_child, False)  # child_started, child_completed
     with contextlib.suppress(df.ChildWorkflowError):
         await ctx.execute_child(cdc_child, True)  # child_failed
+    kid = await ctx.start_child(cdc_wait, workflow_id=f"{ctx.info.workflow_id}-kid")
+    await kid.signal("hello", 1)  # external_signal_requested, external_completed
+    with contextlib.suppress(df.UnknownQuery):
+        await kid.query("nothing")  # external_query_requested, external_failed
+    await kid.cancel("enough")  # external_cancel_requested
+    with contextlib.suppress(df.ChildWorkflowError):
+        await kid.result()
+    # block_until_started, blocked_workflow_closed, block_until_ended (for the other ID)
+    await ctx.block_until([kid.workflow_id, "cdc-nobody"], condition="any_complete")
     return "done"
 
 
@@ -113,7 +122,8 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
     assert "stop" == by_type["workflow.cancel_requested"].reason
     assert "bye" == by_type["workflow.terminated"].reason
     assert "cdc_everything" == by_type["workflow.child_started"].workflow_type
-    assert "failed" == by_type["workflow.child_failed"].status
+    assert {"failed", "cancelled"} == {e.status for e in seen if _tag(e) == "workflow.child_failed"}
+    assert ["cdc-nobody"] == by_type["workflow.block_until_ended"].pending
 
 
 def test_events_come_in_lsn_order_per_partition_and_resume_without_a_gap(

@@ -259,6 +259,34 @@ def one_of_each() -> list[ev.Event]:
         ev.WorkflowFailed(error_type="KeyError", error_message="'sku'", **base),
         ev.WorkflowCancelled(reason="asked", **base),
         ev.WorkflowTerminated(reason="ops", **base),
+        ev.ExternalSignalRequested(
+            seq=8,
+            target_workflow_id="order-7",
+            name="approve",
+            payload=codec.encode({"by": "ops"}),
+            target_run_id="r-7",
+            child_seq=6,
+            **base,
+        ),
+        ev.ExternalQueryRequested(
+            seq=9, target_workflow_id="order-7", name="status", args=codec.encode([1]), **base
+        ),
+        ev.ExternalCancelRequested(seq=10, target_workflow_id="order-7", reason="x", **base),
+        ev.ExternalCompleted(
+            seq=9, target_workflow_id="order-7", result=codec.encode("ok"), **base
+        ),
+        ev.ExternalFailed(
+            seq=10,
+            target_workflow_id="order-7",
+            error_type="WorkflowClosed",
+            error_message="closed",
+            **base,
+        ),
+        ev.BlockUntilStarted(
+            seq=11, workflow_ids=["etl-1", "etl-2"], condition="any_complete", **base
+        ),
+        ev.BlockedWorkflowClosed(seq=11, target_workflow_id="etl-1", status="failed", **base),
+        ev.BlockUntilEnded(seq=11, pending=["etl-2"], **base),
     ]
     for i, event in enumerate(made, start=1):
         event.event_id = i
