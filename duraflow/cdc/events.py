@@ -11,11 +11,12 @@ Three kinds of events:
 * **resolutions** come from outside the workflow code and are fed to it on replay:
   ``workflow.started``, ``workflow.activity_completed``, ``workflow.activity_failed``,
   ``workflow.timer_fired``, ``workflow.signal_received``, ``workflow.cancel_requested``,
-  ``workflow.child_completed``, ``workflow.child_failed``;
+  ``workflow.child_completed``, ``workflow.child_failed``, ``workflow.update_accepted``;
 * **commands** are what the workflow code did; replay checks that re-run code issues the
   same ones: ``workflow.activity_scheduled``, ``workflow.activity_cancelled``,
   ``workflow.timer_started``, ``workflow.timer_cancelled``, ``workflow.child_started``,
-  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``;
+  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``,
+  ``workflow.update_completed``, ``workflow.update_failed``;
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
   will be retried) and ``workflow.terminated`` (closed from outside without running code).
 
@@ -180,6 +181,37 @@ class WorkflowTerminated(Event, tag="workflow.terminated"):
     duration_ms: int = 0
 
 
+# -- updates (DESIGN section 5): a request that the run answers with its handler's result ------
+
+
+class UpdateAccepted(Event, tag="workflow.update_accepted"):
+    """The run took update ``name`` (its validator, if any, let it through): the handler runs
+    with ``args``. ``update_id`` is the caller's request ID (one update per ID per run)."""
+
+    update_id: str
+    name: str
+    args: bytes
+
+
+class UpdateCompleted(Event, tag="workflow.update_completed"):
+    """The handler of the update accepted as event ``accepted_event_id`` returned ``result``."""
+
+    update_id: str
+    name: str
+    accepted_event_id: int
+    result: bytes
+
+
+class UpdateFailed(Event, tag="workflow.update_failed"):
+    """The handler of the update accepted as event ``accepted_event_id`` raised."""
+
+    update_id: str
+    name: str
+    accepted_event_id: int
+    error_type: str
+    error_message: str
+
+
 AnyEvent = (
     WorkflowStarted
     | ActivityScheduled
@@ -199,6 +231,9 @@ AnyEvent = (
     | WorkflowFailed
     | WorkflowCancelled
     | WorkflowTerminated
+    | UpdateAccepted
+    | UpdateCompleted
+    | UpdateFailed
 )
 
 RESOLUTIONS: tuple[type[Event], ...] = (
@@ -210,6 +245,7 @@ RESOLUTIONS: tuple[type[Event], ...] = (
     CancelRequested,
     ChildCompleted,
     ChildFailed,
+    UpdateAccepted,
 )
 COMMANDS: tuple[type[Event], ...] = (
     ActivityScheduled,
@@ -220,6 +256,8 @@ COMMANDS: tuple[type[Event], ...] = (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
+    UpdateCompleted,
+    UpdateFailed,
 )
 CLOSING: tuple[type[Event], ...] = (
     WorkflowCompleted,

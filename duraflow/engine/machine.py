@@ -10,7 +10,8 @@ reads its file only through ``reader`` and writes nothing: the effects it return
 
 To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
-:mod:`duraflow.engine.machine_activities`.
+:mod:`duraflow.engine.machine_activities`, the update rules (and signal/update-with-start)
+in :mod:`duraflow.engine.machine_updates`.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
 from duraflow.engine import machine_requests as requests
+from duraflow.engine import machine_updates as updates
 from duraflow.engine.attempts import AttemptTable
 from duraflow.engine.machine_state import OpenRun, Reader, Rule, RunBroke, State
 from duraflow.errors import DuraflowError
@@ -32,7 +34,7 @@ RULES: dict[type, Rule] = {
     m.Query: requests.query,
     m.Cancel: requests.cancel,
     m.Terminate: requests.terminate,
-    m.AwaitResult: requests.await_result,
+    m.AwaitResult: updates.awaiting(requests.await_result),
     m.Describe: requests.describe,
     m.History: requests.history,
     m.ListWorkflows: requests.list_runs,
@@ -48,6 +50,9 @@ RULES: dict[type, Rule] = {
     fx.ScheduleTimeout: activities.schedule_timeout,
     fx.OutboxRetry: requests.resend,
     fx.PruneDue: requests.prune,
+    m.Update: updates.update,
+    m.SignalWithStart: updates.signal_with_start,
+    m.UpdateWithStart: updates.update_with_start,
 }
 """The rule for each input type."""
 
@@ -58,6 +63,8 @@ COMMANDS: dict[type, Rule] = {
     ev.TimerCancelled: requests.cancel_timer,
     ev.ChildStarted: requests.start_child,
     **dict.fromkeys(ev.CLOSING, requests.close),
+    ev.UpdateCompleted: updates.finished,
+    ev.UpdateFailed: updates.finished,
 }
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
 
@@ -70,6 +77,9 @@ LIVE: dict[type, Any] = {
 }
 """Whether a due time would still do something (the rest always may)."""
 
+ON_CLOSE = (updates.run_closed,)
+"""What else happens as a run closes (its waiting updates are answered)."""
+
 DEFERRED = requests.DEFERRED
 
 
@@ -77,6 +87,8 @@ class Machine(State):
     """One partition's runs and rules (see the module docstring); the shell owns one."""
 
     commands = COMMANDS
+    rules = RULES
+    on_close = ON_CLOSE
 
     def apply(self, item: Any, now_us: int, reader: Reader) -> list[Any]:
         """The effects of applying ``item`` at ``now_us``: write effects first in the order

@@ -38,6 +38,8 @@ async def cdc_everything(ctx: df.WorkflowContext) -> str:
     await asyncio.sleep(0)  # the task schedules its activity
     task.cancel()  # activity_cancelled
     await asyncio.sleep(0)
+    ctx.set_update_handler("ok", lambda x: x)  # update_accepted, update_completed
+    ctx.set_update_handler("bad", lambda: 1 / 0)  # update_failed
     await ctx.sleep(0.01)  # timer_started, timer_fired
     await asyncio.wait_for(ctx.activity(cdc_flaky, False), 60)  # timer_cancelled when done
     await ctx.wait_for_signal("go")
@@ -75,6 +77,9 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
     with any_client.subscribe(from_="earliest") as sub:
         handle = any_client.start(cdc_everything, workflow_id="cdc-all")
         time.sleep(0.3)
+        assert 5 == handle.update("ok", 5)
+        with pytest.raises(df.UpdateFailed):
+            handle.update("bad")
         handle.signal("go", 1)
         assert "done" == handle.result(timeout=30)
         cancelled = any_client.start(cdc_wait, workflow_id="cdc-cancel")

@@ -259,6 +259,18 @@ def one_of_each() -> list[ev.Event]:
         ev.WorkflowFailed(error_type="KeyError", error_message="'sku'", **base),
         ev.WorkflowCancelled(reason="asked", **base),
         ev.WorkflowTerminated(reason="ops", **base),
+        ev.UpdateAccepted(update_id="u-1", name="add", args=codec.encode(["sku-9"]), **base),
+        ev.UpdateCompleted(
+            update_id="u-1", name="add", accepted_event_id=19, result=codec.encode(2), **base
+        ),
+        ev.UpdateFailed(
+            update_id="u-2",
+            name="add",
+            accepted_event_id=20,
+            error_type="ValueError",
+            error_message="sold out",
+            **base,
+        ),
     ]
     for i, event in enumerate(made, start=1):
         event.event_id = i
