@@ -25,7 +25,7 @@ from duraflow.cdc.subscribers import Subscription
 from duraflow.client.batching import Batcher
 from duraflow.client.blocking import BlockingRunner
 from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
-from duraflow.client.handle import _check_text as check_text
+from duraflow.client.handle import _check_name as check_name
 from duraflow.client.host import Host
 from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
@@ -208,7 +208,7 @@ class Client:
             WorkflowClosed: the run it started closed before taking the signal.
         """
         start = self._start_message(workflow, args, workflow_id)
-        check_text(signal, "signal name")
+        check_name(signal, "signal name")
         request = m.SignalWithStart(
             workflow_id=workflow_id,
             start=start,
@@ -259,7 +259,7 @@ class Client:
             request_id: makes the update exactly once across resends.
         """
         start = self._start_message(workflow, args, workflow_id)
-        check_text(update, "update name")
+        check_name(update, "update name")
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
         request = m.UpdateWithStart(
             workflow_id=workflow_id,

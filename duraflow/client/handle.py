@@ -189,7 +189,7 @@ class WorkflowHandle:
                 complete: resend it with the same ``request_id`` to get its result.
             PayloadError: ``payload`` cannot be encoded.
         """
-        _check_text(name, "update name")
+        _check_name(name, "update name")
         if request_id is not None:
             _check_text(request_id, "request_id")
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
@@ -301,6 +301,13 @@ def _check_text(value: object, what: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise PayloadError(f"{what} {value!r:.60} is not valid UTF-8 (lone surrogate)") from None
+
+
+def _check_name(value: object, what: str) -> None:
+    """A handler's name: non-empty text (see :func:`_check_text`)."""
+    _check_text(value, what)
+    if not value:
+        raise PayloadError(f"{what} must not be empty")
 
 
 def _unwrap(outcome: m.Outcome) -> Any:
