@@ -290,3 +290,27 @@ def test_bad_update_arguments_are_refused_before_they_travel(client: df.Client) 
         handle.update("add", 1, timeout="soon")
     with pytest.raises(df.PayloadError, match="update name"):
         client.update_with_start(up_cart, workflow_id="up-bad", update="")
+
+
+def test_update_events_reach_the_archive_with_their_fields(engine: df.Engine) -> None:
+    client = engine.client()
+    handle = client.start(up_cart, workflow_id="up-archived")
+    handle.update("add", "apple", request_id="a-1")
+    with pytest.raises(df.UpdateFailed):
+        handle.update("remove", "ghost", request_id="a-2")
+    handle.signal("checkout")
+    handle.result(timeout=PATIENCE_S)
+    assert engine.sync_archive(20)
+    engine.commit_archive()
+    rows = client.sql(
+        "SELECT event_type, data ->> '$.update_id' AS id, data ->> '$.name' AS name "
+        "FROM history WHERE workflow_id = ? AND event_type LIKE 'workflow.update%' "
+        "ORDER BY event_id",
+        ["up-archived"],
+    ).to_pylist()
+    assert [
+        ("workflow.update_accepted", "a-1", "add"),
+        ("workflow.update_completed", "a-1", "add"),
+        ("workflow.update_accepted", "a-2", "remove"),
+        ("workflow.update_failed", "a-2", "remove"),
+    ] == [(r["event_type"], r["id"], r["name"]) for r in rows]
