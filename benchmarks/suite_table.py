@@ -122,6 +122,9 @@ def _core_rows(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, .
     )
     latency(f"W2 {args.signals} signalled at once p50/p99", "w2_signal_loaded")
     latency("W2 signal unloaded p50/p99", "w2_signal_unloaded", target=5)
+    latency(f"U {args.signals} updated at once p50/p99", "u_update_loaded")
+    latency("U update round trip p50/p99", "u_update_unloaded")
+    rows.append(_update_ratio_row(r))
     latency(
         f"W3 {args.timers} x 1 s timers, lateness p50/p99",
         "w3_timer_lateness",
@@ -129,6 +132,19 @@ def _core_rows(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, .
         target=20,
     )
     return rows
+
+
+def _update_ratio_row(r: dict[str, Any]) -> tuple[str, ...]:
+    """An update's round trip over a signal's (W2 unloaded), in the same run: the target is
+    at most 2x."""
+    ratios = []
+    for system in ("local", "ray"):
+        update = _get(r, system, "u_update_unloaded", "p50_ms")
+        signal = _get(r, system, "w2_signal_unloaded", "p50_ms")
+        ratios.append(update / signal if update and signal else None)
+    goal = f"<= 2x: {_mark(ratios[1], 2.0, False)}" if ratios[1] is not None else ""
+    cells = [_num(v, "{:.2f}x") for v in ratios]
+    return _row("U update p50 / W2 signal p50", *cells, "", goal)
 
 
 def _in_flight_row(r: dict[str, Any], n: int) -> tuple[str, ...]:

@@ -36,6 +36,9 @@ CONTRACT_NAMES = [
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
+    "UpdateFailed",
+    "UpdateRejected",
+    "UpdateTimeout",
     "WorkerPool",
     "WorkflowAlreadyRunning",
     "WorkflowBlocked",
@@ -78,5 +81,5 @@ def test_the_testing_module_is_pinned_and_documented() -> None:
 def test_every_error_derives_from_the_root() -> None:
     errors = [getattr(df, n) for n in df.__all__ if n.endswith(("Error", "Timeout"))]
     errors += [df.InvalidWorkflowId, df.UnknownWorkflowType, df.WorkflowNotFound]
-    errors += [df.StatementNotAllowed]
+    errors += [df.StatementNotAllowed, df.UpdateRejected, df.UpdateFailed]
     assert [] == [e.__name__ for e in errors if not issubclass(e, df.DuraflowError)]

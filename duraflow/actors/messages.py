@@ -133,6 +133,50 @@ class WatchedClosed(Message, kw_only=True):
     status: str
 
 
+class Update(Message, kw_only=True):
+    """Run the update handler ``name`` with ``args`` (a msgpack list) once per ``request_id``.
+
+    The reply is an :class:`Outcome` whose ``run_id`` is :func:`update_key` of the request
+    ID and whose ``status`` is the update's: ``"completed"`` (``result``), ``"failed"`` (the
+    handler raised) or ``"accepted"`` (the handler still runs: ``AwaitResult`` with that
+    ``run_id`` waits for it, and answers ``"closed"`` if the run closes first).
+    """
+
+    run_id: str | None = None
+    name: str
+    args: bytes
+    request_id: str
+
+
+class SignalWithStart(Message, kw_only=True):
+    """Signal the ID's open run, starting it with ``start`` first if it has none: one step.
+    The reply is the :class:`StartReply` of the run signalled."""
+
+    start: Start
+    name: str
+    payload: bytes
+    request_id: str
+
+
+class UpdateWithStart(Message, kw_only=True):
+    """Update the ID's open run, starting it with ``start`` first if it has none: one step.
+    The reply is as :class:`Update`'s."""
+
+    start: Start
+    name: str
+    args: bytes
+    request_id: str
+
+
+UPDATE_KEY_PREFIX = "update:"
+
+
+def update_key(request_id: str) -> str:
+    """The ``run_id`` under which an update's outcome is awaited (``AwaitResult``) and
+    answered (``Outcome``): never a run's ID, which are hex."""
+    return UPDATE_KEY_PREFIX + request_id
+
+
 class ReadEvents(msgspec.Struct, frozen=True, kw_only=True):
     """Read a partition's events after ``after_lsn`` (its change log), optionally filtered.
 
@@ -196,6 +240,9 @@ Request = (
     | ExternalRequest
     | Watch
     | WatchedClosed
+    | Update
+    | SignalWithStart
+    | UpdateWithStart
 )
 
 

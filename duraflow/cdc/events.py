@@ -12,14 +12,15 @@ Three kinds of events:
   ``workflow.started``, ``workflow.activity_completed``, ``workflow.activity_failed``,
   ``workflow.timer_fired``, ``workflow.signal_received``, ``workflow.cancel_requested``,
   ``workflow.child_completed``, ``workflow.child_failed``, ``workflow.external_completed``,
-  ``workflow.external_failed``, ``workflow.blocked_workflow_closed``;
+  ``workflow.external_failed``, ``workflow.blocked_workflow_closed``,
+  ``workflow.update_accepted``;
 * **commands** are what the workflow code did; replay checks that re-run code issues the
   same ones: ``workflow.activity_scheduled``, ``workflow.activity_cancelled``,
   ``workflow.timer_started``, ``workflow.timer_cancelled``, ``workflow.child_started``,
   ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``,
   ``workflow.external_signal_requested``, ``workflow.external_query_requested``,
   ``workflow.external_cancel_requested``, ``workflow.block_until_started``,
-  ``workflow.block_until_ended``;
+  ``workflow.block_until_ended``, ``workflow.update_completed``, ``workflow.update_failed``;
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
   will be retried) and ``workflow.terminated`` (closed from outside without running code).
 
@@ -267,6 +268,37 @@ class BlockUntilEnded(Event, tag="workflow.block_until_ended"):
     pending: list[str]
 
 
+# -- updates (DESIGN section 5): a request that the run answers with its handler's result ------
+
+
+class UpdateAccepted(Event, tag="workflow.update_accepted"):
+    """The run took update ``name`` (its validator, if any, let it through): the handler runs
+    with ``args``. ``update_id`` is the caller's request ID (one update per ID per run)."""
+
+    update_id: str
+    name: str
+    args: bytes
+
+
+class UpdateCompleted(Event, tag="workflow.update_completed"):
+    """The handler of the update accepted as event ``accepted_event_id`` returned ``result``."""
+
+    update_id: str
+    name: str
+    accepted_event_id: int
+    result: bytes
+
+
+class UpdateFailed(Event, tag="workflow.update_failed"):
+    """The handler of the update accepted as event ``accepted_event_id`` raised."""
+
+    update_id: str
+    name: str
+    accepted_event_id: int
+    error_type: str
+    error_message: str
+
+
 AnyEvent = (
     WorkflowStarted
     | ActivityScheduled
@@ -294,6 +326,9 @@ AnyEvent = (
     | BlockUntilStarted
     | BlockedWorkflowClosed
     | BlockUntilEnded
+    | UpdateAccepted
+    | UpdateCompleted
+    | UpdateFailed
 )
 
 RESOLUTIONS: tuple[type[Event], ...] = (
@@ -308,6 +343,7 @@ RESOLUTIONS: tuple[type[Event], ...] = (
     ExternalCompleted,
     ExternalFailed,
     BlockedWorkflowClosed,
+    UpdateAccepted,
 )
 COMMANDS: tuple[type[Event], ...] = (
     ActivityScheduled,
@@ -323,6 +359,8 @@ COMMANDS: tuple[type[Event], ...] = (
     ExternalCancelRequested,
     BlockUntilStarted,
     BlockUntilEnded,
+    UpdateCompleted,
+    UpdateFailed,
 )
 CLOSING: tuple[type[Event], ...] = (
     WorkflowCompleted,

@@ -24,12 +24,14 @@ from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
 from duraflow.client.batching import Batcher
 from duraflow.client.blocking import BlockingRunner
-from duraflow.client.handle import WorkflowHandle
+from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
+from duraflow.client.handle import _check_name as check_name
 from duraflow.client.host import Host
-from duraflow.engine.definitions import Duration, workflow_definition
+from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import ConfigurationError, QueryError
+from duraflow.storage.codec import encode
 
 T = TypeVar("T")
 
@@ -167,6 +169,128 @@ class Client:
         """Blocking twin of :meth:`start_async`."""
         return self._block(
             self.start_async(workflow, *args, workflow_id=workflow_id, id_conflict=id_conflict)
+        )
+
+    # -- with-start (DESIGN section 5): one request, one turn at the owning partition --------
+
+    def _start_message(
+        self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], workflow_id: str
+    ) -> m.Start:
+        definition = workflow_definition(workflow)
+        check_workflow_id(workflow_id)
+        data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
+        return m.Start(
+            workflow_id=workflow_id,
+            workflow_type=definition.name,
+            code_ref=definition.code_ref,
+            args=data,
+            run_id=uuid.uuid4().hex,
+        )
+
+    async def signal_with_start_async(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        signal: str,
+        payload: Any = None,
+        request_id: str | None = None,
+    ) -> WorkflowHandle:
+        """Signal the open run of ``workflow_id``, starting it with ``args`` first if it has
+        none, in one step: however many callers race, one run is started and every signal
+        reaches it. Returns its handle once the signal (and the start) are durable.
+
+        Args:
+            request_id: makes the signal idempotent across resends (as for ``signal``).
+
+        Raises:
+            UnknownWorkflowType, InvalidWorkflowId, PayloadError.
+            WorkflowClosed: the run it started closed before taking the signal.
+        """
+        start = self._start_message(workflow, args, workflow_id)
+        check_name(signal, "signal name")
+        request = m.SignalWithStart(
+            workflow_id=workflow_id,
+            start=start,
+            name=signal,
+            payload=encode(payload, f"payload of signal {signal!r}"),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        reply: m.StartReply = await self._call(workflow_id, request)
+        return WorkflowHandle(self, workflow_id, reply.run_id or None)
+
+    def signal_with_start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        signal: str,
+        payload: Any = None,
+        request_id: str | None = None,
+    ) -> WorkflowHandle:
+        """Blocking twin of :meth:`signal_with_start_async`."""
+        return self._block(
+            self.signal_with_start_async(
+                workflow,
+                *args,
+                workflow_id=workflow_id,
+                signal=signal,
+                payload=payload,
+                request_id=request_id,
+            )
+        )
+
+    async def update_with_start_async(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        update: str,
+        payload: Any = NO_PAYLOAD,
+        timeout: Duration | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Update the open run of ``workflow_id``, starting it with ``args`` first if it has
+        none, in one step (one run however many callers race); returns the update handler's
+        result once it is durable, as :meth:`WorkflowHandle.update` does (same errors).
+
+        Args:
+            timeout: give up waiting after this long (UpdateTimeout).
+            request_id: makes the update exactly once across resends.
+        """
+        start = self._start_message(workflow, args, workflow_id)
+        check_name(update, "update name")
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
+        request = m.UpdateWithStart(
+            workflow_id=workflow_id,
+            start=start,
+            name=update,
+            args=encode([] if payload is NO_PAYLOAD else [payload], f"payload of {update!r}"),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        return await update_outcome(self, request, update, seconds)
+
+    def update_with_start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        update: str,
+        payload: Any = NO_PAYLOAD,
+        timeout: Duration | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Blocking twin of :meth:`update_with_start_async`."""
+        return self._block(
+            self.update_with_start_async(
+                workflow,
+                *args,
+                workflow_id=workflow_id,
+                update=update,
+                payload=payload,
+                timeout=timeout,
+                request_id=request_id,
+            )
         )
 
     async def execute_async(

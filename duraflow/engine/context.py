@@ -126,6 +126,10 @@ class RunState(Protocol):
     def messaging(self) -> Messaging:
         """Requests to other workflows, block_until, signal handlers, conditions."""
 
+    @property
+    def updates(self) -> Any:
+        """The run's updates (``duraflow.engine.run_updates.RunUpdates``)."""
+
     def event_base(self) -> dict[str, Any]: ...
 
     def command(self, event: Any) -> bool: ...
@@ -290,6 +294,35 @@ class WorkflowContext:
         if self._run.in_query:
             raise RuntimeError("query handlers are read-only: they cannot set query handlers")
         self._run.query_handlers[name] = handler
+
+    # -- updates (DESIGN section 5) ------------------------------------------------------------
+
+    def set_update_handler(
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        *,
+        validator: Callable[..., Any] | None = None,
+    ) -> None:
+        """Answer updates named ``name`` with ``handler(payload)`` (``handler()`` when the
+        caller sent no payload); the caller gets its result once it is recorded.
+
+        The handler may be async and await activities, timers and signals like the workflow's
+        own code; the run goes on meanwhile. A handler that raises fails the update
+        (``UpdateFailed`` for the caller), not the run.
+
+        Args:
+            validator: called first with the same arguments, read-only like a query handler;
+                it refuses the update by raising (the caller gets ``UpdateRejected`` with its
+                message, and nothing is recorded).
+
+        Raises:
+            TypeError: ``name`` is not a non-empty str, ``handler`` is not callable, or
+                ``validator`` is async.
+        """
+        if self._run.in_query:
+            raise RuntimeError("query handlers are read-only: they cannot set update handlers")
+        self._run.updates.set_handler(name, handler, validator)
 
     async def start_child(
         self,

@@ -56,12 +56,12 @@ class Watch:
         self.since = 0.0
         """``time.monotonic()`` when the code running now began; 0.0 when none runs."""
         self.workflow_id = ""
-        self.doing: Any = None  # the event being applied, or a query handler's name
+        self.doing: Any = None  # the event being applied, or read-only code's name
         self.thread = 0
         self.reported = 0.0  # the ``since`` the watchdog has reported
 
     def enter(self, workflow_id: str, doing: Any) -> None:
-        """Workflow code of ``workflow_id`` starts ``doing`` (an event, or a query name)."""
+        """Code of ``workflow_id`` starts ``doing`` (an event, or read-only code's name)."""
         self.workflow_id = workflow_id
         self.doing = doing
         self.thread = threading.get_ident()
@@ -86,7 +86,7 @@ class Watch:
 def describe(doing: Any) -> str:
     """``doing`` of a :class:`Watch` in words."""
     if isinstance(doing, str):
-        return f"query handler {doing!r}"
+        return doing  # read-only code, named by its caller: "query handler 'status'"
     if isinstance(doing, ev.Event):
         return f"the activation for {ev.event_type(doing)} (event {doing.event_id})"
     return "workflow code"

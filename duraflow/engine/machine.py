@@ -11,7 +11,8 @@ reads its file only through ``reader`` and writes nothing: the effects it return
 To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
 :mod:`duraflow.engine.machine_activities`; signals, queries and cancels between workflows
-and ``block_until`` in :mod:`duraflow.engine.machine_messages`.
+and ``block_until`` in :mod:`duraflow.engine.machine_messages`; updates (and
+signal/update-with-start) in :mod:`duraflow.engine.machine_updates`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
 from duraflow.engine import machine_messages as messages
 from duraflow.engine import machine_requests as requests
+from duraflow.engine import machine_updates as updates
 from duraflow.engine.attempts import AttemptTable
 from duraflow.engine.machine_state import OpenRun, Reader, Rule, RunBroke, State
 from duraflow.errors import DuraflowError, PartitionUnavailable
@@ -49,7 +51,7 @@ RULES: dict[type, Rule] = {
     m.Query: requests.query,
     m.Cancel: requests.cancel,
     m.Terminate: requests.terminate,
-    m.AwaitResult: requests.await_result,
+    m.AwaitResult: updates.awaiting(requests.await_result),
     m.Describe: requests.describe,
     m.History: requests.history,
     m.ListWorkflows: requests.list_runs,
@@ -68,6 +70,9 @@ RULES: dict[type, Rule] = {
     m.ExternalRequest: messages.receive,
     m.Watch: messages.watch,
     m.WatchedClosed: messages.watched_closed,
+    m.Update: updates.update,
+    m.SignalWithStart: updates.signal_with_start,
+    m.UpdateWithStart: updates.update_with_start,
 }
 """The rule for each input type."""
 
@@ -83,6 +88,8 @@ COMMANDS: dict[type, Rule] = {
     ev.BlockUntilStarted: messages.watch_targets,
     ev.BlockUntilEnded: messages.unwatch_targets,
     **dict.fromkeys(ev.CLOSING, requests.close),
+    ev.UpdateCompleted: updates.finished,
+    ev.UpdateFailed: updates.finished,
 }
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
 
@@ -95,6 +102,10 @@ LIVE: dict[type, Any] = {
 }
 """Whether a due time would still do something (the rest always may)."""
 
+ON_CLOSE = (messages.notify_watchers, updates.run_closed)
+"""What else happens as a run closes: ``block_until`` calls waiting on its ID are told, its
+waiting updates are answered."""
+
 DEFERRED = requests.DEFERRED
 
 
@@ -103,7 +114,7 @@ class Machine(State):
 
     commands = COMMANDS
     rules = RULES
-    close_hooks = (messages.notify_watchers,)
+    on_close = ON_CLOSE
 
     def apply(self, item: Any, now_us: int, reader: Reader) -> list[Any]:
         """The effects of applying ``item`` at ``now_us``: write effects first in the order

@@ -135,8 +135,9 @@ def watch(st: State, req: m.Watch) -> str | None:
     return None
 
 
-def notify_watchers(st: State, workflow_id: str, status: str) -> None:
-    """A run of ``workflow_id`` closed: tell the ``block_until`` calls waiting on the ID."""
+def notify_watchers(st: State, open_run: OpenRun, status: str) -> None:
+    """A run closed: tell the ``block_until`` calls waiting on its workflow ID."""
+    workflow_id = open_run.key[0]
     key = WATCHERS_KEY + workflow_id
     watchers = _watchers(st, key)
     if not watchers:

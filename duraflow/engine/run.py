@@ -34,6 +34,7 @@ from duraflow.engine.payloads import (
     encode_args,
     workflow_types,
 )
+from duraflow.engine.run_updates import RunUpdates
 from duraflow.errors import (
     ActivityError,
     ChildWorkflowError,
@@ -99,6 +100,8 @@ def command_key(event: ev.Event) -> tuple[str, int]:
         return ("cancel_activity", event.seq)
     if isinstance(event, ev.TimerCancelled):
         return ("cancel_timer", event.seq)
+    if isinstance(event, (ev.UpdateCompleted, ev.UpdateFailed)):
+        return ("update", event.accepted_event_id)
     return ("close", 0)
 
 
@@ -173,6 +176,7 @@ class WorkflowRun:
         self.signals: dict[str, collections.deque[Any]] = {}
         self.signal_waiters: dict[str, collections.deque[asyncio.Future[Any]]] = {}
         self.query_handlers: dict[str, Callable[..., Any]] = {}
+        self.updates = RunUpdates(self)
         self.cancel_requested = False
         self.cancel_reason = ""
         self.closed: ev.Event | None = None
@@ -278,6 +282,8 @@ class WorkflowRun:
             future = self._pending(self._children.pop(event.seq, None), event)
             if not future.done():
                 future.set_result(decode(event.result))
+        elif isinstance(event, ev.UpdateAccepted):
+            self.updates.accept(event)
         elif isinstance(event, ev.ChildFailed):
             future = self._pending(self._children.pop(event.seq, None), event)
             if not future.done():
@@ -361,11 +367,12 @@ class WorkflowRun:
         }
 
     def event_base(self) -> dict[str, Any]:
-        """The fields every event of this run carries, at workflow time."""
+        """The fields every event of this run carries, at workflow time (for helpers)."""
         return self._event_base()
 
     def command(self, event: ev.Event) -> bool:
-        """Record a command issued by workflow code (see :meth:`_command`)."""
+        """Record a command issued by workflow code outside this module (a message to another
+        workflow, an update's outcome): see :meth:`_command`."""
         return self._command(event)
 
     def _command(self, event: ev.Event) -> bool:
@@ -487,24 +494,32 @@ class WorkflowRun:
     def query(self, name: str, args: Sequence[Any]) -> Any:
         """Call the query handler ``name``; read-only, never writes history.
 
+        Raises:
+            KeyError: no handler of that name (the caller turns it into UnknownQuery).
+            WorkflowBlocked, QueryChangedState, BaseException: as :meth:`call_read_only`.
+        """
+        handler = self.query_handlers[name]
+        return self.call_read_only(handler, args, f"query handler {name!r}")
+
+    def call_read_only(self, handler: Callable[..., Any], args: Sequence[Any], what: str) -> Any:
+        """Call ``handler(*args)`` (a query handler, an update validator) as read-only code.
+
         The handler runs with the run's loop as the running loop, so whatever it schedules
         lands there, where it is seen (and never reaches the partition's own loop).
 
         Raises:
-            KeyError: no handler of that name (the caller turns it into UnknownQuery).
             WorkflowBlocked: the handler held the partition past the watch's threshold.
             QueryChangedState: the handler changed what the run will do next: it woke
                 workflow code, or rebound or resized a variable it shares with the workflow.
             BaseException: whatever the handler raised.
         """
-        handler = self.query_handlers[name]
         before = guard.captured(handler)
         watch = self._watch
         previous = events._get_running_loop()
         events._set_running_loop(self.loop)
         self.in_query = True
         if watch is not None:
-            watch.enter(self.info.workflow_id, name)
+            watch.enter(self.info.workflow_id, what)
         error: BaseException | None = None
         value = None
         try:
@@ -521,10 +536,10 @@ class WorkflowRun:
         changed = self._changed_by_query(handler, before)
         if changed:
             raise QueryChangedState(
-                f"query handler {name!r} of workflow {self.info.workflow_id!r} changed the "
-                f"run's state ({changed}): query handlers must only read, since a replay, "
-                "which runs no queries, would not see the change; the run is rebuilt from "
-                "its history"
+                f"{what} of workflow {self.info.workflow_id!r} changed the run's state "
+                f"({changed}): query handlers and update validators must only read, since a "
+                "replay, which runs neither, would not see the change; the run is rebuilt "
+                "from its history"
             )
         if error is not None:
             raise error

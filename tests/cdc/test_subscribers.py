@@ -31,6 +31,8 @@ async def cdc_child(ctx: df.WorkflowContext, fail: bool) -> str:
 
 @df.workflow
 async def cdc_everything(ctx: df.WorkflowContext) -> str:
+    ctx.set_update_handler("ok", lambda x: x)  # update_accepted, update_completed
+    ctx.set_update_handler("bad", lambda: 1 / 0)  # update_failed
     await ctx.activity(cdc_flaky, False)
     with contextlib.suppress(df.ActivityError):
         await ctx.activity(cdc_flaky, True)  # one retry, then activity_failed
@@ -84,6 +86,9 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
     with any_client.subscribe(from_="earliest") as sub:
         handle = any_client.start(cdc_everything, workflow_id="cdc-all")
         time.sleep(0.3)
+        assert 5 == handle.update("ok", 5)
+        with pytest.raises(df.UpdateFailed):
+            handle.update("bad")
         handle.signal("go", 1)
         assert "done" == handle.result(timeout=30)
         cancelled = any_client.start(cdc_wait, workflow_id="cdc-cancel")
@@ -119,7 +124,8 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
     for closing in ("workflow.failed", "workflow.cancelled", "workflow.terminated"):
         assert by_type[closing].duration_ms >= 0
     assert "ValueError" == by_type["workflow.activity_failed"].error_type
-    assert "stop" == by_type["workflow.cancel_requested"].reason
+    cancels = {e.workflow_id: e.reason for e in seen if _tag(e) == "workflow.cancel_requested"}
+    assert cancels and cancels.items() <= {"cdc-cancel": "stop", "cdc-all-kid": "enough"}.items()
     assert "bye" == by_type["workflow.terminated"].reason
     assert "cdc_everything" == by_type["workflow.child_started"].workflow_type
     assert {"failed", "cancelled"} == {e.status for e in seen if _tag(e) == "workflow.child_failed"}

@@ -287,6 +287,18 @@ def one_of_each() -> list[ev.Event]:
         ),
         ev.BlockedWorkflowClosed(seq=11, target_workflow_id="etl-1", status="failed", **base),
         ev.BlockUntilEnded(seq=11, pending=["etl-2"], **base),
+        ev.UpdateAccepted(update_id="u-1", name="add", args=codec.encode(["sku-9"]), **base),
+        ev.UpdateCompleted(
+            update_id="u-1", name="add", accepted_event_id=19, result=codec.encode(2), **base
+        ),
+        ev.UpdateFailed(
+            update_id="u-2",
+            name="add",
+            accepted_event_id=20,
+            error_type="ValueError",
+            error_message="sold out",
+            **base,
+        ),
     ]
     for i, event in enumerate(made, start=1):
         event.event_id = i
