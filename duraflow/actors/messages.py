@@ -98,6 +98,31 @@ class ChildClosed(Message, kw_only=True):
     error_message: str = ""
 
 
+class Pause(Message, kw_only=True):
+    """Pause an open run (``handle.pause``): nothing new is dispatched until unpaused."""
+
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Unpause(Message, kw_only=True):
+    """Unpause a run: dispatch what its pause held."""
+
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Reset(Message, kw_only=True):
+    """Start run ``new_run_id`` of the ID from a closed run's history (``handle.reset``):
+    up to its first failure (``to="last_failure"``) or up to event ``to``. Replies a
+    :class:`StartReply`."""
+
+    run_id: str | None = None
+    to: str | int = "last_failure"
+    reason: str = ""
+    new_run_id: str
+
+
 class ReadEvents(msgspec.Struct, frozen=True, kw_only=True):
     """Read a partition's events after ``after_lsn`` (its change log), optionally filtered.
 
@@ -149,7 +174,18 @@ class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
 
 OutboxMessage = Start | Terminate | Cancel | ChildClosed
 Request = (
-    Start | Signal | Query | Cancel | Terminate | AwaitResult | Describe | History | ChildClosed
+    Start
+    | Signal
+    | Query
+    | Cancel
+    | Terminate
+    | AwaitResult
+    | Describe
+    | History
+    | ChildClosed
+    | Pause
+    | Unpause
+    | Reset
 )
 
 
