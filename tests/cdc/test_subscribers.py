@@ -31,6 +31,7 @@ async def cdc_child(ctx: df.WorkflowContext, fail: bool) -> str:
 
 @df.workflow
 async def cdc_everything(ctx: df.WorkflowContext) -> str:
+    ctx.patched("cdc-patch")  # workflow.patched
     await ctx.activity(cdc_flaky, False)
     with contextlib.suppress(df.ActivityError):
         await ctx.activity(cdc_flaky, True)  # one retry, then activity_failed
@@ -78,6 +79,8 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
         handle.signal("go", 1)
         assert "done" == handle.result(timeout=30)
         cancelled = any_client.start(cdc_wait, workflow_id="cdc-cancel")
+        cancelled.pause("ops")  # workflow.paused
+        cancelled.unpause()  # workflow.unpaused
         cancelled.cancel("stop")
         terminated = any_client.start(cdc_wait, workflow_id="cdc-term")
         terminated.terminate("bye")
