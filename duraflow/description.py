@@ -21,6 +21,10 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
         history_length: events recorded so far (for runs still in the partition's file).
         pending_activities: names of activities scheduled and not yet resolved.
         stuck: why an open run cannot make progress (non-determinism, missing code), if so.
+        paused: an operator paused the open run (``handle.pause``), for ``pause_reason``.
+        code_hash: the hash of the workflow code the run started with (``describe()`` only);
+            ``current_code_hash`` that of the code its partition has now; ``code_changed``
+            True when they differ (replay then relies on ``ctx.patched``).
     """
 
     workflow_id: str
@@ -36,6 +40,11 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     stuck: str | None = None
     partition: int = 0
+    paused: bool = False
+    pause_reason: str | None = None
+    code_hash: str | None = None
+    current_code_hash: str | None = None
+    code_changed: bool = False
 
 
 def utc(us: int) -> dt.datetime:

@@ -18,6 +18,8 @@ DuraflowError
 ├── UnknownQuery             the run has no query handler of that name
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
+├── ResetError               reset() of a run still running, that never failed, to an event
+│                            out of range, or whose history replays no more
 ├── WorkflowCodeError        workflow code broke a rule (README "Rules for workflow code"):
 │   │                        it started a thread
 │   └── WorkflowBlocked      an activation or query handler held its partition past the
@@ -139,6 +141,12 @@ class QueryFailed(DuraflowError):
 
 class NonDeterminismError(DuraflowError):
     """Replayed workflow code issued a different command than its history records."""
+
+
+class ResetError(DuraflowError):
+    """``handle.reset()`` cannot make a new run from that run: the ID's latest run is still
+    running, the run never failed (``to="last_failure"``), the event ID is out of range, or
+    today's code no longer replays the copied history (the message says which)."""
 
 
 class WorkflowCodeError(DuraflowError, RuntimeError):

@@ -28,6 +28,7 @@ CONTRACT_NAMES = [
     "QueryFailed",
     "QueryTimeout",
     "RequestFailed",
+    "ResetError",
     "ResultTimeout",
     "RetryPolicy",
     "S3Config",

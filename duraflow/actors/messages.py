@@ -177,6 +177,31 @@ def update_key(request_id: str) -> str:
     return UPDATE_KEY_PREFIX + request_id
 
 
+class Pause(Message, kw_only=True):
+    """Pause an open run (``handle.pause``): nothing new is dispatched until unpaused."""
+
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Unpause(Message, kw_only=True):
+    """Unpause a run: dispatch what its pause held."""
+
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Reset(Message, kw_only=True):
+    """Start run ``new_run_id`` of the ID from a closed run's history (``handle.reset``):
+    up to its first failure (``to="last_failure"``) or up to event ``to``. Replies a
+    :class:`StartReply`."""
+
+    run_id: str | None = None
+    to: str | int = "last_failure"
+    reason: str = ""
+    new_run_id: str
+
+
 class ReadEvents(msgspec.Struct, frozen=True, kw_only=True):
     """Read a partition's events after ``after_lsn`` (its change log), optionally filtered.
 
@@ -243,6 +268,9 @@ Request = (
     | Update
     | SignalWithStart
     | UpdateWithStart
+    | Pause
+    | Unpause
+    | Reset
 )
 
 

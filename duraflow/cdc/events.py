@@ -22,7 +22,11 @@ Three kinds of events:
   ``workflow.external_cancel_requested``, ``workflow.block_until_started``,
   ``workflow.block_until_ended``, ``workflow.update_completed``, ``workflow.update_failed``;
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
-  will be retried) and ``workflow.terminated`` (closed from outside without running code).
+  will be retried), ``workflow.terminated`` (closed from outside without running code),
+  ``workflow.paused`` and ``workflow.unpaused`` (an operator's pause).
+
+``workflow.patched`` is a command too (``ctx.patched`` / ``ctx.deprecate_patch``, matched by
+its patch ID on replay).
 
 The four closing events (:data:`CLOSING`) each close their run; :data:`CLOSING_RULES` is the
 one place that says what each means for it (status, error type and message, result), read by
@@ -73,6 +77,15 @@ class WorkflowStarted(Event, tag="workflow.started"):
     parent_run_id: str | None = None
     parent_seq: int | None = None
     attempt: int = 1
+    code_hash: str = ""
+    """The workflow code's hash when the run started (``describe()`` compares it with now's)."""
+    reset_from_run_id: str | None = None
+    """A run made by ``handle.reset()``: the run whose history it copied, up to and including
+    event ``reset_from_event_id``, and why (``reset_reason``)."""
+    reset_from_event_id: int | None = None
+    reset_reason: str = ""
+    seed: str = ""
+    """The run ID that seeds the run's randomness when not its own (a reset run's source's)."""
 
 
 class ActivityScheduled(Event, tag="workflow.activity_scheduled"):
@@ -158,6 +171,25 @@ class ChildFailed(Event, tag="workflow.child_failed"):
     status: str
     error_type: str
     error_message: str
+
+
+class WorkflowPaused(Event, tag="workflow.paused"):
+    """An operator paused the run: nothing new is dispatched until it is unpaused."""
+
+    reason: str = ""
+
+
+class WorkflowUnpaused(Event, tag="workflow.unpaused"):
+    """The run was unpaused: what its pause held is dispatched now."""
+
+    reason: str = ""
+
+
+class PatchMarker(Event, tag="workflow.patched"):
+    """``ctx.patched(patch_id)`` (or ``ctx.deprecate_patch``) took the new code path."""
+
+    patch_id: str
+    deprecated: bool = False
 
 
 class WorkflowCompleted(Event, tag="workflow.completed"):
@@ -329,6 +361,9 @@ AnyEvent = (
     | UpdateAccepted
     | UpdateCompleted
     | UpdateFailed
+    | WorkflowPaused
+    | WorkflowUnpaused
+    | PatchMarker
 )
 
 RESOLUTIONS: tuple[type[Event], ...] = (
@@ -361,6 +396,7 @@ COMMANDS: tuple[type[Event], ...] = (
     BlockUntilEnded,
     UpdateCompleted,
     UpdateFailed,
+    PatchMarker,
 )
 CLOSING: tuple[type[Event], ...] = (
     WorkflowCompleted,

@@ -14,7 +14,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from duraflow.cli import deploy, runs, sql, workers
+from duraflow.cli import control, deploy, runs, sql, workers
 from duraflow.cli.args import common_options
 from duraflow.cli.output import EXIT_ERROR, EXIT_FAILED
 from duraflow.errors import (
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_commands(sub, common)
     workers.add_commands(sub, common)
     runs.add_commands(sub, common)
+    control.add_commands(sub, common)
     sql.add_commands(sub, common)
     deploy.add_relocate_archive(sub)
     return parser

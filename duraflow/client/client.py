@@ -25,13 +25,19 @@ from duraflow.cdc.subscribers import Subscription
 from duraflow.client.batching import Batcher
 from duraflow.client.blocking import BlockingRunner
 from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
-from duraflow.client.handle import _check_name as check_name
+from duraflow.client.handle import _check_name as check_handler_name
 from duraflow.client.host import Host
-from duraflow.engine.definitions import Duration, parse_duration, workflow_definition
+from duraflow.engine.definitions import (
+    Duration,
+    check_name,
+    find_workflow,
+    parse_duration,
+    workflow_definition,
+)
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import ConfigurationError, QueryError
-from duraflow.storage.codec import encode
+from duraflow.storage.codec import encode, join
 
 T = TypeVar("T")
 
@@ -53,6 +59,21 @@ class ArchiveAccess(Protocol):
 _connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]] | None = None
 """Makes the host of a running deployment; set by duraflow.runtime, the composition root
 (the client does not import the hosts)."""
+
+
+def _start_payload(workflow: Callable[..., Any] | str, args: Any) -> tuple[str, str, bytes]:
+    """(type name, code ref, encoded arguments) of a start: from the definition when this
+    process has it, else the bare name (the partition resolves it and checks the arguments
+    against the workflow's annotations)."""
+    if isinstance(workflow, str) and find_workflow(workflow) is None:
+        name = check_name(workflow, "workflow type name")
+        assert name is not None
+        role = f"workflow {name!r}"
+        parts = [encode(v, f"argument {i} of {role}") for i, v in enumerate(args)]
+        return name, "", join(parts)
+    definition = workflow_definition(workflow)
+    data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
+    return definition.name, definition.code_ref, data
 
 
 def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]]) -> None:
@@ -129,7 +150,9 @@ class Client:
         """Start a workflow run; returns once its start is durable.
 
         Args:
-            workflow: an ``@workflow`` function or a registered workflow type name.
+            workflow: an ``@workflow`` function, or a workflow type name: one this process
+                has not imported is resolved by the partition (a served deployment's
+                ``--app`` modules), so any client can start any served type.
             workflow_id: the ID (default: a random UUID). IDs are data: any string without
                 control characters, up to 1,000 bytes.
             id_conflict: when the ID's latest run is still open: ``"fail"`` (default, raises
@@ -137,21 +160,22 @@ class Client:
                 ``"terminate_existing"``.
 
         Raises:
-            UnknownWorkflowType, InvalidWorkflowId, PayloadError, WorkflowAlreadyRunning.
+            UnknownWorkflowType: no such type here nor at the partition (the message names
+                what is registered there). InvalidWorkflowId, PayloadError,
+                WorkflowAlreadyRunning.
         """
-        definition = workflow_definition(workflow)
+        workflow_type, code_ref, data = _start_payload(workflow, args)
         workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
         if id_conflict not in m.ID_CONFLICT_POLICIES:
             raise ConfigurationError(
                 f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
             )
-        data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
         reply: m.StartReply = await self._call(
             workflow_id,
             m.Start(
                 workflow_id=workflow_id,
-                workflow_type=definition.name,
-                code_ref=definition.code_ref,
+                workflow_type=workflow_type,
+                code_ref=code_ref,
                 args=data,
                 id_conflict=id_conflict,
                 run_id=uuid.uuid4().hex,
@@ -208,7 +232,7 @@ class Client:
             WorkflowClosed: the run it started closed before taking the signal.
         """
         start = self._start_message(workflow, args, workflow_id)
-        check_name(signal, "signal name")
+        check_handler_name(signal, "signal name")
         request = m.SignalWithStart(
             workflow_id=workflow_id,
             start=start,
@@ -259,7 +283,7 @@ class Client:
             request_id: makes the update exactly once across resends.
         """
         start = self._start_message(workflow, args, workflow_id)
-        check_name(update, "update name")
+        check_handler_name(update, "update name")
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
         request = m.UpdateWithStart(
             workflow_id=workflow_id,

@@ -1,4 +1,5 @@
-"""WorkflowHandle: signal, query, cancel, terminate, result, history and describe one run.
+"""WorkflowHandle: signal, query, cancel, terminate, result, history and describe one run;
+pause, unpause and reset it.
 
 A handle reaches its partition through the Client that made it (routing, batching and the
 blocking runner live there); a closed run that has left its partition is read from the archive.
@@ -20,6 +21,7 @@ from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import (
     PayloadError,
     QueryTimeout,
+    ResetError,
     ResultTimeout,
     UpdateFailed,
     UpdateTimeout,
@@ -290,6 +292,72 @@ class WorkflowHandle:
     def describe(self) -> m.WorkflowDescription:
         """Blocking twin of :meth:`describe_async`."""
         return self._client._block(self.describe_async())
+
+    # -- operator controls -------------------------------------------------------------------
+
+    async def pause_async(self, reason: str = "") -> None:
+        """Pause the open run: nothing new is dispatched (activity attempts, child starts)
+        and timers that fall due wake nothing until :meth:`unpause_async`; signals are still
+        taken. Durable (``workflow.paused`` in history); ``describe().paused`` says so.
+        Pausing a paused run does nothing.
+
+        Raises:
+            WorkflowNotFound, WorkflowClosed: no open run to pause.
+        """
+        _check_text(reason, "pause reason")
+        await self._call(m.Pause(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
+
+    def pause(self, reason: str = "") -> None:
+        """Blocking twin of :meth:`pause_async`."""
+        self._client._block(self.pause_async(reason))
+
+    async def unpause_async(self, reason: str = "") -> None:
+        """Unpause the run: what the pause held is dispatched now (each held step once).
+        Unpausing a run that is not paused does nothing.
+
+        Raises:
+            WorkflowNotFound, WorkflowClosed: no open run.
+        """
+        _check_text(reason, "unpause reason")
+        await self._call(m.Unpause(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
+
+    def unpause(self, reason: str = "") -> None:
+        """Blocking twin of :meth:`unpause_async`."""
+        self._client._block(self.unpause_async(reason))
+
+    async def reset_async(self, to: str | int = "last_failure", reason: str = "") -> str:
+        """Start a new run of this workflow ID from the closed run's history, and return its
+        run ID (the ID's latest run from now on; a handle without run ID follows it).
+
+        The new run's history is the old run's up to the point before its first failure
+        (``to="last_failure"``) or up to and including event ``to`` (an event ID, as
+        :meth:`history_async` numbers them): steps completed there are not run again, their
+        results replay; the failed step and what follows run again with today's code. Its
+        ``workflow.started`` records the run and event it was reset from. Signals recorded
+        after that point reach the new run again.
+
+        Raises:
+            ResetError: the ID's latest run is still running, the run never failed (with
+                ``"last_failure"``), the event ID is out of range, or today's code does not
+                replay the copied history.
+            WorkflowNotFound: no such run in the partition.
+        """
+        _check_text(reason, "reset reason")
+        if not (to == "last_failure" or (isinstance(to, int) and not isinstance(to, bool))):
+            raise ResetError(f"reset to= takes 'last_failure' or an event ID (int), got {to!r}")
+        request = m.Reset(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            to=to,
+            reason=reason,
+            new_run_id=uuid.uuid4().hex,
+        )
+        reply: m.StartReply = await self._call(request)
+        return reply.run_id
+
+    def reset(self, to: str | int = "last_failure", reason: str = "") -> str:
+        """Blocking twin of :meth:`reset_async`."""
+        return self._client._block(self.reset_async(to, reason))
 
 
 def _check_text(value: object, what: str) -> None:

@@ -22,6 +22,7 @@ from duraflow.engine.definitions import (
     RetryPolicy,
     WorkflowDefinition,
     activity_definition,
+    check_name,
     check_retry,
     parse_duration,
     parse_timeout,
@@ -149,6 +150,9 @@ class RunState(Protocol):
         parent_close_policy: str,
     ) -> ChildWorkflowHandle:
         """Record the child's start; its handle's result resolves when the child closes."""
+
+    def patched(self, patch_id: str, deprecated: bool) -> bool:
+        """Whether the run takes the patch's new code path (recording a marker if live)."""
 
 
 class WorkflowContext:
@@ -467,6 +471,42 @@ class WorkflowContext:
             raise TypeError(f"wait_condition needs a callable, got {condition!r}")
         seconds = None if timeout is None else parse_duration(timeout, "wait_condition timeout")
         await self._run.messaging.wait_condition(condition, seconds)
+
+    # -- code evolution (patching) ------------------------------------------------------------
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new code path of patch ``patch_id`` (Temporal's
+        ``patched``): True in a run that reaches this call with the new code (a
+        ``workflow.patched`` marker is recorded), False when replaying a history recorded
+        before the patch existed (no marker where the call is). The answer stays the same for
+        the rest of the run, so code that already ran keeps replaying::
+
+            if ctx.patched("fix-rounding"):
+                total = round(total, 2)      # new behaviour
+            else:
+                total = int(total)           # what runs recorded before the fix did
+
+        Raises:
+            ConfigurationError: ``patch_id`` is not a non-empty str without control characters.
+        """
+        return self._run.patched(_patch_id(patch_id), False)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Say that every run still open took patch ``patch_id`` (or none reaches it): the
+        old code path may go. Histories with or without the patch's marker replay; new runs
+        record a marker, so code still calling ``patched(patch_id)`` replays them too.
+
+        Raises:
+            ConfigurationError: ``patch_id`` is not a non-empty str without control characters.
+        """
+        self._run.patched(_patch_id(patch_id), True)
+
+
+def _patch_id(patch_id: object) -> str:
+    checked = check_name(patch_id, "patch ID")
+    if checked is None:
+        raise ConfigurationError("patch ID must be a non-empty str, got None")
+    return checked
 
 
 def _pick(override: Duration | None, default: float | None, what: str) -> float | None:

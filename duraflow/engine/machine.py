@@ -12,7 +12,8 @@ To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
 :mod:`duraflow.engine.machine_activities`; signals, queries and cancels between workflows
 and ``block_until`` in :mod:`duraflow.engine.machine_messages`; updates (and
-signal/update-with-start) in :mod:`duraflow.engine.machine_updates`.
+signal/update-with-start) in :mod:`duraflow.engine.machine_updates`; pause, unpause and
+reset (and what a pause holds back) in :mod:`duraflow.engine.machine_operator`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
 from duraflow.engine import machine_messages as messages
+from duraflow.engine import machine_operator as operator
 from duraflow.engine import machine_requests as requests
 from duraflow.engine import machine_updates as updates
 from duraflow.engine.attempts import AttemptTable
@@ -52,15 +54,15 @@ RULES: dict[type, Rule] = {
     m.Cancel: requests.cancel,
     m.Terminate: requests.terminate,
     m.AwaitResult: updates.awaiting(requests.await_result),
-    m.Describe: requests.describe,
+    m.Describe: operator.describing(requests.describe),
     m.History: requests.history,
-    m.ListWorkflows: requests.list_runs,
+    m.ListWorkflows: operator.listing(requests.list_runs),
     m.Archived: requests.archived,
     m.ChildClosed: requests.child_closed,
     fx.Delivered: _delivered,
     fx.ActivityDone: activities.done,
     fx.Heartbeat: activities.heartbeat,
-    fx.TimerDue: requests.timer_due,
+    fx.TimerDue: operator.holding_timers(requests.timer_due),
     fx.RetryDue: activities.retry_due,
     fx.AttemptTimeout: activities.attempt_timeout,
     fx.HeartbeatCheck: activities.heartbeat_check,
@@ -73,6 +75,9 @@ RULES: dict[type, Rule] = {
     m.Update: updates.update,
     m.SignalWithStart: updates.signal_with_start,
     m.UpdateWithStart: updates.update_with_start,
+    m.Pause: operator.pause,
+    m.Unpause: operator.unpause,
+    m.Reset: operator.reset,
 }
 """The rule for each input type."""
 
@@ -81,12 +86,13 @@ COMMANDS: dict[type, Rule] = {
     ev.ActivityCancelled: activities.cancel,
     ev.TimerStarted: requests.start_timer,
     ev.TimerCancelled: requests.cancel_timer,
-    ev.ChildStarted: requests.start_child,
     ev.ExternalSignalRequested: messages.send_request,
     ev.ExternalQueryRequested: messages.send_request,
     ev.ExternalCancelRequested: messages.send_request,
     ev.BlockUntilStarted: messages.watch_targets,
     ev.BlockUntilEnded: messages.unwatch_targets,
+    ev.ChildStarted: operator.holding_child_starts(requests.start_child),
+    ev.PatchMarker: operator.patch_marked,
     **dict.fromkeys(ev.CLOSING, requests.close),
     ev.UpdateCompleted: updates.finished,
     ev.UpdateFailed: updates.finished,
@@ -94,7 +100,7 @@ COMMANDS: dict[type, Rule] = {
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
 
 LIVE: dict[type, Any] = {
-    fx.TimerDue: requests.timer_live,
+    fx.TimerDue: operator.live_unless_paused(requests.timer_live),
     fx.RetryDue: activities.live,
     fx.AttemptTimeout: activities.live,
     fx.HeartbeatCheck: activities.live,
@@ -134,6 +140,9 @@ class Machine(State):
         except DuraflowError as exc:
             effects.append(fx.Reply(error=exc))
             return effects
+        finally:
+            if self.paused:
+                operator.hold(self, effects)
         if reply is not DEFERRED:
             effects.append(fx.Reply(reply))
         return effects
@@ -147,6 +156,7 @@ class Machine(State):
         # Pruned runs take their rows with them; LSNs must still never go back.
         self.lsn = max(reader.max_lsn(), self.archived_lsn)
         self.open = {row.workflow_id: OpenRun(row, None) for row in reader.open_runs()}
+        operator.load(self, reader)
         for timer in reader.timers():
             open_run = self.open.get(timer.workflow_id)
             if open_run is not None and open_run.row.run_id == timer.run_id:
@@ -169,6 +179,8 @@ class Machine(State):
                 # The code is back (or fixed): clear the mark; the rebuild above already
                 # issued what the recorded events ask for.
                 effects.append(fx.SetStuck(open_run.row.workflow_id, open_run.row.run_id, None))
+        if self.paused:
+            operator.hold(self, effects)
         return effects
 
     def rewind(self, now_us: int, reader: Reader) -> list[Any]:

@@ -90,6 +90,7 @@ def start(st: State, req: m.Start) -> m.StartReply:
         args=req.args,
         code_ref=definition.code_ref,
         python=PYTHON_VERSION,
+        code_hash=definition.code_hash,
         parent_id=req.parent_id,
         parent_run_id=req.parent_run_id,
         parent_seq=req.parent_seq,

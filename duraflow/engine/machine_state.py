@@ -134,6 +134,8 @@ class State:
         self.resident: collections.OrderedDict[str, float] = collections.OrderedDict()
         """Workflow IDs with code in memory, least recently used first (with when)."""
         self.closed_this_turn: dict[str, OpenRun] = {}
+        self.paused: dict[str, Any] = {}
+        """Paused runs by workflow ID (``machine_operator.PauseMark``s)."""
         # Set for each input by begin():
         self.now_us = 0
         self.now = 0.0

@@ -102,6 +102,8 @@ def command_key(event: ev.Event) -> tuple[str, int]:
         return ("cancel_timer", event.seq)
     if isinstance(event, (ev.UpdateCompleted, ev.UpdateFailed)):
         return ("update", event.accepted_event_id)
+    if isinstance(event, ev.PatchMarker):
+        return ("patch:" + event.patch_id, 0)
     return ("close", 0)
 
 
@@ -121,6 +123,8 @@ def describe_command(event: ev.Event) -> str:
         return f"{kind} {what!r} to {event.target_workflow_id!r} (seq {event.seq})"
     if isinstance(event, (ev.BlockUntilStarted, ev.BlockUntilEnded)):
         return f"{kind} (seq {event.seq})"
+    if isinstance(event, ev.PatchMarker):
+        return f"{kind} {event.patch_id!r}"
     return kind
 
 
@@ -170,7 +174,8 @@ class WorkflowRun:
             parent_workflow_id=started.parent_id,
             parent_run_id=started.parent_run_id,
         )
-        self.loop = WorkflowLoop(self, salt=zlib.crc32(started.run_id.encode()))
+        seed = started.seed or started.run_id  # a reset run replays its source's choices
+        self.loop = WorkflowLoop(self, salt=zlib.crc32(seed.encode()))
         self.ctx = WorkflowContext(self)
         self._random: random.Random | None = None
         self.signals: dict[str, collections.deque[Any]] = {}
@@ -193,6 +198,9 @@ class WorkflowRun:
         self._timer_seqs: dict[int, int] = {}
         self._main: asyncio.Task[Any] | None = None
         self._divergence: str | None = None
+        self._patches: dict[str, bool] = {}
+        self._deprecated_patches: set[str] = set()
+        """Patch IDs of deprecated markers in history (replay may or may not meet them)."""
         self.in_query = False
         self._discarded = False
         self._watch = watch
@@ -202,7 +210,7 @@ class WorkflowRun:
     def random(self) -> random.Random:
         """The run's deterministic generator, seeded by its run ID (made on first use)."""
         if self._random is None:
-            self._random = random.Random(self.started.run_id)
+            self._random = random.Random(self.started.seed or self.started.run_id)
         return self._random
 
     @property
@@ -413,6 +421,24 @@ class WorkflowRun:
         self._divergence = self._divergence or message
         raise _Divergence(message)
 
+    def patched(self, patch_id: str, deprecated: bool) -> bool:
+        """Whether the run takes patch ``patch_id``'s new code path (the same answer all run
+        long): live, yes, and a marker is recorded; on replay, whether history holds it."""
+        memo = self._patches.get(patch_id)
+        if memo is not None:
+            return memo
+        if self._recorded is not None:  # replaying: the old path unless history says new
+            marker = self._recorded.pop(("patch:" + patch_id, 0), None)
+            found = marker is not None or patch_id in self._deprecated_patches
+            self._deprecated_patches.discard(patch_id)
+        else:
+            self._command(
+                ev.PatchMarker(**self._event_base(), patch_id=patch_id, deprecated=deprecated)
+            )
+            found = True
+        self._patches[patch_id] = found
+        return found
+
     def next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -594,8 +620,15 @@ def rebuild(
             f"be replayed on Python {PYTHON_VERSION}: asyncio orders work differently across "
             "minor versions; finish it on the version that started it"
         )
-    recorded = {command_key(e): e for e in history if isinstance(e, ev.COMMANDS)}
+    recorded = {
+        command_key(e): e
+        for e in history
+        if isinstance(e, ev.COMMANDS) and not (isinstance(e, ev.PatchMarker) and e.deprecated)
+    }
     run = WorkflowRun(definition, started, recorded, watch=watch)
+    run._deprecated_patches = {  # reason: replay state, set before the first activation
+        e.patch_id for e in history if isinstance(e, ev.PatchMarker) and e.deprecated
+    }
     new: list[ev.Event] = []
     for event in history:
         if isinstance(event, ev.RESOLUTIONS):

@@ -33,6 +33,7 @@ async def cdc_child(ctx: df.WorkflowContext, fail: bool) -> str:
 async def cdc_everything(ctx: df.WorkflowContext) -> str:
     ctx.set_update_handler("ok", lambda x: x)  # update_accepted, update_completed
     ctx.set_update_handler("bad", lambda: 1 / 0)  # update_failed
+    ctx.patched("cdc-patch")  # workflow.patched
     await ctx.activity(cdc_flaky, False)
     with contextlib.suppress(df.ActivityError):
         await ctx.activity(cdc_flaky, True)  # one retry, then activity_failed
@@ -92,6 +93,8 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
         handle.signal("go", 1)
         assert "done" == handle.result(timeout=30)
         cancelled = any_client.start(cdc_wait, workflow_id="cdc-cancel")
+        cancelled.pause("ops")  # workflow.paused
+        cancelled.unpause()  # workflow.unpaused
         cancelled.cancel("stop")
         terminated = any_client.start(cdc_wait, workflow_id="cdc-term")
         terminated.terminate("bye")

@@ -213,6 +213,11 @@ def one_of_each() -> list[ev.Event]:
             parent_run_id="pr",
             parent_seq=4,
             attempt=2,
+            code_hash="0123456789abcdef",
+            reset_from_run_id="r-0",
+            reset_from_event_id=5,
+            reset_reason="fixed",
+            seed="r-0",
             **base,
         ),
         ev.ActivityScheduled(seq=1, activity="charge", args=codec.encode([9.5]), **base),
@@ -299,6 +304,9 @@ def one_of_each() -> list[ev.Event]:
             error_message="sold out",
             **base,
         ),
+        ev.WorkflowPaused(reason="deploy", **base),
+        ev.WorkflowUnpaused(reason="done", **base),
+        ev.PatchMarker(patch_id="fix-1", deprecated=True, **base),
     ]
     for i, event in enumerate(made, start=1):
         event.event_id = i
