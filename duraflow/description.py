@@ -28,6 +28,10 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
         next_run_id: the run of the same ID that followed this one, once it closed so.
         first_run_id: the first run of this run's chain (its own ID for a first run).
         search_attributes: the run's typed search attributes.
+        paused: an operator paused the open run (``handle.pause``), for ``pause_reason``.
+        code_hash: the hash of the workflow code the run started with (``describe()`` only);
+            ``current_code_hash`` that of the code its partition has now; ``code_changed``
+            True when they differ (replay then relies on ``ctx.patched``).
     """
 
     workflow_id: str
@@ -48,6 +52,11 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     next_run_id: str | None = None
     search_attributes: dict[str, Any] = {}
     first_run_id: str | None = None
+    paused: bool = False
+    pause_reason: str | None = None
+    code_hash: str | None = None
+    current_code_hash: str | None = None
+    code_changed: bool = False
 
 
 def utc(us: int) -> dt.datetime:

@@ -10,8 +10,12 @@ reads its file only through ``reader`` and writes nothing: the effects it return
 
 To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
-:mod:`duraflow.engine.machine_activities`; continue-as-new, workflow retries, run and
-execution timeouts and search attributes in :mod:`duraflow.engine.machine_lifecycle`.
+:mod:`duraflow.engine.machine_activities`; signals, queries and cancels between workflows
+and ``block_until`` in :mod:`duraflow.engine.machine_messages`; updates (and
+signal/update-with-start) in :mod:`duraflow.engine.machine_updates`; pause, unpause and
+reset (and what a pause holds back) in :mod:`duraflow.engine.machine_operator`;
+continue-as-new, workflow retries, run and execution timeouts and search attributes in
+:mod:`duraflow.engine.machine_lifecycle`.
 """
 
 from __future__ import annotations
@@ -23,15 +27,46 @@ from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
 from duraflow.engine import machine_lifecycle as lifecycle
+from duraflow.engine import machine_messages as messages
+from duraflow.engine import machine_operator as operator
 from duraflow.engine import machine_requests as requests
+from duraflow.engine import machine_updates as updates
 from duraflow.engine.attempts import AttemptTable
 from duraflow.engine.machine_state import OpenRun, Reader, Rule, RunBroke, State
-from duraflow.errors import DuraflowError
+from duraflow.errors import DuraflowError, PartitionUnavailable
+
+DELIVERED: dict[type, Rule] = {
+    m.ExternalRequest: messages.request_delivered,
+    m.Watch: messages.watch_delivered,
+}
+"""What an outbox message's delivery (answered or refused) does, by message type; the rest,
+and every delivery that may succeed later, go to ``requests.delivered``."""
 
 
-def _timer_rule(due: fx.TimerDue) -> Rule:
-    """A timer row of the code's (seq > 0), or a deadline the partition keeps (seq < 0)."""
-    return lifecycle.deadline if due.key[2] < 0 else requests.timer_due
+def _delivered(st: State, item: fx.Delivered) -> Any:
+    rule = DELIVERED.get(type(item.message))
+    if rule is None or isinstance(item.error, PartitionUnavailable):
+        return requests.delivered(st, item)
+    return rule(st, item)
+
+
+_held_timer_due = operator.holding_timers(requests.timer_due)
+_held_timer_live = operator.live_unless_paused(requests.timer_live)
+
+
+def _timer_due(st: State, due: fx.TimerDue) -> Any:
+    """A timer of the code's (seq > 0; held while its run is paused), or a deadline the
+    partition keeps (seq < 0: a run or execution timeout, a next run's first activation;
+    due whether paused or not)."""
+    if due.key[2] < 0:
+        return lifecycle.deadline(st, due)
+    return _held_timer_due(st, due)
+
+
+def _timer_live(st: State, due: fx.TimerDue) -> bool:
+    if due.key[2] < 0:
+        return requests.timer_live(st, due)
+    return _held_timer_live(st, due)
 
 
 RULES: dict[type, Rule] = {
@@ -40,22 +75,31 @@ RULES: dict[type, Rule] = {
     m.Query: requests.query,
     m.Cancel: requests.cancel,
     m.Terminate: requests.terminate,
-    m.AwaitResult: requests.await_result,
-    m.Describe: requests.describe,
+    m.AwaitResult: updates.awaiting(requests.await_result),
+    m.Describe: operator.describing(requests.describe),
     m.History: requests.history,
-    m.ListWorkflows: requests.list_runs,
+    m.ListWorkflows: operator.listing(requests.list_runs),
     m.Archived: requests.archived,
     m.ChildClosed: requests.child_closed,
-    fx.Delivered: requests.delivered,
+    fx.Delivered: _delivered,
     fx.ActivityDone: activities.done,
     fx.Heartbeat: activities.heartbeat,
-    fx.TimerDue: lambda st, due: _timer_rule(due)(st, due),
+    fx.TimerDue: _timer_due,
     fx.RetryDue: activities.retry_due,
     fx.AttemptTimeout: activities.attempt_timeout,
     fx.HeartbeatCheck: activities.heartbeat_check,
     fx.ScheduleTimeout: activities.schedule_timeout,
     fx.OutboxRetry: requests.resend,
     fx.PruneDue: requests.prune,
+    m.ExternalRequest: messages.receive,
+    m.Watch: messages.watch,
+    m.WatchedClosed: messages.watched_closed,
+    m.Update: updates.update,
+    m.SignalWithStart: updates.signal_with_start,
+    m.UpdateWithStart: updates.update_with_start,
+    m.Pause: operator.pause,
+    m.Unpause: operator.unpause,
+    m.Reset: operator.reset,
 }
 """The rule for each input type."""
 
@@ -64,22 +108,34 @@ COMMANDS: dict[type, Rule] = {
     ev.ActivityCancelled: activities.cancel,
     ev.TimerStarted: requests.start_timer,
     ev.TimerCancelled: requests.cancel_timer,
-    ev.ChildStarted: requests.start_child,
+    ev.ExternalSignalRequested: messages.send_request,
+    ev.ExternalQueryRequested: messages.send_request,
+    ev.ExternalCancelRequested: messages.send_request,
+    ev.BlockUntilStarted: messages.watch_targets,
+    ev.BlockUntilEnded: messages.unwatch_targets,
+    ev.ChildStarted: operator.holding_child_starts(requests.start_child),
+    ev.PatchMarker: operator.patch_marked,
     **dict.fromkeys(ev.CLOSING, requests.close),
     ev.WorkflowFailed: lifecycle.failed,
     ev.WorkflowContinuedAsNew: lifecycle.continue_as_new,
     ev.SearchAttributesSet: lifecycle.set_search_attributes,
+    ev.UpdateCompleted: updates.finished,
+    ev.UpdateFailed: updates.finished,
 }
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
 
 LIVE: dict[type, Any] = {
-    fx.TimerDue: requests.timer_live,
+    fx.TimerDue: _timer_live,
     fx.RetryDue: activities.live,
     fx.AttemptTimeout: activities.live,
     fx.HeartbeatCheck: activities.live,
     fx.ScheduleTimeout: activities.live,
 }
 """Whether a due time would still do something (the rest always may)."""
+
+ON_CLOSE = (lifecycle.ending_chain(messages.notify_watchers), updates.run_closed)
+"""What else happens as a run closes: ``block_until`` calls waiting on its ID are told (when
+no next run of the ID follows it), its waiting updates are answered."""
 
 DEFERRED = requests.DEFERRED
 
@@ -88,6 +144,8 @@ class Machine(State):
     """One partition's runs and rules (see the module docstring); the shell owns one."""
 
     commands = COMMANDS
+    rules = RULES
+    on_close = ON_CLOSE
 
     def apply(self, item: Any, now_us: int, reader: Reader) -> list[Any]:
         """The effects of applying ``item`` at ``now_us``: write effects first in the order
@@ -107,6 +165,9 @@ class Machine(State):
         except DuraflowError as exc:
             effects.append(fx.Reply(error=exc))
             return effects
+        finally:
+            if self.paused:
+                operator.hold(self, effects)
         if reply is not DEFERRED:
             effects.append(fx.Reply(reply))
         return effects
@@ -120,6 +181,7 @@ class Machine(State):
         # Pruned runs take their rows with them; LSNs must still never go back.
         self.lsn = max(reader.max_lsn(), self.archived_lsn)
         self.open = {row.workflow_id: OpenRun(row, None) for row in reader.open_runs()}
+        operator.load(self, reader)
         for timer in reader.timers():
             open_run = self.open.get(timer.workflow_id)
             if open_run is not None and open_run.row.run_id == timer.run_id:
@@ -142,6 +204,8 @@ class Machine(State):
                 # The code is back (or fixed): clear the mark; the rebuild above already
                 # issued what the recorded events ask for.
                 effects.append(fx.SetStuck(open_run.row.workflow_id, open_run.row.run_id, None))
+        if self.paused:
+            operator.hold(self, effects)
         return effects
 
     def rewind(self, now_us: int, reader: Reader) -> list[Any]:

@@ -30,6 +30,7 @@ from duraflow.engine.definitions import delay_s, resolve_workflow
 from duraflow.engine.machine_state import (
     FIRST_ACTIVATION_SEQ,
     RUN_TIMEOUT_SEQ,
+    OnClose,
     OpenRun,
     State,
 )
@@ -77,6 +78,17 @@ def set_search_attributes(st: State, issued: tuple[OpenRun, ev.SearchAttributesS
     data = sa.encode(cmd.search_attributes) or b""
     open_run.row = msgspec.structs.replace(open_run.row, search_attributes=data or None)
     st.fx.append(fx.SetSearchAttributes(open_run.row.workflow_id, open_run.row.run_id, data))
+
+
+def ending_chain(hook: OnClose) -> OnClose:
+    """``hook`` of a closing run, called only when no next run of its ID follows it (a run
+    that continued as new, or is retried, does not close its workflow ID)."""
+
+    def on_close(st: State, open_run: OpenRun, status: str) -> None:
+        if open_run.row.next_run_id is None:
+            hook(st, open_run, status)
+
+    return on_close
 
 
 # -- due times ------------------------------------------------------------------------------------
@@ -174,6 +186,7 @@ def _next_run(
         args=args,
         code_ref=definition.code_ref,
         python=PYTHON_VERSION,
+        code_hash=definition.code_hash,
         attempt=attempt,
         continued_from=old.run_id,
         first_run_id=first_run_id,

@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+import msgspec
+
 from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
@@ -35,6 +37,8 @@ EXECUTION_TIMEOUT_SEQ = -2
 FIRST_ACTIVATION_SEQ = -3
 """The timer seq of a next run's first activation (continue-as-new, a workflow retry): a
 turn of its own, so a chain of runs never recurses within one turn."""
+DEFERRED = object()
+"""A rule's reply when the request is answered later (``AwaitClose``)."""
 
 
 class Reader(Protocol):
@@ -96,6 +100,7 @@ class OpenRun:
 
 
 Rule = Callable[["State", Any], Any]
+OnClose = Callable[["State", OpenRun, str], None]
 
 
 class State:
@@ -111,6 +116,12 @@ class State:
 
     commands: dict[type, Rule]
     """What each command a workflow issued does (filled in by the machine)."""
+    rules: dict[type, Rule]
+    """The rule for each input type (filled in by the machine): a rule that does another's
+    work too (signal-with-start) calls it through this table."""
+    on_close: tuple[OnClose, ...] = ()
+    """Called with ``(state, open_run, status)`` as each run closes (filled in by the machine):
+    what else a closing tells other workflows and waiting callers."""
 
     def __init__(
         self,
@@ -133,6 +144,8 @@ class State:
         self.resident: collections.OrderedDict[str, float] = collections.OrderedDict()
         """Workflow IDs with code in memory, least recently used first (with when)."""
         self.closed_this_turn: dict[str, OpenRun] = {}
+        self.paused: dict[str, Any] = {}
+        """Paused runs by workflow ID (``machine_operator.PauseMark``s)."""
         # Set for each input by begin():
         self.now_us = 0
         self.now = 0.0
@@ -421,6 +434,9 @@ class State:
                 self.outbox(child_id, m.Cancel(workflow_id=child_id, reason=reason))
         outcome = m.Outcome(wid, rid, status, result, error_type, error_message, next_run_id)
         self.fx.append(fx.Closed(outcome))
+        open_run.row = msgspec.structs.replace(row, status=status, next_run_id=next_run_id)
+        for hook in self.on_close:
+            hook(self, open_run, status)
         del self.open[wid]
         self.closed_this_turn[wid] = open_run
         self.resident.pop(wid, None)
