@@ -12,6 +12,7 @@ from typing import Any
 import msgspec
 
 from duraflow.cdc import events as ev
+from duraflow.engine.definitions import find_workflow
 
 
 class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -124,14 +125,14 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
     for event in events:
         if isinstance(event, ev.SearchAttributesSet):
             attributes = event.search_attributes
-    return describe_run(
+    described = describe_run(
         workflow_id=started.workflow_id,
         run_id=started.run_id,
         workflow_type=started.workflow_type,
         status=status,
         started_at_us=started.at_us,
         closed_at_us=closing.at_us,
-        parent_workflow_id=started.parent_id if isinstance(started, ev.WorkflowStarted) else None,
+        parent_workflow_id=first.parent_id if first is not None else None,
         history_length=max(e.event_id for e in events),
         error_type=error_type,
         error_message=error_message,
@@ -141,4 +142,18 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
         next_run_id=ev.next_run(closing),
         search_attributes=dict(attributes or {}),
         first_run_id=first.first_run_id if first is not None else None,
+    )
+    return with_code_hashes(described, (first.code_hash if first is not None else "") or None)
+
+
+def with_code_hashes(described: WorkflowDescription, recorded: str | None) -> WorkflowDescription:
+    """``described`` with the code hash its run recorded at start, the hash of the workflow
+    code this process has now (if it has it), and whether they differ."""
+    found = find_workflow(described.workflow_type)
+    current = found.code_hash if found is not None else None
+    return msgspec.structs.replace(
+        described,
+        code_hash=recorded,
+        current_code_hash=current,
+        code_changed=bool(recorded and current and recorded != current),
     )
