@@ -95,3 +95,29 @@ def test_except_exception_does_not_swallow_continue_as_new(client: df.Client) ->
     assert handle.result(timeout=10) == "second run"
     first = client.get_handle("can-swallow", handle.first_run_id).describe()
     assert first.status == "continued_as_new"
+
+
+@df.workflow
+async def waits_for_chain(ctx: df.WorkflowContext, target: str) -> dict[str, str]:
+    return await ctx.block_until([target], timeout="1h")
+
+
+def test_block_until_waits_for_the_end_of_a_chain(client: df.Client) -> None:
+    chain = client.start(mailbox, [], 3, workflow_id="can-watched")
+    watcher = client.start(waits_for_chain, "can-watched", workflow_id="can-watcher")
+    chain.signal("msg", "a")  # run 1 takes it, then waits for "go"
+    chain.signal("go")
+    chain.signal("msg", "b")  # runs 2 and 3 (continued as new) take these
+    assert watcher.describe().status == "running"  # not told by a run that continued as new
+    chain.signal("msg", "c")
+    assert chain.result(timeout=10) == ["a", "b", "c"]
+    assert watcher.result(timeout=10) == {"can-watched": "completed"}
+
+
+def test_use_existing_gives_a_handle_on_the_whole_chain(client: df.Client) -> None:
+    first = client.start(mailbox, [], 2, workflow_id="can-existing")
+    first.signal("msg", "a")  # run 1 continues as new
+    again = client.start(mailbox, [], 2, workflow_id="can-existing", id_conflict="use_existing")
+    assert again.first_run_id == first.first_run_id
+    again.signal("msg", "b")
+    assert again.result(timeout=10) == ["a", "b"]

@@ -292,6 +292,8 @@ Request = (
 class StartReply(msgspec.Struct, frozen=True):
     run_id: str
     started: bool
+    first_run_id: str | None = None
+    """The first run of ``run_id``'s chain when not ``run_id`` itself (``use_existing``)."""
 
 
 class Outcome(msgspec.Struct, frozen=True):

@@ -210,7 +210,9 @@ class Client:
                 options=options,
             ),
         )
-        return WorkflowHandle(self, workflow_id, reply.run_id, follow=True)
+        handle = WorkflowHandle(self, workflow_id, reply.run_id, follow=True)
+        handle.first_run_id = reply.first_run_id or reply.run_id
+        return handle
 
     def start(
         self,

@@ -80,7 +80,7 @@ class WorkflowHandle:
         self.workflow_id = workflow_id
         self.run_id = run_id
         self.first_run_id = run_id
-        """The run this handle was made for (``run_id`` moves along the chain)."""
+        """The first run of the chain this handle follows (``run_id`` moves along it)."""
         self._follow = follow
 
     def __repr__(self) -> str:

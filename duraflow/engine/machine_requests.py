@@ -59,7 +59,9 @@ def start(st: State, req: m.Start) -> m.StartReply:
             return m.StartReply(same.run_id, started=False)  # a retried child start
     if existing is not None:
         if req.id_conflict == "use_existing":
-            return m.StartReply(existing.row.run_id, started=False)
+            return m.StartReply(
+                existing.row.run_id, started=False, first_run_id=existing.row.first_run_id
+            )
         if req.id_conflict == "fail":
             raise WorkflowAlreadyRunning(
                 f"workflow {req.workflow_id!r} is already running (run {existing.row.run_id}); "
