@@ -253,6 +253,7 @@ def test_serve_two_drivers_status_stop_and_serve_again(
     assert "CLI N3" == result["greeting"]
     listed = ok(duraflow(ray_cluster, "list", "--status", "completed")).splitlines()
     assert {f"cli-{i}" for i in range(4)} == {json.loads(line)["workflow_id"] for line in listed}
+    assert "" == ok(duraflow(ray_cluster, "list", "--search", '{"customer": "nobody"}'))
     assert "Stopped 2 partition actors" in ok(duraflow(ray_cluster, "stop"))
 
 
@@ -272,6 +273,7 @@ def test_serve_two_drivers_status_stop_and_serve_again(
         (["serve", "--data-dir", "d", "--hibernate-after", "-5"], "non-negative"),
         (["serve"], "--data-dir"),
         (["result", "wf", "--timeout", "soon"], "not a number"),
+        (["list", "--search", "[1]"], "must be a JSON object"),
     ],
 )
 def test_bad_arguments_exit_2_with_usage(

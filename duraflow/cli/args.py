@@ -46,6 +46,13 @@ def json_value(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"JSON nested too deeply: {text[:40]}...") from None
 
 
+def json_object(text: str) -> dict[str, Any]:
+    value = json_value(text)
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object, got {text[:40]}")
+    return value
+
+
 def resources(text: str) -> dict[str, float]:
     value = json_value(text)
     if not (

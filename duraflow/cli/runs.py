@@ -8,7 +8,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from duraflow.cli.args import json_value, positive
+from duraflow.cli.args import json_object, json_value, positive
 from duraflow.cli.output import print_json
 from duraflow.client.client import Client
 from duraflow.client.handle import NO_PAYLOAD
@@ -24,6 +24,12 @@ def add_commands(
     p.add_argument("--status", help="running, completed, failed, cancelled or terminated")
     p.add_argument("--type", help="workflow type name")
     p.add_argument("--limit", type=positive(int), default=1000, help="default %(default)s")
+    p.add_argument(
+        "--search",
+        metavar="JSON",
+        type=json_object,
+        help='runs whose search attributes have these values, e.g. \'{"customer": "c-9"}\'',
+    )
     p.set_defaults(run=_with_client(_list))
 
     def run_command(name: str, help: str, command: Any) -> argparse.ArgumentParser:
@@ -68,7 +74,7 @@ def _with_client(command: Callable[[Client, argparse.Namespace], int | None]) ->
 
 
 def _list(client: Client, args: argparse.Namespace) -> None:
-    for description in client.list(args.status, args.type, args.limit):
+    for description in client.list(args.status, args.type, args.limit, search=args.search):
         print(to_json(description))
 
 
