@@ -133,6 +133,17 @@ async def hist_coordinator(ctx: df.WorkflowContext) -> dict:
     return {"results": results, "closed": closed, "reports": len(reports), "missing": missing}
 
 
+@df.workflow
+async def hist_lifecycle(ctx: df.WorkflowContext, n: int) -> dict:
+    """Search attributes, a signal, a timer, then continue-as-new once (run options carried)."""
+    ctx.set_search_attributes(stage=f"run-{n}")
+    got = await ctx.wait_for_signal("tick")
+    await ctx.sleep("1m")
+    if n < 1:
+        await ctx.continue_as_new(n + 1)
+    return {"n": n, "got": got, "attempt": ctx.info.attempt}
+
+
 WORKFLOWS = [
     hist_activities,
     hist_timers,
@@ -142,5 +153,6 @@ WORKFLOWS = [
     hist_cancel,
     hist_worker,
     hist_coordinator,
+    hist_lifecycle,
 ]
 """Every workflow whose histories are recorded here."""

@@ -66,6 +66,25 @@ def messages(client: df.Client) -> list[df.WorkflowHandle]:
     return [handle, *workers]
 
 
+def lifecycle(client: df.Client) -> list[df.WorkflowHandle]:
+    handle = client.start(
+        flows.hist_lifecycle,
+        0,
+        workflow_id="hist-lifecycle",
+        run_timeout="1h",
+        search_attributes={"customer": "c-9"},
+    )
+    handle.signal("tick", 1)
+    handle.signal("tick", 2)  # not taken by the first run: carried over to the second
+    handle.result(timeout=RESULT_TIMEOUT_S)
+    runs = client.list(workflow_type="hist_lifecycle")
+    return [client.get_handle(d.workflow_id, d.run_id) for d in sorted(runs, key=_started)]
+
+
+def _started(described: df.WorkflowDescription) -> object:
+    return (described.start_time, described.continued_from is not None)
+
+
 SCENARIOS: dict[str, Callable[[df.Client], list[df.WorkflowHandle]]] = {
     "activities": activities,
     "timers": timers,
@@ -73,6 +92,7 @@ SCENARIOS: dict[str, Callable[[df.Client], list[df.WorkflowHandle]]] = {
     "children": children,
     "cancel": cancel,
     "messages": messages,
+    "lifecycle": lifecycle,
 }
 
 
