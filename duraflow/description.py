@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import msgspec
 
 from duraflow.cdc import events as ev
+from duraflow.engine.definitions import find_workflow
 
 
 class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -97,7 +98,7 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
     """
     started, closing = events[0], ev.last_closing(events)
     status, error_type, error_message, _ = ev.run_closing(closing)
-    return describe_run(
+    described = describe_run(
         workflow_id=started.workflow_id,
         run_id=started.run_id,
         workflow_type=started.workflow_type,
@@ -109,4 +110,19 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
         error_type=error_type,
         error_message=error_message,
         partition=started.partition,
+    )
+    code_hash = started.code_hash if isinstance(started, ev.WorkflowStarted) else ""
+    return with_code_hashes(described, code_hash or None)
+
+
+def with_code_hashes(described: WorkflowDescription, recorded: str | None) -> WorkflowDescription:
+    """``described`` with the code hash its run recorded at start, the hash of the workflow
+    code this process has now (if it has it), and whether they differ."""
+    found = find_workflow(described.workflow_type)
+    current = found.code_hash if found is not None else None
+    return msgspec.structs.replace(
+        described,
+        code_hash=recorded,
+        current_code_hash=current,
+        code_changed=bool(recorded and current and recorded != current),
     )
