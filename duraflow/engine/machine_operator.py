@@ -29,9 +29,9 @@ import msgspec
 
 from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
-from duraflow.description import WorkflowDescription
+from duraflow.description import WorkflowDescription, with_code_hashes
 from duraflow.engine import effects as fx
-from duraflow.engine.definitions import WorkflowDefinition, find_workflow, resolve_workflow
+from duraflow.engine.definitions import WorkflowDefinition, resolve_workflow
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.machine_state import OpenRun, Rule, State
 from duraflow.engine.run import PYTHON_VERSION, rebuild
@@ -190,15 +190,7 @@ def describing(rule: Rule) -> Rule:
 
     def describe(st: State, req: m.Describe) -> WorkflowDescription:
         described: WorkflowDescription = rule(st, req)
-        recorded = _recorded_hash(st, described)
-        found = find_workflow(described.workflow_type)
-        current = found.code_hash if found is not None else None
-        return msgspec.structs.replace(
-            _with_pause(st, described),
-            code_hash=recorded,
-            current_code_hash=current,
-            code_changed=bool(recorded and current and recorded != current),
-        )
+        return with_code_hashes(_with_pause(st, described), _recorded_hash(st, described))
 
     return describe
 
