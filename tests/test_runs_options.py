@@ -202,3 +202,43 @@ def test_bad_run_options_are_refused(
 ) -> None:
     with pytest.raises(error, match=option):
         client.start(clock, **{option: value})
+
+
+# -- a reset run keeps the run options ---------------------------------------------------------
+
+_STEP_CALLS = {"n": 0}
+
+
+@df.activity(inline=True, retry=df.RetryPolicy(maximum_attempts=1))
+def fails_the_first_time() -> str:
+    _STEP_CALLS["n"] += 1
+    if _STEP_CALLS["n"] == 1:
+        raise RuntimeError("first time")
+    return "ok"
+
+
+@df.workflow
+async def resettable(ctx: df.WorkflowContext) -> str:
+    await ctx.activity(fails_the_first_time)
+    await ctx.sleep("2h")
+    return "done"
+
+
+def test_a_reset_run_keeps_search_attributes_and_timeouts(
+    skipping_env: WorkflowEnvironment,
+) -> None:
+    client = skipping_env.client
+    _STEP_CALLS["n"] = 0
+    handle = client.start(
+        resettable, workflow_id="reset-1", run_timeout="1h", search_attributes={"team": "ops"}
+    )
+    with pytest.raises(df.WorkflowFailedError, match="first time"):
+        handle.result(timeout=10)
+    began = skipping_env.time()
+    new_run = handle.reset()
+    reset = client.get_handle("reset-1", new_run)
+    assert reset.describe().search_attributes == {"team": "ops"}
+    assert [d.run_id for d in client.list(search={"team": "ops"}, status="running")] == [new_run]
+    with pytest.raises(df.WorkflowTimedOutError, match="run_timeout"):
+        reset.result(timeout=10)
+    assert skipping_env.time() - began == pytest.approx(3600, abs=1)

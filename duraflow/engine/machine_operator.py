@@ -274,6 +274,7 @@ def reset(st: State, req: m.Reset) -> m.StartReply:
         None,
         None,
         None,
+        search_attributes=source.search_attributes,  # as the source run left them
     )
     st.fx.append(fx.InsertWorkflow(row))
     open_run = OpenRun(row, 0)
@@ -281,6 +282,7 @@ def reset(st: State, req: m.Reset) -> m.StartReply:
     open_run.run = run
     st.touch(wid)
     st.append(open_run, copied)
+    st.arm_deadlines(open_run, copied[0], st.now_us)  # its run options, like the source's
     if new:
         st.run_commands(open_run, new)
     for event in history[cut:]:  # signals that came after the cut reach the new run too
@@ -345,6 +347,10 @@ def _copy(events: list[Any], run_id: str, definition: WorkflowDefinition, reason
         reset_from_event_id=events[-1].event_id,
         reset_reason=reason,
         seed=first.seed or first.run_id,
+        execution_deadline_us=first.execution_deadline_us,
+        run_timeout_us=first.run_timeout_us,
+        retry=first.retry,
+        search_attributes=first.search_attributes,
     )
     rest = [
         msgspec.structs.replace(e, run_id=run_id, event_id=0, lsn=0)

@@ -291,16 +291,20 @@ class State:
             open_run.run = WorkflowRun(definition, started, watch=self.watch)
             self.touch(row.workflow_id)
         self.append(open_run, [started])
-        if started.run_timeout_us is not None:
-            at_us = started.at_us + started.start_delay_us + started.run_timeout_us
-            self.put_deadline(open_run, RUN_TIMEOUT_SEQ, at_us)
-        if started.execution_deadline_us is not None:
-            self.put_deadline(open_run, EXECUTION_TIMEOUT_SEQ, started.execution_deadline_us)
+        self.arm_deadlines(open_run, started, started.at_us + started.start_delay_us)
         if later:
             self.put_deadline(open_run, FIRST_ACTIVATION_SEQ, started.at_us)
         else:
             self.activate(open_run, started)
         return open_run
+
+    def arm_deadlines(self, open_run: OpenRun, started: ev.WorkflowStarted, code_us: int) -> None:
+        """The run's ``run_timeout`` (counted from ``code_us``, when its code starts) and its
+        chain's ``execution_timeout``, as ``started`` records them."""
+        if started.run_timeout_us is not None:
+            self.put_deadline(open_run, RUN_TIMEOUT_SEQ, code_us + started.run_timeout_us)
+        if started.execution_deadline_us is not None:
+            self.put_deadline(open_run, EXECUTION_TIMEOUT_SEQ, started.execution_deadline_us)
 
     def put_deadline(self, open_run: OpenRun, seq: int, at_us: int) -> None:
         """A durable due time of the run kept by the partition (a timer row, ``seq`` < 0)."""
