@@ -220,12 +220,24 @@ class Client:
         *args: Any,
         workflow_id: str | None = None,
         id_conflict: m.IdConflict = "fail",
-        **options: Any,
+        execution_timeout: Duration | None = None,
+        run_timeout: Duration | None = None,
+        retry: RetryPolicy | None = None,
+        start_delay: Duration | None = None,
+        search_attributes: dict[str, Any] | None = None,
     ) -> WorkflowHandle:
-        """Blocking twin of :meth:`start_async` (the same run options, as keywords)."""
+        """Blocking twin of :meth:`start_async`."""
         return self._block(
             self.start_async(
-                workflow, *args, workflow_id=workflow_id, id_conflict=id_conflict, **options
+                workflow,
+                *args,
+                workflow_id=workflow_id,
+                id_conflict=id_conflict,
+                execution_timeout=execution_timeout,
+                run_timeout=run_timeout,
+                retry=retry,
+                start_delay=start_delay,
+                search_attributes=search_attributes,
             )
         )
 
