@@ -40,7 +40,7 @@ def test_new_events_reach_subscribers_and_the_archive() -> None:
         client = env.client
         with client.subscribe(from_="earliest") as sub:
             hops = client.start(hop, 0, workflow_id="cdc-hop", search_attributes={"team": "a"})
-            assert hops.result(timeout=10) == 2
+            assert 2 == hops.result(timeout=10)
             stalled = client.start(stalls, workflow_id="cdc-stall", run_timeout="1h")
             with pytest.raises(df.WorkflowTimedOutError):
                 stalled.result(timeout=10)
@@ -49,7 +49,7 @@ def test_new_events_reach_subscribers_and_the_archive() -> None:
                 workflow_id="cdc-retry",
                 retry=df.RetryPolicy(initial_interval="1s", maximum_attempts=2),
             )
-            assert retried.result(timeout=10) == 2
+            assert 2 == retried.result(timeout=10)
             seen: list[ev.Event] = []
             while not any(
                 isinstance(e, ev.WorkflowCompleted) and e.workflow_id == "cdc-retry" for e in seen
@@ -60,7 +60,7 @@ def test_new_events_reach_subscribers_and_the_archive() -> None:
         kinds = {type(e) for e in seen}
         assert {ev.WorkflowContinuedAsNew, ev.WorkflowTimedOut, ev.SearchAttributesSet} <= kinds
         timed_out = next(e for e in seen if isinstance(e, ev.WorkflowTimedOut))
-        assert (timed_out.workflow_id, timed_out.timeout) == ("cdc-stall", "run_timeout")
+        assert ("cdc-stall", "run_timeout") == (timed_out.workflow_id, timed_out.timeout)
         failed = next(e for e in seen if isinstance(e, ev.WorkflowFailed))
         assert failed.new_run_id == retried.run_id
 
@@ -84,7 +84,7 @@ def test_new_events_reach_subscribers_and_the_archive() -> None:
             k: v for k, v in links.items() if k is not None
         }
         last = hop_runs[hops.run_id]
-        assert json.loads(last["search_attributes"]) == {"team": "a", "hop": 2}
+        assert {"team": "a", "hop": 2} == json.loads(last["search_attributes"])
         retry_runs = [r for r in rows if r["workflow_id"] == "cdc-retry"]
         assert [(r["attempt"], r["status"]) for r in retry_runs] == [
             (1, "failed"),

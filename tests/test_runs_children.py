@@ -65,17 +65,17 @@ async def parent(ctx: df.WorkflowContext, kind: str) -> Any:
 def test_a_child_run_timeout(skipping_env: WorkflowEnvironment) -> None:
     began = skipping_env.time()
     status, message, at = skipping_env.client.execute(parent, "timeout")
-    assert (status, message) == ("timed_out", "run_timeout")
+    assert ("timed_out", "run_timeout") == (status, message)
     assert at - began == pytest.approx(300, abs=1)
-    assert skipping_env.client.get_handle("kid-t").describe().status == "timed_out"
+    assert "timed_out" == skipping_env.client.get_handle("kid-t").describe().status
 
 
 def test_a_childs_retries_and_chain_end_in_its_last_run(skipping_env: WorkflowEnvironment) -> None:
     client = skipping_env.client
-    assert client.execute(parent, "retry") == 3
-    assert client.execute(parent, "chain") == 3
+    assert 3 == client.execute(parent, "retry")
+    assert 3 == client.execute(parent, "chain")
     runs = client.list(workflow_type="kid_counts")
-    assert sorted(d.status for d in runs) == ["completed"] + ["continued_as_new"] * 3
+    assert ["completed"] + ["continued_as_new"] * 3 == sorted(d.status for d in runs)
 
 
 def test_a_child_start_delay(skipping_env: WorkflowEnvironment) -> None:
@@ -84,8 +84,8 @@ def test_a_child_start_delay(skipping_env: WorkflowEnvironment) -> None:
 
 
 def test_a_childs_search_attributes(client: df.Client) -> None:
-    assert client.execute(parent, "tags") == {"team": "ops", "level": 3}
-    assert [d.workflow_id for d in client.list(search={"team": "ops"})] == ["kid-s"]
+    assert {"team": "ops", "level": 3} == client.execute(parent, "tags")
+    assert ["kid-s"] == [d.workflow_id for d in client.list(search={"team": "ops"})]
 
 
 @df.workflow

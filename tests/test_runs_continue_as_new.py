@@ -48,22 +48,22 @@ def test_continue_as_new_chain_result_and_links(client: df.Client) -> None:
     first = handle.run_id
     result = handle.result(timeout=10)
 
-    assert result["n"] == 3
+    assert 3 == result["n"]
     assert handle.run_id == result["run"]  # the handle followed the chain
     assert handle.first_run_id == first
     latest = client.get_handle("can-1").describe()
     assert (latest.status, latest.run_id) == ("completed", result["run"])
     old = client.get_handle("can-1", first).describe()
-    assert old.status == "continued_as_new"
+    assert "continued_as_new" == old.status
     assert old.next_run_id is not None
     nxt = client.get_handle("can-1", old.next_run_id).describe()
     assert nxt.continued_from == first
     history = client.get_handle("can-1", first).history()
-    assert [ev.event_type(e) for e in history] == ["workflow.started", "workflow.continued_as_new"]
+    assert ["workflow.started", "workflow.continued_as_new"] == [ev.event_type(e) for e in history]
     started = client.get_handle("can-1").history()[0]
     assert isinstance(started, ev.WorkflowStarted) and started.continued_from is not None
     runs = client.list(workflow_type="counter")
-    assert sorted(d.status for d in runs) == ["completed"] + ["continued_as_new"] * 3
+    assert ["completed"] + ["continued_as_new"] * 3 == sorted(d.status for d in runs)
 
 
 def test_unconsumed_signals_carry_over_in_order(client: df.Client) -> None:
@@ -71,13 +71,13 @@ def test_unconsumed_signals_carry_over_in_order(client: df.Client) -> None:
     for text in ("a", "b", "c"):
         handle.signal("msg", text)
     handle.signal("go")
-    assert handle.result(timeout=10) == ["a", "b", "c"]
+    assert ["a", "b", "c"] == handle.result(timeout=10)
     # "b" and "c" arrived in run 1 untaken: run 2's history starts with them, in order (it
     # takes "b" and hands "c" on to run 3 the same way)
     second = client.get_handle("can-signals", handle.first_run_id).describe().next_run_id
     history = client.get_handle("can-signals", second).history()
     carried = [decode(e.payload) for e in history if isinstance(e, ev.SignalReceived)]
-    assert carried == ["b", "c"]
+    assert ["b", "c"] == carried
 
 
 def test_a_handle_from_start_signals_the_newest_run(client: df.Client) -> None:
@@ -85,16 +85,16 @@ def test_a_handle_from_start_signals_the_newest_run(client: df.Client) -> None:
     handle.signal("msg", "x")  # run 1 takes it and continues as new
     client.get_handle("can-follow").describe()  # (a turn later)
     handle.signal("msg", "y")  # run 1 is closed: the handle moves to run 2
-    assert handle.result(timeout=10) == ["x", "y"]
+    assert ["x", "y"] == handle.result(timeout=10)
     with pytest.raises(df.WorkflowClosed):
         client.get_handle("can-follow", handle.first_run_id).signal("msg", "z")
 
 
 def test_except_exception_does_not_swallow_continue_as_new(client: df.Client) -> None:
     handle = client.start(swallow, True, workflow_id="can-swallow")
-    assert handle.result(timeout=10) == "second run"
+    assert "second run" == handle.result(timeout=10)
     first = client.get_handle("can-swallow", handle.first_run_id).describe()
-    assert first.status == "continued_as_new"
+    assert "continued_as_new" == first.status
 
 
 @df.workflow
@@ -108,10 +108,10 @@ def test_block_until_waits_for_the_end_of_a_chain(client: df.Client) -> None:
     chain.signal("msg", "a")  # run 1 takes it, then waits for "go"
     chain.signal("go")
     chain.signal("msg", "b")  # runs 2 and 3 (continued as new) take these
-    assert watcher.describe().status == "running"  # not told by a run that continued as new
+    assert "running" == watcher.describe().status  # not told by a run that continued as new
     chain.signal("msg", "c")
-    assert chain.result(timeout=10) == ["a", "b", "c"]
-    assert watcher.result(timeout=10) == {"can-watched": "completed"}
+    assert ["a", "b", "c"] == chain.result(timeout=10)
+    assert {"can-watched": "completed"} == watcher.result(timeout=10)
 
 
 def test_use_existing_gives_a_handle_on_the_whole_chain(client: df.Client) -> None:
@@ -120,4 +120,4 @@ def test_use_existing_gives_a_handle_on_the_whole_chain(client: df.Client) -> No
     again = client.start(mailbox, [], 2, workflow_id="can-existing", id_conflict="use_existing")
     assert again.first_run_id == first.first_run_id
     again.signal("msg", "b")
-    assert again.result(timeout=10) == ["a", "b"]
+    assert ["a", "b"] == again.result(timeout=10)

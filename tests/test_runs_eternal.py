@@ -87,15 +87,15 @@ def test_ten_thousand_continues_as_new_keep_history_and_file_bounded(data_dir: P
             "count(*) FILTER (WHERE status = 'completed') AS completed, "
             "count(next_run_id) AS linked FROM workflows WHERE workflow_id = 'eternal'"
         ).to_pylist()
-        assert row == {"continued": RUNS, "completed": 1, "linked": RUNS}
+        assert {"continued": RUNS, "completed": 1, "linked": RUNS} == row
         [chain] = client.sql(
             "SELECT count(*) AS links FROM workflows a JOIN workflows b "
             "ON b.run_id = a.next_run_id AND b.continued_from = a.run_id "
             "WHERE a.workflow_id = 'eternal' AND b.workflow_id = 'eternal'"
         ).to_pylist()
-        assert chain == {"links": RUNS}
+        assert {"links": RUNS} == chain
         [longest] = client.sql(
             "SELECT max(n) AS n FROM (SELECT run_id, count(*) AS n FROM history "
             "WHERE workflow_id = 'eternal' GROUP BY run_id)"
         ).to_pylist()
-        assert longest == {"n": 3}  # started, (a signal,) continued_as_new
+        assert {"n": 3} == longest  # started, (a signal,) continued_as_new

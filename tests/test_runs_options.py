@@ -56,10 +56,10 @@ def test_run_timeout_closes_the_run_as_timed_out(skipping_env: WorkflowEnvironme
     with pytest.raises(df.WorkflowTimedOutError) as caught:
         handle.result(timeout=10)
     assert isinstance(caught.value, df.WorkflowFailedError)
-    assert caught.value.status == "timed_out"
+    assert "timed_out" == caught.value.status
     assert "run_timeout" in caught.value.cause_message
     assert skipping_env.time() - began == pytest.approx(600, abs=1)
-    assert handle.describe().status == "timed_out"
+    assert "timed_out" == handle.describe().status
 
 
 def test_execution_timeout_covers_the_whole_chain(skipping_env: WorkflowEnvironment) -> None:
@@ -70,15 +70,15 @@ def test_execution_timeout_covers_the_whole_chain(skipping_env: WorkflowEnvironm
         handle.result(timeout=10)
     assert skipping_env.time() - began == pytest.approx(5.5 * 3600, abs=1)
     statuses = sorted(d.status for d in client.list(workflow_type="looper"))
-    assert statuses == ["continued_as_new"] * 5 + ["timed_out"]
+    assert ["continued_as_new"] * 5 + ["timed_out"] == statuses
 
 
 def test_run_timeout_is_not_hit_when_the_run_is_quick(stepped_env: WorkflowEnvironment) -> None:
     handle = stepped_env.client.start(sleeper, 60, workflow_id="rt-2", run_timeout="2m")
     stepped_env.advance("61s")
-    assert handle.result(timeout=10) == "woke"
+    assert "woke" == handle.result(timeout=10)
     stepped_env.advance("5m")  # the deadline of a closed run does nothing
-    assert handle.describe().status == "completed"
+    assert "completed" == handle.describe().status
 
 
 # -- workflow retry policy -------------------------------------------------------------------------
@@ -90,7 +90,7 @@ def test_workflow_retry_starts_new_runs_with_backoff(skipping_env: WorkflowEnvir
     policy = df.RetryPolicy(initial_interval="1m", backoff_coefficient=2, maximum_attempts=5)
     handle = client.start(flaky, 3, workflow_id="retry-1", retry=policy)
     result = handle.result(timeout=10)
-    assert result["attempt"] == 3
+    assert 3 == result["attempt"]
     assert result["at"] - began == pytest.approx(60 + 120, abs=1)  # backoffs 1m, then 2m
     runs = sorted(client.list(workflow_type="flaky"), key=lambda d: d.attempt)
     assert [(d.attempt, d.status) for d in runs] == [
@@ -119,7 +119,7 @@ def test_run_timeout_is_retried_by_the_retry_policy(skipping_env: WorkflowEnviro
     with pytest.raises(df.WorkflowTimedOutError):
         handle.result(timeout=10)
     runs = skipping_env.client.list(workflow_type="sleeper")
-    assert sorted(d.attempt for d in runs) == [1, 2, 3]
+    assert [1, 2, 3] == sorted(d.attempt for d in runs)
 
 
 # -- start delay ----------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_start_delay_starts_the_code_later(stepped_env: WorkflowEnvironment) -> 
     began = stepped_env.time()
     handle = stepped_env.client.start(clock, workflow_id="delay-1", start_delay="10m")
     stepped_env.advance("9m")
-    assert handle.describe().status == "running"
+    assert "running" == handle.describe().status
     stepped_env.advance("1m")
     assert handle.result(timeout=10) == pytest.approx(began + 600)
 
@@ -155,21 +155,21 @@ def test_search_attributes_at_start_and_from_the_code(client: df.Client) -> None
         "amount": 12.5,
     }
     found = client.list(search={"customer": "c-9"})
-    assert [d.workflow_id for d in found] == ["sa-1"]
-    assert [d.workflow_id for d in client.list(search={"due": due, "vip": True})] == ["sa-1"]
+    assert ["sa-1"] == [d.workflow_id for d in found]
+    assert ["sa-1"] == [d.workflow_id for d in client.list(search={"due": due, "vip": True})]
     assert sorted(d.workflow_id for d in client.list(search={"stage": "paid"})) == [
         "sa-1",
         "sa-2",
     ]
-    assert client.list(search={"priority": "2"}) == []  # typed: 2 is not "2"
+    assert [] == client.list(search={"priority": "2"})  # typed: 2 is not "2"
     handle.signal("done")
-    assert handle.result(timeout=10) == "ok"
+    assert "ok" == handle.result(timeout=10)
     assert "stage" not in handle.describe().search_attributes
     table = client.sql(
         "SELECT json_extract_string(search_attributes, '$.customer') AS c "
         "FROM live_workflows WHERE workflow_id = 'sa-1'"
     )
-    assert table.to_pylist() == [{"c": "c-9"}]
+    assert [{"c": "c-9"}] == table.to_pylist()
 
 
 @pytest.mark.parametrize(
@@ -237,7 +237,7 @@ def test_a_reset_run_keeps_search_attributes_and_timeouts(
     began = skipping_env.time()
     new_run = handle.reset()
     reset = client.get_handle("reset-1", new_run)
-    assert reset.describe().search_attributes == {"team": "ops"}
+    assert {"team": "ops"} == reset.describe().search_attributes
     assert [d.run_id for d in client.list(search={"team": "ops"}, status="running")] == [new_run]
     with pytest.raises(df.WorkflowTimedOutError, match="run_timeout"):
         reset.result(timeout=10)

@@ -136,8 +136,8 @@ def test_sigkill_mid_continue_as_new_retry_and_run_timeout(
     for handle in handles:
         wid = handle.workflow_id
         out = handle.result(timeout=90)
-        assert out == {"n": HOPS, "taken": [f"{wid}:{t}" for t in ("x", "y", "z")]}
-    assert flaky.result(timeout=60) == 3
+        assert {"n": HOPS, "taken": [f"{wid}:{t}" for t in ("x", "y", "z")]} == out
+    assert 3 == flaky.result(timeout=60)
     with pytest.raises(df.WorkflowTimedOutError, match="run_timeout"):
         stall.result(timeout=60)
 
@@ -158,14 +158,14 @@ def test_sigkill_mid_continue_as_new_retry_and_run_timeout(
         for run_id in chain:
             history = client.get_handle(handle.workflow_id, run_id).history()
             done = [e for e in history if isinstance(e, ev.ActivityCompleted)]
-            assert len(done) == 1, history
+            assert 1 == len(done), history
             started = sum(isinstance(e, ev.WorkflowStarted) for e in history)
             closing = sum(isinstance(e, ev.CLOSING) for e in history)
-            assert (started, closing) == (1, 1)
+            assert (1, 1) == (started, closing)
     flaky_runs = sorted(_runs(client, flaky_id), key=lambda d: d.attempt)
     assert [(d.attempt, d.status) for d in flaky_runs] == [
         (1, "failed"),
         (2, "failed"),
         (3, "completed"),
     ]
-    assert [d.status for d in _runs(client, stall_id)] == ["timed_out"]
+    assert ["timed_out"] == [d.status for d in _runs(client, stall_id)]

@@ -52,5 +52,5 @@ def test_an_older_workflows_table_gains_the_new_columns(tmp_path: Path) -> None:
     names = [f.name for f in reopened.workflows.schema().fields]
     assert names[-len(NEW) :] == list(NEW)
     [read] = reopened.workflows.scan().to_arrow().to_pylist()
-    assert (read["run_id"], read["status"]) == ("r", "completed")
+    assert ("r", "completed") == (read["run_id"], read["status"])
     assert all(read[name] is None for name in NEW)
