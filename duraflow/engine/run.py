@@ -26,6 +26,7 @@ import msgspec
 from duraflow.actors.messages import RunOptions
 from duraflow.cdc import events as ev
 from duraflow.engine import guard, search_attributes
+from duraflow.engine.commands import command_key, describe_command, same_command
 from duraflow.engine.context import (
     ChildWorkflowHandle,
     ContinueAsNew,
@@ -82,80 +83,7 @@ class ActivityRequest:
         self.options = options
 
 
-_SEQ_COMMANDS = (
-    ev.ActivityScheduled,
-    ev.TimerStarted,
-    ev.ChildStarted,
-    ev.ExternalSignalRequested,
-    ev.ExternalQueryRequested,
-    ev.ExternalCancelRequested,
-    ev.BlockUntilStarted,
-    ev.SearchAttributesSet,
-)
-_EXTERNAL_COMMANDS = (
-    ev.ExternalSignalRequested,
-    ev.ExternalQueryRequested,
-    ev.ExternalCancelRequested,
-)
 _MESSAGING_RESOLUTIONS = (ev.ExternalCompleted, ev.ExternalFailed, ev.BlockedWorkflowClosed)
-
-
-def command_key(event: ev.Event) -> tuple[str, int]:
-    """Identity of a command within its run, for matching replayed code against history."""
-    if isinstance(event, _SEQ_COMMANDS):
-        return ("seq", event.seq)
-    if isinstance(event, ev.BlockUntilEnded):
-        return ("end_block", event.seq)
-    if isinstance(event, ev.ActivityCancelled):
-        return ("cancel_activity", event.seq)
-    if isinstance(event, ev.TimerCancelled):
-        return ("cancel_timer", event.seq)
-    if isinstance(event, (ev.UpdateCompleted, ev.UpdateFailed)):
-        return ("update", event.accepted_event_id)
-    if isinstance(event, ev.PatchMarker):
-        return ("patch:" + event.patch_id, 0)
-    return ("close", 0)
-
-
-def describe_command(event: ev.Event) -> str:
-    """A short human description of a command event, for non-determinism errors."""
-    kind = ev.event_type(event).removeprefix("workflow.")
-    if isinstance(event, (ev.ActivityScheduled, ev.ActivityCancelled)):
-        return f"{kind} {event.activity!r} (seq {event.seq})"
-    if isinstance(event, ev.ChildStarted):
-        return (
-            f"{kind} {event.child_workflow_type!r} id {event.child_workflow_id!r} (seq {event.seq})"
-        )
-    if isinstance(event, (ev.TimerStarted, ev.TimerCancelled)):
-        return f"{kind} (seq {event.seq})"
-    if isinstance(event, _EXTERNAL_COMMANDS):
-        what = getattr(event, "name", "")
-        return f"{kind} {what!r} to {event.target_workflow_id!r} (seq {event.seq})"
-    if isinstance(event, (ev.BlockUntilStarted, ev.BlockUntilEnded)):
-        return f"{kind} (seq {event.seq})"
-    if isinstance(event, ev.PatchMarker):
-        return f"{kind} {event.patch_id!r}"
-    return kind
-
-
-def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
-    if type(recorded) is not type(issued):
-        return False
-    if isinstance(recorded, (ev.ActivityScheduled, ev.ActivityCancelled)):
-        return recorded.activity == issued.activity  # type: ignore[attr-defined]  # reason: same type
-    if isinstance(recorded, ev.ChildStarted):
-        return (recorded.child_workflow_id, recorded.child_workflow_type) == (
-            issued.child_workflow_id,  # type: ignore[attr-defined]  # reason: same type
-            issued.child_workflow_type,  # type: ignore[attr-defined]  # reason: same type
-        )
-    if isinstance(recorded, _EXTERNAL_COMMANDS):
-        return (recorded.target_workflow_id, getattr(recorded, "name", "")) == (
-            issued.target_workflow_id,  # type: ignore[attr-defined]  # reason: same type
-            getattr(issued, "name", ""),
-        )
-    if isinstance(recorded, ev.BlockUntilStarted):
-        return recorded.workflow_ids == issued.workflow_ids  # type: ignore[attr-defined]  # reason: same type
-    return True
 
 
 class WorkflowRun:
@@ -416,7 +344,7 @@ class WorkflowRun:
             key = command_key(event)
             expected = recorded.pop(key, None)
             if expected is not None:
-                if _same_command(expected, event):
+                if same_command(expected, event):
                     return False
                 self._diverge(
                     f"event {expected.event_id}: history recorded {describe_command(expected)}, "

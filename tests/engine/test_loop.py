@@ -11,8 +11,9 @@ import pytest
 
 import duraflow as df
 from duraflow.cdc import events as ev
+from duraflow.engine.commands import describe_command
 from duraflow.engine.definitions import workflow_definition
-from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, describe_command
+from duraflow.engine.run import PYTHON_VERSION, WorkflowRun
 from duraflow.storage.codec import decode, encode
 
 
