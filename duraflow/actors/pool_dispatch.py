@@ -131,6 +131,8 @@ class PoolDispatcher:
             with contextlib.suppress(ValueError):  # gone meanwhile
                 found.append(_Worker(ray.get_actor(name, namespace=self._namespace)))
         self._pools[queue] = found
+        for worker in found:  # the first batches go by Ray calls until the links are up
+            self._start_linking(worker)
         return found
 
     def _no_workers(self, queue: str) -> ActivityOutcome:
@@ -180,7 +182,7 @@ class PoolDispatcher:
         self._loop.create_task(self._call(worker, jobs))
         retry_at = worker.link_tried_at + LINK_RETRY_S
         if not (worker.by_ray or worker.linking) and time.monotonic() >= retry_at:
-            self._loop.create_task(self._link(worker))
+            self._start_linking(worker)
 
     async def _call(self, worker: _Worker, jobs: list[Job]) -> None:
         """Send ``jobs`` as one Ray call; the attempts are lost if it fails."""
@@ -199,10 +201,13 @@ class PoolDispatcher:
             return
         self._lose(worker, None, _no_outcome(), jobs)  # none: every outcome came back
 
-    async def _link(self, worker: _Worker) -> None:
-        """Link to ``worker`` if it runs on this node and offers a link."""
+    def _start_linking(self, worker: _Worker) -> None:
         worker.linking = True
         worker.link_tried_at = time.monotonic()
+        self._loop.create_task(self._link(worker))
+
+    async def _link(self, worker: _Worker) -> None:
+        """Link to ``worker`` if it runs on this node and offers a link."""
         try:
             offer = await worker.handle.link.remote()
             if offer["address"] is None or offer["node_id"] != self._node_id:
