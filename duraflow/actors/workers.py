@@ -366,3 +366,37 @@ def pool_names(namespace: str, queue: str | None = None) -> list[str]:
         for a in ray.util.list_named_actors(all_namespaces=True)
         if a["namespace"] == namespace and pattern.fullmatch(a["name"])
     )
+
+
+_NAME = re.compile(r"worker-(?P<queue>.+)-(?P<index>\d+)")
+
+
+def pool_reports(
+    namespace: str, partitions: list[dict[str, Any]], timeout: float
+) -> list[dict[str, Any]]:
+    """Per queue with workers in ``namespace``: ``queue``, ``size`` (its named workers),
+    ``alive`` (those that answered within ``timeout`` seconds), ``running`` (attempts they
+    run now) and ``outstanding`` (attempts the partitions whose ``partitions`` status reports
+    are given have sent to them or are about to send, not answered yet)."""
+    names = pool_names(namespace)
+    refs = {}
+    for name in names:
+        with contextlib.suppress(ValueError):  # gone meanwhile
+            refs[name] = ray.get_actor(name, namespace=namespace).status.remote()
+    ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    reports: dict[str, dict[str, Any]] = {}
+    for name in names:
+        queue = _NAME.fullmatch(name)["queue"]  # type: ignore[index]  # reason: pool_names matched it
+        report = reports.setdefault(
+            queue, {"queue": queue, "size": 0, "alive": 0, "running": 0, "outstanding": 0}
+        )
+        report["size"] += 1
+        with contextlib.suppress(Exception):  # no answer: restarting, stalled or gone
+            status = ray.get(refs[name], timeout=0)
+            report["alive"] += 1
+            report["running"] += status["running"]
+    for partition in partitions:
+        for queue, view in partition.get("pools", {}).items():
+            if queue in reports:
+                reports[queue]["outstanding"] += view["outstanding"]
+    return [reports[queue] for queue in sorted(reports)]

@@ -348,6 +348,38 @@ def test_activities_run_on_pools_tasks_or_inline_as_declared(pool_engine: df.Eng
     assert [{"workers": 1, "linked": 0, "outstanding": 0}] == gadget_views
 
 
+def pools_seen(engine: df.Engine) -> dict[str, dict[str, Any]]:
+    """``duraflow status``'s pools (runtime.serving_pools), by queue."""
+    reports = engine.client()._host.statuses()  # type: ignore[attr-defined]
+    pools = runtime.serving_pools(reports, namespace=engine.namespace, timeout=10)
+    return {p.pop("queue"): p for p in pools}
+
+
+def test_status_shows_each_pool_its_workers_and_the_attempts_they_hold(
+    pool_engine: df.Engine, board: str
+) -> None:
+    client = pool_engine.client()
+    key = new_id("pl-status")
+    handle = client.start(pl_cancellable, board, key, workflow_id=key)
+    wait_until(lambda: notes(board, key)["gate started"], what="gate running")
+
+    held = pools_seen(pool_engine)
+
+    idle = {"size": 1, "alive": 1, "running": 0, "outstanding": 0}
+    assert {"size": 2, "alive": 2, "running": 1, "outstanding": 1} == held["default"]
+    assert idle == held["pl-gadgets"]
+    open_gate(board, key)
+    assert "opened" == handle.result(timeout=30)
+    wait_until(
+        lambda: 0 == pools_seen(pool_engine)["default"]["outstanding"],
+        what="the attempt answered",
+        seen=lambda: pools_seen(pool_engine),
+    )
+    assert {"size": 2, "alive": 2, "running": 0} == {
+        k: v for k, v in pools_seen(pool_engine)["default"].items() if k != "outstanding"
+    }
+
+
 # -- retries, errors, timeouts, heartbeats, cancellation -----------------------------------------
 
 
