@@ -6,10 +6,12 @@ partitions (``duraflow worker`` starts one on a cluster, to outlive drivers). A 
 the app modules (and the definitions a script shipped) like a partition actor does, and
 resolves each attempt's activity by name and ``module:qualname``.
 
-The partition side (:class:`PoolDispatcher`) buffers the attempts a turn dispatches per
-worker (the one with the fewest outstanding attempts) and sends them once per loop iteration,
-one plain actor call per worker (``run``; a Ray streaming generator cost about twice as much
-per call here). The reply carries the batch's outcomes; while some attempts of a batch still
+The partition side (``PoolDispatcher`` in ``actors/pool_dispatch.py``) buffers the attempts
+a turn dispatches per worker (the one with the fewest outstanding attempts) and sends them
+once per loop iteration: over the worker's Unix-socket link when it runs on the partition's
+node (``actors/worker_link.py``; outcomes come back on it as they end), else as one plain
+actor call per worker (``run``; a Ray streaming generator cost about twice as much per call
+here). The reply carries the batch's outcomes; while some attempts of a batch still
 run, the worker pushes those that ended to the partition actor (``pool_outcomes``, coalesced
 for PUSH_AFTER_S), so a short attempt does not wait for a long one of its batch. When the
 worker dies the call fails, and every attempt of it not yet answered fails with
