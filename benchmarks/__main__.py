@@ -1,6 +1,6 @@
 """Entry point: ``python -m benchmarks [options]`` (or ``./dev bench``) runs the whole suite
-(benchmarks/suite.py); ``python -m benchmarks core|parked|archive|lag|dbos|restate|restart|fencing
-[options]`` runs one part alone."""
+(benchmarks/suite.py); ``python -m benchmarks
+core|parked|archive|lag|dbos|restate|restart|fencing|messages [options]`` runs one part alone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from benchmarks import (
     bench_dbos,
     bench_fencing,
     bench_lag,
+    bench_messages,
     bench_parked,
     bench_restart,
     bench_restate,
@@ -27,6 +28,7 @@ PARTS = {
     "restate": bench_restate.main,
     "restart": bench_restart.main,
     "fencing": bench_fencing.main,
+    "messages": bench_messages.main,
 }
 
 

@@ -7,6 +7,7 @@
   W2  M workflows parked on a signal with their results awaited, all signalled at once:
       send-to-completion p50/p99; and one at a time (unloaded).
   W3  M workflows each sleeping 1 s: timer lateness (fire time minus due time).
+  U   update round trips beside a signal's (benchmarks/bench_updates.py).
 
 ``python -m benchmarks`` runs these beside DBOS and the floors (see benchmarks/suite.py);
 ``python -m benchmarks core`` runs them alone.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import duraflow as df
+from benchmarks import bench_updates
 from benchmarks.common import RESULTS_DIR, print_table, summary_ms, write_json
 from benchmarks.floors import ray_floor, sqlite_floor
 
@@ -168,6 +170,7 @@ async def _workloads(client: df.Client, runtime: str, sizes: argparse.Namespace)
     results["w2_signal_unloaded"] = await w2_signal(client, sizes.samples)
     results["w2_signal_loaded"] = await w2_signal_loaded(client, sizes.signals)
     results["w3_timer_lateness"] = await w3_timers(client, sizes.timers)
+    results.update(await bench_updates.workloads(client, sizes.samples, sizes.signals))
     return results
 
 
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     results: dict[str, Any] = {runtime: run(runtime, args) for runtime in runtimes}
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
     columns = [(r, k) for r in runtimes for k in _kinds(r, args)]
+    once = {r: k for r, k in reversed(columns)}  # W2, W3, U: in each runtime's first column
     rows = [("", "  ".join(f"{f'{r}/{k}':>22}" for r, k in columns))]
     thr = "{workflows_per_s:.0f} wf/s"
     lat = "{p50_ms:.1f} / {p99_ms:.1f} ms"
@@ -232,9 +236,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         (f"W2 {args.signals} signalled at once p50/p99", "w2_signal_loaded"),
         ("W2 signal unloaded p50/p99", "w2_signal_unloaded"),
         (f"W3 lateness, {args.timers} x 1 s timers p50/p99", "w3_timer_lateness"),
+        (f"U {args.signals} updated at once p50/p99", "u_update_loaded"),
+        ("U update round trip p50/p99", "u_update_unloaded"),
+        ("U signal sent -> acked p50/p99", "u_signal_ack_unloaded"),
     ):
-        cells = [_cell(results[r][key] if k == "inline" else None, lat) for r, k in columns]
+        cells = [_cell(results[r][key] if k == once[r] else None, lat) for r, k in columns]
         rows.append((title, "  ".join(f"{c:>22}" for c in cells)))
+    ratios = [
+        _ratio(results[r], "u_update_unloaded", "w2_signal_unloaded") if k == once[r] else "-"
+        for r, k in columns
+    ]
+    rows.append(("U update p50 / W2 signal p50", "  ".join(f"{c:>22}" for c in ratios)))
     floor = results["sqlite_floor"]
     rows.append(("floor: SQLite 1-row commits", f"{floor['commits_per_s']:.0f} commits/s"))
     print_table(
@@ -244,6 +256,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     path = write_json(args.json, {"config": config, "results": results})
     print(f"\nJSON: {path}")
     return results
+
+
+def _ratio(results: dict[str, Any], key: str, over: str) -> str:
+    """``key``'s p50 over ``over``'s, as "1.23x" (the issue's targets are such ratios)."""
+    return f"{results[key]['p50_ms'] / results[over]['p50_ms']:.2f}x"
 
 
 def _cell(result: dict[str, Any] | None, fmt: str) -> str:

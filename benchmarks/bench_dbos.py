@@ -13,6 +13,8 @@ state is never shared and the RSS measured is DBOS's own:
   W4  P workflows parked on recv: time to start them until all are parked, RSS and idle CPU
       while parked, then time to message every one and have every result. Each phase has a
       time budget; a phase that runs past it, or fails, is recorded as ``did_not_finish``.
+  W6  ping-pong: two workflows message each other N times with ``DBOS.send_async`` /
+      ``recv_async`` (benchmarks/bench_messages.py has duraflow's twin).
 
 DBOS settings: its defaults, apart from the system database URL (``--max-executor-threads``
 can bound its thread pool). DBOS 3.4 has no admin server and opens no listening socket
@@ -105,8 +107,26 @@ def _define_workflows() -> SimpleNamespace:
     async def wait_message() -> Any:
         return await DBOS.recv_async(topic="go", timeout_seconds=RECV_TIMEOUT_S)
 
+    @DBOS.workflow()
+    async def ping(peer: str, rounds: int) -> int:
+        for i in range(rounds):
+            await DBOS.send_async(peer, i, topic="ping")
+            await DBOS.recv_async(topic="pong", timeout_seconds=RECV_TIMEOUT_S)
+        return rounds
+
+    @DBOS.workflow()
+    async def pong(peer: str, rounds: int) -> int:
+        for _ in range(rounds):
+            i = await DBOS.recv_async(topic="ping", timeout_seconds=RECV_TIMEOUT_S)
+            await DBOS.send_async(peer, i, topic="pong")
+        return rounds
+
     return SimpleNamespace(
-        three_steps=three_steps, sleep_lateness=sleep_lateness, wait_message=wait_message
+        three_steps=three_steps,
+        sleep_lateness=sleep_lateness,
+        wait_message=wait_message,
+        ping=ping,
+        pong=pong,
     )
 
 
@@ -384,6 +404,25 @@ async def _w4_complete(
         raise RuntimeError("a parked workflow returned something other than its message")
 
 
+async def w6_ping_pong(flows: SimpleNamespace, rounds: int) -> dict[str, Any]:
+    """Two workflows message each other ``rounds`` times (send, then recv the answer)."""
+    from dbos import DBOS, SetWorkflowID
+
+    t0 = time.perf_counter()
+    with SetWorkflowID("w6-pong"):
+        pong = await DBOS.start_workflow_async(flows.pong, "w6-ping", rounds)
+    with SetWorkflowID("w6-ping"):
+        ping = await DBOS.start_workflow_async(flows.ping, "w6-pong", rounds)
+    await asyncio.gather(ping.get_result(), pong.get_result())
+    seconds = time.perf_counter() - t0
+    return {
+        "round_trips": rounds,
+        "seconds": seconds,
+        "round_trips_per_s": rounds / seconds,
+        "ms_per_round_trip": seconds / rounds * 1e3,
+    }
+
+
 def _thread_count() -> int:
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("Threads:"):
@@ -413,6 +452,7 @@ WORKLOADS = (
     "w2_signal_unloaded",
     "w3_timer_lateness",
     "w4_parked",
+    "w6_ping_pong",
 )
 
 
@@ -447,6 +487,8 @@ def worker_main(argv: list[str]) -> None:
         asyncio.run(_report_async(w2_signal_loaded(flows, n, parked)))
     elif args.workload == "w2_signal_unloaded":
         asyncio.run(_report_async(w2_signal_unloaded(flows, n, parked)))
+    elif args.workload == "w6_ping_pong":
+        asyncio.run(_report_async(w6_ping_pong(flows, n)))
     else:
         asyncio.run(_report_async(w4_parked(flows, n, parked, args.budget_s, args.idle_window_s)))
 
@@ -598,6 +640,16 @@ def parked(
         budget_s=budget_s,
         max_executor_threads=max_executor_threads,
         idle_window_s=idle_window_s,
+    )
+    return result
+
+
+def ping_pong(rounds: int) -> dict[str, Any]:
+    """W6 ping-pong alone (``rounds`` round trips), in its own child process."""
+    if importlib.util.find_spec("dbos") is None:
+        raise RuntimeError(INSTALL_HINT)
+    result: dict[str, Any] = _run_child(
+        "w6_ping_pong", rounds, timeout_s=WORKER_TIMEOUT_S + 4.0 * rounds
     )
     return result
 

@@ -10,6 +10,9 @@ with the floors beneath them.
   W3  200 workflows sleeping 1 s: lateness p50/p99.
   W4  10,000 and 100,000 workflows parked on a signal: time to start, total RSS of every
       process while parked, time to signal and complete all.
+  W6  workflows talking to workflows: a workflow's signal to one on the other partition,
+      command-to-received p50/p99; two workflows signalling each other N times (ping-pong),
+      beside DBOS's send/recv twin (fewer round trips: each DBOS recv waits for its 1 s poll).
   W5  archive: events/s into Iceberg, lag from ``workflow.completed`` to visible in SQL,
       DuckDB query times over 1 M and 10 M history rows (duraflow only: neither peer has one).
   R   restart: a partition actor killed with kill -9 -> a signal to it served again, idle and
@@ -39,6 +42,7 @@ from benchmarks import (
     bench_core,
     bench_dbos,
     bench_lag,
+    bench_messages,
     bench_parked,
     bench_restart,
     bench_restate,
@@ -72,6 +76,8 @@ SMOKE = {
     "restart_settle": 0.2,
     "parked_settle": 0.1,
     "dbos_idle_window": 0.5,
+    "ping_pongs": 20,
+    "dbos_ping_pongs": 2,
 }
 
 
@@ -93,6 +99,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=bench_dbos.IDLE_WINDOW_S,
         help="DBOS W4 s of idle CPU measured while parked",
+    )
+    parser.add_argument("--ping-pongs", type=int, default=1000, help="W6 round trips")
+    parser.add_argument(
+        "--dbos-ping-pongs", type=int, default=20, help="W6 DBOS round trips (~1.7 s each)"
     )
     parser.add_argument("--archive-workflows", type=int, default=10_000, help="W5 throughput")
     parser.add_argument("--query-rows", default="1000000,10000000", help="W5 DuckDB sizes")
@@ -170,6 +180,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     synchronous=args.synchronous,
                     settle_s=args.parked_settle,
                 )
+            _step(f"duraflow {system}: W6 workflow-to-workflow signals, ping-pong")
+            results[system].update(
+                bench_messages.run(
+                    system,
+                    signals=args.signals,
+                    rounds=args.ping_pongs,
+                    partitions=args.partitions,
+                    synchronous=args.synchronous,
+                )
+            )
     if "ray" in args.systems:
         _step("duraflow ray: restart after kill -9 of a partition actor")
         results["restart"] = bench_restart.run(
@@ -192,6 +212,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             parked_budget_s=args.dbos_parked_budget,
             idle_window_s=args.dbos_idle_window,
         )
+        _step(f"DBOS: W6 ping-pong, {args.dbos_ping_pongs} round trips")
+        results["dbos"]["w6_ping_pong"] = bench_dbos.ping_pong(args.dbos_ping_pongs)
         for n in args.parked:
             if n > DBOS_DEFAULT_POOL_MAX:
                 _step(f"DBOS: W4 {n} parked, max_executor_threads={DBOS_BOUNDED_POOL}")

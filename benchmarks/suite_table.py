@@ -80,6 +80,7 @@ def table(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
     rows.extend(_core_rows(args, r))
     for size in args.parked:
         rows.extend(_parked_rows(r, size))
+    rows.extend(_message_rows(args, r))
     rows.extend(_restart_rows(r.get("restart") or {}))
     rows.extend(_archive_rows(r))
     rows.extend(_floor_rows(r))
@@ -125,6 +126,9 @@ def _core_rows(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, .
     )
     latency(f"W2 {args.signals} signalled at once p50/p99", "w2_signal_loaded")
     latency("W2 signal unloaded p50/p99", "w2_signal_unloaded", target=5)
+    latency(f"U {args.signals} updated at once p50/p99", "u_update_loaded")
+    latency("U update round trip p50/p99", "u_update_unloaded")
+    rows.append(_update_ratio_row(r))
     latency(
         f"W3 {args.timers} x 1 s timers, lateness p50/p99",
         "w3_timer_lateness",
@@ -132,6 +136,19 @@ def _core_rows(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, .
         target=20,
     )
     return rows
+
+
+def _update_ratio_row(r: dict[str, Any]) -> tuple[str, ...]:
+    """An update's round trip over a signal's (W2 unloaded), in the same run: the target is
+    at most 2x."""
+    ratios = []
+    for system in ("local", "ray"):
+        update = _get(r, system, "u_update_unloaded", "p50_ms")
+        signal = _get(r, system, "w2_signal_unloaded", "p50_ms")
+        ratios.append(update / signal if update and signal else None)
+    goal = f"<= 2x: {_mark(ratios[1], 2.0, False)}" if ratios[1] is not None else ""
+    cells = [_num(v, "{:.2f}x") for v in ratios]
+    return _row("U update p50 / W2 signal p50", *cells, "", goal)
 
 
 def _in_flight_row(
@@ -198,6 +215,27 @@ def _parked_rows(r: dict[str, Any], size: int) -> list[tuple[str, ...]]:
         rows.append(
             _row(f"W4 {size:,} parked: {metric}", *texts[:3], goal, restate=texts[3], versus=versus)
         )
+    return rows
+
+
+def _message_rows(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, ...]]:
+    """W6: a signal between workflows across partitions; ping-pong per round trip (DBOS ran
+    fewer round trips: its figure is per round trip too)."""
+    cells = [_pair(_get(r, s, "w6_signal")) for s in ("local", "ray")]
+    rows = [_row(f"W6 {args.signals} workflow->workflow signals p50/p99", *cells, "n/a")]
+    results = [_get(r, s, "w6_ping_pong") for s in SYSTEMS]
+    texts = [
+        f"{res['ms_per_round_trip']:,.1f} ms ({res['round_trips']:,})"
+        if res and "ms_per_round_trip" in res
+        else "-"
+        for res in results
+    ]
+    per = [res.get("ms_per_round_trip") if res else None for res in results]
+    times = per[2] / per[1] if per[1] and per[2] else None
+    goal = f">= 5x DBOS: {_mark(times, 5, True)}" if times else ""
+    versus = (_ratio(per[1], per[2], False), _ratio(per[1], per[3], False))
+    label = "W6 ping-pong, per round trip (round trips)"
+    rows.append(_row(label, *texts[:3], goal, restate=texts[3], versus=versus))
     return rows
 
 

@@ -10,7 +10,12 @@ from duraflow.client.handle import WorkflowHandle
 from duraflow.config import S3Config, WorkerPool
 from duraflow.description import WorkflowDescription
 from duraflow.engine.activities import ActivityInfo, activity_info, heartbeat
-from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, WorkflowInfo
+from duraflow.engine.context import (
+    ChildWorkflowHandle,
+    ExternalWorkflowHandle,
+    WorkflowContext,
+    WorkflowInfo,
+)
 from duraflow.engine.definitions import RetryPolicy, activity, workflow
 from duraflow.errors import (
     ActivityCancelledError,
@@ -21,6 +26,7 @@ from duraflow.errors import (
     InvalidDuration,
     InvalidWorkflowId,
     NonDeterminismError,
+    NoParentWorkflow,
     NotAnActivityError,
     PartitionFenced,
     PartitionUnavailable,
@@ -29,11 +35,15 @@ from duraflow.errors import (
     QueryFailed,
     QueryTimeout,
     RequestFailed,
+    ResetError,
     ResultTimeout,
     StatementNotAllowed,
     UnknownActivity,
     UnknownQuery,
     UnknownWorkflowType,
+    UpdateFailed,
+    UpdateRejected,
+    UpdateTimeout,
     WorkflowAlreadyRunning,
     WorkflowBlocked,
     WorkflowCancelledError,
@@ -57,8 +67,10 @@ __all__ = [
     "ConfigurationError",
     "DuraflowError",
     "Engine",
+    "ExternalWorkflowHandle",
     "InvalidDuration",
     "InvalidWorkflowId",
+    "NoParentWorkflow",
     "NonDeterminismError",
     "NotAnActivityError",
     "PartitionFenced",
@@ -68,6 +80,7 @@ __all__ = [
     "QueryFailed",
     "QueryTimeout",
     "RequestFailed",
+    "ResetError",
     "ResultTimeout",
     "RetryPolicy",
     "S3Config",
@@ -76,6 +89,9 @@ __all__ = [
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
+    "UpdateFailed",
+    "UpdateRejected",
+    "UpdateTimeout",
     "WorkerPool",
     "WorkflowAlreadyRunning",
     "WorkflowBlocked",

@@ -141,15 +141,18 @@ class S3Config(msgspec.Struct, frozen=True):
             environment of the process that reads or writes the bucket. Never shown by
             ``repr``.
         region: the bucket's region.
+        session_token: the token of temporary credentials (AWS STS), with the two above.
+            Never shown by ``repr``.
     """
 
     endpoint: str | None = None
     access_key_id: str | None = None
     secret_access_key: str | None = None
     region: str = "us-east-1"
+    session_token: str | None = None
 
     def __post_init__(self) -> None:
-        for name in ("endpoint", "access_key_id", "secret_access_key"):
+        for name in ("endpoint", "access_key_id", "secret_access_key", "session_token"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
                 # never the value itself: it may be a credential
@@ -158,6 +161,11 @@ class S3Config(msgspec.Struct, frozen=True):
                 )
         if not isinstance(self.region, str) or not self.region:
             raise _refused("s3.region", self.region, "a region name like 'us-east-1'")
+        if self.session_token and not self.access_key_id:
+            raise ConfigurationError(
+                "s3.session_token goes with access_key_id and secret_access_key (the temporary "
+                "credentials it belongs to)"
+            )
 
     def __repr__(self) -> str:
         hidden = HIDDEN if self.access_key_id or self.secret_access_key else None
@@ -170,11 +178,13 @@ class S3Config(msgspec.Struct, frozen=True):
 
     def without_credentials(self) -> S3Config:
         """The same bucket, signing in with the reading process's own AWS credentials."""
-        return msgspec.structs.replace(self, access_key_id=None, secret_access_key=None)
+        return msgspec.structs.replace(
+            self, access_key_id=None, secret_access_key=None, session_token=None
+        )
 
     def scrub(self, message: str) -> str:
         """``message`` with the credentials taken out."""
-        for secret in (self.secret_access_key, self.access_key_id):
+        for secret in (self.session_token, self.secret_access_key, self.access_key_id):
             if secret:
                 message = message.replace(secret, HIDDEN)
         return message

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 import msgspec
 
 from duraflow.cdc import events as ev
+from duraflow.engine.definitions import find_workflow
 
 
 class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
@@ -21,6 +22,10 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
         history_length: events recorded so far (for runs still in the partition's file).
         pending_activities: names of activities scheduled and not yet resolved.
         stuck: why an open run cannot make progress (non-determinism, missing code), if so.
+        paused: an operator paused the open run (``handle.pause``), for ``pause_reason``.
+        code_hash: the hash of the workflow code the run started with (``describe()`` only);
+            ``current_code_hash`` that of the code its partition has now; ``code_changed``
+            True when they differ (replay then relies on ``ctx.patched``).
     """
 
     workflow_id: str
@@ -36,6 +41,11 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
     error_message: str | None = None
     stuck: str | None = None
     partition: int = 0
+    paused: bool = False
+    pause_reason: str | None = None
+    code_hash: str | None = None
+    current_code_hash: str | None = None
+    code_changed: bool = False
 
 
 def utc(us: int) -> dt.datetime:
@@ -88,7 +98,7 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
     """
     started, closing = events[0], ev.last_closing(events)
     status, error_type, error_message, _ = ev.run_closing(closing)
-    return describe_run(
+    described = describe_run(
         workflow_id=started.workflow_id,
         run_id=started.run_id,
         workflow_type=started.workflow_type,
@@ -100,4 +110,19 @@ def describe_closed_run(events: Sequence[ev.Event]) -> WorkflowDescription:
         error_type=error_type,
         error_message=error_message,
         partition=started.partition,
+    )
+    code_hash = started.code_hash if isinstance(started, ev.WorkflowStarted) else ""
+    return with_code_hashes(described, code_hash or None)
+
+
+def with_code_hashes(described: WorkflowDescription, recorded: str | None) -> WorkflowDescription:
+    """``described`` with the code hash its run recorded at start, the hash of the workflow
+    code this process has now (if it has it), and whether they differ."""
+    found = find_workflow(described.workflow_type)
+    current = found.code_hash if found is not None else None
+    return msgspec.structs.replace(
+        described,
+        code_hash=recorded,
+        current_code_hash=current,
+        code_changed=bool(recorded and current and recorded != current),
     )

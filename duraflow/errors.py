@@ -10,10 +10,16 @@ DuraflowError
 ├── InvalidDuration          "30s", "24h", "7d" or seconds; anything else
 ├── WorkflowNotFound         no workflow (or run) with that ID
 ├── WorkflowAlreadyRunning   start() of an ID whose latest run is still open
-├── WorkflowClosed           signal / query / cancel of a run that has already closed
+├── WorkflowClosed           signal / query / cancel / update of a run that has already closed
+├── NoParentWorkflow         ctx.signal_parent / ctx.query_parent in a run that is no child
+├── UpdateRejected           the update's validator refused it, or no handler of that name;
+│                            nothing was recorded
+├── UpdateFailed             the update's handler raised (.cause_type, .cause_message)
 ├── UnknownQuery             the run has no query handler of that name
 ├── QueryFailed              the query handler raised
 ├── NonDeterminismError      replay diverged; names the recorded and the issued command
+├── ResetError               reset() of a run still running, that never failed, to an event
+│                            out of range, or whose history replays no more
 ├── WorkflowCodeError        workflow code broke a rule (README "Rules for workflow code"):
 │   │                        it started a thread
 │   └── WorkflowBlocked      an activation or query handler held its partition past the
@@ -26,6 +32,8 @@ DuraflowError
 │   └── WorkflowTerminatedError
 ├── ResultTimeout            result(timeout=) elapsed first (also a TimeoutError)
 ├── QueryTimeout             query(timeout=) elapsed first (also a TimeoutError)
+├── UpdateTimeout            update(timeout=) elapsed first (also a TimeoutError); the
+│                            update may still complete
 ├── ConfigurationError       bad option values; a data dir that is unusable, damaged, edited,
 │                            or copied/moved with an archive naming the original's files
 ├── QueryError               SQL over the archive that DuckDB refused (its message), or no SQL text
@@ -91,7 +99,36 @@ class WorkflowAlreadyRunning(DuraflowError):
 
 
 class WorkflowClosed(DuraflowError):
-    """A signal, query or cancel sent to a run that has already closed."""
+    """A signal, query, cancel or update sent to a run that has already closed (or an
+    update whose run closed before its handler returned)."""
+
+
+class UpdateRejected(DuraflowError):
+    """An update the run refused: its validator raised (the message is the validator's), or
+    the run has no update handler of that name. Nothing of it was recorded."""
+
+
+class UpdateFailed(DuraflowError):
+    """The update's handler raised; the run goes on (the failure is recorded).
+
+    Attributes:
+        name: the update's name.
+        cause_type, cause_message: the error the handler raised.
+    """
+
+    def __init__(self, name: str, cause_type: str, cause_message: str) -> None:
+        super().__init__(f"update {name!r} failed: {cause_type}: {cause_message}")
+        self.name = name
+        self.cause_type = cause_type
+        self.cause_message = cause_message
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (type(self), (self.name, self.cause_type, self.cause_message))
+
+
+class NoParentWorkflow(DuraflowError, LookupError):
+    """``ctx.signal_parent`` or ``ctx.query_parent`` in a run that no workflow started as its
+    child (started by a client, a schedule or the CLI)."""
 
 
 class UnknownQuery(DuraflowError, LookupError):
@@ -104,6 +141,12 @@ class QueryFailed(DuraflowError):
 
 class NonDeterminismError(DuraflowError):
     """Replayed workflow code issued a different command than its history records."""
+
+
+class ResetError(DuraflowError):
+    """``handle.reset()`` cannot make a new run from that run: the ID's latest run is still
+    running, the run never failed (``to="last_failure"``), the event ID is out of range, or
+    today's code no longer replays the copied history (the message says which)."""
 
 
 class WorkflowCodeError(DuraflowError, RuntimeError):
@@ -210,6 +253,12 @@ class ResultTimeout(DuraflowError, TimeoutError):
 class QueryTimeout(DuraflowError, TimeoutError):
     """``query(timeout=...)`` elapsed before the answer came (the partition was busy, or the
     handler slow). A query that has not started by then is not run at all."""
+
+
+class UpdateTimeout(DuraflowError, TimeoutError):
+    """``update(timeout=...)`` elapsed before the handler's result was durable. The update
+    may still be accepted and complete: send it again with the same ``request_id`` to get
+    its result (it runs once)."""
 
 
 class ConfigurationError(DuraflowError, ValueError):

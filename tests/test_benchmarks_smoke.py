@@ -24,11 +24,18 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
     assert "| W1 20 x 3 plain activities (default pool)" in out
     assert "| W1 20 with 32 in flight, plain activities" in out
     assert "| W1 default pool / inline, all at once" in out
+    assert "| U update round trip p50/p99" in out and "| U update p50 / W2 signal p50" in out
     assert "| W5 archive, " in out and ">= 50,000/s: " in out  # one throughput row
     for system in ("local", "ray"):
         assert 20 == results[system]["w1_throughput_inline"]["workflows"]
         assert 200 == results[system]["w4_parked_200"]["workflows"]
         assert results[system]["w3_timer_lateness"]["p99_ms"] >= 0
+        assert results[system]["u_update_unloaded"]["p50_ms"] > 0
+    for system in ("local", "ray"):
+        assert 20 == results[system]["w6_ping_pong"]["round_trips"]
+        assert results[system]["w6_signal"]["p50_ms"] > 0
+    assert 2 == results["dbos"]["w6_ping_pong"]["round_trips"]
+    assert "| W6 ping-pong, per round trip (round trips)" in out
     assert 20 == results["dbos"]["w1_throughput"]["workflows"]
     assert 200 == results["dbos"]["w4_parked"]["200"]["workflows"]
     if restate_server.installed() is None:  # the smoke run never downloads the server

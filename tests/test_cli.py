@@ -259,6 +259,11 @@ def test_serve_two_drivers_status_stop_and_serve_again(
     assert "Stopped 2 partition actors" in ok(duraflow(ray_cluster, "stop"))
     assert "no duraflow deployment" in fails(duraflow(ray_cluster, "status"))
     assert "Serving" in ok(duraflow(ray_cluster, *serve))
+    renamed = ok(duraflow(ray_cluster, "update", "cli-3", "rename", '"n9"', "--timeout", "30"))
+    assert "n3 -> n9" == json.loads(renamed)
+    assert "a name cannot be empty" in fails(
+        duraflow(ray_cluster, "update", "cli-3", "rename", '""')
+    )
     assert "sent" in ok(duraflow(ray_cluster, "signal", "cli-3", "go", '"cli"'))
     result = json.loads(ok(duraflow(ray_cluster, "result", "cli-3", "--timeout", "30")))
     assert "CLI N3" == result["greeting"]
@@ -274,6 +279,8 @@ def test_serve_two_drivers_status_stop_and_serve_again(
     ("argv", "message"),
     [
         (["signal", "wf", "go", "{not json"], "not valid JSON"),
+        (["update", "wf", "add", "{not json"], "not valid JSON"),
+        (["update", "wf", "add", "--timeout", "soon"], "not a number"),
         (["signal", "wf", "go", "[" * 100_000 + "]" * 100_000], "JSON nested too deeply"),
         (["serve", "--data-dir", "d", "--partitions", "0"], "must be > 0"),
         (["serve", "--data-dir", "d", "--synchronous", "SOMETIMES"], "invalid choice"),

@@ -405,3 +405,39 @@ def test_a_query_handler_cannot_set_query_handlers(open_engine: Callable[..., df
         query_when_ready(handle, "add_handler")
     with pytest.raises(df.UnknownQuery):
         handle.query("added")
+
+
+EMBEDDER = """
+import threading, duraflow as df
+seen = []
+original = threading.Thread.start
+def counted(self):
+    seen.append(self.name)
+    original(self)
+threading.Thread.start = counted  # the embedding application's own hook, set first
+
+@df.workflow
+async def spawns(ctx):
+    threading.Thread(target=print, name="from-workflow").start()
+
+with df.Engine({data_dir!r}, runtime="local", partitions=1, archive=False) as engine:
+    try:
+        engine.client().start(spawns, workflow_id="w").result(timeout=10)
+    except df.WorkflowFailedError as exc:
+        assert exc.cause_type == "WorkflowCodeError", exc
+    t = threading.Thread(target=lambda: None, name="from-app")
+    t.start(); t.join()
+assert "from-app" in seen and "from-workflow" not in seen, seen
+print("ok")
+"""
+
+
+def test_an_embedders_own_thread_start_hook_is_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = EMBEDDER.format(data_dir=str(tmp_path / "data"))
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120
+    )
+    assert "ok" in done.stdout, done.stderr[-2000:]

@@ -22,6 +22,7 @@ from duraflow.config import EngineConfig, S3Config
 
 KEY_ID = "cfg-access-key-id"
 SECRET = "cfg-secret-do-not-show"
+TOKEN = "cfg-session-token-do-not-show"
 FIELDS = {field.name for field in msgspec.structs.fields(EngineConfig)}
 ENGINE_CANNOT_SET = {"app_modules"}
 """Settings only ``duraflow serve`` sets: an Engine ships its script's workflows by value."""
@@ -112,14 +113,20 @@ def test_an_engine_builds_the_config_serve_builds_and_its_partitions_use_it(
         assert [engine.config] * 3 == [part.config for part in parts]
 
 
-def test_the_credentials_are_never_shown(tmp_path: Path, aws_credentials: None) -> None:
+def test_the_credentials_are_never_shown(
+    tmp_path: Path, aws_credentials: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_SESSION_TOKEN", TOKEN)
     config = serve_config("--data-dir", str(tmp_path), "--warehouse", "s3://b/p")
-    assert (KEY_ID, SECRET) == (config.s3.access_key_id, config.s3.secret_access_key)  # type: ignore[union-attr]  # reason: an s3:// warehouse has S3 settings
+    s3 = config.s3
+    assert s3 is not None
+    assert (KEY_ID, SECRET, TOKEN) == (s3.access_key_id, s3.secret_access_key, s3.session_token)
     other = msgspec.structs.replace(config, retention_s=5.0)
-    rich = list(config.__rich_repr__()) + list(config.s3.__rich_repr__())  # type: ignore[union-attr]  # reason: as above
+    rich = list(config.__rich_repr__()) + list(s3.__rich_repr__())
     shown: list[Any] = [repr(config), str(config), config.public(), rich, other.differences(config)]
+    shown.append(s3.scrub(f"refused: {KEY_ID} {SECRET} {TOKEN}"))
     for text in map(str, shown):
-        assert KEY_ID not in text and SECRET not in text
+        assert KEY_ID not in text and SECRET not in text and TOKEN not in text
     assert None is EngineConfig.from_public(config.public()).s3.access_key_id  # type: ignore[union-attr]  # reason: as above
     assert config == EngineConfig.decode(config.encode())  # what the actors get: all of it
 
@@ -187,3 +194,14 @@ def test_ray_actors_report_the_config_the_engine_built(ray_session: None, tmp_pa
         # run with the first one's
         with pytest.raises(df.ConfigurationError, match=r"retention_s=3600\.0, not 0\.0"):
             df.Engine(tmp_path / "data", **{**options, "retention": 0})
+
+
+def test_temporary_credentials_reach_the_archives_readers_and_writers() -> None:
+    from duraflow.storage.catalog import catalog_properties, s3_filesystem
+
+    s3 = S3Config("http://127.0.0.1:9", KEY_ID, SECRET, "eu-west-3", session_token=TOKEN)
+    assert TOKEN == catalog_properties(s3)["s3.session-token"]
+    assert s3_filesystem(s3)  # pyarrow takes the token (it refuses a token without a key)
+    assert None is s3.without_credentials().session_token
+    with pytest.raises(df.ConfigurationError, match="session_token goes with access_key_id"):
+        S3Config(session_token=TOKEN)

@@ -89,3 +89,39 @@ def test_analytics_example_answers_with_sql(tmp_path: Path) -> None:
     assert shipped == _number(ended["shipped"][0])
     assert cancelled == _number(ended["cancelled (payment timeout)"][0])
     assert (tmp_path / ".duraflow-analytics" / "archive").is_dir()
+
+
+def test_coordinator_example_children_signal_back_and_the_parent_publishes(
+    tmp_path: Path,
+) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "coordinator.py")],
+        cwd=tmp_path,  # the example keeps its data in ./.duraflow-coordinator
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stderr
+    out = done.stdout
+    assert "audit     3/3 regions counted" in out
+    assert "rows      3500, approved by auditor" in out
+    for region in ("amer", "apac", "emea"):
+        assert f"closed    report-2026-01-05-{region}: completed" in out
+    assert "published s3://reports/apac.parquet (800 rows)" in out
+
+
+def test_cart_example_answers_updates_and_races_onto_one_run(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "cart.py")],
+        cwd=tmp_path,  # the example keeps its data in ./.duraflow-cart
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert 0 == done.returncode, done.stderr
+    out = done.stdout
+    assert "alice added a mug: total 31.00" in out
+    assert "refused: we do not sell 'unicorn'" in out
+    assert "failed: KeyError 'lamp'" in out
+    assert "result: {'customer': 'alice', 'status': 'ordered', 'total': 25.0}" in out
+    assert "20 shoppers raced on one cart: 1 run, total 120.00" in out

@@ -15,8 +15,10 @@ CONTRACT_NAMES = [
     "ConfigurationError",
     "DuraflowError",
     "Engine",
+    "ExternalWorkflowHandle",
     "InvalidDuration",
     "InvalidWorkflowId",
+    "NoParentWorkflow",
     "NonDeterminismError",
     "NotAnActivityError",
     "PartitionFenced",
@@ -26,6 +28,7 @@ CONTRACT_NAMES = [
     "QueryFailed",
     "QueryTimeout",
     "RequestFailed",
+    "ResetError",
     "ResultTimeout",
     "RetryPolicy",
     "S3Config",
@@ -34,6 +37,9 @@ CONTRACT_NAMES = [
     "UnknownActivity",
     "UnknownQuery",
     "UnknownWorkflowType",
+    "UpdateFailed",
+    "UpdateRejected",
+    "UpdateTimeout",
     "WorkerPool",
     "WorkflowAlreadyRunning",
     "WorkflowBlocked",
@@ -76,5 +82,5 @@ def test_the_testing_module_is_pinned_and_documented() -> None:
 def test_every_error_derives_from_the_root() -> None:
     errors = [getattr(df, n) for n in df.__all__ if n.endswith(("Error", "Timeout"))]
     errors += [df.InvalidWorkflowId, df.UnknownWorkflowType, df.WorkflowNotFound]
-    errors += [df.StatementNotAllowed]
+    errors += [df.StatementNotAllowed, df.UpdateRejected, df.UpdateFailed]
     assert [] == [e.__name__ for e in errors if not issubclass(e, df.DuraflowError)]

@@ -98,6 +98,110 @@ class ChildClosed(Message, kw_only=True):
     error_message: str = ""
 
 
+class ExternalRequest(Message, kw_only=True):
+    """A signal, query or cancel that a workflow's code sent to ``workflow_id`` through its
+    partition's outbox; the reply (or error) resolves command ``seq`` of the sender's run.
+    A signal's ``request_id`` is ``"<sender run ID>:<seq>"``, so a resent one is appended once."""
+
+    sender_id: str
+    sender_run_id: str
+    seq: int
+    request: Signal | Query | Cancel
+    child_seq: int | None = None
+    """Set when the target is the sender's child of that ``seq`` (see the machine's rule)."""
+
+
+class Watch(Message, kw_only=True):
+    """``block_until``: tell run ``watcher_run_id`` of ``watcher_id`` (its wait ``seq``) when
+    ``workflow_id`` closes. The reply is the status if the ID's latest run is closed already,
+    else None (the registration is durable; :class:`WatchedClosed` follows). With ``cancel``,
+    forget the registration."""
+
+    watcher_id: str
+    watcher_run_id: str
+    seq: int
+    cancel: bool = False
+
+
+class WatchedClosed(Message, kw_only=True):
+    """To a ``block_until``'s run (``workflow_id`` is the watcher's): ``target_workflow_id``
+    closed with ``status``."""
+
+    watcher_run_id: str
+    seq: int
+    target_workflow_id: str
+    status: str
+
+
+class Update(Message, kw_only=True):
+    """Run the update handler ``name`` with ``args`` (a msgpack list) once per ``request_id``.
+
+    The reply is an :class:`Outcome` whose ``run_id`` is :func:`update_key` of the request
+    ID and whose ``status`` is the update's: ``"completed"`` (``result``), ``"failed"`` (the
+    handler raised) or ``"accepted"`` (the handler still runs: ``AwaitResult`` with that
+    ``run_id`` waits for it, and answers ``"closed"`` if the run closes first).
+    """
+
+    run_id: str | None = None
+    name: str
+    args: bytes
+    request_id: str
+
+
+class SignalWithStart(Message, kw_only=True):
+    """Signal the ID's open run, starting it with ``start`` first if it has none: one step.
+    The reply is the :class:`StartReply` of the run signalled."""
+
+    start: Start
+    name: str
+    payload: bytes
+    request_id: str
+
+
+class UpdateWithStart(Message, kw_only=True):
+    """Update the ID's open run, starting it with ``start`` first if it has none: one step.
+    The reply is as :class:`Update`'s."""
+
+    start: Start
+    name: str
+    args: bytes
+    request_id: str
+
+
+UPDATE_KEY_PREFIX = "update:"
+
+
+def update_key(request_id: str) -> str:
+    """The ``run_id`` under which an update's outcome is awaited (``AwaitResult``) and
+    answered (``Outcome``): never a run's ID, which are hex."""
+    return UPDATE_KEY_PREFIX + request_id
+
+
+class Pause(Message, kw_only=True):
+    """Pause an open run (``handle.pause``): nothing new is dispatched until unpaused."""
+
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Unpause(Message, kw_only=True):
+    """Unpause a run: dispatch what its pause held."""
+
+    run_id: str | None = None
+    reason: str = ""
+
+
+class Reset(Message, kw_only=True):
+    """Start run ``new_run_id`` of the ID from a closed run's history (``handle.reset``):
+    up to its first failure (``to="last_failure"``) or up to event ``to``. Replies a
+    :class:`StartReply`."""
+
+    run_id: str | None = None
+    to: str | int = "last_failure"
+    reason: str = ""
+    new_run_id: str
+
+
 class ReadEvents(msgspec.Struct, frozen=True, kw_only=True):
     """Read a partition's events after ``after_lsn`` (its change log), optionally filtered.
 
@@ -147,9 +251,26 @@ class ListWorkflows(msgspec.Struct, frozen=True, kw_only=True):
     limit: int = 1000
 
 
-OutboxMessage = Start | Terminate | Cancel | ChildClosed
+OutboxMessage = Start | Terminate | Cancel | ChildClosed | ExternalRequest | Watch | WatchedClosed
 Request = (
-    Start | Signal | Query | Cancel | Terminate | AwaitResult | Describe | History | ChildClosed
+    Start
+    | Signal
+    | Query
+    | Cancel
+    | Terminate
+    | AwaitResult
+    | Describe
+    | History
+    | ChildClosed
+    | ExternalRequest
+    | Watch
+    | WatchedClosed
+    | Update
+    | SignalWithStart
+    | UpdateWithStart
+    | Pause
+    | Unpause
+    | Reset
 )
 
 

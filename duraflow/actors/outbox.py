@@ -1,7 +1,7 @@
 """Delivery of a partition's outbox: messages to the partitions owning other workflow IDs
-(child starts, child outcomes, cancels), sent after the turn that recorded them committed;
-each delivery's outcome goes back to the machine (``Delivered``), which drops the row or
-arms a resend."""
+(child starts, child outcomes, cancels, workflows' signals and queries), sent after the turn
+that recorded them committed; each delivery's outcome (with the receiver's reply) goes back
+to the machine (``Delivered``), which drops the row or arms a resend."""
 
 from __future__ import annotations
 
@@ -32,11 +32,12 @@ class OutboxSender:
 
     async def _deliver(self, send: fx.Send) -> None:
         error: BaseException | None = None
+        value = None
         try:
-            await self._send(send.target_id, send.message)
+            value = await self._send(send.target_id, send.message)
         except DuraflowError as exc:
             error = exc
         except Exception as exc:  # reason: any transport error means "retry later"
             error = PartitionUnavailable(f"delivery to {send.target_id!r} failed: {exc!r}")
         if not self._closing():
-            self._post(fx.Delivered(send.outbox_id, send.message, error))
+            self._post(fx.Delivered(send.outbox_id, send.message, error, value))

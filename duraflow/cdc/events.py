@@ -11,13 +11,22 @@ Three kinds of events:
 * **resolutions** come from outside the workflow code and are fed to it on replay:
   ``workflow.started``, ``workflow.activity_completed``, ``workflow.activity_failed``,
   ``workflow.timer_fired``, ``workflow.signal_received``, ``workflow.cancel_requested``,
-  ``workflow.child_completed``, ``workflow.child_failed``;
+  ``workflow.child_completed``, ``workflow.child_failed``, ``workflow.external_completed``,
+  ``workflow.external_failed``, ``workflow.blocked_workflow_closed``,
+  ``workflow.update_accepted``;
 * **commands** are what the workflow code did; replay checks that re-run code issues the
   same ones: ``workflow.activity_scheduled``, ``workflow.activity_cancelled``,
   ``workflow.timer_started``, ``workflow.timer_cancelled``, ``workflow.child_started``,
-  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``;
+  ``workflow.completed``, ``workflow.failed``, ``workflow.cancelled``,
+  ``workflow.external_signal_requested``, ``workflow.external_query_requested``,
+  ``workflow.external_cancel_requested``, ``workflow.block_until_started``,
+  ``workflow.block_until_ended``, ``workflow.update_completed``, ``workflow.update_failed``;
 * **information** that replay skips: ``workflow.step.retry`` (an activity attempt failed and
-  will be retried) and ``workflow.terminated`` (closed from outside without running code).
+  will be retried), ``workflow.terminated`` (closed from outside without running code),
+  ``workflow.paused`` and ``workflow.unpaused`` (an operator's pause).
+
+``workflow.patched`` is a command too (``ctx.patched`` / ``ctx.deprecate_patch``, matched by
+its patch ID on replay).
 
 The four closing events (:data:`CLOSING`) each close their run; :data:`CLOSING_RULES` is the
 one place that says what each means for it (status, error type and message, result), read by
@@ -68,6 +77,15 @@ class WorkflowStarted(Event, tag="workflow.started"):
     parent_run_id: str | None = None
     parent_seq: int | None = None
     attempt: int = 1
+    code_hash: str = ""
+    """The workflow code's hash when the run started (``describe()`` compares it with now's)."""
+    reset_from_run_id: str | None = None
+    """A run made by ``handle.reset()``: the run whose history it copied, up to and including
+    event ``reset_from_event_id``, and why (``reset_reason``)."""
+    reset_from_event_id: int | None = None
+    reset_reason: str = ""
+    seed: str = ""
+    """The run ID that seeds the run's randomness when not its own (a reset run's source's)."""
 
 
 class ActivityScheduled(Event, tag="workflow.activity_scheduled"):
@@ -155,6 +173,25 @@ class ChildFailed(Event, tag="workflow.child_failed"):
     error_message: str
 
 
+class WorkflowPaused(Event, tag="workflow.paused"):
+    """An operator paused the run: nothing new is dispatched until it is unpaused."""
+
+    reason: str = ""
+
+
+class WorkflowUnpaused(Event, tag="workflow.unpaused"):
+    """The run was unpaused: what its pause held is dispatched now."""
+
+    reason: str = ""
+
+
+class PatchMarker(Event, tag="workflow.patched"):
+    """``ctx.patched(patch_id)`` (or ``ctx.deprecate_patch``) took the new code path."""
+
+    patch_id: str
+    deprecated: bool = False
+
+
 class WorkflowCompleted(Event, tag="workflow.completed"):
     """The run returned ``result``. ``duration_ms`` (on every closing event) counts from the
     run's start; ``status`` is seed 001's field (always ``"completed"`` here)."""
@@ -180,6 +217,120 @@ class WorkflowTerminated(Event, tag="workflow.terminated"):
     duration_ms: int = 0
 
 
+# -- workflows talking to workflows (DESIGN section 5) ------------------------------------------
+
+
+class ExternalSignalRequested(Event, tag="workflow.external_signal_requested"):
+    """The code signalled another workflow (``ctx.external_workflow(id).signal``, a child
+    handle's ``signal``, ``ctx.signal_parent``): sent through the outbox, resolved by
+    ``workflow.external_completed`` / ``workflow.external_failed`` of the same ``seq``.
+    ``target_run_id`` set: that run only (the parent's); else the ID's latest run.
+    ``child_seq``: the target is this run's child of that ``seq`` (a child handle's request
+    waits until the child's start arrived)."""
+
+    seq: int
+    target_workflow_id: str
+    name: str
+    payload: bytes
+    target_run_id: str | None = None
+    child_seq: int | None = None
+
+
+class ExternalQueryRequested(Event, tag="workflow.external_query_requested"):
+    """The code queried another workflow; the answer is recorded by
+    ``workflow.external_completed`` (``result``) so a replay does not ask again."""
+
+    seq: int
+    target_workflow_id: str
+    name: str
+    args: bytes
+    target_run_id: str | None = None
+    child_seq: int | None = None
+
+
+class ExternalCancelRequested(Event, tag="workflow.external_cancel_requested"):
+    """The code asked another workflow's latest run to cancel."""
+
+    seq: int
+    target_workflow_id: str
+    reason: str = ""
+    child_seq: int | None = None
+
+
+class ExternalCompleted(Event, tag="workflow.external_completed"):
+    """The target's partition committed the request ``seq`` (a query's answer in ``result``)."""
+
+    seq: int
+    target_workflow_id: str
+    result: bytes = b""
+
+
+class ExternalFailed(Event, tag="workflow.external_failed"):
+    """The target's partition refused request ``seq`` (``WorkflowClosed``, ``WorkflowNotFound``,
+    ``UnknownQuery``, ``QueryFailed``, ...): the code's await raises that error."""
+
+    seq: int
+    target_workflow_id: str
+    error_type: str
+    error_message: str
+
+
+class BlockUntilStarted(Event, tag="workflow.block_until_started"):
+    """``ctx.block_until(workflow_ids, condition)``: each target's partition is asked to tell
+    this run when the ID closes (at once if it is closed already)."""
+
+    seq: int
+    workflow_ids: list[str]
+    condition: str
+
+
+class BlockedWorkflowClosed(Event, tag="workflow.blocked_workflow_closed"):
+    """A workflow that ``block_until`` ``seq`` waits on is closed with ``status``."""
+
+    seq: int
+    target_workflow_id: str
+    status: str
+
+
+class BlockUntilEnded(Event, tag="workflow.block_until_ended"):
+    """``block_until`` ``seq`` stopped waiting (condition met, timeout, cancel) before the
+    IDs in ``pending`` closed: their partitions are told to forget it."""
+
+    seq: int
+    pending: list[str]
+
+
+# -- updates (DESIGN section 5): a request that the run answers with its handler's result ------
+
+
+class UpdateAccepted(Event, tag="workflow.update_accepted"):
+    """The run took update ``name`` (its validator, if any, let it through): the handler runs
+    with ``args``. ``update_id`` is the caller's request ID (one update per ID per run)."""
+
+    update_id: str
+    name: str
+    args: bytes
+
+
+class UpdateCompleted(Event, tag="workflow.update_completed"):
+    """The handler of the update accepted as event ``accepted_event_id`` returned ``result``."""
+
+    update_id: str
+    name: str
+    accepted_event_id: int
+    result: bytes
+
+
+class UpdateFailed(Event, tag="workflow.update_failed"):
+    """The handler of the update accepted as event ``accepted_event_id`` raised."""
+
+    update_id: str
+    name: str
+    accepted_event_id: int
+    error_type: str
+    error_message: str
+
+
 AnyEvent = (
     WorkflowStarted
     | ActivityScheduled
@@ -199,6 +350,20 @@ AnyEvent = (
     | WorkflowFailed
     | WorkflowCancelled
     | WorkflowTerminated
+    | ExternalSignalRequested
+    | ExternalQueryRequested
+    | ExternalCancelRequested
+    | ExternalCompleted
+    | ExternalFailed
+    | BlockUntilStarted
+    | BlockedWorkflowClosed
+    | BlockUntilEnded
+    | UpdateAccepted
+    | UpdateCompleted
+    | UpdateFailed
+    | WorkflowPaused
+    | WorkflowUnpaused
+    | PatchMarker
 )
 
 RESOLUTIONS: tuple[type[Event], ...] = (
@@ -210,6 +375,10 @@ RESOLUTIONS: tuple[type[Event], ...] = (
     CancelRequested,
     ChildCompleted,
     ChildFailed,
+    ExternalCompleted,
+    ExternalFailed,
+    BlockedWorkflowClosed,
+    UpdateAccepted,
 )
 COMMANDS: tuple[type[Event], ...] = (
     ActivityScheduled,
@@ -220,6 +389,14 @@ COMMANDS: tuple[type[Event], ...] = (
     WorkflowCompleted,
     WorkflowFailed,
     WorkflowCancelled,
+    ExternalSignalRequested,
+    ExternalQueryRequested,
+    ExternalCancelRequested,
+    BlockUntilStarted,
+    BlockUntilEnded,
+    UpdateCompleted,
+    UpdateFailed,
+    PatchMarker,
 )
 CLOSING: tuple[type[Event], ...] = (
     WorkflowCompleted,

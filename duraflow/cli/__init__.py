@@ -5,6 +5,8 @@
     duraflow status | stop
     duraflow list [--status S] [--type T] | describe ID | result ID [--timeout S]
     duraflow signal ID NAME [JSON] | cancel ID | terminate ID [--reason R]
+    duraflow start TYPE [ARGS_JSON] [--id ID] | query ID NAME [ARGS_JSON]
+    duraflow pause ID | unpause ID | reset ID [--to last_failure|EVENT_ID] [--reason R]
     duraflow sql "SELECT ..." [--json] [--data-dir DIR]
     duraflow relocate-archive --data-dir DIR
 
@@ -14,8 +16,9 @@ Every command takes ``--address`` (default ``auto``: the cluster this node belon
 
 One module per group of verbs, each declaring its verbs' arguments next to the code that runs
 them: ``deploy`` (serve, status, stop, relocate-archive), ``runs`` (list, describe, signal,
-cancel, terminate, result), ``sql``. ``main`` builds the parser from them, runs the chosen
-verb and maps its outcome to an exit code; ``args`` holds the options every verb takes and the
-value parsers; ``output`` the exit codes and JSON printing the verbs share. A new verb goes in
-the module of its group (or a new one, added to ``main``).
+cancel, terminate, result), ``control`` (start, query, pause, unpause, reset), ``sql``.
+``main`` builds the parser from them, runs the chosen verb and maps its outcome to an exit
+code; ``args`` holds the options every verb takes and the value parsers; ``output`` the exit
+codes and JSON printing the verbs share. A new verb goes in the module of its group (or a new
+one, added to ``main``).
 """

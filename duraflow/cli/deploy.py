@@ -276,8 +276,9 @@ def serve_config(args: argparse.Namespace) -> EngineConfig:
 
 def _s3_config(warehouse: str | None, endpoint: str | None, region: str | None) -> S3Config | None:
     """The S3 settings of an ``s3://`` warehouse: endpoint and region from the options, the
-    credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (never from the command
-    line, where any local user sees them); without those the actors use their own.
+    credentials from AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN for
+    temporary ones; never from the command line, where any local user sees them); without
+    those the actors use their own.
 
     Raises:
         ConfigurationError: S3 options without an ``s3://`` warehouse, or only one of the two
@@ -298,6 +299,7 @@ def _s3_config(warehouse: str | None, endpoint: str | None, region: str | None) 
         access_key_id=key_id or None,
         secret_access_key=secret or None,
         region=region or DEFAULT_S3_REGION,
+        session_token=(os.environ.get("AWS_SESSION_TOKEN") or None) if key_id else None,
     )
 
 

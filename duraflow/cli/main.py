@@ -1,9 +1,10 @@
 """Entry point of the ``duraflow`` command: builds the parser from the verbs' modules, runs the
 chosen verb and maps its outcome to an exit code.
 
-Exit codes: 0 done; 1 the workflow failed, was cancelled or terminated, or ``result`` timed
-out; 2 an error (bad input, no such workflow, nothing served, Ray unreachable, a bad SQL
-query or one that does more than read), printed without a traceback.
+Exit codes: 0 done; 1 the workflow failed, was cancelled or terminated, an update's handler
+raised, or ``result`` / ``update`` timed out; 2 an error (bad input, no such workflow, nothing
+served, Ray unreachable, an update refused, a bad SQL query or one that does more than read),
+printed without a traceback.
 """
 
 from __future__ import annotations
@@ -13,10 +14,16 @@ import os
 import sys
 from collections.abc import Sequence
 
-from duraflow.cli import deploy, runs, sql, workers
+from duraflow.cli import control, deploy, runs, sql, workers
 from duraflow.cli.args import common_options
 from duraflow.cli.output import EXIT_ERROR, EXIT_FAILED
-from duraflow.errors import DuraflowError, ResultTimeout, WorkflowFailedError
+from duraflow.errors import (
+    DuraflowError,
+    ResultTimeout,
+    UpdateFailed,
+    UpdateTimeout,
+    WorkflowFailedError,
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
-    except (WorkflowFailedError, ResultTimeout) as exc:
+    except (WorkflowFailedError, ResultTimeout, UpdateFailed, UpdateTimeout) as exc:
         print(f"duraflow: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except DuraflowError as exc:
@@ -46,14 +53,15 @@ def build_parser() -> argparse.ArgumentParser:
         prog="duraflow",
         description="Durable workflows on Ray: serve a data directory on a Ray cluster, "
         "and look at or steer its workflows.",
-        epilog="Exit codes: 0 done, 1 the workflow failed/was cancelled/terminated or result "
-        "timed out, 2 error.",
+        epilog="Exit codes: 0 done, 1 the workflow failed/was cancelled/terminated, an update "
+        "failed, or result/update timed out, 2 error.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     # in the order `duraflow --help` lists them
     deploy.add_commands(sub, common)
     workers.add_commands(sub, common)
     runs.add_commands(sub, common)
+    control.add_commands(sub, common)
     sql.add_commands(sub, common)
     deploy.add_relocate_archive(sub)
     return parser

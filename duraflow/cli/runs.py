@@ -1,5 +1,6 @@
 """The workflow verbs of the ``duraflow`` command: ``list`` runs, ``describe``, ``signal``,
-``cancel``, ``terminate`` one, and wait for its ``result``, each a thin call on a Client."""
+``update``, ``cancel``, ``terminate`` one, and wait for its ``result``, each a thin call on a
+Client."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 from duraflow.cli.args import json_value, positive
 from duraflow.cli.output import print_json
 from duraflow.client.client import Client
+from duraflow.client.handle import NO_PAYLOAD
 from duraflow.storage.codec import to_json
 
 
@@ -37,6 +39,13 @@ def add_commands(
     p.add_argument(
         "payload", metavar="JSON", type=json_value, nargs="?", help="payload (default null)"
     )
+    p = run_command("update", "run a workflow's update handler; print its result (JSON)", _update)
+    p.add_argument("name", metavar="NAME", help="update name")
+    p.add_argument(
+        "payload", metavar="JSON", type=json_value, nargs="?", help="payload (default: none)"
+    )
+    p.add_argument("--timeout", type=positive(float), default=None, help="seconds (default: wait)")
+    p.add_argument("--request-id", help="resend with the same ID to get the result of one run")
     p = run_command("cancel", "ask a workflow to cancel (it may clean up)", _cancel)
     p.add_argument("--reason", default="", help="why")
     p = run_command(
@@ -70,6 +79,12 @@ def _describe(client: Client, args: argparse.Namespace) -> None:
 def _signal(client: Client, args: argparse.Namespace) -> None:
     client.get_handle(args.workflow_id, args.run_id).signal(args.name, args.payload)
     print(f"signal {args.name!r} sent to {args.workflow_id!r}")
+
+
+def _update(client: Client, args: argparse.Namespace) -> None:
+    handle = client.get_handle(args.workflow_id, args.run_id)
+    payload = NO_PAYLOAD if args.payload is None else args.payload
+    print_json(handle.update(args.name, payload, timeout=args.timeout, request_id=args.request_id))
 
 
 def _cancel(client: Client, args: argparse.Namespace) -> None:

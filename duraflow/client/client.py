@@ -24,12 +24,20 @@ from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
 from duraflow.client.batching import Batcher
 from duraflow.client.blocking import BlockingRunner
-from duraflow.client.handle import WorkflowHandle
+from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
+from duraflow.client.handle import _check_name as check_handler_name
 from duraflow.client.host import Host
-from duraflow.engine.definitions import Duration, workflow_definition
+from duraflow.engine.definitions import (
+    Duration,
+    check_name,
+    find_workflow,
+    parse_duration,
+    workflow_definition,
+)
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
 from duraflow.errors import ConfigurationError, QueryError
+from duraflow.storage.codec import encode, join
 
 T = TypeVar("T")
 
@@ -51,6 +59,21 @@ class ArchiveAccess(Protocol):
 _connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]] | None = None
 """Makes the host of a running deployment; set by duraflow.runtime, the composition root
 (the client does not import the hosts)."""
+
+
+def _start_payload(workflow: Callable[..., Any] | str, args: Any) -> tuple[str, str, bytes]:
+    """(type name, code ref, encoded arguments) of a start: from the definition when this
+    process has it, else the bare name (the partition resolves it and checks the arguments
+    against the workflow's annotations)."""
+    if isinstance(workflow, str) and find_workflow(workflow) is None:
+        name = check_name(workflow, "workflow type name")
+        assert name is not None
+        role = f"workflow {name!r}"
+        parts = [encode(v, f"argument {i} of {role}") for i, v in enumerate(args)]
+        return name, "", join(parts)
+    definition = workflow_definition(workflow)
+    data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
+    return definition.name, definition.code_ref, data
 
 
 def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]]) -> None:
@@ -127,7 +150,9 @@ class Client:
         """Start a workflow run; returns once its start is durable.
 
         Args:
-            workflow: an ``@workflow`` function or a registered workflow type name.
+            workflow: an ``@workflow`` function, or a workflow type name: one this process
+                has not imported is resolved by the partition (a served deployment's
+                ``--app`` modules), so any client can start any served type.
             workflow_id: the ID (default: a random UUID). IDs are data: any string without
                 control characters, up to 1,000 bytes.
             id_conflict: when the ID's latest run is still open: ``"fail"`` (default, raises
@@ -135,21 +160,22 @@ class Client:
                 ``"terminate_existing"``.
 
         Raises:
-            UnknownWorkflowType, InvalidWorkflowId, PayloadError, WorkflowAlreadyRunning.
+            UnknownWorkflowType: no such type here nor at the partition (the message names
+                what is registered there). InvalidWorkflowId, PayloadError,
+                WorkflowAlreadyRunning.
         """
-        definition = workflow_definition(workflow)
+        workflow_type, code_ref, data = _start_payload(workflow, args)
         workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
         if id_conflict not in m.ID_CONFLICT_POLICIES:
             raise ConfigurationError(
                 f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
             )
-        data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
         reply: m.StartReply = await self._call(
             workflow_id,
             m.Start(
                 workflow_id=workflow_id,
-                workflow_type=definition.name,
-                code_ref=definition.code_ref,
+                workflow_type=workflow_type,
+                code_ref=code_ref,
                 args=data,
                 id_conflict=id_conflict,
                 run_id=uuid.uuid4().hex,
@@ -167,6 +193,128 @@ class Client:
         """Blocking twin of :meth:`start_async`."""
         return self._block(
             self.start_async(workflow, *args, workflow_id=workflow_id, id_conflict=id_conflict)
+        )
+
+    # -- with-start (DESIGN section 5): one request, one turn at the owning partition --------
+
+    def _start_message(
+        self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], workflow_id: str
+    ) -> m.Start:
+        definition = workflow_definition(workflow)
+        check_workflow_id(workflow_id)
+        data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
+        return m.Start(
+            workflow_id=workflow_id,
+            workflow_type=definition.name,
+            code_ref=definition.code_ref,
+            args=data,
+            run_id=uuid.uuid4().hex,
+        )
+
+    async def signal_with_start_async(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        signal: str,
+        payload: Any = None,
+        request_id: str | None = None,
+    ) -> WorkflowHandle:
+        """Signal the open run of ``workflow_id``, starting it with ``args`` first if it has
+        none, in one step: however many callers race, one run is started and every signal
+        reaches it. Returns its handle once the signal (and the start) are durable.
+
+        Args:
+            request_id: makes the signal idempotent across resends (as for ``signal``).
+
+        Raises:
+            UnknownWorkflowType, InvalidWorkflowId, PayloadError.
+            WorkflowClosed: the run it started closed before taking the signal.
+        """
+        start = self._start_message(workflow, args, workflow_id)
+        check_handler_name(signal, "signal name")
+        request = m.SignalWithStart(
+            workflow_id=workflow_id,
+            start=start,
+            name=signal,
+            payload=encode(payload, f"payload of signal {signal!r}"),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        reply: m.StartReply = await self._call(workflow_id, request)
+        return WorkflowHandle(self, workflow_id, reply.run_id or None)
+
+    def signal_with_start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        signal: str,
+        payload: Any = None,
+        request_id: str | None = None,
+    ) -> WorkflowHandle:
+        """Blocking twin of :meth:`signal_with_start_async`."""
+        return self._block(
+            self.signal_with_start_async(
+                workflow,
+                *args,
+                workflow_id=workflow_id,
+                signal=signal,
+                payload=payload,
+                request_id=request_id,
+            )
+        )
+
+    async def update_with_start_async(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        update: str,
+        payload: Any = NO_PAYLOAD,
+        timeout: Duration | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Update the open run of ``workflow_id``, starting it with ``args`` first if it has
+        none, in one step (one run however many callers race); returns the update handler's
+        result once it is durable, as :meth:`WorkflowHandle.update` does (same errors).
+
+        Args:
+            timeout: give up waiting after this long (UpdateTimeout).
+            request_id: makes the update exactly once across resends.
+        """
+        start = self._start_message(workflow, args, workflow_id)
+        check_handler_name(update, "update name")
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
+        request = m.UpdateWithStart(
+            workflow_id=workflow_id,
+            start=start,
+            name=update,
+            args=encode([] if payload is NO_PAYLOAD else [payload], f"payload of {update!r}"),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        return await update_outcome(self, request, update, seconds)
+
+    def update_with_start(
+        self,
+        workflow: Callable[..., Any] | str,
+        *args: Any,
+        workflow_id: str,
+        update: str,
+        payload: Any = NO_PAYLOAD,
+        timeout: Duration | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Blocking twin of :meth:`update_with_start_async`."""
+        return self._block(
+            self.update_with_start_async(
+                workflow,
+                *args,
+                workflow_id=workflow_id,
+                update=update,
+                payload=payload,
+                timeout=timeout,
+                request_id=request_id,
+            )
         )
 
     async def execute_async(

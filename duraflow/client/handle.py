@@ -1,4 +1,5 @@
-"""WorkflowHandle: signal, query, cancel, terminate, result, history and describe one run.
+"""WorkflowHandle: signal, query, cancel, terminate, result, history and describe one run;
+pause, unpause and reset it.
 
 A handle reaches its partition through the Client that made it (routing, batching and the
 blocking runner live there); a closed run that has left its partition is read from the archive.
@@ -20,8 +21,12 @@ from duraflow.engine.definitions import Duration, parse_duration
 from duraflow.errors import (
     PayloadError,
     QueryTimeout,
+    ResetError,
     ResultTimeout,
+    UpdateFailed,
+    UpdateTimeout,
     WorkflowCancelledError,
+    WorkflowClosed,
     WorkflowFailedError,
     WorkflowNotFound,
     WorkflowTerminatedError,
@@ -29,6 +34,9 @@ from duraflow.errors import (
 from duraflow.storage.codec import decode, encode
 
 T = TypeVar("T")
+
+NO_PAYLOAD: Any = object()
+"""``update(name)`` without a payload: the handler is called with no argument."""
 
 
 class HandleOwner(Protocol):
@@ -155,6 +163,61 @@ class WorkflowHandle:
         """Blocking twin of :meth:`query_async`."""
         return self._client._block(self.query_async(name, *args, timeout=timeout))
 
+    async def update_async(
+        self,
+        name: str,
+        payload: Any = NO_PAYLOAD,
+        *,
+        timeout: Duration | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Run the run's update handler ``name`` with ``payload`` and return its result, once
+        that result is recorded (durable).
+
+        Args:
+            payload: the handler's one argument (none when left out).
+            timeout: give up waiting after this long (default: wait).
+            request_id: makes the update exactly once: a request ID the run has taken is not
+                run again, and its recorded result comes back. Pass your own when you may
+                resend (after UpdateTimeout, say); by default each call gets a fresh one.
+
+        Raises:
+            UpdateRejected: its validator refused it, or the run has no such handler; nothing
+                was recorded.
+            UpdateFailed: the handler raised (the run goes on).
+            WorkflowClosed: the run is closed, or closed before the handler finished.
+            WorkflowNotFound: no such workflow.
+            UpdateTimeout: ``timeout`` elapsed first (a TimeoutError); the update may still
+                complete: resend it with the same ``request_id`` to get its result.
+            PayloadError: ``payload`` cannot be encoded.
+        """
+        _check_name(name, "update name")
+        if request_id is not None:
+            _check_text(request_id, "request_id")
+        seconds = None if timeout is None else parse_duration(timeout, "timeout")
+        args = [] if payload is NO_PAYLOAD else [payload]
+        request = m.Update(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            name=name,
+            args=encode(args, f"payload of update {name!r}"),
+            request_id=request_id or uuid.uuid4().hex,
+        )
+        return await update_outcome(self._client, request, name, seconds)
+
+    def update(
+        self,
+        name: str,
+        payload: Any = NO_PAYLOAD,
+        *,
+        timeout: Duration | None = None,
+        request_id: str | None = None,
+    ) -> Any:
+        """Blocking twin of :meth:`update_async`."""
+        return self._client._block(
+            self.update_async(name, payload, timeout=timeout, request_id=request_id)
+        )
+
     async def cancel_async(self, reason: str = "") -> None:
         """Request cancellation: the workflow sees ``asyncio.CancelledError`` and may clean up."""
         _check_text(reason, "cancel reason")
@@ -230,6 +293,72 @@ class WorkflowHandle:
         """Blocking twin of :meth:`describe_async`."""
         return self._client._block(self.describe_async())
 
+    # -- operator controls -------------------------------------------------------------------
+
+    async def pause_async(self, reason: str = "") -> None:
+        """Pause the open run: nothing new is dispatched (activity attempts, child starts)
+        and timers that fall due wake nothing until :meth:`unpause_async`; signals are still
+        taken. Durable (``workflow.paused`` in history); ``describe().paused`` says so.
+        Pausing a paused run does nothing.
+
+        Raises:
+            WorkflowNotFound, WorkflowClosed: no open run to pause.
+        """
+        _check_text(reason, "pause reason")
+        await self._call(m.Pause(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
+
+    def pause(self, reason: str = "") -> None:
+        """Blocking twin of :meth:`pause_async`."""
+        self._client._block(self.pause_async(reason))
+
+    async def unpause_async(self, reason: str = "") -> None:
+        """Unpause the run: what the pause held is dispatched now (each held step once).
+        Unpausing a run that is not paused does nothing.
+
+        Raises:
+            WorkflowNotFound, WorkflowClosed: no open run.
+        """
+        _check_text(reason, "unpause reason")
+        await self._call(m.Unpause(workflow_id=self.workflow_id, run_id=self.run_id, reason=reason))
+
+    def unpause(self, reason: str = "") -> None:
+        """Blocking twin of :meth:`unpause_async`."""
+        self._client._block(self.unpause_async(reason))
+
+    async def reset_async(self, to: str | int = "last_failure", reason: str = "") -> str:
+        """Start a new run of this workflow ID from the closed run's history, and return its
+        run ID (the ID's latest run from now on; a handle without run ID follows it).
+
+        The new run's history is the old run's up to the point before its first failure
+        (``to="last_failure"``) or up to and including event ``to`` (an event ID, as
+        :meth:`history_async` numbers them): steps completed there are not run again, their
+        results replay; the failed step and what follows run again with today's code. Its
+        ``workflow.started`` records the run and event it was reset from. Signals recorded
+        after that point reach the new run again.
+
+        Raises:
+            ResetError: the ID's latest run is still running, the run never failed (with
+                ``"last_failure"``), the event ID is out of range, or today's code does not
+                replay the copied history.
+            WorkflowNotFound: no such run in the partition.
+        """
+        _check_text(reason, "reset reason")
+        if not (to == "last_failure" or (isinstance(to, int) and not isinstance(to, bool))):
+            raise ResetError(f"reset to= takes 'last_failure' or an event ID (int), got {to!r}")
+        request = m.Reset(
+            workflow_id=self.workflow_id,
+            run_id=self.run_id,
+            to=to,
+            reason=reason,
+            new_run_id=uuid.uuid4().hex,
+        )
+        reply: m.StartReply = await self._call(request)
+        return reply.run_id
+
+    def reset(self, to: str | int = "last_failure", reason: str = "") -> str:
+        """Blocking twin of :meth:`reset_async`."""
+        return self._client._block(self.reset_async(to, reason))
+
 
 def _check_text(value: object, what: str) -> None:
     """Names and reasons are recorded in history as UTF-8 ``str``; refuse anything else here,
@@ -240,6 +369,13 @@ def _check_text(value: object, what: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise PayloadError(f"{what} {value!r:.60} is not valid UTF-8 (lone surrogate)") from None
+
+
+def _check_name(value: object, what: str) -> None:
+    """A handler's name: non-empty text (see :func:`_check_text`)."""
+    _check_text(value, what)
+    if not value:
+        raise PayloadError(f"{what} must not be empty")
 
 
 def _unwrap(outcome: m.Outcome) -> Any:
@@ -256,6 +392,35 @@ def _unwrap(outcome: m.Outcome) -> Any:
         outcome.error_type or "",
         outcome.error_message or "",
     )
+
+
+async def update_outcome(owner: HandleOwner, request: Any, name: str, seconds: float | None) -> Any:
+    """Send ``request`` (an ``Update`` or ``UpdateWithStart``) and wait for the update's
+    outcome: in the reply when the handler finished in the same turn, else by awaiting its
+    key (the client's batched, mailbox-collected ``AwaitResult``)."""
+
+    async def round_trip() -> m.Outcome:
+        outcome: m.Outcome = await owner._call(request.workflow_id, request)
+        if outcome.status == "accepted":
+            outcome = await owner._result(request.workflow_id, outcome.run_id)
+        return outcome
+
+    if seconds is None:
+        outcome = await round_trip()
+    else:
+        try:
+            outcome = await asyncio.wait_for(round_trip(), seconds)
+        except asyncio.TimeoutError:
+            raise UpdateTimeout(
+                f"update {name!r} of workflow {request.workflow_id!r} got no result within "
+                f"{seconds:g}s; resend it with request_id={request.request_id!r} to get its "
+                "result (it runs once)"
+            ) from None
+    if outcome.status == "completed":
+        return decode(outcome.result)
+    if outcome.status == "closed":
+        raise WorkflowClosed(outcome.error_message or "the run closed")
+    raise UpdateFailed(name, outcome.error_type or "", outcome.error_message or "")
 
 
 def _archived_outcome(events: list[AnyEvent]) -> m.Outcome:

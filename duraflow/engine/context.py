@@ -22,13 +22,26 @@ from duraflow.engine.definitions import (
     RetryPolicy,
     WorkflowDefinition,
     activity_definition,
+    check_name,
     check_retry,
     parse_duration,
     parse_timeout,
     workflow_definition,
 )
 from duraflow.engine.ids import check_workflow_id
-from duraflow.errors import ChildWorkflowError, ConfigurationError, InvalidDuration
+from duraflow.engine.messaging import (
+    BLOCK_CONDITIONS,
+    BlockCondition,
+    ExternalWorkflowHandle,
+    Messaging,
+    RunCore,
+)
+from duraflow.errors import (
+    ChildWorkflowError,
+    ConfigurationError,
+    InvalidDuration,
+    NoParentWorkflow,
+)
 
 _MISSING: Any = object()
 
@@ -49,11 +62,20 @@ class WorkflowInfo:
     parent_run_id: str | None
 
 
-class ChildWorkflowHandle:
-    """A child workflow started by this run. ``await handle.result()`` waits for it."""
+class ChildWorkflowHandle(ExternalWorkflowHandle):
+    """A child workflow started by this run. ``await handle.result()`` waits for it;
+    ``signal``, ``query`` and ``cancel`` reach it as :class:`ExternalWorkflowHandle`'s do
+    (one sent right after the start waits until the child's start arrived)."""
 
-    def __init__(self, workflow_id: str, future: asyncio.Future[Any]) -> None:
-        self.workflow_id = workflow_id
+    def __init__(
+        self,
+        workflow_id: str,
+        future: asyncio.Future[Any],
+        messaging: Messaging,
+        run: RunCore,
+        seq: int,
+    ) -> None:
+        super().__init__(messaging, run, workflow_id, child_seq=seq)
         self._future = future
 
     async def result(self) -> Any:
@@ -101,6 +123,20 @@ class RunState(Protocol):
     @property
     def query_handlers(self) -> dict[str, Callable[..., Any]]: ...
 
+    @property
+    def messaging(self) -> Messaging:
+        """Requests to other workflows, block_until, signal handlers, conditions."""
+
+    @property
+    def updates(self) -> Any:
+        """The run's updates (``duraflow.engine.run_updates.RunUpdates``)."""
+
+    def event_base(self) -> dict[str, Any]: ...
+
+    def command(self, event: Any) -> bool: ...
+
+    def next_seq(self) -> int: ...
+
     async def schedule_activity(
         self, definition: ActivityDefinition, args: Iterable[Any], options: ActivityOptions
     ) -> Any:
@@ -114,6 +150,9 @@ class RunState(Protocol):
         parent_close_policy: str,
     ) -> ChildWorkflowHandle:
         """Record the child's start; its handle's result resolves when the child closes."""
+
+    def patched(self, patch_id: str, deprecated: bool) -> bool:
+        """Whether the run takes the patch's new code path (recording a marker if live)."""
 
 
 class WorkflowContext:
@@ -260,6 +299,35 @@ class WorkflowContext:
             raise RuntimeError("query handlers are read-only: they cannot set query handlers")
         self._run.query_handlers[name] = handler
 
+    # -- updates (DESIGN section 5) ------------------------------------------------------------
+
+    def set_update_handler(
+        self,
+        name: str,
+        handler: Callable[..., Any],
+        *,
+        validator: Callable[..., Any] | None = None,
+    ) -> None:
+        """Answer updates named ``name`` with ``handler(payload)`` (``handler()`` when the
+        caller sent no payload); the caller gets its result once it is recorded.
+
+        The handler may be async and await activities, timers and signals like the workflow's
+        own code; the run goes on meanwhile. A handler that raises fails the update
+        (``UpdateFailed`` for the caller), not the run.
+
+        Args:
+            validator: called first with the same arguments, read-only like a query handler;
+                it refuses the update by raising (the caller gets ``UpdateRejected`` with its
+                message, and nothing is recorded).
+
+        Raises:
+            TypeError: ``name`` is not a non-empty str, ``handler`` is not callable, or
+                ``validator`` is async.
+        """
+        if self._run.in_query:
+            raise RuntimeError("query handlers are read-only: they cannot set update handlers")
+        self._run.updates.set_handler(name, handler, validator)
+
     async def start_child(
         self,
         workflow: Callable[..., Any] | str,
@@ -296,9 +364,159 @@ class WorkflowContext:
         handle = await self.start_child(workflow, *args, workflow_id=workflow_id)
         return await handle.result()
 
+    # -- workflows talking to workflows (DESIGN section 5) ------------------------------------
+
+    def external_workflow(self, workflow_id: str) -> ExternalWorkflowHandle:
+        """A handle on any workflow ID (any partition, its latest run) to signal, query or
+        cancel it from this workflow.
+
+        Raises:
+            InvalidWorkflowId: ``workflow_id`` is not a valid ID.
+        """
+        check_workflow_id(workflow_id)
+        return ExternalWorkflowHandle(self._run.messaging, self._run, workflow_id)
+
+    def _parent(self, verb: str) -> ExternalWorkflowHandle:
+        info = self._run.info
+        if info.parent_workflow_id is None:
+            raise NoParentWorkflow(
+                f"cannot {verb}: workflow {info.workflow_id!r} was not started as a child"
+            )
+        return ExternalWorkflowHandle(
+            self._run.messaging, self._run, info.parent_workflow_id, info.parent_run_id
+        )
+
+    async def signal_parent(self, name: str, payload: Any = None) -> None:
+        """Signal the run that started this one as its child (durable, exactly once, in
+        order with this run's other signals).
+
+        Raises:
+            NoParentWorkflow: this run is not a child.
+            WorkflowClosed: the parent's run has closed.
+        """
+        await self._parent(f"signal_parent({name!r})").signal(name, payload)
+
+    async def query_parent(self, name: str, *args: Any) -> Any:
+        """Query the run that started this one; the answer is recorded for replay.
+
+        Raises:
+            NoParentWorkflow: this run is not a child.
+            WorkflowClosed: the parent's run has closed.
+            UnknownQuery: the parent has no handler of that name.
+            QueryFailed: the handler raised.
+        """
+        return await self._parent(f"query_parent({name!r})").query(name, *args)
+
+    async def block_until(
+        self,
+        workflow_ids: Iterable[str],
+        *,
+        condition: BlockCondition = "all_complete",
+        timeout: Duration | None = None,
+    ) -> dict[str, str]:
+        """Wait until the workflows ``workflow_ids`` (any partition) are closed, with any
+        status: all of them, or (``"any_complete"``) one. IDs that do not exist yet count
+        once a run of theirs closes.
+
+        Returns:
+            ``{workflow_id: status}`` of the closed ones.
+
+        Raises:
+            TimeoutError: ``timeout`` elapsed first (a durable timer).
+            ConfigurationError: no IDs, this run's own ID, or an unknown ``condition``.
+            InvalidWorkflowId: an ID that is not a valid ID.
+            InvalidDuration: ``timeout`` is not a duration.
+        """
+        if isinstance(workflow_ids, str):
+            raise ConfigurationError("block_until takes a list of workflow IDs, not one str")
+        ids = list(dict.fromkeys(check_workflow_id(i) for i in workflow_ids))
+        if not ids:
+            raise ConfigurationError("block_until needs at least one workflow ID")
+        if self._run.info.workflow_id in ids:
+            raise ConfigurationError(
+                f"block_until cannot wait for its own workflow {self._run.info.workflow_id!r}"
+            )
+        if condition not in BLOCK_CONDITIONS:
+            raise ConfigurationError(
+                f"block_until condition must be one of {BLOCK_CONDITIONS}, got {condition!r}"
+            )
+        seconds = None if timeout is None else parse_duration(timeout, "block_until timeout")
+        return await self._run.messaging.block_until(ids, condition, seconds)
+
+    def set_signal_handler(self, name: str, handler: Callable[[Any], Any]) -> None:
+        """Call ``handler(payload)`` for each signal ``name`` (a plain or async function),
+        in arrival order; signals that arrived before are handed to it first. A handler
+        that raises fails the run. ``wait_for_signal`` no longer sees signals of that name.
+        """
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"signal name must be a non-empty str, got {name!r}")
+        if not callable(handler):
+            raise TypeError(f"signal handler for {name!r} must be callable, got {handler!r}")
+        if self._run.in_query:
+            raise RuntimeError("query handlers are read-only: they cannot set signal handlers")
+        run = self._run
+        run.messaging.set_signal_handler(name, handler, run.signals.get(name))
+
+    async def wait_condition(
+        self, condition: Callable[[], Any], *, timeout: Duration | None = None
+    ) -> None:
+        """Wait until ``condition()`` is true; it is checked after each thing that happens to
+        the run (a signal, an activity result, a timer, ...), so it must only read state.
+
+        Raises:
+            TimeoutError: ``timeout`` elapsed first (a durable timer).
+            InvalidDuration: ``timeout`` is not a duration.
+        """
+        if not callable(condition):
+            raise TypeError(f"wait_condition needs a callable, got {condition!r}")
+        seconds = None if timeout is None else parse_duration(timeout, "wait_condition timeout")
+        await self._run.messaging.wait_condition(condition, seconds)
+
+    # -- code evolution (patching) ------------------------------------------------------------
+
+    def patched(self, patch_id: str) -> bool:
+        """Whether this run takes the new code path of patch ``patch_id`` (Temporal's
+        ``patched``): True in a run that reaches this call with the new code (a
+        ``workflow.patched`` marker is recorded), False when replaying a history recorded
+        before the patch existed (no marker where the call is). The answer stays the same for
+        the rest of the run, so code that already ran keeps replaying::
+
+            if ctx.patched("fix-rounding"):
+                total = round(total, 2)      # new behaviour
+            else:
+                total = int(total)           # what runs recorded before the fix did
+
+        Raises:
+            ConfigurationError: ``patch_id`` is not a non-empty str without control characters.
+        """
+        return self._run.patched(_patch_id(patch_id), False)
+
+    def deprecate_patch(self, patch_id: str) -> None:
+        """Say that every run still open took patch ``patch_id`` (or none reaches it): the
+        old code path may go. Histories with or without the patch's marker replay; new runs
+        record a marker, so code still calling ``patched(patch_id)`` replays them too.
+
+        Raises:
+            ConfigurationError: ``patch_id`` is not a non-empty str without control characters.
+        """
+        self._run.patched(_patch_id(patch_id), True)
+
+
+def _patch_id(patch_id: object) -> str:
+    checked = check_name(patch_id, "patch ID")
+    if checked is None:
+        raise ConfigurationError("patch ID must be a non-empty str, got None")
+    return checked
+
 
 def _pick(override: Duration | None, default: float | None, what: str) -> float | None:
     return default if override is None else parse_timeout(override, what)
 
 
-__all__ = ["ChildWorkflowError", "ChildWorkflowHandle", "WorkflowContext", "WorkflowInfo"]
+__all__ = [
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
+    "ExternalWorkflowHandle",
+    "WorkflowContext",
+    "WorkflowInfo",
+]

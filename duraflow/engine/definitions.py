@@ -12,6 +12,7 @@ import os
 import re
 import sys
 import threading
+import types
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -332,9 +333,28 @@ def _code_ref(fn: Callable[..., Any]) -> str:
 
 
 def _code_hash(fn: Callable[..., Any]) -> str:
+    """A short hash of a workflow function's code: its bytecode, the names and constants it
+    uses, and those of the functions and lambdas defined in it (recorded in
+    ``workflow.started``; ``describe()`` shows when the code changed since)."""
     code = getattr(fn, "__code__", None)
-    raw = code.co_code if code is not None else _code_ref(fn).encode()
-    return hashlib.blake2b(raw, digest_size=8).hexdigest()
+    digest = hashlib.blake2b(digest_size=8)
+    if code is None:
+        digest.update(_code_ref(fn).encode())
+    else:
+        _hash_code(code, digest)
+    return digest.hexdigest()
+
+
+def _hash_code(code: types.CodeType, digest: Any) -> None:
+    digest.update(code.co_code)
+    digest.update(repr(code.co_names).encode())
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            _hash_code(const, digest)
+        elif isinstance(const, frozenset):  # its order varies with the hash seed
+            digest.update(repr(sorted(map(repr, const))).encode())
+        else:
+            digest.update(repr(const).encode())
 
 
 def workflow(fn: F | None = None, *, name: str | None = None) -> Any:
@@ -505,9 +525,22 @@ def resolve_workflow(name: str, code_ref: str = "") -> WorkflowDefinition:
     if found is None:
         raise UnknownWorkflowType(
             f"unknown workflow type {name!r}: no @workflow of that name is registered in "
-            f"{_this_process()}; import the module that defines it before opening the engine"
+            f"{_this_process()} (registered there: {registered_workflows()}); serve the "
+            "module that defines it (`duraflow serve --app MODULE`), or import it before "
+            "opening the engine"
         )
     return found
+
+
+def registered_workflows(limit: int = 50) -> list[str]:
+    """The workflow type names registered in this process, sorted (at most ``limit``)."""
+    with _lock:
+        return sorted(_workflows)[:limit]
+
+
+def find_workflow(name: str) -> WorkflowDefinition | None:
+    """The workflow type registered as ``name`` in this process, if any."""
+    return _workflows.get(name)
 
 
 def resolve_activity(name: str, code_ref: str = "") -> ActivityDefinition:

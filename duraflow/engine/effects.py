@@ -96,11 +96,13 @@ class Heartbeat(msgspec.Struct, tag=True):
 
 
 class Delivered(msgspec.Struct, tag=True):
-    """The outcome of sending outbox row ``outbox_id`` (``error`` None: it arrived)."""
+    """The outcome of sending outbox row ``outbox_id`` (``error`` None: it arrived, and
+    ``value`` is the receiver's reply)."""
 
     outbox_id: int
     message: Any
     error: Any = None  # BaseException | None; kept untyped: exceptions are not msgspec types
+    value: Any = None
 
 
 # -- writes: applied at once, inside the turn's transaction -----------------------------------

@@ -56,12 +56,12 @@ class Watch:
         self.since = 0.0
         """``time.monotonic()`` when the code running now began; 0.0 when none runs."""
         self.workflow_id = ""
-        self.doing: Any = None  # the event being applied, or a query handler's name
+        self.doing: Any = None  # the event being applied, or read-only code's name
         self.thread = 0
         self.reported = 0.0  # the ``since`` the watchdog has reported
 
     def enter(self, workflow_id: str, doing: Any) -> None:
-        """Workflow code of ``workflow_id`` starts ``doing`` (an event, or a query name)."""
+        """Code of ``workflow_id`` starts ``doing`` (an event, or read-only code's name)."""
         self.workflow_id = workflow_id
         self.doing = doing
         self.thread = threading.get_ident()
@@ -86,7 +86,7 @@ class Watch:
 def describe(doing: Any) -> str:
     """``doing`` of a :class:`Watch` in words."""
     if isinstance(doing, str):
-        return f"query handler {doing!r}"
+        return doing  # read-only code, named by its caller: "query handler 'status'"
     if isinstance(doing, ev.Event):
         return f"the activation for {ev.event_type(doing)} (event {doing.event_id})"
     return "workflow code"
@@ -170,6 +170,7 @@ def running_here() -> Watch | None:
 
 
 _start_thread = threading.Thread.start
+"""What ``Thread.start`` was when the guard was installed (an embedder's own wrapper is kept)."""
 
 
 @functools.wraps(_start_thread)
@@ -185,7 +186,9 @@ def _start_guarded(self: threading.Thread) -> None:
 
 
 def _guard_threads() -> None:
+    global _start_thread
     if threading.Thread.start is not _start_guarded:
+        _start_thread = threading.Thread.start
         threading.Thread.start = _start_guarded  # type: ignore[method-assign]  # reason: the one cheap hook on thread starts (no audit event before 3.13)
 
 

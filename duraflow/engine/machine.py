@@ -10,7 +10,10 @@ reads its file only through ``reader`` and writes nothing: the effects it return
 
 To learn what a signal does to a run, read ``signal`` in
 :mod:`duraflow.engine.machine_requests`; the activity rules are in
-:mod:`duraflow.engine.machine_activities`.
+:mod:`duraflow.engine.machine_activities`; signals, queries and cancels between workflows
+and ``block_until`` in :mod:`duraflow.engine.machine_messages`; updates (and
+signal/update-with-start) in :mod:`duraflow.engine.machine_updates`; pause, unpause and
+reset (and what a pause holds back) in :mod:`duraflow.engine.machine_operator`.
 """
 
 from __future__ import annotations
@@ -21,10 +24,28 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import machine_activities as activities
+from duraflow.engine import machine_messages as messages
+from duraflow.engine import machine_operator as operator
 from duraflow.engine import machine_requests as requests
+from duraflow.engine import machine_updates as updates
 from duraflow.engine.attempts import AttemptTable
 from duraflow.engine.machine_state import OpenRun, Reader, Rule, RunBroke, State
-from duraflow.errors import DuraflowError
+from duraflow.errors import DuraflowError, PartitionUnavailable
+
+DELIVERED: dict[type, Rule] = {
+    m.ExternalRequest: messages.request_delivered,
+    m.Watch: messages.watch_delivered,
+}
+"""What an outbox message's delivery (answered or refused) does, by message type; the rest,
+and every delivery that may succeed later, go to ``requests.delivered``."""
+
+
+def _delivered(st: State, item: fx.Delivered) -> Any:
+    rule = DELIVERED.get(type(item.message))
+    if rule is None or isinstance(item.error, PartitionUnavailable):
+        return requests.delivered(st, item)
+    return rule(st, item)
+
 
 RULES: dict[type, Rule] = {
     m.Start: requests.start,
@@ -32,22 +53,31 @@ RULES: dict[type, Rule] = {
     m.Query: requests.query,
     m.Cancel: requests.cancel,
     m.Terminate: requests.terminate,
-    m.AwaitResult: requests.await_result,
-    m.Describe: requests.describe,
+    m.AwaitResult: updates.awaiting(requests.await_result),
+    m.Describe: operator.describing(requests.describe),
     m.History: requests.history,
-    m.ListWorkflows: requests.list_runs,
+    m.ListWorkflows: operator.listing(requests.list_runs),
     m.Archived: requests.archived,
     m.ChildClosed: requests.child_closed,
-    fx.Delivered: requests.delivered,
+    fx.Delivered: _delivered,
     fx.ActivityDone: activities.done,
     fx.Heartbeat: activities.heartbeat,
-    fx.TimerDue: requests.timer_due,
+    fx.TimerDue: operator.holding_timers(requests.timer_due),
     fx.RetryDue: activities.retry_due,
     fx.AttemptTimeout: activities.attempt_timeout,
     fx.HeartbeatCheck: activities.heartbeat_check,
     fx.ScheduleTimeout: activities.schedule_timeout,
     fx.OutboxRetry: requests.resend,
     fx.PruneDue: requests.prune,
+    m.ExternalRequest: messages.receive,
+    m.Watch: messages.watch,
+    m.WatchedClosed: messages.watched_closed,
+    m.Update: updates.update,
+    m.SignalWithStart: updates.signal_with_start,
+    m.UpdateWithStart: updates.update_with_start,
+    m.Pause: operator.pause,
+    m.Unpause: operator.unpause,
+    m.Reset: operator.reset,
 }
 """The rule for each input type."""
 
@@ -56,19 +86,31 @@ COMMANDS: dict[type, Rule] = {
     ev.ActivityCancelled: activities.cancel,
     ev.TimerStarted: requests.start_timer,
     ev.TimerCancelled: requests.cancel_timer,
-    ev.ChildStarted: requests.start_child,
+    ev.ExternalSignalRequested: messages.send_request,
+    ev.ExternalQueryRequested: messages.send_request,
+    ev.ExternalCancelRequested: messages.send_request,
+    ev.BlockUntilStarted: messages.watch_targets,
+    ev.BlockUntilEnded: messages.unwatch_targets,
+    ev.ChildStarted: operator.holding_child_starts(requests.start_child),
+    ev.PatchMarker: operator.patch_marked,
     **dict.fromkeys(ev.CLOSING, requests.close),
+    ev.UpdateCompleted: updates.finished,
+    ev.UpdateFailed: updates.finished,
 }
 """What each command a workflow's code issued does (called with ``(open_run, command)``)."""
 
 LIVE: dict[type, Any] = {
-    fx.TimerDue: requests.timer_live,
+    fx.TimerDue: operator.live_unless_paused(requests.timer_live),
     fx.RetryDue: activities.live,
     fx.AttemptTimeout: activities.live,
     fx.HeartbeatCheck: activities.live,
     fx.ScheduleTimeout: activities.live,
 }
 """Whether a due time would still do something (the rest always may)."""
+
+ON_CLOSE = (messages.notify_watchers, updates.run_closed)
+"""What else happens as a run closes: ``block_until`` calls waiting on its ID are told, its
+waiting updates are answered."""
 
 DEFERRED = requests.DEFERRED
 
@@ -77,6 +119,8 @@ class Machine(State):
     """One partition's runs and rules (see the module docstring); the shell owns one."""
 
     commands = COMMANDS
+    rules = RULES
+    on_close = ON_CLOSE
 
     def apply(self, item: Any, now_us: int, reader: Reader) -> list[Any]:
         """The effects of applying ``item`` at ``now_us``: write effects first in the order
@@ -96,6 +140,9 @@ class Machine(State):
         except DuraflowError as exc:
             effects.append(fx.Reply(error=exc))
             return effects
+        finally:
+            if self.paused:
+                operator.hold(self, effects)
         if reply is not DEFERRED:
             effects.append(fx.Reply(reply))
         return effects
@@ -109,6 +156,7 @@ class Machine(State):
         # Pruned runs take their rows with them; LSNs must still never go back.
         self.lsn = max(reader.max_lsn(), self.archived_lsn)
         self.open = {row.workflow_id: OpenRun(row, None) for row in reader.open_runs()}
+        operator.load(self, reader)
         for timer in reader.timers():
             open_run = self.open.get(timer.workflow_id)
             if open_run is not None and open_run.row.run_id == timer.run_id:
@@ -131,6 +179,8 @@ class Machine(State):
                 # The code is back (or fixed): clear the mark; the rebuild above already
                 # issued what the recorded events ask for.
                 effects.append(fx.SetStuck(open_run.row.workflow_id, open_run.row.run_id, None))
+        if self.paused:
+            operator.hold(self, effects)
         return effects
 
     def rewind(self, now_us: int, reader: Reader) -> list[Any]:

@@ -16,7 +16,7 @@ from duraflow.description import WorkflowDescription, describe_run
 from duraflow.engine import effects as fx
 from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.ids import check_workflow_id
-from duraflow.engine.machine_state import OpenRun, State
+from duraflow.engine.machine_state import DEFERRED, OpenRun, State
 from duraflow.engine.run import PYTHON_VERSION, QueryChangedState, WorkflowRun
 from duraflow.errors import (
     ConfigurationError,
@@ -28,9 +28,6 @@ from duraflow.errors import (
 )
 from duraflow.storage.codec import decode, encode, error_text
 from duraflow.storage.rows import TimerRow, WorkflowRow
-
-DEFERRED = object()
-"""A rule's reply when the request is answered later (``AwaitClose``)."""
 
 PRUNE_BATCH = 1000
 """Closed runs deleted per turn; more are left to the following turns."""
@@ -93,6 +90,7 @@ def start(st: State, req: m.Start) -> m.StartReply:
         args=req.args,
         code_ref=definition.code_ref,
         python=PYTHON_VERSION,
+        code_hash=definition.code_hash,
         parent_id=req.parent_id,
         parent_run_id=req.parent_run_id,
         parent_seq=req.parent_seq,

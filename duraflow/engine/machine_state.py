@@ -27,6 +27,9 @@ from duraflow.storage.rows import ActivityRow, TimerRow, WorkflowRow
 
 log = logging.getLogger("duraflow.partition")
 
+DEFERRED = object()
+"""A rule's reply when the request is answered later (``AwaitClose``)."""
+
 
 class Reader(Protocol):
     """What the machine reads of its partition's file (``PartitionStore`` implements it).
@@ -87,6 +90,7 @@ class OpenRun:
 
 
 Rule = Callable[["State", Any], Any]
+OnClose = Callable[["State", OpenRun, str], None]
 
 
 class State:
@@ -102,6 +106,12 @@ class State:
 
     commands: dict[type, Rule]
     """What each command a workflow issued does (filled in by the machine)."""
+    rules: dict[type, Rule]
+    """The rule for each input type (filled in by the machine): a rule that does another's
+    work too (signal-with-start) calls it through this table."""
+    on_close: tuple[OnClose, ...] = ()
+    """Called with ``(state, open_run, status)`` as each run closes (filled in by the machine):
+    what else a closing tells other workflows and waiting callers."""
 
     def __init__(
         self,
@@ -124,6 +134,8 @@ class State:
         self.resident: collections.OrderedDict[str, float] = collections.OrderedDict()
         """Workflow IDs with code in memory, least recently used first (with when)."""
         self.closed_this_turn: dict[str, OpenRun] = {}
+        self.paused: dict[str, Any] = {}
+        """Paused runs by workflow ID (``machine_operator.PauseMark``s)."""
         # Set for each input by begin():
         self.now_us = 0
         self.now = 0.0
@@ -370,6 +382,8 @@ class State:
                 self.outbox(child_id, m.Cancel(workflow_id=child_id, reason=reason))
         outcome = m.Outcome(wid, rid, status, result, error_type, error_message)
         self.fx.append(fx.Closed(outcome))
+        for hook in self.on_close:
+            hook(self, open_run, status)
         del self.open[wid]
         self.closed_this_turn[wid] = open_run
         self.resident.pop(wid, None)

@@ -26,6 +26,7 @@ from duraflow.engine.context import ChildWorkflowHandle, WorkflowContext, Workfl
 from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, WorkflowDefinition
 from duraflow.engine.guard import Watch
 from duraflow.engine.loop import WorkflowLoop
+from duraflow.engine.messaging import Messaging
 from duraflow.engine.payloads import (
     activity_types,
     decode_args,
@@ -33,6 +34,7 @@ from duraflow.engine.payloads import (
     encode_args,
     workflow_types,
 )
+from duraflow.engine.run_updates import RunUpdates
 from duraflow.errors import (
     ActivityError,
     ChildWorkflowError,
@@ -71,14 +73,37 @@ class ActivityRequest:
         self.options = options
 
 
+_SEQ_COMMANDS = (
+    ev.ActivityScheduled,
+    ev.TimerStarted,
+    ev.ChildStarted,
+    ev.ExternalSignalRequested,
+    ev.ExternalQueryRequested,
+    ev.ExternalCancelRequested,
+    ev.BlockUntilStarted,
+)
+_EXTERNAL_COMMANDS = (
+    ev.ExternalSignalRequested,
+    ev.ExternalQueryRequested,
+    ev.ExternalCancelRequested,
+)
+_MESSAGING_RESOLUTIONS = (ev.ExternalCompleted, ev.ExternalFailed, ev.BlockedWorkflowClosed)
+
+
 def command_key(event: ev.Event) -> tuple[str, int]:
     """Identity of a command within its run, for matching replayed code against history."""
-    if isinstance(event, (ev.ActivityScheduled, ev.TimerStarted, ev.ChildStarted)):
+    if isinstance(event, _SEQ_COMMANDS):
         return ("seq", event.seq)
+    if isinstance(event, ev.BlockUntilEnded):
+        return ("end_block", event.seq)
     if isinstance(event, ev.ActivityCancelled):
         return ("cancel_activity", event.seq)
     if isinstance(event, ev.TimerCancelled):
         return ("cancel_timer", event.seq)
+    if isinstance(event, (ev.UpdateCompleted, ev.UpdateFailed)):
+        return ("update", event.accepted_event_id)
+    if isinstance(event, ev.PatchMarker):
+        return ("patch:" + event.patch_id, 0)
     return ("close", 0)
 
 
@@ -93,6 +118,13 @@ def describe_command(event: ev.Event) -> str:
         )
     if isinstance(event, (ev.TimerStarted, ev.TimerCancelled)):
         return f"{kind} (seq {event.seq})"
+    if isinstance(event, _EXTERNAL_COMMANDS):
+        what = getattr(event, "name", "")
+        return f"{kind} {what!r} to {event.target_workflow_id!r} (seq {event.seq})"
+    if isinstance(event, (ev.BlockUntilStarted, ev.BlockUntilEnded)):
+        return f"{kind} (seq {event.seq})"
+    if isinstance(event, ev.PatchMarker):
+        return f"{kind} {event.patch_id!r}"
     return kind
 
 
@@ -106,6 +138,13 @@ def _same_command(recorded: ev.Event, issued: ev.Event) -> bool:
             issued.child_workflow_id,  # type: ignore[attr-defined]  # reason: same type
             issued.child_workflow_type,  # type: ignore[attr-defined]  # reason: same type
         )
+    if isinstance(recorded, _EXTERNAL_COMMANDS):
+        return (recorded.target_workflow_id, getattr(recorded, "name", "")) == (
+            issued.target_workflow_id,  # type: ignore[attr-defined]  # reason: same type
+            getattr(issued, "name", ""),
+        )
+    if isinstance(recorded, ev.BlockUntilStarted):
+        return recorded.workflow_ids == issued.workflow_ids  # type: ignore[attr-defined]  # reason: same type
     return True
 
 
@@ -135,12 +174,14 @@ class WorkflowRun:
             parent_workflow_id=started.parent_id,
             parent_run_id=started.parent_run_id,
         )
-        self.loop = WorkflowLoop(self, salt=zlib.crc32(started.run_id.encode()))
+        seed = started.seed or started.run_id  # a reset run replays its source's choices
+        self.loop = WorkflowLoop(self, salt=zlib.crc32(seed.encode()))
         self.ctx = WorkflowContext(self)
         self._random: random.Random | None = None
         self.signals: dict[str, collections.deque[Any]] = {}
         self.signal_waiters: dict[str, collections.deque[asyncio.Future[Any]]] = {}
         self.query_handlers: dict[str, Callable[..., Any]] = {}
+        self.updates = RunUpdates(self)
         self.cancel_requested = False
         self.cancel_reason = ""
         self.closed: ev.Event | None = None
@@ -157,15 +198,19 @@ class WorkflowRun:
         self._timer_seqs: dict[int, int] = {}
         self._main: asyncio.Task[Any] | None = None
         self._divergence: str | None = None
+        self._patches: dict[str, bool] = {}
+        self._deprecated_patches: set[str] = set()
+        """Patch IDs of deprecated markers in history (replay may or may not meet them)."""
         self.in_query = False
         self._discarded = False
         self._watch = watch
+        self.messaging = Messaging(self)
 
     @property
     def random(self) -> random.Random:
         """The run's deterministic generator, seeded by its run ID (made on first use)."""
         if self._random is None:
-            self._random = random.Random(self.started.run_id)
+            self._random = random.Random(self.started.seed or self.started.run_id)
         return self._random
 
     @property
@@ -199,6 +244,12 @@ class WorkflowRun:
         self.loop.set_time(event.at_us / 1e6)
         self._apply(event)
         self.loop.run_until_idle()
+        while self.messaging.settle():  # wait_condition calls whose condition now holds
+            self.loop.run_until_idle()
+        failed = self.messaging.handler_error
+        if failed is not None and self.closed is None:
+            with contextlib.suppress(_Divergence):
+                self._command(self._failed(event.at_us, failed))
         if self._main is not None and self._main.done() and self.closed is None:
             # A close that differs from history sets self._divergence (raised just below).
             with contextlib.suppress(_Divergence):
@@ -239,6 +290,8 @@ class WorkflowRun:
             future = self._pending(self._children.pop(event.seq, None), event)
             if not future.done():
                 future.set_result(decode(event.result))
+        elif isinstance(event, ev.UpdateAccepted):
+            self.updates.accept(event)
         elif isinstance(event, ev.ChildFailed):
             future = self._pending(self._children.pop(event.seq, None), event)
             if not future.done():
@@ -247,6 +300,11 @@ class WorkflowRun:
                         event.child_workflow_id, event.status, event.error_type, event.error_message
                     )
                 )
+        elif isinstance(event, _MESSAGING_RESOLUTIONS):
+            try:
+                self.messaging.resolve(event)
+            except KeyError:
+                self._pending(None, event)
 
     def _pending(self, found: Any, event: ev.Event) -> Any:
         if found is None:
@@ -297,11 +355,14 @@ class WorkflowRun:
         elif isinstance(exc, asyncio.CancelledError):
             self._command(ev.WorkflowCancelled(**base, reason=self.cancel_reason))
         else:
-            self._command(
-                ev.WorkflowFailed(
-                    **base, error_type=type(exc).__name__, error_message=error_text(exc)
-                )
-            )
+            self._command(self._failed(at_us, exc))
+
+    def _failed(self, at_us: int, exc: BaseException) -> ev.WorkflowFailed:
+        base = self._event_base(at_us)
+        base["duration_ms"] = max(0, (at_us - self.started.at_us) // 1000)
+        return ev.WorkflowFailed(
+            **base, error_type=type(exc).__name__, error_message=error_text(exc)
+        )
 
     # -- commands issued by workflow code ----------------------------------------------------
 
@@ -312,6 +373,15 @@ class WorkflowRun:
             "workflow_type": self.info.workflow_type,
             "at_us": round(self.loop.time() * 1e6) if at_us is None else at_us,
         }
+
+    def event_base(self) -> dict[str, Any]:
+        """The fields every event of this run carries, at workflow time (for helpers)."""
+        return self._event_base()
+
+    def command(self, event: ev.Event) -> bool:
+        """Record a command issued by workflow code outside this module (a message to another
+        workflow, an update's outcome): see :meth:`_command`."""
+        return self._command(event)
 
     def _command(self, event: ev.Event) -> bool:
         """Record a command; returns False when replay matched it to history (not new)."""
@@ -350,6 +420,24 @@ class WorkflowRun:
     def _diverge(self, message: str) -> None:
         self._divergence = self._divergence or message
         raise _Divergence(message)
+
+    def patched(self, patch_id: str, deprecated: bool) -> bool:
+        """Whether the run takes patch ``patch_id``'s new code path (the same answer all run
+        long): live, yes, and a marker is recorded; on replay, whether history holds it."""
+        memo = self._patches.get(patch_id)
+        if memo is not None:
+            return memo
+        if self._recorded is not None:  # replaying: the old path unless history says new
+            marker = self._recorded.pop(("patch:" + patch_id, 0), None)
+            found = marker is not None or patch_id in self._deprecated_patches
+            self._deprecated_patches.discard(patch_id)
+        else:
+            self._command(
+                ev.PatchMarker(**self._event_base(), patch_id=patch_id, deprecated=deprecated)
+            )
+            found = True
+        self._patches[patch_id] = found
+        return found
 
     def next_seq(self) -> int:
         self._seq += 1
@@ -414,9 +502,11 @@ class WorkflowRun:
                 parent_close_policy=parent_close_policy,
             )
         )
-        return ChildWorkflowHandle(child_id, future)
+        return ChildWorkflowHandle(child_id, future, self.messaging, self, seq)
 
     def _deliver_signal(self, name: str, value: Any) -> None:
+        if self.messaging.deliver(name, value):
+            return
         waiters = self.signal_waiters.get(name)
         while waiters:
             waiter = waiters.popleft()
@@ -430,24 +520,32 @@ class WorkflowRun:
     def query(self, name: str, args: Sequence[Any]) -> Any:
         """Call the query handler ``name``; read-only, never writes history.
 
+        Raises:
+            KeyError: no handler of that name (the caller turns it into UnknownQuery).
+            WorkflowBlocked, QueryChangedState, BaseException: as :meth:`call_read_only`.
+        """
+        handler = self.query_handlers[name]
+        return self.call_read_only(handler, args, f"query handler {name!r}")
+
+    def call_read_only(self, handler: Callable[..., Any], args: Sequence[Any], what: str) -> Any:
+        """Call ``handler(*args)`` (a query handler, an update validator) as read-only code.
+
         The handler runs with the run's loop as the running loop, so whatever it schedules
         lands there, where it is seen (and never reaches the partition's own loop).
 
         Raises:
-            KeyError: no handler of that name (the caller turns it into UnknownQuery).
             WorkflowBlocked: the handler held the partition past the watch's threshold.
             QueryChangedState: the handler changed what the run will do next: it woke
                 workflow code, or rebound or resized a variable it shares with the workflow.
             BaseException: whatever the handler raised.
         """
-        handler = self.query_handlers[name]
         before = guard.captured(handler)
         watch = self._watch
         previous = events._get_running_loop()
         events._set_running_loop(self.loop)
         self.in_query = True
         if watch is not None:
-            watch.enter(self.info.workflow_id, name)
+            watch.enter(self.info.workflow_id, what)
         error: BaseException | None = None
         value = None
         try:
@@ -464,10 +562,10 @@ class WorkflowRun:
         changed = self._changed_by_query(handler, before)
         if changed:
             raise QueryChangedState(
-                f"query handler {name!r} of workflow {self.info.workflow_id!r} changed the "
-                f"run's state ({changed}): query handlers must only read, since a replay, "
-                "which runs no queries, would not see the change; the run is rebuilt from "
-                "its history"
+                f"{what} of workflow {self.info.workflow_id!r} changed the run's state "
+                f"({changed}): query handlers and update validators must only read, since a "
+                "replay, which runs neither, would not see the change; the run is rebuilt "
+                "from its history"
             )
         if error is not None:
             raise error
@@ -522,8 +620,15 @@ def rebuild(
             f"be replayed on Python {PYTHON_VERSION}: asyncio orders work differently across "
             "minor versions; finish it on the version that started it"
         )
-    recorded = {command_key(e): e for e in history if isinstance(e, ev.COMMANDS)}
+    recorded = {
+        command_key(e): e
+        for e in history
+        if isinstance(e, ev.COMMANDS) and not (isinstance(e, ev.PatchMarker) and e.deprecated)
+    }
     run = WorkflowRun(definition, started, recorded, watch=watch)
+    run._deprecated_patches = {  # reason: replay state, set before the first activation
+        e.patch_id for e in history if isinstance(e, ev.PatchMarker) and e.deprecated
+    }
     new: list[ev.Event] = []
     for event in history:
         if isinstance(event, ev.RESOLUTIONS):

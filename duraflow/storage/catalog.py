@@ -65,6 +65,8 @@ def catalog_properties(s3: S3Config) -> dict[str, str]:
         props["s3.access-key-id"] = s3.access_key_id
     if s3.secret_access_key:
         props["s3.secret-access-key"] = s3.secret_access_key
+    if s3.session_token:
+        props["s3.session-token"] = s3.session_token
     return props
 
 
@@ -78,6 +80,8 @@ def s3_filesystem(s3: S3Config) -> pyarrow.fs.S3FileSystem:
     if s3.access_key_id:
         options["access_key"] = s3.access_key_id
         options["secret_key"] = s3.secret_access_key
+        if s3.session_token:
+            options["session_token"] = s3.session_token
     return pyarrow.fs.S3FileSystem(**options)
 
 

@@ -31,6 +31,9 @@ async def cdc_child(ctx: df.WorkflowContext, fail: bool) -> str:
 
 @df.workflow
 async def cdc_everything(ctx: df.WorkflowContext) -> str:
+    ctx.set_update_handler("ok", lambda x: x)  # update_accepted, update_completed
+    ctx.set_update_handler("bad", lambda: 1 / 0)  # update_failed
+    ctx.patched("cdc-patch")  # workflow.patched
     await ctx.activity(cdc_flaky, False)
     with contextlib.suppress(df.ActivityError):
         await ctx.activity(cdc_flaky, True)  # one retry, then activity_failed
@@ -44,6 +47,15 @@ async def cdc_everything(ctx: df.WorkflowContext) -> str:
     await ctx.execute_child(cdc_child, False)  # child_started, child_completed
     with contextlib.suppress(df.ChildWorkflowError):
         await ctx.execute_child(cdc_child, True)  # child_failed
+    kid = await ctx.start_child(cdc_wait, workflow_id=f"{ctx.info.workflow_id}-kid")
+    await kid.signal("hello", 1)  # external_signal_requested, external_completed
+    with contextlib.suppress(df.UnknownQuery):
+        await kid.query("nothing")  # external_query_requested, external_failed
+    await kid.cancel("enough")  # external_cancel_requested
+    with contextlib.suppress(df.ChildWorkflowError):
+        await kid.result()
+    # block_until_started, blocked_workflow_closed, block_until_ended (for the other ID)
+    await ctx.block_until([kid.workflow_id, "cdc-nobody"], condition="any_complete")
     return "done"
 
 
@@ -75,9 +87,14 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
     with any_client.subscribe(from_="earliest") as sub:
         handle = any_client.start(cdc_everything, workflow_id="cdc-all")
         time.sleep(0.3)
+        assert 5 == handle.update("ok", 5)
+        with pytest.raises(df.UpdateFailed):
+            handle.update("bad")
         handle.signal("go", 1)
         assert "done" == handle.result(timeout=30)
         cancelled = any_client.start(cdc_wait, workflow_id="cdc-cancel")
+        cancelled.pause("ops")  # workflow.paused
+        cancelled.unpause()  # workflow.unpaused
         cancelled.cancel("stop")
         terminated = any_client.start(cdc_wait, workflow_id="cdc-term")
         terminated.terminate("bye")
@@ -110,10 +127,12 @@ def test_every_event_type_arrives_with_its_fields(any_client: df.Client) -> None
     for closing in ("workflow.failed", "workflow.cancelled", "workflow.terminated"):
         assert by_type[closing].duration_ms >= 0
     assert "ValueError" == by_type["workflow.activity_failed"].error_type
-    assert "stop" == by_type["workflow.cancel_requested"].reason
+    cancels = {e.workflow_id: e.reason for e in seen if _tag(e) == "workflow.cancel_requested"}
+    assert cancels and cancels.items() <= {"cdc-cancel": "stop", "cdc-all-kid": "enough"}.items()
     assert "bye" == by_type["workflow.terminated"].reason
     assert "cdc_everything" == by_type["workflow.child_started"].workflow_type
-    assert "failed" == by_type["workflow.child_failed"].status
+    assert {"failed", "cancelled"} == {e.status for e in seen if _tag(e) == "workflow.child_failed"}
+    assert ["cdc-nobody"] == by_type["workflow.block_until_ended"].pending
 
 
 def test_events_come_in_lsn_order_per_partition_and_resume_without_a_gap(

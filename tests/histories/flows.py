@@ -98,5 +98,49 @@ async def hist_cancel(ctx: df.WorkflowContext) -> str:
     return "slept a week"
 
 
-WORKFLOWS = [hist_activities, hist_timers, hist_signals, hist_child, hist_children, hist_cancel]
+@df.workflow
+async def hist_worker(ctx: df.WorkflowContext, n: int) -> int:
+    """A child that reports to its parent, asks it a question, and waits to be told to stop."""
+    await ctx.signal_parent("progress", {"worker": n, "done": True})
+    factor = await ctx.query_parent("factor")
+    stop = await ctx.wait_for_signal("stop")
+    return n * factor + stop
+
+
+@df.workflow
+async def hist_coordinator(ctx: df.WorkflowContext) -> dict:
+    """A parent coordinating children that signal back (signal handler, wait_condition,
+    child signal and query, external cancel, block_until with a timeout that the closing beats)."""
+    reports: list[object] = []
+    ctx.set_query_handler("factor", lambda: 10)
+    ctx.set_signal_handler("progress", reports.append)
+    workers = [
+        await ctx.start_child(hist_worker, n, workflow_id=f"hist-coordinator/{n}") for n in (1, 2)
+    ]
+    await ctx.wait_condition(lambda: len(reports) == 2, timeout="1h")
+    for worker in workers:
+        await worker.signal("stop", 5)
+    results = [await worker.result() for worker in workers]
+    closed = await ctx.block_until(
+        [w.workflow_id for w in workers], condition="all_complete", timeout="1h"
+    )
+    try:
+        await ctx.external_workflow("hist-nobody").cancel("no such workflow")
+    except df.WorkflowNotFound:
+        missing = "not found"
+    else:
+        missing = "found"
+    return {"results": results, "closed": closed, "reports": len(reports), "missing": missing}
+
+
+WORKFLOWS = [
+    hist_activities,
+    hist_timers,
+    hist_signals,
+    hist_child,
+    hist_children,
+    hist_cancel,
+    hist_worker,
+    hist_coordinator,
+]
 """Every workflow whose histories are recorded here."""

@@ -59,12 +59,20 @@ def cancel(client: df.Client) -> list[df.WorkflowHandle]:
     return [handle]
 
 
+def messages(client: df.Client) -> list[df.WorkflowHandle]:
+    handle = client.start(flows.hist_coordinator, workflow_id="hist-coordinator")
+    handle.result(timeout=RESULT_TIMEOUT_S)
+    workers = [client.get_handle(f"hist-coordinator/{n}") for n in (1, 2)]
+    return [handle, *workers]
+
+
 SCENARIOS: dict[str, Callable[[df.Client], list[df.WorkflowHandle]]] = {
     "activities": activities,
     "timers": timers,
     "signals": signals,
     "children": children,
     "cancel": cancel,
+    "messages": messages,
 }
 
 

@@ -213,6 +213,11 @@ def one_of_each() -> list[ev.Event]:
             parent_run_id="pr",
             parent_seq=4,
             attempt=2,
+            code_hash="0123456789abcdef",
+            reset_from_run_id="r-0",
+            reset_from_event_id=5,
+            reset_reason="fixed",
+            seed="r-0",
             **base,
         ),
         ev.ActivityScheduled(seq=1, activity="charge", args=codec.encode([9.5]), **base),
@@ -259,6 +264,49 @@ def one_of_each() -> list[ev.Event]:
         ev.WorkflowFailed(error_type="KeyError", error_message="'sku'", **base),
         ev.WorkflowCancelled(reason="asked", **base),
         ev.WorkflowTerminated(reason="ops", **base),
+        ev.ExternalSignalRequested(
+            seq=8,
+            target_workflow_id="order-7",
+            name="approve",
+            payload=codec.encode({"by": "ops"}),
+            target_run_id="r-7",
+            child_seq=6,
+            **base,
+        ),
+        ev.ExternalQueryRequested(
+            seq=9, target_workflow_id="order-7", name="status", args=codec.encode([1]), **base
+        ),
+        ev.ExternalCancelRequested(seq=10, target_workflow_id="order-7", reason="x", **base),
+        ev.ExternalCompleted(
+            seq=9, target_workflow_id="order-7", result=codec.encode("ok"), **base
+        ),
+        ev.ExternalFailed(
+            seq=10,
+            target_workflow_id="order-7",
+            error_type="WorkflowClosed",
+            error_message="closed",
+            **base,
+        ),
+        ev.BlockUntilStarted(
+            seq=11, workflow_ids=["etl-1", "etl-2"], condition="any_complete", **base
+        ),
+        ev.BlockedWorkflowClosed(seq=11, target_workflow_id="etl-1", status="failed", **base),
+        ev.BlockUntilEnded(seq=11, pending=["etl-2"], **base),
+        ev.UpdateAccepted(update_id="u-1", name="add", args=codec.encode(["sku-9"]), **base),
+        ev.UpdateCompleted(
+            update_id="u-1", name="add", accepted_event_id=19, result=codec.encode(2), **base
+        ),
+        ev.UpdateFailed(
+            update_id="u-2",
+            name="add",
+            accepted_event_id=20,
+            error_type="ValueError",
+            error_message="sold out",
+            **base,
+        ),
+        ev.WorkflowPaused(reason="deploy", **base),
+        ev.WorkflowUnpaused(reason="done", **base),
+        ev.PatchMarker(patch_id="fix-1", deprecated=True, **base),
     ]
     for i, event in enumerate(made, start=1):
         event.event_id = i
