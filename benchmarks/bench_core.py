@@ -1,7 +1,8 @@
 """Core engine speed on duraflow: W1 (throughput, latency), W2 (signals), W3 (timers).
 
   W1  N workflows of 3 no-op activities started at once: workflows/s, p50/p99 start-to-result
-      latency; and the same workflow one at a time (unloaded latency). On Ray three times:
+      latency; the same N with 32 in flight at a time (as Restate's W1 runs too); and the same
+      workflow one at a time (unloaded latency). On Ray three times:
       inline activities, plain ones (the default worker pool), and Ray tasks (num_cpus=1).
   W2  M workflows parked on a signal with their results awaited, all signalled at once:
       send-to-completion p50/p99; and one at a time (unloaded).
@@ -45,6 +46,9 @@ def bench_noop_task(i: int) -> int:
 STEPS = {"inline": bench_noop_inline, "pool": bench_noop, "ray_tasks": bench_noop_task}
 """W1's activity by kind: in the partition's process, on the default pool, as a Ray task."""
 
+IN_FLIGHT = 32
+"""W1's second shape: this many workflows in flight at a time (Restate's W1 runs it too)."""
+
 
 @df.workflow
 async def bench_three_steps(ctx: df.WorkflowContext, i: int, kind: str) -> int:
@@ -82,6 +86,28 @@ async def w1_throughput(client: df.Client, n: int, kind: str) -> dict[str, Any]:
         "seconds": elapsed,
         "workflows_per_s": n / elapsed,
         **summary_ms(list(latencies)),
+    }
+
+
+async def w1_in_flight(client: df.Client, n: int, kind: str, in_flight: int) -> dict[str, Any]:
+    """``n`` workflows, ``in_flight`` at a time (a new one starts as one finishes), as
+    Restate's W1 runs with 32 in flight (benchmarks/bench_restate.py)."""
+    todo = iter(range(n))
+    latencies: list[float] = []
+
+    async def one_client() -> None:
+        for i in todo:
+            latencies.append(await _timed_workflow(client, i, kind))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(one_client() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - t0
+    return {
+        "workflows": n,
+        "in_flight": in_flight,
+        "seconds": elapsed,
+        "workflows_per_s": n / elapsed,
+        **summary_ms(latencies),
     }
 
 
@@ -134,15 +160,25 @@ KINDS = {"local": ["inline"], "ray": ["inline", "pool", "ray_tasks"]}
 
 async def _workloads(client: df.Client, runtime: str, sizes: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, Any] = {}
-    for kind in KINDS[runtime]:
+    for kind in _kinds(runtime, sizes):
         await w1_unloaded(client, 5, kind)  # warm-up (Ray starts task workers lazily)
         results[f"w1_throughput_{kind}"] = await w1_throughput(client, sizes.workflows, kind)
+        results[f"w1_in_flight_{kind}"] = await w1_in_flight(
+            client, sizes.workflows, kind, sizes.in_flight
+        )
         results[f"w1_unloaded_{kind}"] = await w1_unloaded(client, sizes.samples, kind)
     results["w2_signal_unloaded"] = await w2_signal(client, sizes.samples)
     results["w2_signal_loaded"] = await w2_signal_loaded(client, sizes.signals)
     results["w3_timer_lateness"] = await w3_timers(client, sizes.timers)
     results.update(await bench_updates.workloads(client, sizes.samples, sizes.signals))
     return results
+
+
+def _kinds(runtime: str, sizes: argparse.Namespace) -> list[str]:
+    """The W1 kinds to run on ``runtime``: those of KINDS that ``--kinds`` names (all by
+    default)."""
+    wanted = getattr(sizes, "kinds", None)
+    return [k for k in KINDS[runtime] if not wanted or k in wanted.split(",")]
 
 
 def run(runtime: str, sizes: argparse.Namespace) -> dict[str, Any]:
@@ -164,6 +200,7 @@ def run(runtime: str, sizes: argparse.Namespace) -> dict[str, Any]:
 
 def add_size_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workflows", type=int, default=1000, help="W1 workflows at once")
+    parser.add_argument("--in-flight", type=int, default=IN_FLIGHT, help="W1 in flight at once")
     parser.add_argument("--samples", type=int, default=100, help="unloaded samples (W1, W2)")
     parser.add_argument("--signals", type=int, default=200, help="W2 parked workflows")
     parser.add_argument("--timers", type=int, default=200, help="W3 sleeping workflows")
@@ -175,18 +212,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(prog="benchmarks core", description=__doc__)
     add_size_options(parser)
     parser.add_argument("--runtimes", default="local,ray", help="comma-separated: local, ray")
+    parser.add_argument("--kinds", default="", help="W1 kinds, comma-separated (default: all)")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "core.json")
     args = parser.parse_args(argv)
     runtimes = [r for r in args.runtimes.split(",") if r]
     results: dict[str, Any] = {runtime: run(runtime, args) for runtime in runtimes}
     results["sqlite_floor"] = sqlite_floor(args.synchronous)
-    columns = [(r, k) for r in runtimes for k in KINDS[r]]
+    columns = [(r, k) for r in runtimes for k in _kinds(r, args)]
+    once = {r: k for r, k in reversed(columns)}  # W2, W3, U: in each runtime's first column
     rows = [("", "  ".join(f"{f'{r}/{k}':>22}" for r, k in columns))]
     thr = "{workflows_per_s:.0f} wf/s"
     lat = "{p50_ms:.1f} / {p99_ms:.1f} ms"
     for title, key, fmt in (
         (f"W1 {args.workflows} x 3 activities", "w1_throughput", thr),
         ("W1 latency under load p50/p99", "w1_throughput", lat),
+        (f"W1 {args.in_flight} in flight", "w1_in_flight", thr),
+        (f"W1 {args.in_flight} in flight p50/p99", "w1_in_flight", lat),
         ("W1 unloaded latency p50/p99", "w1_unloaded", lat),
     ):
         cells = [_cell(results[r].get(f"{key}_{k}"), fmt) for r, k in columns]
@@ -199,10 +240,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         ("U update round trip p50/p99", "u_update_unloaded"),
         ("U signal sent -> acked p50/p99", "u_signal_ack_unloaded"),
     ):
-        cells = [_cell(results[r][key] if k == "inline" else None, lat) for r, k in columns]
+        cells = [_cell(results[r][key] if k == once[r] else None, lat) for r, k in columns]
         rows.append((title, "  ".join(f"{c:>22}" for c in cells)))
     ratios = [
-        _ratio(results[r], "u_update_unloaded", "w2_signal_unloaded") if k == "inline" else "-"
+        _ratio(results[r], "u_update_unloaded", "w2_signal_unloaded") if k == once[r] else "-"
         for r, k in columns
     ]
     rows.append(("U update p50 / W2 signal p50", "  ".join(f"{c:>22}" for c in ratios)))

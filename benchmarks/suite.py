@@ -142,6 +142,7 @@ def _restate(args: argparse.Namespace) -> dict[str, Any]:
             samples=args.samples,
             signals=args.signals,
             timers=args.timers,
+            in_flight=args.in_flight,
             parked_sizes=tuple(n for n in args.parked if n <= RESTATE_PARKED_MAX),
             parked_budget_s=args.dbos_parked_budget,
             parked_settle_s=args.parked_settle,

@@ -22,8 +22,8 @@ HEADER = (
 
 def _get(results: dict[str, Any], system: str, *path: str) -> Any:
     value: Any = results.get(system)
-    if system in PEERS:  # the peers have one kind of step: their keys carry no "_inline"
-        path = tuple(key.removesuffix("_inline") for key in path)
+    if system in PEERS:  # the peers have one kind of step: their keys carry no "_inline"/"_pool"
+        path = tuple(key.removesuffix("_inline").removesuffix("_pool") for key in path)
     for key in path:
         if not isinstance(value, dict) or key not in value:
             return None
@@ -110,7 +110,11 @@ def _core_rows(args: argparse.Namespace, r: dict[str, Any]) -> list[tuple[str, .
     throughput(f"W1 {n} x 3 activities, inline", "w1_throughput_inline", 1100)
     latency("W1 latency under load p50/p99", "w1_throughput_inline")
     latency("W1 unloaded p50/p99", "w1_unloaded_inline", target=10)
-    rows.append(_in_flight_row(r, n))
+    rows.append(_in_flight_row(r, n, "inline"))
+    throughput(f"W1 {n} x 3 plain activities (default pool)", "w1_throughput_pool", 1000)
+    latency("W1 plain activities unloaded p50/p99", "w1_unloaded_pool", target=10)
+    rows.append(_in_flight_row(r, n, "pool", restate_times=2))
+    rows.append(_pool_share_row(r))
     ray_tasks = _get(r, "ray", "w1_throughput_ray_tasks", "workflows_per_s")
     unloaded = _pair(_get(r, "ray", "w1_unloaded_ray_tasks"))
     rows.append(
@@ -147,9 +151,12 @@ def _update_ratio_row(r: dict[str, Any]) -> tuple[str, ...]:
     return _row("U update p50 / W2 signal p50", *cells, "", goal)
 
 
-def _in_flight_row(r: dict[str, Any], n: int) -> tuple[str, ...]:
-    """W1 with a fixed number in flight (a new one starts as one finishes)."""
-    results = [_get(r, s, "w1_in_flight_inline") for s in SYSTEMS]
+def _in_flight_row(
+    r: dict[str, Any], n: int, kind: str, restate_times: float | None = None
+) -> tuple[str, ...]:
+    """W1 with a fixed number in flight (a new one starts as one finishes), its activities of
+    ``kind``; with ``restate_times``, the target: at least that many times Restate's."""
+    results = [_get(r, s, f"w1_in_flight_{kind}") for s in SYSTEMS]
     cells = [
         f"{res['workflows_per_s']:,.0f} wf/s, {_pair(res)}" if res and "p50_ms" in res else "-"
         for res in results
@@ -157,8 +164,20 @@ def _in_flight_row(r: dict[str, Any], n: int) -> tuple[str, ...]:
     rates = [res.get("workflows_per_s") if res else None for res in results]
     in_flight = next((res["in_flight"] for res in results if res and "in_flight" in res), 32)
     versus = (_ratio(rates[1], rates[2], True), _ratio(rates[1], rates[3], True))
-    label = f"W1 {n} with {in_flight} in flight"
-    return _row(label, *cells[:3], restate=cells[3], versus=versus)
+    label = f"W1 {n} with {in_flight} in flight" + (", plain activities" if kind == "pool" else "")
+    goal = ""
+    if restate_times is not None and rates[1] and rates[3]:
+        goal = f">= {restate_times:g}x Restate: {_mark(rates[1] / rates[3], restate_times, True)}"
+    return _row(label, *cells[:3], goal, restate=cells[3], versus=versus)
+
+
+def _pool_share_row(r: dict[str, Any]) -> tuple[str, ...]:
+    """W1 all at once on the default pool as a share of the inline path's (same run)."""
+    pool = _get(r, "ray", "w1_throughput_pool", "workflows_per_s")
+    inline = _get(r, "ray", "w1_throughput_inline", "workflows_per_s")
+    share = pool / inline if pool and inline else None
+    goal = f">= 60%: {_mark(share, 0.6, True)}" if share is not None else ""
+    return _row("W1 default pool / inline, all at once", "", _num(share, "{:.0%}"), goal=goal)
 
 
 def _peer_parked_text(peer: dict[str, Any], metric: str, value: Any, fmt: str) -> str:

@@ -543,6 +543,21 @@ def serving_status(
     return ray_host.RayHost.connect(namespace).status_reports(timeout)
 
 
+def serving_pools(
+    partitions: list[dict[str, Any]],
+    *,
+    namespace: str | None = None,
+    timeout: float = STATUS_TIMEOUT_S,
+) -> list[dict[str, Any]]:
+    """One dict per worker pool of the deployment served in ``namespace`` (after
+    :func:`serving_status`, whose reports are ``partitions``): ``queue``, ``size``, ``alive``
+    (workers that answered within ``timeout``), ``running`` (attempts they run now) and
+    ``outstanding`` (attempts the partitions sent them or are about to, not answered yet)."""
+    from duraflow.actors import workers  # imports ray: only for the Ray runtime
+
+    return workers.pool_reports(namespace or DEFAULT_NAMESPACE, partitions, timeout)
+
+
 def stop_serving(
     *, address: str = "auto", namespace: str | None = None, timeout: float = STOP_TIMEOUT_S
 ) -> list[int]:

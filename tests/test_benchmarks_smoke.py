@@ -21,6 +21,9 @@ def test_the_suite_smoke_run_prints_the_table_and_writes_json(
     out = capsys.readouterr().out
     assert "| W1 20 x 3 activities, inline" in out
     assert "Ray vs DBOS" in out and "Ray vs Restate" in out
+    assert "| W1 20 x 3 plain activities (default pool)" in out
+    assert "| W1 20 with 32 in flight, plain activities" in out
+    assert "| W1 default pool / inline, all at once" in out
     assert "| U update round trip p50/p99" in out and "| U update p50 / W2 signal p50" in out
     assert "| W5 archive, " in out and ">= 50,000/s: " in out  # one throughput row
     for system in ("local", "ray"):

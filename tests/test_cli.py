@@ -163,11 +163,17 @@ SIGNALLER = """
 """
 
 
-def status_rows(output: str) -> dict[str, list[str]]:
-    """The rows of the status table by their first column (partition index or 'total')."""
+def status_rows(output: str, first: str = "PARTITION") -> dict[str, list[str]]:
+    """The rows of the status table whose header starts with ``first`` (partitions, or the
+    worker pools with "POOL"), by their first column (partition index or 'total', queue)."""
     lines = output.splitlines()
-    header = next(i for i, line in enumerate(lines) if line.startswith("PARTITION"))
-    return {line.split()[0]: line.split() for line in lines[header + 1 :] if line.strip()}
+    header = next(i for i, line in enumerate(lines) if line.startswith(first))
+    rows = {}
+    for line in lines[header + 1 :]:
+        if not line.strip():  # the end of the table
+            break
+        rows[line.split()[0]] = line.split()
+    return rows
 
 
 @pytest.mark.timeout(180)
@@ -204,6 +210,16 @@ def test_serve_two_drivers_status_stop_and_serve_again(
         for p in "01":
             assert int(table[p][6]) == int(table[p][4]) - int(table[p][5])
             assert int(table[p][7]) > 0
+
+        # the worker pools: the default one, and one whose worker no node can host (not alive)
+        nowhere = ("--queue", "cli-nowhere", "--size", "1", "--resources", '{"cli-nowhere": 1}')
+        assert "did not start within 1s" in fails(
+            duraflow(ray_cluster, "worker", *nowhere, "--timeout", "1")
+        )
+        pools = status_rows(ok(duraflow(ray_cluster, "status", "--timeout", "3")), "POOL")
+        # POOL SIZE ALIVE RUNNING OUTSTANDING (every run parked on its signal: none running)
+        assert ["default", "2", "2", "0", "0"] == pools["default"]
+        assert ["cli-nowhere", "1", "0", "0", "0"] == pools["cli-nowhere"]
 
         # a partition's process dies: Ray restarts it; it imports the app and recovers
         statuses = json.loads(ok(duraflow(ray_cluster, "status", "--json")))

@@ -39,8 +39,10 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
+from duraflow.actors.pool_dispatch import PoolDispatcher
 from duraflow.actors.router import partition_of
-from duraflow.actors.workers import PoolDispatcher, pool_names, start_pool, start_pools
+from duraflow.actors.worker_link import Done
+from duraflow.actors.workers import pool_names, start_pool, start_pools
 from duraflow.backoff import retry, retry_async
 from duraflow.client.host import Host
 from duraflow.config import EngineConfig, WorkerPool
@@ -161,12 +163,12 @@ class RayExecutor:
     own), or in this process (inline ones)."""
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, actor: Any, threads: int, namespace: str
+        self, loop: asyncio.AbstractEventLoop, actor: Any, name: str, threads: int, namespace: str
     ) -> None:
         self._loop = loop
         self._actor = actor
         self._inline = InlineExecutor(loop, threads)
-        self._pools = PoolDispatcher(loop, actor, namespace)
+        self._pools = PoolDispatcher(loop, actor, name, namespace)
 
     def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
         definition = task.definition
@@ -181,6 +183,14 @@ class RayExecutor:
         )
         task.cancel_hook = lambda: ray.cancel(ref)
         self._loop.create_task(self._wait(ref, done, definition.name))
+
+    def pool_outcomes(self, outcomes: list[Done]) -> None:
+        """Outcomes a worker pushed while the rest of their batch ran."""
+        self._pools.delivered(outcomes)
+
+    def pool_status(self) -> dict[str, dict[str, int]]:
+        """Per queue: the workers this partition knows, linked ones, attempts they hold."""
+        return self._pools.status()
 
     def waits_to_run(self, definition: ActivityDefinition) -> bool:
         """A Ray task or a pool attempt may wait for a worker: each heartbeats first thing
@@ -202,6 +212,7 @@ class RayExecutor:
 
     def close(self) -> None:
         self._inline.close()
+        self._pools.close()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=100_000)
@@ -224,7 +235,7 @@ class PartitionActor:
         self._owner = f"Ray actor {context.get_actor_id()}"
         fencing.set_owner(self._owner)  # the lock file names us; our restarts keep the ID
         self._executor = RayExecutor(
-            loop, me, self._config.activity_threads, self._config.namespace
+            loop, me, actor_name(index), self._config.activity_threads, self._config.namespace
         )
         self._path = partition_path(Path(self._config.data_dir), index)
         self._partition = Partition(
@@ -321,6 +332,10 @@ class PartitionActor:
         await self._opened
         return self._partition.heartbeat(key, number, details)
 
+    async def pool_outcomes(self, outcomes: list[Done]) -> None:
+        """Outcomes of activity attempts from a worker of a pool (see ``actors/workers.py``)."""
+        self._executor.pool_outcomes(outcomes)
+
     async def shutdown(self) -> None:
         """Close the partition (its file and lock) before the actor is killed."""
         await self._opened
@@ -350,6 +365,7 @@ class PartitionActor:
             "app_modules": list(self._config.app_modules),
             "config": self._partition.config.public(),
             "incarnation": self._partition.incarnation,
+            "pools": self._executor.pool_status(),
             **self._partition.stats(),
         }
 

@@ -6,13 +6,18 @@ partitions (``duraflow worker`` starts one on a cluster, to outlive drivers). A 
 the app modules (and the definitions a script shipped) like a partition actor does, and
 resolves each attempt's activity by name and ``module:qualname``.
 
-The partition side (:class:`PoolDispatcher`) buffers the attempts a turn dispatches per
-worker (the one with the fewest outstanding attempts) and sends them once per loop iteration,
-one actor call per worker. The call is a Ray streaming generator: the worker yields the
-outcomes as they finish, coalesced, so a short attempt does not wait for a long one of its
-batch. When the worker dies the stream fails, and every attempt of it not yet answered fails
-with ``WorkerLost`` (retryable): the machine retries it under its policy, and ignores the
-outcome of an attempt that is no longer the running one, so nothing is recorded twice.
+The partition side (``PoolDispatcher`` in ``actors/pool_dispatch.py``) buffers the attempts
+a turn dispatches per worker (the one with the fewest outstanding attempts) and sends them
+once per loop iteration: over the worker's Unix-socket link when it runs on the partition's
+node (``actors/worker_link.py``; outcomes come back on it as they end), else as one plain
+actor call per worker (``run``; a Ray streaming generator cost about twice as much per call
+here). The reply carries the batch's outcomes; while some attempts of a batch still
+run, the worker pushes those that ended to the partition actor (``pool_outcomes``, coalesced
+for PUSH_AFTER_S), so a short attempt does not wait for a long one of its batch. When the
+worker dies the call fails, and every attempt of it not yet answered fails with
+``WorkerLost`` (retryable): the machine retries it under its policy, and ignores the outcome
+of an attempt that is no longer the running one, so nothing is recorded twice; an outcome
+that arrives after its attempt was reported lost is dropped.
 
 Inside a worker, sync attempts run one at a time on one thread (the actor's event loop stays
 free for cancels and heartbeats); async ones run on the loop, up to ``max_async`` at once.
@@ -27,18 +32,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import ray
-from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
-from duraflow.config import DEFAULT_QUEUE, EngineConfig, WorkerPool
+from duraflow.actors import worker_link
+from duraflow.actors.worker_link import Done, Job, Key
+from duraflow.config import EngineConfig, WorkerPool
 from duraflow.engine.activities import (
     ActivityInfo,
     ActivityOutcome,
@@ -57,21 +64,13 @@ CANCEL_GRACE_S = 10.0
 exits (Ray restarts it): a thread cannot be stopped inside a blocking C call."""
 MAX_EARLY_CANCELS = 10_000
 """How many cancels of attempts it does not know a worker remembers (the oldest go first)."""
-DISCOVER_EVERY_S = 1.0
-"""How often a partition looks again for the workers of a queue it found none of."""
-LOST = "WorkerLost"
-"""The error type of an attempt whose worker died (retried under the activity's policy)."""
-NO_WORKERS = "NoWorkers"
-"""The error type of an attempt whose queue no worker serves yet (retried likewise)."""
+PUSH_AFTER_S = 0.002
+"""How long a worker holds the outcomes of a batch's ended attempts while others of it still
+run, before it pushes them to the partition in one call (a batch that ends within this time
+comes back whole, in the reply to its call)."""
 CANCELLED = ActivityOutcome(
     ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
 )
-
-Key = tuple[str, str, int]
-Job = tuple[ActivityInfo, str, bytes, bool]
-"""One attempt sent to a worker: its info, its activity's ``module:qualname``, its encoded
-arguments, and whether it is timed (it heartbeats first when it starts)."""
-Done = tuple[Key, int, ActivityOutcome]
 
 
 def worker_name(queue: str, index: int) -> str:
@@ -83,6 +82,46 @@ def _key(info: ActivityInfo) -> Key:
 
 
 # -- the worker ----------------------------------------------------------------------------
+
+
+class _Batch:
+    """The outcomes of one ``run`` call: held for its reply, or pushed to the partition
+    while attempts of the batch still run (see :meth:`WorkerActor.run`)."""
+
+    def __init__(self, size: int, loop: asyncio.AbstractEventLoop, partition: Any) -> None:
+        self._left = size
+        self._loop = loop
+        self._partition = partition
+        self._held: list[Done] = []
+        self._all_over = loop.create_future()
+        self._push: asyncio.TimerHandle | None = None
+        self._pushes: list[tuple[Any, list[Done]]] = []
+        if size == 0:
+            self._all_over.set_result(None)
+
+    def over(self, done: Done) -> None:
+        self._held.append(done)
+        self._left -= 1
+        if self._left == 0:
+            if self._push is not None:
+                self._push.cancel()
+            self._all_over.set_result(None)
+        elif self._push is None:
+            self._push = self._loop.call_later(PUSH_AFTER_S, self._push_held)
+
+    def _push_held(self) -> None:
+        self._push = None
+        pushed, self._held = self._held, []
+        self._pushes.append((self._partition.pool_outcomes.remote(pushed), pushed))
+
+    async def outcomes(self) -> list[Done]:
+        await self._all_over
+        for ref, pushed in self._pushes:
+            try:
+                await ref
+            except Exception:  # reason: not delivered (the partition restarts?): in the reply
+                self._held.extend(pushed)
+        return self._held
 
 
 @ray.remote(max_restarts=-1, max_task_retries=0, max_concurrency=100_000)
@@ -114,32 +153,51 @@ class WorkerActor:
         """Cancels that came before their attempt (Ray does not order an async actor's calls)."""
         self._started_at = time.time()
         self._ran = 0
+        self._partitions: dict[str, Any] = {}
+        """Partition actors by name (those that linked to this worker)."""
+        self._link, self._server = await worker_link.listen(self._find_partition, self._serve)
 
-    async def run(self, jobs: list[Job], partition: Any) -> AsyncIterator[list[Done]]:
-        """Run ``jobs`` (attempts of one partition); yield their outcomes as they end."""
-        finished: asyncio.Queue[Done] = asyncio.Queue()
+    async def link(self) -> dict[str, Any]:
+        """Where a partition on this worker's node can link to it (``address`` None: nowhere,
+        send attempts by Ray calls)."""
+        return {"node_id": ray.get_runtime_context().get_node_id(), "address": self._link}
+
+    async def _find_partition(self, name: str) -> Any:
+        found = self._partitions.get(name)
+        if found is None:
+            lookup = functools.partial(ray.get_actor, name, namespace=self._config.namespace)
+            found = self._partitions[name] = await self._loop.run_in_executor(None, lookup)
+        return found
+
+    def _serve(self, jobs: list[Job], partition: Any, report: Callable[[Done], None]) -> None:
+        """Start ``jobs`` (attempts of ``partition``); ``report`` each one's outcome."""
         for job in jobs:
             task = self._task(job, partition)
             if isinstance(task, ActivityOutcome):  # its activity cannot be found here
-                finished.put_nowait((_key(job[0]), job[0].attempt, task))
+                report((_key(job.info), job.info.attempt, task))
                 continue
-            running = self._loop.create_task(self._attempt(task, partition, job[3]))
-            running.add_done_callback(lambda r, t=task: self._over(t, r, finished))
-        left = len(jobs)
-        while left:
-            batch = [await finished.get()]
-            while not finished.empty():
-                batch.append(finished.get_nowait())
-            left -= len(batch)
-            yield batch
+            running = self._loop.create_task(self._attempt(task, partition, job.timed))
+            running.add_done_callback(lambda r, t=task: report(self._over(t, r)))
+
+    async def run(self, jobs: list[Job], partition: Any) -> list[Done]:
+        """Run ``jobs`` (attempts of one partition); return their outcomes once all ended.
+
+        While some still run, those that ended are pushed to the partition
+        (``partition.pool_outcomes``) PUSH_AFTER_S after the first of them: a short attempt
+        does not wait for a long one of its batch. Every push is answered before this
+        returns, so the reply comes after them; what a push could not deliver is in it.
+        """
+        batch = _Batch(len(jobs), self._loop, partition)
+        self._serve(jobs, partition, batch.over)
+        return await batch.outcomes()
 
     def _task(self, job: Job, partition: Any) -> ActivityTask | ActivityOutcome:
-        info, code_ref, args, _timed = job
+        info = job.info
         key, number = _key(info), info.attempt
         if self._early_cancels.pop((key, number), False) is None:
             return CANCELLED
         try:
-            definition = resolve_activity(info.activity, code_ref)
+            definition = resolve_activity(info.activity, job.code_ref)
         except Exception as exc:  # reason: reported as the attempt's outcome
             return failure_of(exc)
 
@@ -148,7 +206,7 @@ class WorkerActor:
             self._beats[(key, number)] = ref
             ref.future().add_done_callback(lambda f: self._heartbeat_answered(task, f))
 
-        task = ActivityTask(definition, args, info, send_heartbeat)
+        task = ActivityTask(definition, job.args, info, send_heartbeat)
         self._tasks[(key, number)] = task
         return task
 
@@ -203,9 +261,7 @@ class WorkerActor:
         except ActivityCancelledError:  # a cancel raised just as the attempt ended
             return CANCELLED
 
-    def _over(
-        self, task: ActivityTask, running: asyncio.Task[ActivityOutcome], out: asyncio.Queue[Done]
-    ) -> None:
+    def _over(self, task: ActivityTask, running: asyncio.Task[ActivityOutcome]) -> Done:
         key, number = _key(task.info), task.info.attempt
         self._tasks.pop((key, number), None)
         self._ran += 1
@@ -213,7 +269,7 @@ class WorkerActor:
             outcome = running.result()
         except BaseException as exc:  # reason: any failure is the attempt's outcome
             outcome = failure_of(exc)
-        out.put_nowait((key, number, outcome))
+        return (key, number, outcome)
 
     async def cancel(self, key: Key, number: int) -> None:
         """Attempt ``number`` of ``key`` is no longer wanted: stop it if it runs here."""
@@ -260,6 +316,7 @@ class WorkerActor:
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
             "running": len(self._tasks),
+            "link": self._link is not None,
             "ran": self._ran,
             "started_at": self._started_at,
         }
@@ -313,135 +370,35 @@ def pool_names(namespace: str, queue: str | None = None) -> list[str]:
     )
 
 
-# -- the partition's side -------------------------------------------------------------------
+_NAME = re.compile(r"worker-(?P<queue>.+)-(?P<index>\d+)")
 
 
-class _Worker:
-    def __init__(self, handle: Any) -> None:
-        self.handle = handle
-        self.outstanding = 0
-        self.pending: list[tuple[ActivityTask, Callable[[ActivityOutcome], None]]] = []
-
-
-class PoolDispatcher:
-    """Sends a partition's pool attempts to the workers of their queues, in batches.
-
-    Args:
-        loop: the partition actor's event loop.
-        partition: the partition actor's own handle (workers send heartbeats to it).
-        namespace: the deployment's Ray namespace (where the workers are named).
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, partition: Any, namespace: str) -> None:
-        self._loop = loop
-        self._partition = partition
-        self._namespace = namespace
-        self._pools: dict[str, list[_Worker]] = {}
-        self._looked_at: dict[str, float] = {}
-        self._flushing = False
-
-    def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
-        queue = task.definition.queue or DEFAULT_QUEUE
-        workers = self._workers(queue)
-        if not workers:
-            done(self._no_workers(queue))
-            return
-        worker = min(workers, key=lambda w: w.outstanding)
-        worker.outstanding += 1
-        entry = (task, done)
-        worker.pending.append(entry)
-        task.cancel_hook = lambda: self._cancel(worker, entry)
-        if not self._flushing:
-            self._flushing = True
-            self._loop.call_soon(self._flush)
-
-    def _workers(self, queue: str) -> list[_Worker]:
-        workers = self._pools.get(queue)
-        if workers:
-            return workers
-        now = time.monotonic()
-        if now - self._looked_at.get(queue, -DISCOVER_EVERY_S) < DISCOVER_EVERY_S:
-            return []
-        self._looked_at[queue] = now
-        found = []
-        for name in pool_names(self._namespace, queue):
-            with contextlib.suppress(ValueError):  # gone meanwhile
-                found.append(_Worker(ray.get_actor(name, namespace=self._namespace)))
-        self._pools[queue] = found
-        return found
-
-    def _no_workers(self, queue: str) -> ActivityOutcome:
-        return ActivityOutcome(
-            ok=False,
-            error_type=NO_WORKERS,
-            error_message=(
-                f"no worker serves queue {queue!r} in Ray namespace {self._namespace!r}: "
-                f"start a pool (df.Engine(workers={{{queue!r}: df.WorkerPool(...)}}) or "
-                f"'duraflow worker --queue {queue}'); the attempt is retried"
-            ),
+def pool_reports(
+    namespace: str, partitions: list[dict[str, Any]], timeout: float
+) -> list[dict[str, Any]]:
+    """Per queue with workers in ``namespace``: ``queue``, ``size`` (its named workers),
+    ``alive`` (those that answered within ``timeout`` seconds), ``running`` (attempts they
+    run now) and ``outstanding`` (attempts the partitions whose ``partitions`` status reports
+    are given have sent to them or are about to send, not answered yet)."""
+    names = pool_names(namespace)
+    refs = {}
+    for name in names:
+        with contextlib.suppress(ValueError):  # gone meanwhile
+            refs[name] = ray.get_actor(name, namespace=namespace).status.remote()
+    ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    reports: dict[str, dict[str, Any]] = {}
+    for name in names:
+        queue = _NAME.fullmatch(name)["queue"]  # type: ignore[index]  # reason: pool_names matched it
+        report = reports.setdefault(
+            queue, {"queue": queue, "size": 0, "alive": 0, "running": 0, "outstanding": 0}
         )
-
-    def _cancel(
-        self, worker: _Worker, entry: tuple[ActivityTask, Callable[[ActivityOutcome], None]]
-    ) -> None:
-        if entry in worker.pending:  # not sent yet
-            worker.pending.remove(entry)
-            worker.outstanding -= 1
-            entry[1](CANCELLED)
-            return
-        info = entry[0].info
-        worker.handle.cancel.remote(_key(info), info.attempt)
-
-    def _flush(self) -> None:
-        self._flushing = False
-        for workers in self._pools.values():
-            for worker in workers:
-                if worker.pending:
-                    batch, worker.pending = worker.pending, []
-                    self._loop.create_task(self._stream(worker, batch))
-
-    async def _stream(
-        self, worker: _Worker, batch: list[tuple[ActivityTask, Callable[[ActivityOutcome], None]]]
-    ) -> None:
-        waiting = {(_key(t.info), t.info.attempt): done for t, done in batch}
-        jobs = [(t.info, t.definition.code_ref, t.args, t.timed) for t, _ in batch]
-        lost: ActivityOutcome | None = None
-        try:
-            stream = worker.handle.run.options(num_returns="streaming").remote(
-                jobs, self._partition
-            )
-            async for ref in stream:
-                for key, number, outcome in await ref:
-                    done = waiting.pop((tuple(key), number), None)
-                    if done is not None:
-                        worker.outstanding -= 1
-                        done(outcome)
-        except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
-            lost = ActivityOutcome(
-                ok=False, error_type=LOST, error_message=f"the worker died: {_first_line(exc)}"
-            )
-            if isinstance(exc, ActorDiedError) and not _restarts(exc):
-                self._forget(worker)
-        except Exception as exc:  # reason: any other failure fails the attempts it held
-            lost = failure_of(exc)
-        for done in waiting.values():
-            worker.outstanding -= 1
-            done(lost or ActivityOutcome(ok=False, error_type=LOST, error_message="no outcome"))
-
-    def _forget(self, worker: _Worker) -> None:
-        """A worker killed for good (its pool stopped): look for the pool again."""
-        for queue, workers in self._pools.items():
-            if worker in workers:
-                workers.remove(worker)
-                if not workers:
-                    self._looked_at.pop(queue, None)
-
-
-def _restarts(exc: ActorDiedError) -> bool:
-    """Whether Ray will restart the dead actor (it was not killed for good)."""
-    return "ray.kill" not in str(exc) and "no_restart" not in str(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+        report["size"] += 1
+        with contextlib.suppress(Exception):  # no answer: restarting, stalled or gone
+            status = ray.get(refs[name], timeout=0)
+            report["alive"] += 1
+            report["running"] += status["running"]
+    for partition in partitions:
+        for queue, view in partition.get("pools", {}).items():
+            if queue in reports:
+                reports[queue]["outstanding"] += view["outstanding"]
+    return [reports[queue] for queue in sorted(reports)]

@@ -37,7 +37,8 @@ def add_commands(
     p = sub.add_parser(
         "status",
         parents=[common],
-        help="partitions: node, pid, open / resident / parked workflows, LSN",
+        help="partitions: node, pid, open / resident / parked workflows, LSN; worker pools: "
+        "workers, alive ones, attempts running and outstanding",
     )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument(
@@ -242,7 +243,7 @@ driver of the cluster:
     import duraflow as df
     client = df.Client.connect({json.dumps(args.address)}, namespace={json.dumps(ns)})
 
-    duraflow status {options}    # partitions, nodes, open and resident runs
+    duraflow status {options}    # partitions, nodes, open and resident runs; worker pools
     duraflow stop {options}      # closes the partitions; the data stays"""
     )
     if args.address != "auto":
@@ -329,6 +330,10 @@ def _status(args: argparse.Namespace) -> int:
         )
         print()
     _print_table(reports)
+    pools = runtime.serving_pools(reports, namespace=args.namespace, timeout=args.timeout)
+    if pools:
+        print()
+        _print_pools(pools)
     missing = [r["index"] for r in reports if "error" in r]
     if missing:
         print(f"duraflow: error: partitions {missing} did not answer", file=sys.stderr)
@@ -362,6 +367,19 @@ def _print_table(reports: list[dict[str, Any]]) -> None:
     if len(healthy) > 1:
         open_, resident = sum(r["open"] for r in healthy), sum(r["resident"] for r in healthy)
         rows.append(("total", "", "", str(open_), str(resident), str(open_ - resident), ""))
+    widths = [max(len(x) for x in column) for column in zip(header, *rows, strict=False)]
+    for line in (header, *rows):
+        print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())
+
+
+def _print_pools(pools: list[dict[str, Any]]) -> None:
+    """The worker pools: workers named, alive (answered), attempts running and outstanding
+    (sent by the partitions, or about to be, and not answered yet)."""
+    header = ("POOL", "SIZE", "ALIVE", "RUNNING", "OUTSTANDING")
+    rows = [
+        tuple(str(p[k]) for k in ("queue", "size", "alive", "running", "outstanding"))
+        for p in pools
+    ]
     widths = [max(len(x) for x in column) for column in zip(header, *rows, strict=False)]
     for line in (header, *rows):
         print("  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip())

@@ -4,10 +4,11 @@ deployment served on a Ray cluster (its workers outlive this command, like the p
 from __future__ import annotations
 
 import argparse
+import sys
 
 from duraflow import runtime
 from duraflow.cli.args import positive, resources
-from duraflow.cli.output import print_json
+from duraflow.cli.output import EXIT_ERROR, print_json
 from duraflow.config import DEFAULT_MAX_ASYNC, DEFAULT_QUEUE, WorkerPool
 
 
@@ -61,9 +62,13 @@ def _worker(args: argparse.Namespace) -> int:
         resources=args.resources,
         max_async=args.max_async,
     )
-    statuses = runtime.serve_workers(
-        args.queue, pool, address=args.address, namespace=args.namespace, timeout=args.timeout
-    )
+    try:
+        statuses = runtime.serve_workers(
+            args.queue, pool, address=args.address, namespace=args.namespace, timeout=args.timeout
+        )
+    except TimeoutError as exc:  # the workers stay, pending: `duraflow status` lists them
+        print(f"duraflow: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
     if args.json:
         print_json(statuses)
         return 0

@@ -20,6 +20,8 @@ import ray
 
 import duraflow as df
 from duraflow import runtime
+from duraflow.actors.router import partition_of
+from duraflow.actors.worker_link import LINK_ENV
 from duraflow.actors.workers import pool_names
 from duraflow.cdc.events import ActivityCompleted, ActivityRetry
 from tests.actors.test_ray_core import (
@@ -275,17 +277,49 @@ def warm_up(client: df.Client) -> None:
 # -- where activities run ------------------------------------------------------------------------
 
 
+NO_LINK = {"env_vars": {LINK_ENV: "off"}}
+"""A pool's runtime_env whose workers offer no link: partitions send to them by Ray calls."""
+
+
+def partition_pools(client: df.Client) -> list[dict[str, Any]]:
+    """Each partition's view of the pools (``status()["pools"]``)."""
+    return [s["pools"] for s in client._host.statuses()]  # type: ignore[attr-defined]
+
+
+def warm_up_every_partition(client: df.Client) -> None:
+    """:func:`warm_up` on each partition (each finds the default pool's workers)."""
+    partitions = client._host.partitions  # type: ignore[attr-defined]
+    candidates = [new_id("pl-warm") for _ in range(64)]
+    ids = {partition_of(wid, partitions): wid for wid in candidates}
+    assert partitions == len(ids)
+    handles = [client.start(pl_warm, workflow_id=wid) for wid in ids.values()]
+    for handle in handles:
+        handle.result(timeout=60)
+
+
+def wait_linked(client: df.Client, queue: str = "default") -> None:
+    """Wait until every partition reaches each worker of ``queue`` over a link."""
+    warm_up_every_partition(client)
+    wait_until(
+        lambda: all(p[queue]["linked"] == p[queue]["workers"] > 0 for p in partition_pools(client)),
+        what="links to the workers",
+        seen=lambda: partition_pools(client),
+    )
+
+
 @pytest.fixture
 def pool_engine(ray_session: None, data_dir: Path) -> Any:
-    """A Ray engine with the default pool and a one-worker pool that reserves a gadget."""
+    """A Ray engine with the default pool and a one-worker pool that reserves a gadget and
+    offers no link (its attempts go by Ray calls)."""
     namespace = f"test-{new_id('pl')}"
+    gadgets = df.WorkerPool(size=1, resources={"gadget": 1}, runtime_env=NO_LINK)
     with df.Engine(
         data_dir,
         runtime="ray",
         partitions=2,
         synchronous="NORMAL",
         namespace=namespace,
-        workers={"pl-gadgets": df.WorkerPool(size=1, resources={"gadget": 1})},
+        workers={"pl-gadgets": gadgets},
     ) as engine:
         yield engine
 
@@ -296,9 +330,12 @@ def test_activities_run_on_pools_tasks_or_inline_as_declared(pool_engine: df.Eng
 
     result = handle.result(timeout=60)
 
-    default_pool = {s["pid"] for s in worker_statuses(pool_engine, "default")}
+    default_workers = worker_statuses(pool_engine, "default")
+    default_pool = {s["pid"] for s in default_workers}
     gadget_pool = {s["pid"] for s in worker_statuses(pool_engine, "pl-gadgets")}
     assert 2 == len(default_pool)  # one worker per CPU of the 2-CPU test cluster
+    assert [True, True] == [s["link"] for s in default_workers]
+    assert [False] == [s["link"] for s in worker_statuses(pool_engine, "pl-gadgets")]
     assert result["pool"]["pid"] in default_pool
     assert result["pool_async"]["pid"] in default_pool
     assert result["gadget"]["pid"] in gadget_pool
@@ -306,6 +343,41 @@ def test_activities_run_on_pools_tasks_or_inline_as_declared(pool_engine: df.Eng
     assert (3 * MB, 3 * MB) == (len(result["pool"]["blob"]), result["pool_async"]["size"])
     assert result["inline_pid"] in partition_pids(client)
     assert result["task_pid"] not in default_pool | gadget_pool | partition_pids(client)
+    wait_linked(client)  # the default pool's workers are linked to; the gadget's is not
+    gadget_views = [p["pl-gadgets"] for p in partition_pools(client) if "pl-gadgets" in p]
+    assert [{"workers": 1, "linked": 0, "outstanding": 0}] == gadget_views
+
+
+def pools_seen(engine: df.Engine) -> dict[str, dict[str, Any]]:
+    """``duraflow status``'s pools (runtime.serving_pools), by queue."""
+    reports = engine.client()._host.statuses()  # type: ignore[attr-defined]
+    pools = runtime.serving_pools(reports, namespace=engine.namespace, timeout=10)
+    return {p.pop("queue"): p for p in pools}
+
+
+def test_status_shows_each_pool_its_workers_and_the_attempts_they_hold(
+    pool_engine: df.Engine, board: str
+) -> None:
+    client = pool_engine.client()
+    key = new_id("pl-status")
+    handle = client.start(pl_cancellable, board, key, workflow_id=key)
+    wait_until(lambda: notes(board, key)["gate started"], what="gate running")
+
+    held = pools_seen(pool_engine)
+
+    idle = {"size": 1, "alive": 1, "running": 0, "outstanding": 0}
+    assert {"size": 2, "alive": 2, "running": 1, "outstanding": 1} == held["default"]
+    assert idle == held["pl-gadgets"]
+    open_gate(board, key)
+    assert "opened" == handle.result(timeout=30)
+    wait_until(
+        lambda: 0 == pools_seen(pool_engine)["default"]["outstanding"],
+        what="the attempt answered",
+        seen=lambda: pools_seen(pool_engine),
+    )
+    assert {"size": 2, "alive": 2, "running": 0} == {
+        k: v for k, v in pools_seen(pool_engine)["default"].items() if k != "outstanding"
+    }
 
 
 # -- retries, errors, timeouts, heartbeats, cancellation -----------------------------------------
@@ -432,9 +504,32 @@ def completions(data_dir: Path, workflow_id: str) -> collections.Counter[int]:
     )
 
 
+@pytest.fixture(params=["link", "ray-calls"])
+def kill_engine(request: pytest.FixtureRequest, ray_session: None, data_dir: Path) -> Any:
+    """A Ray engine whose default pool's workers are linked to, or reached by Ray calls."""
+    pool = df.WorkerPool(runtime_env=NO_LINK if request.param == "ray-calls" else None)
+    with df.Engine(
+        data_dir,
+        runtime="ray",
+        partitions=2,
+        synchronous="NORMAL",
+        namespace=f"test-{new_id('pl')}",
+        archive=False,
+        workers={"default": pool},
+    ) as engine:
+        client = engine.client()
+        if request.param == "link":
+            wait_linked(client)
+        else:
+            warm_up_every_partition(client)
+            assert all(0 == p["default"]["linked"] for p in partition_pools(client))
+        yield engine
+
+
 def test_a_worker_killed_mid_batch_has_its_attempts_retried_and_is_replaced(
-    ray_engine: df.Engine, board: str, data_dir: Path
+    kill_engine: df.Engine, board: str, data_dir: Path
 ) -> None:
+    ray_engine = kill_engine
     client = ray_engine.client()
     key = new_id("pl-kill")
     steps = 6
