@@ -16,7 +16,8 @@ from duraflow.engine.context import (
     WorkflowContext,
     WorkflowInfo,
 )
-from duraflow.engine.definitions import RetryPolicy, activity, workflow
+from duraflow.engine.definitions import activity, workflow
+from duraflow.engine.retry import RetryPolicy
 from duraflow.errors import (
     ActivityCancelledError,
     ActivityError,

@@ -33,7 +33,7 @@ from duraflow.config import (
     check_namespace,
     check_queue,
 )
-from duraflow.engine.definitions import Duration, parse_duration
+from duraflow.engine.retry import Duration, parse_duration
 from duraflow.errors import ConfigurationError, PartitionUnavailable
 from duraflow.storage.deployment import (
     Deployment,

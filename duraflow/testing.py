@@ -36,12 +36,8 @@ from duraflow.actors.stepped_time import SteppedClock, TimeStepper
 from duraflow.cdc import events as ev
 from duraflow.client.client import Client
 from duraflow.config import IDLE_BEFORE_HIBERNATE_S
-from duraflow.engine.definitions import (
-    Duration,
-    WorkflowDefinition,
-    parse_duration,
-    workflow_definition,
-)
+from duraflow.engine.definitions import WorkflowDefinition, workflow_definition
+from duraflow.engine.retry import Duration, parse_duration
 from duraflow.engine.run import rebuild
 from duraflow.errors import (
     ConfigurationError,

@@ -31,7 +31,7 @@ from duraflow.actors.partition import Partition
 from duraflow.actors.router import partition_of
 from duraflow.cli.main import main
 from duraflow.config import EngineConfig
-from duraflow.engine import definitions
+from duraflow.engine import definitions, retry
 from duraflow.engine.activities import InlineExecutor
 from duraflow.engine.payloads import encode_args, workflow_types
 from tests.test_bad_input import assert_keeper_intact, bad_echo, start_keeper
@@ -193,7 +193,7 @@ def test_a_config_is_checked_on_every_path_to_it(tmp_path: Path) -> None:
     with pytest.raises(df.ConfigurationError, match=r"s3\.region must be a region name"):
         config.S3Config(region="")
     assert good == EngineConfig.decode(good.encode())
-    assert config.MAX_DURATION_S == definitions.MAX_DURATION_S  # one bound, defined in config
+    assert config.MAX_DURATION_S == retry.MAX_DURATION_S  # one bound, defined in config
 
 
 # -- duraflow serve flags ---------------------------------------------------------------------

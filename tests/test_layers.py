@@ -27,6 +27,7 @@ LEAVES = {
     "duraflow.actors.messages",
     "duraflow.actors.router",
     "duraflow.engine.definitions",
+    "duraflow.engine.retry",  # retry policies and durations (definitions, options, config)
     "duraflow.engine.ids",
     "duraflow.client.host",  # the Host protocol: every layer that reaches partitions names it
     "duraflow.client.blocking",  # the blocking runner: the client's and subscriptions' loop

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from duraflow.config import DEFAULT_NAMESPACE, WorkerPool
-from duraflow.engine.definitions import parse_duration
+from duraflow.engine.retry import parse_duration
 from duraflow.errors import ConfigurationError, InvalidDuration
 
 DEFAULT_ADDRESS = "auto"

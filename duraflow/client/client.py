@@ -28,16 +28,10 @@ from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
 from duraflow.client.handle import _check_name as check_handler_name
 from duraflow.client.host import Host
 from duraflow.engine import run_options, search_attributes
-from duraflow.engine.definitions import (
-    Duration,
-    RetryPolicy,
-    check_name,
-    find_workflow,
-    parse_duration,
-    workflow_definition,
-)
+from duraflow.engine.definitions import check_name, find_workflow, workflow_definition
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.payloads import encode_args, workflow_types
+from duraflow.engine.retry import Duration, RetryPolicy, parse_duration
 from duraflow.errors import ConfigurationError, QueryError
 from duraflow.storage.codec import encode, join
 

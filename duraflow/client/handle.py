@@ -19,7 +19,7 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.description import describe_closed_run
-from duraflow.engine.definitions import Duration, parse_duration
+from duraflow.engine.retry import Duration, parse_duration
 from duraflow.errors import (
     PayloadError,
     QueryTimeout,

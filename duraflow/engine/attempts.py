@@ -10,12 +10,8 @@ from collections.abc import Callable
 import msgspec
 
 from duraflow.engine.activities import ActivityInfo, ActivityTask
-from duraflow.engine.definitions import (
-    ActivityDefinition,
-    ActivityOptions,
-    delay_s,
-    resolve_activity,
-)
+from duraflow.engine.definitions import ActivityDefinition, ActivityOptions, resolve_activity
+from duraflow.engine.retry import delay_s
 from duraflow.errors import UnknownActivity
 from duraflow.storage.codec import decode
 from duraflow.storage.rows import ActivityRow

@@ -20,14 +20,9 @@ from duraflow.engine import run_options, search_attributes
 from duraflow.engine.definitions import (
     ActivityDefinition,
     ActivityOptions,
-    Duration,
-    RetryPolicy,
     WorkflowDefinition,
     activity_definition,
     check_name,
-    check_retry,
-    parse_duration,
-    parse_timeout,
     workflow_definition,
 )
 from duraflow.engine.ids import check_workflow_id
@@ -38,6 +33,7 @@ from duraflow.engine.messaging import (
     Messaging,
     RunCore,
 )
+from duraflow.engine.retry import Duration, RetryPolicy, check_retry, parse_duration, parse_timeout
 from duraflow.errors import (
     ChildWorkflowError,
     ConfigurationError,

@@ -18,7 +18,7 @@ from asyncio import events
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from duraflow.engine.definitions import MAX_DURATION_S
+from duraflow.config import MAX_DURATION_S
 from duraflow.errors import InvalidDuration
 
 log = logging.getLogger("duraflow.workflow")

@@ -26,7 +26,7 @@ from duraflow.cdc import events as ev
 from duraflow.engine import effects as fx
 from duraflow.engine import run_options
 from duraflow.engine import search_attributes as sa
-from duraflow.engine.definitions import delay_s, resolve_workflow
+from duraflow.engine.definitions import resolve_workflow
 from duraflow.engine.machine_state import (
     FIRST_ACTIVATION_SEQ,
     RUN_TIMEOUT_SEQ,
@@ -34,6 +34,7 @@ from duraflow.engine.machine_state import (
     OpenRun,
     State,
 )
+from duraflow.engine.retry import delay_s
 from duraflow.engine.run import PYTHON_VERSION
 from duraflow.storage.rows import WorkflowRow
 

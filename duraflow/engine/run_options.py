@@ -12,13 +12,7 @@ import msgspec
 from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.engine import search_attributes as sa
-from duraflow.engine.definitions import (
-    Duration,
-    RetryPolicy,
-    check_retry,
-    parse_duration,
-    parse_timeout,
-)
+from duraflow.engine.retry import Duration, RetryPolicy, check_retry, parse_duration, parse_timeout
 from duraflow.errors import ConfigurationError
 
 

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 import duraflow as df
-from duraflow.engine.definitions import MAX_ATTEMPTS, MAX_DURATION_S, delay_s
+from duraflow.config import MAX_DURATION_S
+from duraflow.engine.retry import MAX_ATTEMPTS, delay_s
 
 NAN = float("nan")
 INF = float("inf")
