@@ -467,14 +467,14 @@ def serve(
             an app module cannot be imported; the cluster cannot be joined.
         PartitionUnavailable: a partition did not open within ``timeout``.
     """
-    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+    from duraflow.actors import ray_deployment, ray_host  # imports ray: only on Ray
 
     for module in config.app_modules:  # here first: an unimportable module fails now
         _import_app(module)
     path = Path(config.data_dir)
     recorded_partitions(path, config.partitions)  # a count that differs fails before Ray
     _join(address, config.namespace)
-    running = ray_host.running_status(config.namespace, timeout)
+    running = ray_deployment.running_status(config.namespace, timeout)
     if running is not None:
         ray_host.check_same_deployment(running, config)
     open_data_dir(config)
@@ -483,7 +483,7 @@ def serve(
     except PartitionUnavailable:
         if running is None:  # remove the actors this call created (some may be up)
             with contextlib.suppress(PartitionUnavailable):
-                ray_host.stop_partition_actors(config.namespace, timeout=CLEANUP_TIMEOUT_S)
+                ray_deployment.stop_partition_actors(config.namespace, timeout=CLEANUP_TIMEOUT_S)
         raise
     if config.archive:
         ray_host.start_consumer(config, detached=True)
@@ -510,19 +510,19 @@ def serve_workers(
         ConfigurationError: a bad queue name; the cluster cannot be joined.
         TimeoutError: a worker did not answer within ``timeout`` (no node has what it asks).
     """
-    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+    from duraflow.actors import ray_deployment  # imports ray: only for the Ray runtime
 
     check_queue(queue)
     namespace = namespace or DEFAULT_NAMESPACE
     _join(address, namespace)
-    running = ray_host.running_status(namespace, timeout)
+    running = ray_deployment.running_status(namespace, timeout)
     if running is None:
         raise PartitionUnavailable(
             f"no duraflow deployment in Ray namespace {namespace!r}: serve one first "
             "(duraflow serve)"
         )
     config = EngineConfig.from_public(running["config"])
-    return ray_host.start_worker_pool(config, queue, pool, timeout)
+    return ray_deployment.start_worker_pool(config, queue, pool, timeout)
 
 
 def serving_status(
@@ -571,15 +571,15 @@ def stop_serving(
         PartitionUnavailable: nothing is served in that namespace.
         ConfigurationError: the cluster cannot be joined.
     """
-    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+    from duraflow.actors import ray_deployment  # imports ray: only for the Ray runtime
 
     namespace = namespace or DEFAULT_NAMESPACE
     _join(address, namespace)
-    return ray_host.stop_partition_actors(namespace, timeout)
+    return ray_deployment.stop_partition_actors(namespace, timeout)
 
 
 def _join(address: str, namespace: str) -> None:
-    from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+    from duraflow.actors import ray_cluster  # imports ray: only for the Ray runtime
 
     if not address:
         raise ConfigurationError(
@@ -587,7 +587,7 @@ def _join(address: str, namespace: str) -> None:
             "the head's host:port (start one with 'ray start --head')"
         )
     check_namespace(namespace)
-    ray_host.join_cluster(address, namespace)
+    ray_cluster.join_cluster(address, namespace)
 
 
 def _import_app(module: str) -> None:

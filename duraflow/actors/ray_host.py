@@ -14,10 +14,9 @@ incarnation, should it wake, finds that epoch at its next write turn, writes not
 its process. A frozen process on a live node is not replaced by Ray at all (it stays ALIVE to
 Ray): kill it, and Ray's restart opens the file at once.
 
-Activities run on the worker pool of their queue (``actors/workers.py``; the default pool
-when they name none); those that ask for ``num_cpus``, ``num_gpus``, ``resources`` or a
-``runtime_env`` of their own run as Ray tasks (``max_retries=0``: retrying is the engine's
-job); ``inline=True`` activities run in the actor's own process.
+Activities run on the worker pool of their queue, as Ray tasks, or in the actor's own process
+(``actors/ray_tasks.py`` says which); ``actors/ray_cluster.py`` starts or joins the cluster and
+``actors/ray_deployment.py`` finds, extends and stops a served deployment from outside it.
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ import asyncio
 import contextlib
 import logging
 import os
-import re
-import socket
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,24 +36,15 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from duraflow.actors import messages as m
 from duraflow.actors.partition import Partition
-from duraflow.actors.pool_dispatch import PoolDispatcher
+from duraflow.actors.ray_cluster import first_line, start_or_join_ray
+from duraflow.actors.ray_tasks import RayExecutor
 from duraflow.actors.router import partition_of
 from duraflow.actors.worker_link import Done
-from duraflow.actors.workers import pool_names, start_pool, start_pools
+from duraflow.actors.workers import start_pools
 from duraflow.backoff import retry, retry_async
 from duraflow.client.host import Host
-from duraflow.config import EngineConfig, WorkerPool
-from duraflow.engine.activities import (
-    ActivityInfo,
-    ActivityOutcome,
-    ActivityTask,
-    InlineExecutor,
-    failure_of,
-    run_async_attempt,
-    run_sync_attempt,
-)
+from duraflow.config import EngineConfig
 from duraflow.engine.definitions import (
-    ActivityDefinition,
     main_module_definitions,
     register_definitions,
     set_process_role,
@@ -83,9 +71,6 @@ FENCED_EXIT_DELAY_S = 0.5
 FENCED_CALL_WAIT_S = 10.0
 """How long a call to a partition actor whose file another live process still holds waits
 before it fails with PartitionUnavailable (retriable) instead of hanging."""
-_PARTITION_NAME = re.compile(r"partition-\d{4,}")
-JOIN_PROBE_TIMEOUT_S = 5.0
-"""How long joining a cluster waits for its address to accept a TCP connection."""
 CALL_RETRY_WINDOW_S = 60.0
 """How long a client keeps retrying a call while the partition's actor restarts."""
 _RESTARTING = (ActorUnavailableError, ActorDiedError, RayActorError)
@@ -100,119 +85,6 @@ class _Failure(msgspec.Struct):
     """A duraflow error travelling back to the caller as a value, not a Ray task error."""
 
     error: Any
-
-
-@ray.remote(max_retries=0)
-def _run_activity(
-    definition: ActivityDefinition, args: bytes, info: ActivityInfo, actor: Any, timed: bool
-) -> ActivityOutcome:
-    """One activity attempt as a Ray task; heartbeats go to the owning partition's actor.
-
-    A task with a start-to-close or heartbeat timeout first sends a heartbeat of its own (one
-    actor call, skipped for activities without those timeouts): the timeouts then count
-    from when it really started, not from when it was submitted (a task can wait seconds for
-    a worker process or for resources), and an attempt that is no longer wanted by then (it
-    timed out or was cancelled while queued) does not run the activity at all.
-    """
-    key = (info.workflow_id, info.run_id, info.seq)
-
-    def send_heartbeat(details: bytes | None) -> None:
-        if not ray.get(actor.heartbeat.remote(key, info.attempt, details)):
-            task.cancelled.set()  # the next heartbeat() raises ActivityCancelledError
-
-    if timed and not ray.get(actor.heartbeat.remote(key, info.attempt, None)):
-        return ActivityOutcome(
-            ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
-        )
-    task = ActivityTask(definition, args, info, send_heartbeat)
-    if definition.is_async:
-        return asyncio.run(_interruptible(run_async_attempt(task, interruptible=True)))
-    return run_sync_attempt(task, interruptible=True)
-
-
-CANCEL_POLL_S = 0.05
-"""How often an async attempt's event loop wakes so that a ``ray.cancel`` reaches it."""
-
-
-async def _interruptible(attempt: Coroutine[Any, Any, ActivityOutcome]) -> ActivityOutcome:
-    """Run ``attempt`` with the loop waking every CANCEL_POLL_S.
-
-    ``ray.cancel`` interrupts the task's main thread like Ctrl-C (``_thread.interrupt_main``),
-    which Python only notices while it runs bytecode: an event loop idle in ``select`` (an
-    activity awaiting a long sleep or an event) would keep a cancelled, timed-out attempt
-    and its worker until the awaited thing happened, maybe never.
-    """
-
-    loop = asyncio.get_running_loop()
-    wakeup: asyncio.TimerHandle | None = None
-
-    def wake() -> None:
-        nonlocal wakeup
-        wakeup = loop.call_later(CANCEL_POLL_S, wake)
-
-    wake()
-    try:
-        return await attempt
-    finally:
-        assert wakeup is not None
-        wakeup.cancel()
-
-
-class RayExecutor:
-    """Runs activity attempts on worker pools, as Ray tasks (those with Ray options of their
-    own), or in this process (inline ones)."""
-
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, actor: Any, name: str, threads: int, namespace: str
-    ) -> None:
-        self._loop = loop
-        self._actor = actor
-        self._inline = InlineExecutor(loop, threads)
-        self._pools = PoolDispatcher(loop, actor, name, namespace)
-
-    def start(self, task: ActivityTask, done: Callable[[ActivityOutcome], None]) -> None:
-        definition = task.definition
-        if definition.inline:
-            self._inline.start(task, done)
-            return
-        if not definition.ray_options:
-            self._pools.start(task, done)
-            return
-        ref = _run_activity.options(**definition.ray_options).remote(
-            definition, task.args, task.info, self._actor, task.timed
-        )
-        task.cancel_hook = lambda: ray.cancel(ref)
-        self._loop.create_task(self._wait(ref, done, definition.name))
-
-    def pool_outcomes(self, outcomes: list[Done]) -> None:
-        """Outcomes a worker pushed while the rest of their batch ran."""
-        self._pools.delivered(outcomes)
-
-    def pool_status(self) -> dict[str, dict[str, int]]:
-        """Per queue: the workers this partition knows, linked ones, attempts they hold."""
-        return self._pools.status()
-
-    def waits_to_run(self, definition: ActivityDefinition) -> bool:
-        """A Ray task or a pool attempt may wait for a worker: each heartbeats first thing
-        when a timeout must count from its start."""
-        return not definition.inline
-
-    async def _wait(self, ref: Any, done: Callable[[ActivityOutcome], None], name: str) -> None:
-        try:
-            outcome = await ref
-        except ray.exceptions.TaskCancelledError:
-            outcome = ActivityOutcome(
-                ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
-            )
-        except ray.exceptions.RayTaskError as exc:
-            outcome = failure_of(exc.cause if exc.cause is not None else exc)
-        except Exception as exc:  # reason: a lost worker is a failed attempt
-            outcome = failure_of(exc)
-        done(outcome)
-
-    def close(self) -> None:
-        self._inline.close()
-        self._pools.close()
 
 
 @ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=100_000)
@@ -445,7 +317,7 @@ def call_actor(actor: Any, method: str, *args: Any, timeout: float | None = None
     def give_up(exc: Exception) -> TimeoutError:
         return TimeoutError(
             f"{method}() failed and the actor did not come back within {window:g}s: "
-            f"{_first_line(exc)}"
+            f"{first_line(exc)}"
         )
 
     try:
@@ -464,73 +336,6 @@ def start_consumer(config: EngineConfig, *, detached: bool) -> Any:
     if detached:
         options["lifetime"] = "detached"
     return ConsumerActor.options(**options).remote(config.encode())
-
-
-def start_or_join_ray(address: str | None, namespace: str) -> bool:
-    """Join the Ray cluster at ``address`` (or start a local one) unless already connected.
-
-    Returns:
-        True if this call started a new local Ray (its owner should shut it down).
-    """
-    if ray.is_initialized():
-        return False
-    if address is None:
-        ray.init(namespace=namespace, include_dashboard=False, log_to_driver=False)
-        return True
-    ray.init(address=address, namespace=namespace, log_to_driver=False)
-    return False
-
-
-def join_cluster(address: str, namespace: str) -> None:
-    """Join the running Ray cluster at ``address`` as a driver, unless connected already.
-
-    Raises:
-        ConfigurationError: it cannot be joined; the message says why (token auth included).
-    """
-    if ray.is_initialized():
-        return
-    _probe(address)
-    try:
-        ray.init(address=address, namespace=namespace, log_to_driver=False)
-    except Exception as exc:  # reason: ray.init raises ConnectionError, RuntimeError, ...
-        raise ConfigurationError(_join_failure(address, exc)) from None
-
-
-def _probe(address: str) -> None:
-    """Fail fast when nothing listens at the cluster's address: ray.init would retry for
-    minutes (a typo, a stopped cluster, a stale address file left by a crashed one)."""
-    try:
-        from ray._private.services import canonicalize_bootstrap_address
-
-        target = canonicalize_bootstrap_address(address)  # "auto": RAY_ADDRESS or the file
-        host, _, port = (target or "").rpartition(":")
-        port_number = int(port)
-    except Exception:  # reason: private API, ray:// or no address found: ray.init will say
-        return
-    try:
-        socket.create_connection((host.strip("[]"), port_number), JOIN_PROBE_TIMEOUT_S).close()
-    except OSError as exc:
-        raise ConfigurationError(
-            f"no Ray cluster answers at {target} (from address {address!r}): {exc}. Is it "
-            "running? 'ray start --head' starts one"
-        ) from None
-
-
-def _join_failure(address: str, exc: BaseException) -> str:
-    cause: BaseException | None = exc
-    while cause is not None:
-        if type(cause).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(cause):
-            return (
-                f"the Ray cluster at {address} refused the connection (token authentication): "
-                "set RAY_AUTH_MODE=token and give this process the cluster's token "
-                "(~/.ray/auth_token, RAY_AUTH_TOKEN or RAY_AUTH_TOKEN_PATH)"
-            )
-        cause = cause.__cause__ or cause.__context__
-    return (
-        f"cannot join the Ray cluster at {address!r}: {_first_line(exc)} (is it running? "
-        "'ray start --head' starts one; use address 'auto' on one of its nodes, or the head's "
-        "host:port)"
-    )
 
 
 def check_same_deployment(status: dict[str, Any], config: EngineConfig) -> None:
@@ -558,71 +363,7 @@ def check_same_deployment(status: dict[str, Any], config: EngineConfig) -> None:
         )
 
 
-def running_status(namespace: str, timeout: float) -> dict[str, Any] | None:
-    """The status of partition 0 of the deployment served in ``namespace`` (None if none)."""
-    try:
-        first = ray.get_actor(actor_name(0), namespace=namespace)
-    except ValueError:
-        return None
-    return _wait_opened([first], timeout)[0]
-
-
-def stop_partition_actors(namespace: str, timeout: float) -> list[int]:
-    """Close every partition actor of ``namespace`` (files and locks released), then kill it
-    for good. Returns the indexes of the partitions stopped.
-
-    Raises:
-        PartitionUnavailable: no partition actor in ``namespace``.
-    """
-    names = sorted(
-        a["name"]
-        for a in ray.util.list_named_actors(all_namespaces=True)
-        if a["namespace"] == namespace and _PARTITION_NAME.fullmatch(a["name"])
-    )
-    if not names:
-        raise PartitionUnavailable(f"no duraflow deployment in Ray namespace {namespace!r}")
-    handles = []
-    for name in names:
-        with contextlib.suppress(ValueError):  # died meanwhile
-            handles.append(ray.get_actor(name, namespace=namespace))
-    with contextlib.suppress(ValueError):  # the archive's consumer, if it runs
-        handles.insert(0, ray.get_actor(CONSUMER_NAME, namespace=namespace))
-    with contextlib.suppress(Exception):  # an actor may be restarting or gone
-        ray.get([h.shutdown.remote() for h in handles], timeout=timeout)
-    for handle in handles:
-        ray.kill(handle, no_restart=True)
-    stop_workers(namespace)
-    return [int(name.removeprefix("partition-")) for name in names]
-
-
-def start_worker_pool(
-    config: EngineConfig, queue: str, pool: WorkerPool, timeout: float
-) -> list[dict[str, Any]]:
-    """Create (or find) the detached workers of ``queue`` and return their statuses.
-
-    Raises:
-        TimeoutError: a worker did not answer within ``timeout`` seconds.
-    """
-    handles = start_pool(config, queue, pool, detached=True)
-    try:
-        return list(ray.get([h.status.remote() for h in handles], timeout=timeout))
-    except ray.exceptions.GetTimeoutError:
-        raise TimeoutError(
-            f"the workers of queue {queue!r} did not start within {timeout:g}s: does a node "
-            f"offer what each asks for ({pool.ray_options()})?"
-        ) from None
-
-
-def stop_workers(namespace: str, queue: str | None = None) -> list[str]:
-    """Kill the workers of ``queue`` (of every pool when None) in ``namespace``; their names."""
-    names = pool_names(namespace, queue)
-    for name in names:
-        with contextlib.suppress(ValueError):  # died meanwhile
-            ray.kill(ray.get_actor(name, namespace=namespace), no_restart=True)
-    return names
-
-
-def _wait_opened(handles: list[Any], timeout: float | None) -> list[dict[str, Any]]:
+def wait_opened(handles: list[Any], timeout: float | None) -> list[dict[str, Any]]:
     """The statuses of ``handles`` (partitions 0, 1, ...) once each opened its file."""
     deadline = None if timeout is None else time.monotonic() + timeout
     return [_status_of(handle, index, deadline) for index, handle in enumerate(handles)]
@@ -638,7 +379,7 @@ def _status_of(handle: Any, index: int, deadline: float | None) -> dict[str, Any
 
     def give_up(exc: Exception) -> PartitionUnavailable:
         return PartitionUnavailable(
-            f"partition {index} did not come back in time: {_first_line(exc)}"
+            f"partition {index} did not come back in time: {first_line(exc)}"
         )
 
     try:  # restarting (ActorUnavailableError): calls queue again after ~0.5 s
@@ -657,13 +398,8 @@ def _status_of(handle: Any, index: int, deadline: float | None) -> dict[str, Any
                 "Ray session's logs folder has the traceback)"
             ) from None
         raise PartitionUnavailable(
-            f"the actor of partition {index} failed: {_first_line(exc)}"
+            f"the actor of partition {index} failed: {first_line(exc)}"
         ) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _reply(request: Any, reply: Any, retried: bool) -> Any:
@@ -712,7 +448,7 @@ class RayHost(Host):
             PartitionActor.options(name=actor_name(i), **options).remote(i, encoded, shipped)
             for i in range(config.partitions)
         ]
-        for status in _wait_opened(handles, timeout):
+        for status in wait_opened(handles, timeout):
             check_same_deployment(status, config)
         host = cls(handles)
         host.workers = start_pools(config, detached=detached, shipped=shipped)
@@ -798,7 +534,7 @@ class RayHost(Host):
                 except PartitionUnavailable as exc:
                     reports.append({"index": index, "error": str(exc)})
             except ray.exceptions.RayError as exc:
-                reports.append({"index": index, "error": _first_line(exc)})
+                reports.append({"index": index, "error": first_line(exc)})
         return reports
 
     def stats(self) -> list[dict[str, int]]:

@@ -613,6 +613,6 @@ def test_a_pool_started_for_a_served_deployment_takes_its_queue(ray_engine: df.E
 
         assert statuses[0]["pid"] == pid
     finally:
-        from duraflow.actors.ray_host import stop_workers
+        from duraflow.actors.ray_deployment import stop_workers
 
         stop_workers(namespace, "pl-cli")
