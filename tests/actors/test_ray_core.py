@@ -855,6 +855,12 @@ def test_twenty_children_fan_out_over_both_partition_actors(ray_client: df.Clien
 # -- close the engine (kill the actors), reopen the data directory, continue ------------------
 
 
+SLEEP_ACROSS_CLOSE_S = 2.0
+"""A durable timer meant to fall due while the engine is closed; if it fell due before, the
+activity after it would be in flight at the close and rightly run again after the reopen
+(activities are at least once), which is not what this test is about."""
+
+
 def test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened(
     ray_session: None, data_dir: Path, board: str
 ) -> None:
@@ -884,14 +890,18 @@ def test_runs_continue_by_replay_after_the_ray_engine_is_closed_and_reopened(
         for handle in parked:
             wait_until(lambda h=handle: h.query("phase") == "waiting", what="parked")
         drawn = {h.workflow_id: h.query("drawn") for h in parked}
-        parked[0].signal("go", 0.3)  # parks it on a durable timer that falls due while closed
+        # parks it on a durable timer that falls due while the engine is closed: long enough
+        # that the steps below and the close come first even on a loaded machine
+        parked[0].signal("go", SLEEP_ACROSS_CLOSE_S)
+        due = time.monotonic() + SLEEP_ACROSS_CLOSE_S
         wait_until(lambda: parked[0].query("phase") == "sleeping", what="sleeping")
         parent = client.start(rc_parent, board, family, workflow_id=family)
         wait_until(lambda: parent.query("phase") == "waiting for child", what="parent parked")
         child = client.get_handle(f"{family}-child")
         wait_until(lambda: notes(board, family)["child"], what="child ran its activity")
         wait_until(lambda: not child.describe().pending_activities, what="child parked")
-    time.sleep(0.3)
+        assert "sleeping" == parked[0].query("phase"), "the timer fell due before the close"
+    time.sleep(max(0.0, due - time.monotonic()) + 0.1)
 
     with open_engine() as engine:  # new actors, same namespace: they recover from the files
         client = engine.client()
