@@ -64,6 +64,10 @@ def test_a_changed_workflow_is_refused_naming_the_first_divergence() -> None:
     ) in message
 
 
+RACY_SCENARIOS = {"messages"}
+"""Scenarios whose workflows talk across partitions (see the comment in the test)."""
+
+
 def test_the_recorder_still_records_histories_that_replay(tmp_path: Path) -> None:
     written = record.record(tmp_path)
 
@@ -71,6 +75,13 @@ def test_the_recorder_still_records_histories_that_replay(tmp_path: Path) -> Non
     for path in tmp_path.glob("*.msgpack"):
         recorded = load_history(path)
         stored = load_history(HISTORIES / path.name)
-        # the same scenario records the same events (run IDs aside: they are random)
-        assert [type(e).__name__ for e in stored] == [type(e).__name__ for e in recorded]
+        # the same scenario records the same events (run IDs aside: they are random); where
+        # workflows message each other, when a delivery's acknowledgement lands beside the
+        # resolutions of the same run is timing, so only the events themselves must match
+        stored_types = [type(e).__name__ for e in stored]
+        recorded_types = [type(e).__name__ for e in recorded]
+        if path.stem in RACY_SCENARIOS:
+            assert sorted(stored_types) == sorted(recorded_types)
+        else:
+            assert stored_types == recorded_types
         assert Replayer(workflows=flows.WORKFLOWS).replay(path) >= 1
