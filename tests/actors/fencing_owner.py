@@ -59,6 +59,14 @@ async def fence_waiter(ctx: df.WorkflowContext) -> object:
     return await ctx.wait_for_signal(SIGNAL)
 
 
+def _publish(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: the test polls for the file and reads
+    it as soon as it exists (a plain write_text shows it empty for a moment)."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def open_engine(data_dir: Path, *, takeover: bool = False) -> df.Engine:
     return df.Engine(
         data_dir,
@@ -80,7 +88,7 @@ def main(argv: list[str]) -> int:
         client.start(fence_sleeper, workflow_id="fence-timer")
         waiter = client.start(fence_waiter, workflow_id="fence-signal")
         time.sleep(SETTLE_S)
-        (data_dir / READY_FILE).write_text(json.dumps({"pid": os.getpid()}))
+        _publish(data_dir / READY_FILE, json.dumps({"pid": os.getpid()}))
         host = engine._host  # reason: the in-process host's record of fenced partitions
         # Stopped (SIGSTOP) and woken (SIGCONT) by the test while it waits here.
         deadline = time.monotonic() + FENCED_WITHIN_S
@@ -97,7 +105,7 @@ def main(argv: list[str]) -> int:
             "fenced": {str(i): str(e) for i, e in host.fenced.items()},
             "signal_after": after,
         }
-    (data_dir / OUT_FILE).write_text(json.dumps(report))
+    _publish(data_dir / OUT_FILE, json.dumps(report))
     return 0
 
 
@@ -115,7 +123,7 @@ def stand_in(path: Path, owner: str) -> int:
             if time.monotonic() > deadline:
                 return 3
             time.sleep(0.002)
-    path.with_name("stand-in.ready").write_text(str(store.epoch))
+    _publish(path.with_name("stand-in.ready"), str(store.epoch))
     go = path.with_name("stand-in.go")
     while not go.exists():
         if time.monotonic() > deadline:
@@ -129,5 +137,5 @@ def stand_in(path: Path, owner: str) -> int:
         raised = f"{type(exc).__name__}: {exc}"
     finally:
         store.close()
-    path.with_name("stand-in.json").write_text(json.dumps({"raised": raised}))
+    _publish(path.with_name("stand-in.json"), json.dumps({"raised": raised}))
     return 0
