@@ -72,6 +72,36 @@ def _start_payload(workflow: Callable[..., Any] | str, args: Any) -> tuple[str, 
     return definition.name, definition.code_ref, data
 
 
+def _start_request(
+    workflow: Callable[..., Any] | str,
+    args: Any,
+    workflow_id: str | None,
+    id_conflict: m.IdConflict = "fail",
+    **options: Any,
+) -> m.Start:
+    """A client's ``Start`` of a new run (its ID and run ID random unless given), checked.
+
+    Raises:
+        UnknownWorkflowType, InvalidWorkflowId, PayloadError, ConfigurationError,
+        InvalidDuration: as ``Client.start_async`` says.
+    """
+    workflow_type, code_ref, data = _start_payload(workflow, args)
+    workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
+    if id_conflict not in m.ID_CONFLICT_POLICIES:
+        raise ConfigurationError(
+            f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
+        )
+    return m.Start(
+        workflow_id=workflow_id,
+        workflow_type=workflow_type,
+        code_ref=code_ref,
+        args=data,
+        id_conflict=id_conflict,
+        run_id=uuid.uuid4().hex,
+        options=run_options.make(**options),
+    )
+
+
 def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]]) -> None:
     """Install how :meth:`Client.connect` reaches a deployment (called by duraflow.runtime)."""
     global _connector  # reason: one process-wide seam, set once at import
@@ -184,28 +214,18 @@ class Client:
                 WorkflowAlreadyRunning.
             InvalidDuration, ConfigurationError: a bad run option (named).
         """
-        workflow_type, code_ref, data = _start_payload(workflow, args)
-        workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
-        if id_conflict not in m.ID_CONFLICT_POLICIES:
-            raise ConfigurationError(
-                f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
-            )
-        options = run_options.make(
+        request = _start_request(
+            workflow,
+            args,
+            workflow_id,
+            id_conflict,
             execution_timeout=execution_timeout,
             run_timeout=run_timeout,
             retry=retry,
             start_delay=start_delay,
             search_attributes=search_attributes,
         )
-        request = m.Start(
-            workflow_id=workflow_id,
-            workflow_type=workflow_type,
-            code_ref=code_ref,
-            args=data,
-            id_conflict=id_conflict,
-            run_id=uuid.uuid4().hex,
-            options=options,
-        )
+        workflow_id = request.workflow_id
         return self._started(workflow_id, await self._call(workflow_id, request))
 
     def _started(self, workflow_id: str, reply: m.StartReply) -> WorkflowHandle:
@@ -372,15 +392,8 @@ class Client:
         """Start a workflow and wait for its result: the start and the wait for its result
         travel together (one call, one turn), as ``start_async`` then ``result_async`` would
         take two."""
-        workflow_type, code_ref, data = _start_payload(workflow, args)
-        workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
-        request = m.Start(
-            workflow_id=workflow_id,
-            workflow_type=workflow_type,
-            code_ref=code_ref,
-            args=data,
-            run_id=uuid.uuid4().hex,
-        )
+        request = _start_request(workflow, args, workflow_id)
+        workflow_id = request.workflow_id
         partition = partition_of(workflow_id, self._host.partitions)
         sent, registration = self._batcher.call_and_register(
             partition, request, workflow_id, request.run_id
