@@ -4,6 +4,8 @@
       latency; the same N with 32 in flight at a time (as Restate's W1 runs too); and the same
       workflow one at a time (unloaded latency). On Ray three times:
       inline activities, plain ones (the default worker pool), and Ray tasks (num_cpus=1).
+      Each workflow is one ``client.execute_async`` (its start and its result wait travel in
+      one call), as Restate's W1 makes one request per workflow.
   W2  M workflows parked on a signal with their results awaited, all signalled at once:
       send-to-completion p50/p99; and one at a time (unloaded).
   W3  M workflows each sleeping 1 s: timer lateness (fire time minus due time).
@@ -72,8 +74,7 @@ async def bench_sleep(ctx: df.WorkflowContext, seconds: float) -> float:
 
 async def _timed_workflow(client: df.Client, i: int, kind: str) -> float:
     t0 = time.perf_counter()
-    handle = await client.start_async(bench_three_steps, i, kind)
-    await handle.result_async()
+    await client.execute_async(bench_three_steps, i, kind)  # one request, as Restate's W1
     return time.perf_counter() - t0
 
 

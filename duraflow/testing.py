@@ -73,11 +73,16 @@ class _CountingClient(Client):
     def waiting_for_results(self) -> bool:
         return self._waits > 0
 
-    async def _result(self, workflow_id: str, run_id: str | None) -> m.Outcome:
+    async def _result(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        registration: asyncio.Future[Any] | None = None,
+    ) -> m.Outcome:
         with self._waits_lock:
             self._waits += 1
         try:
-            return await super()._result(workflow_id, run_id)
+            return await super()._result(workflow_id, run_id, registration)
         finally:
             with self._waits_lock:
                 self._waits -= 1

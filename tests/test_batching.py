@@ -93,6 +93,26 @@ def test_results_of_runs_closed_before_anyone_waited(any_client: df.Client) -> N
     assert [4 * i for i in range(5)] == [h.result(timeout=30) for h in handles]
 
 
+def test_execute_sends_the_start_and_the_result_wait_in_one_turn(any_engine: df.Engine) -> None:
+    client = any_engine.client()
+
+    async def scenario() -> None:
+        with pytest.raises(asyncio.TimeoutError):  # parked on its signal: it goes on
+            await asyncio.wait_for(client.execute_async(bt_wait, workflow_id="bt-exec-1"), 0.5)
+
+    before = turns(any_engine)
+    asyncio.run(scenario())
+    assert 1 == turns(any_engine) - before  # not one turn for the start, one for the wait
+    client.get_handle("bt-exec-1").signal("go", 5)
+    assert 5 == client.get_handle("bt-exec-1").result(timeout=30)
+    assert [4, 8] == [client.execute(bt_steps, x, timeout=30) for x in (1, 2)]
+    parked = client.start(bt_wait, workflow_id="bt-exec-2")
+    with pytest.raises(df.WorkflowAlreadyRunning):  # the start fails, and the wait with it
+        client.execute(bt_wait, workflow_id="bt-exec-2", timeout=30)
+    parked.signal("go", 6)
+    assert 6 == parked.result(timeout=30)
+
+
 def test_a_malformed_batch_is_refused_with_the_field_named(ray_engine: df.Engine) -> None:
     import ray
 

@@ -64,15 +64,29 @@ class Batcher:
     async def call(self, partition: int, request: Any) -> Any:
         """``request``'s reply, sent together with the others made in this loop iteration."""
         loop, state = self._state()
+        return await self._queue(loop, state, partition, [request])[0]
+
+    def _queue(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        state: _LoopState,
+        partition: int,
+        requests: list[Any],
+    ) -> list[asyncio.Future[Any]]:
+        """Queue ``requests`` for ``partition``, all in one batch, in order: the futures of
+        their replies."""
         queue = state.queues.get(partition)
+        if queue is not None and len(queue) + len(requests) > MAX_BATCH:
+            self._flush(loop, state, partition)
+            queue = None
         if queue is None:
             queue = state.queues[partition] = []
             loop.call_soon(self._flush, loop, state, partition)
-        future: asyncio.Future[Any] = loop.create_future()
-        queue.append((request, future))
+        futures: list[asyncio.Future[Any]] = [loop.create_future() for _ in requests]
+        queue.extend(zip(requests, futures, strict=True))
         if len(queue) >= MAX_BATCH:
             self._flush(loop, state, partition)
-        return await future
+        return futures
 
     def _flush(self, loop: asyncio.AbstractEventLoop, state: _LoopState, partition: int) -> None:
         items = state.queues.pop(partition, None)
@@ -97,8 +111,29 @@ class Batcher:
 
     # -- results ----------------------------------------------------------------------------
 
-    async def result(self, partition: int, workflow_id: str, run_id: str | None) -> m.Outcome:
-        """The outcome of the run once it closes (registered with this loop's mailbox)."""
+    def call_and_register(
+        self, partition: int, request: Any, workflow_id: str, run_id: str
+    ) -> tuple[asyncio.Future[Any], asyncio.Future[Any]]:
+        """Queue ``request`` and, right after it in the same batch (one turn, so a ``Start``
+        of run ``run_id`` is applied first), the registration of that run's result wait:
+        the futures of both replies. Pass the second to :meth:`result`."""
+        loop, state = self._state()
+        key = (workflow_id, run_id)
+        sent, registration = self._queue(
+            loop, state, partition, [request, self._await_result(state, key)]
+        )
+        registration.add_done_callback(retrieved)  # no warning if nobody waits any more
+        return sent, registration
+
+    async def result(
+        self,
+        partition: int,
+        workflow_id: str,
+        run_id: str | None,
+        registration: asyncio.Future[Any] | None = None,
+    ) -> m.Outcome:
+        """The outcome of the run once it closes (registered with this loop's mailbox; by
+        ``registration``, the reply of an ``AwaitResult`` queued already, if given)."""
         loop, state = self._state()
         waiting = state.waiting.setdefault(partition, {})
         key = (workflow_id, run_id)
@@ -106,7 +141,7 @@ class Batcher:
         futures = waiting.get(key)
         if futures is None:
             futures = waiting[key] = [future]
-            loop.create_task(self._register(state, partition, key))
+            loop.create_task(self._register(state, partition, key, registration))
         else:
             futures.append(future)
         try:
@@ -118,14 +153,26 @@ class Batcher:
                     del waiting[key]
                     state.registered.get(partition, {}).pop(key, None)
 
-    async def _register(self, state: _LoopState, partition: int, key: _Key) -> None:
-        """Register ``key`` with this loop's mailbox at ``partition``; settle it at once if
-        the run is closed already."""
+    @staticmethod
+    def _await_result(state: _LoopState, key: _Key) -> m.AwaitResult:
+        return m.AwaitResult(workflow_id=key[0], run_id=key[1], mailbox=state.mailbox)
+
+    async def _register(
+        self,
+        state: _LoopState,
+        partition: int,
+        key: _Key,
+        registration: asyncio.Future[Any] | None = None,
+    ) -> None:
+        """Register ``key`` with this loop's mailbox at ``partition`` (or take the reply of
+        its ``registration`` queued already); settle it at once if the run is closed."""
         registered = state.registered.setdefault(partition, {})
         registered[key] = None
-        request = m.AwaitResult(workflow_id=key[0], run_id=key[1], mailbox=state.mailbox)
         try:
-            reply = await self.call(partition, request)
+            if registration is None:
+                reply = await self.call(partition, self._await_result(state, key))
+            else:
+                reply = await registration
         except Exception as exc:  # reason: WorkflowNotFound and friends go to the waiters
             self._settle(state, partition, key, error=exc)
             return
@@ -197,3 +244,9 @@ class Batcher:
                 future.set_exception(error)
             else:
                 future.set_result(outcome)  # type: ignore[arg-type]  # reason: one of the two is set
+
+
+def retrieved(future: asyncio.Future[Any]) -> None:
+    """Mark ``future``'s exception as seen (its waiter may have gone)."""
+    if not future.cancelled():
+        future.exception()

@@ -22,7 +22,7 @@ from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
 from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
-from duraflow.client.batching import Batcher
+from duraflow.client.batching import Batcher, retrieved
 from duraflow.client.blocking import BlockingRunner
 from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
 from duraflow.client.handle import _check_name as check_handler_name
@@ -70,6 +70,36 @@ def _start_payload(workflow: Callable[..., Any] | str, args: Any) -> tuple[str, 
     definition = workflow_definition(workflow)
     data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
     return definition.name, definition.code_ref, data
+
+
+def _start_request(
+    workflow: Callable[..., Any] | str,
+    args: Any,
+    workflow_id: str | None,
+    id_conflict: m.IdConflict = "fail",
+    **options: Any,
+) -> m.Start:
+    """A client's ``Start`` of a new run (its ID and run ID random unless given), checked.
+
+    Raises:
+        UnknownWorkflowType, InvalidWorkflowId, PayloadError, ConfigurationError,
+        InvalidDuration: as ``Client.start_async`` says.
+    """
+    workflow_type, code_ref, data = _start_payload(workflow, args)
+    workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
+    if id_conflict not in m.ID_CONFLICT_POLICIES:
+        raise ConfigurationError(
+            f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
+        )
+    return m.Start(
+        workflow_id=workflow_id,
+        workflow_type=workflow_type,
+        code_ref=code_ref,
+        args=data,
+        id_conflict=id_conflict,
+        run_id=uuid.uuid4().hex,
+        options=run_options.make(**options),
+    )
 
 
 def set_connector(connector: Callable[[str, str], tuple[Host, ArchiveAccess | None]]) -> None:
@@ -121,10 +151,15 @@ class Client:
         partition = partition_of(workflow_id, self._host.partitions)
         return await self._batcher.call(partition, request)
 
-    async def _result(self, workflow_id: str, run_id: str | None) -> m.Outcome:
+    async def _result(
+        self,
+        workflow_id: str,
+        run_id: str | None,
+        registration: asyncio.Future[Any] | None = None,
+    ) -> m.Outcome:
         check_workflow_id(workflow_id)
         partition = partition_of(workflow_id, self._host.partitions)
-        return await self._batcher.result(partition, workflow_id, run_id)
+        return await self._batcher.result(partition, workflow_id, run_id, registration)
 
     async def _archived_run(self, workflow_id: str, run_id: str | None) -> list[AnyEvent] | None:
         """The events of a closed run found in the archive (None if none, or no archive)."""
@@ -179,31 +214,21 @@ class Client:
                 WorkflowAlreadyRunning.
             InvalidDuration, ConfigurationError: a bad run option (named).
         """
-        workflow_type, code_ref, data = _start_payload(workflow, args)
-        workflow_id = uuid.uuid4().hex if workflow_id is None else check_workflow_id(workflow_id)
-        if id_conflict not in m.ID_CONFLICT_POLICIES:
-            raise ConfigurationError(
-                f"id_conflict must be one of {m.ID_CONFLICT_POLICIES}, got {id_conflict!r}"
-            )
-        options = run_options.make(
+        request = _start_request(
+            workflow,
+            args,
+            workflow_id,
+            id_conflict,
             execution_timeout=execution_timeout,
             run_timeout=run_timeout,
             retry=retry,
             start_delay=start_delay,
             search_attributes=search_attributes,
         )
-        reply: m.StartReply = await self._call(
-            workflow_id,
-            m.Start(
-                workflow_id=workflow_id,
-                workflow_type=workflow_type,
-                code_ref=code_ref,
-                args=data,
-                id_conflict=id_conflict,
-                run_id=uuid.uuid4().hex,
-                options=options,
-            ),
-        )
+        workflow_id = request.workflow_id
+        return self._started(workflow_id, await self._call(workflow_id, request))
+
+    def _started(self, workflow_id: str, reply: m.StartReply) -> WorkflowHandle:
         handle = WorkflowHandle(self, workflow_id, reply.run_id, follow=True)
         handle.first_run_id = reply.first_run_id or reply.run_id
         return handle
@@ -364,9 +389,24 @@ class Client:
         workflow_id: str | None = None,
         timeout: Duration | None = None,
     ) -> Any:
-        """Start a workflow and wait for its result."""
-        handle = await self.start_async(workflow, *args, workflow_id=workflow_id)
-        return await handle.result_async(timeout)
+        """Start a workflow and wait for its result: the start and the wait for its result
+        travel together (one call, one turn), as ``start_async`` then ``result_async`` would
+        take two."""
+        request = _start_request(workflow, args, workflow_id)
+        workflow_id = request.workflow_id
+        partition = partition_of(workflow_id, self._host.partitions)
+        sent, registration = self._batcher.call_and_register(
+            partition, request, workflow_id, request.run_id
+        )
+        outcome = asyncio.ensure_future(self._result(workflow_id, request.run_id, registration))
+        outcome.add_done_callback(retrieved)
+        try:
+            reply: m.StartReply = await sent
+            handle = self._started(workflow_id, reply)
+            mine = reply.run_id == request.run_id  # always, as id_conflict is "fail"
+            return await handle._result_of(timeout, outcome if mine else None)
+        finally:
+            outcome.cancel()  # done already, unless the start failed or the wait gave up
 
     def execute(
         self,

@@ -292,8 +292,15 @@ class WorkflowHandle:
         is the last run's.
             ResultTimeout: ``timeout`` elapsed first; the run goes on.
         """
+        return await self._result_of(timeout)
+
+    async def _result_of(
+        self, timeout: Duration | None, first: Awaitable[m.Outcome] | None = None
+    ) -> Any:
+        """:meth:`result_async`; ``first``, if given, brings the outcome of ``run_id`` (its
+        wait registered already, as ``Client.execute_async`` does)."""
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        waiting = self._final_outcome()
+        waiting = self._final_outcome(first)
         if seconds is None:
             outcome = await waiting
         else:
@@ -305,15 +312,15 @@ class WorkflowHandle:
                 ) from None
         return _unwrap(outcome)
 
-    async def _final_outcome(self) -> m.Outcome:
-        """The outcome of the last run of the chain that starts at ``run_id``."""
+    async def _final_outcome(self, first: Awaitable[m.Outcome] | None = None) -> m.Outcome:
+        """The outcome of the last run of the chain that starts at ``run_id`` (``first``
+        brings that run's, if given)."""
         run_id = self.run_id
         while True:
-            outcome: m.Outcome = await self._call_or_archive(
-                self._client._result(self.workflow_id, run_id),
-                _archived_outcome,
-                run_id,
-            )
+            if first is None:
+                first = self._client._result(self.workflow_id, run_id)
+            outcome: m.Outcome = await self._call_or_archive(first, _archived_outcome, run_id)
+            first = None
             if outcome.next_run_id is None:
                 return outcome
             run_id = outcome.next_run_id
