@@ -31,8 +31,10 @@ class WorkflowDescription(msgspec.Struct, frozen=True, kw_only=True):
         search_attributes: the run's typed search attributes.
         paused: an operator paused the open run (``handle.pause``), for ``pause_reason``.
         code_hash: the hash of the workflow code the run started with (``describe()`` only);
-            ``current_code_hash`` that of the code its partition has now; ``code_changed``
-            True when they differ (replay then relies on ``ctx.patched``).
+            ``current_code_hash`` that of the code the describing process has now (the
+            run's partition; the client's own for a run read back from the archive, None if
+            it does not have the workflow); ``code_changed`` True when they differ (replay
+            then relies on ``ctx.patched``).
     """
 
     workflow_id: str

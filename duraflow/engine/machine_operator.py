@@ -31,6 +31,7 @@ from duraflow.actors import messages as m
 from duraflow.cdc import events as ev
 from duraflow.description import WorkflowDescription, with_code_hashes
 from duraflow.engine import effects as fx
+from duraflow.engine import run_options
 from duraflow.engine.definitions import WorkflowDefinition, resolve_workflow
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.machine_state import OpenRun, Rule, State
@@ -338,19 +339,13 @@ def _copy(events: list[Any], run_id: str, definition: WorkflowDefinition, reason
         args=first.args,
         code_ref=definition.code_ref,
         python=PYTHON_VERSION,
-        parent_id=first.parent_id,
-        parent_run_id=first.parent_run_id,
-        parent_seq=first.parent_seq,
         attempt=first.attempt,
         code_hash=definition.code_hash,
         reset_from_run_id=first.run_id,
         reset_from_event_id=events[-1].event_id,
         reset_reason=reason,
         seed=first.seed or first.run_id,
-        execution_deadline_us=first.execution_deadline_us,
-        run_timeout_us=first.run_timeout_us,
-        retry=first.retry,
-        search_attributes=first.search_attributes,
+        **run_options.carried(first, first.search_attributes),
     )
     rest = [
         msgspec.structs.replace(e, run_id=run_id, event_id=0, lsn=0)
