@@ -1,4 +1,4 @@
-"""The app served by tests/test_operator_cli.py: ``duraflow.runtime.serve`` with
+"""The app served by tests/test_operator_cli.py: ``duraflow.serving.serve`` with
 ``app_modules=["tests.operator_app"]`` imports it in every partition actor; the driver that
 starts these workflows by type name never imports it."""
 

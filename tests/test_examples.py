@@ -10,16 +10,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_order_example_runs_and_one_order_times_out(tmp_path: Path) -> None:
+def _run_example(name: str, folder: Path) -> str:
+    """Run ``examples/<name>.py`` in ``folder`` (where it keeps its data directory), as a user
+    would; its standard output, once it has exited with 0."""
     done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "order.py")],
-        cwd=tmp_path,  # the example keeps its data in ./.duraflow
+        [sys.executable, str(ROOT / "examples" / f"{name}.py")],
+        cwd=folder,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert 0 == done.returncode, done.stderr
-    out = done.stdout
+    return done.stdout
+
+
+def test_order_example_runs_and_one_order_times_out(tmp_path: Path) -> None:
+    out = _run_example("order", tmp_path)
     assert (
         "result    order-o-1: {'status': 'completed', 'paid': 25.0, 'tracking': 'TRK-O-1'}" in out
     )
@@ -49,15 +55,7 @@ def _number(cell: str) -> int:
 
 
 def test_analytics_example_answers_with_sql(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "analytics.py")],
-        cwd=tmp_path,  # the example keeps its data in ./.duraflow-analytics
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 0 == done.returncode, done.stderr
-    out = done.stdout
+    out = _run_example("analytics", tmp_path)
     summary = re.search(
         r"300 orders: (\d+) shipped, (\d+) cancelled \(payment timeout\), "
         r"(\d+) waiting on payment",
@@ -94,15 +92,7 @@ def test_analytics_example_answers_with_sql(tmp_path: Path) -> None:
 def test_coordinator_example_children_signal_back_and_the_parent_publishes(
     tmp_path: Path,
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "coordinator.py")],
-        cwd=tmp_path,  # the example keeps its data in ./.duraflow-coordinator
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 0 == done.returncode, done.stderr
-    out = done.stdout
+    out = _run_example("coordinator", tmp_path)
     assert "audit     3/3 regions counted" in out
     assert "rows      3500, approved by auditor" in out
     for region in ("amer", "apac", "emea"):
@@ -111,15 +101,7 @@ def test_coordinator_example_children_signal_back_and_the_parent_publishes(
 
 
 def test_cart_example_answers_updates_and_races_onto_one_run(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "cart.py")],
-        cwd=tmp_path,  # the example keeps its data in ./.duraflow-cart
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 0 == done.returncode, done.stderr
-    out = done.stdout
+    out = _run_example("cart", tmp_path)
     assert "alice added a mug: total 31.00" in out
     assert "refused: we do not sell 'unicorn'" in out
     assert "failed: KeyError 'lamp'" in out
@@ -128,15 +110,7 @@ def test_cart_example_answers_updates_and_races_onto_one_run(tmp_path: Path) -> 
 
 
 def test_billing_example_loops_month_after_month_with_continue_as_new(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "billing.py")],
-        cwd=tmp_path,  # the example keeps its data in ./.duraflow-billing
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert 0 == done.returncode, done.stderr
-    out = done.stdout
+    out = _run_example("billing", tmp_path)
     for name, billed in (("acme", "15.00"), ("globex", "30.00")):
         closed = re.search(rf"closed    billing-{name}: (\d+) monthly invoices, billed (\S+),", out)
         assert closed, out

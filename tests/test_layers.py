@@ -59,7 +59,7 @@ LAYERS: dict[str, set[str]] = {
 """Each package: what its modules may import besides leaves and their own package (package
 or module names). A module belongs to the longest package that contains it."""
 
-COMPOSITION_ROOTS = {"duraflow", "duraflow.runtime", "duraflow.testing"}
+COMPOSITION_ROOTS = {"duraflow", "duraflow.runtime", "duraflow.serving", "duraflow.testing"}
 """Modules that know every layer; no other module imports them."""
 COMPOSITION_PACKAGES = {"duraflow.cli"}
 """Packages whose modules are all composition roots (the ``duraflow`` command's verbs): they

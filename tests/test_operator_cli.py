@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from duraflow import runtime
+from duraflow import runtime, serving
 
 REPO = Path(__file__).resolve().parent.parent
 DRIVER_TIMEOUT_S = 120.0
@@ -75,11 +75,11 @@ def served(ray_session: None, data_dir: Path) -> Iterator[tuple[str, str]]:
         archive=False,
         app_modules=["tests.operator_app"],
     )
-    runtime.serve(config)
+    serving.serve(config)
     try:
         yield ray.get_runtime_context().gcs_address, namespace
     finally:
-        runtime.stop_serving(namespace=namespace)
+        serving.stop_serving(namespace=namespace)
 
 
 @pytest.mark.timeout(180)

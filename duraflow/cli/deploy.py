@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from duraflow import runtime
+from duraflow import runtime, serving
 from duraflow.cli.args import duration, duration_or_never, positive, resources, worker_pools
 from duraflow.cli.output import EXIT_ERROR, print_json
 from duraflow.config import (
@@ -44,7 +44,7 @@ def add_commands(
     p.add_argument(
         "--timeout",
         type=positive(float),
-        default=runtime.STATUS_TIMEOUT_S,
+        default=serving.STATUS_TIMEOUT_S,
         help="seconds to wait for each partition (default %(default)g)",
     )
     p.set_defaults(run=_status)
@@ -57,7 +57,7 @@ def add_commands(
     p.add_argument(
         "--timeout",
         type=positive(float),
-        default=runtime.STOP_TIMEOUT_S,
+        default=serving.STOP_TIMEOUT_S,
         help="seconds to wait for the partitions to close (default %(default)g)",
     )
     p.set_defaults(run=_stop)
@@ -167,7 +167,7 @@ def _add_serve(
     p.add_argument(
         "--timeout",
         type=positive(float),
-        default=runtime.SERVE_TIMEOUT_S,
+        default=serving.SERVE_TIMEOUT_S,
         help="seconds to wait for the partitions to open (default %(default)g)",
     )
     p.set_defaults(run=_serve)
@@ -221,7 +221,7 @@ def _serve(args: argparse.Namespace) -> int:
     # driver's current directory on the partition actors' sys.path too).
     if os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
-    served = runtime.serve(serve_config(args), address=args.address, timeout=args.timeout)
+    served = serving.serve(serve_config(args), address=args.address, timeout=args.timeout)
     config = served.config
     what = "Already serving" if served.already_running else "Serving"
     apps = ", ".join(config.app_modules) or "none"
@@ -316,7 +316,7 @@ def _archive_line(config: EngineConfig) -> str:
 
 
 def _status(args: argparse.Namespace) -> int:
-    reports = runtime.serving_status(
+    reports = serving.serving_status(
         address=args.address, namespace=args.namespace, timeout=args.timeout
     )
     if args.json:
@@ -330,7 +330,7 @@ def _status(args: argparse.Namespace) -> int:
         )
         print()
     _print_table(reports)
-    pools = runtime.serving_pools(reports, namespace=args.namespace, timeout=args.timeout)
+    pools = serving.serving_pools(reports, namespace=args.namespace, timeout=args.timeout)
     if pools:
         print()
         _print_pools(pools)
@@ -342,7 +342,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _stop(args: argparse.Namespace) -> int:
-    stopped = runtime.stop_serving(
+    stopped = serving.stop_serving(
         address=args.address, namespace=args.namespace, timeout=args.timeout
     )
     print(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from duraflow import runtime
+from duraflow import serving
 from duraflow.cli.args import positive, resources
 from duraflow.cli.output import EXIT_ERROR, print_json
 from duraflow.config import DEFAULT_MAX_ASYNC, DEFAULT_QUEUE, WorkerPool
@@ -48,7 +48,7 @@ def add_commands(
     p.add_argument(
         "--timeout",
         type=positive(float),
-        default=runtime.SERVE_TIMEOUT_S,
+        default=serving.SERVE_TIMEOUT_S,
         help="seconds to wait for the workers to start (default %(default)g)",
     )
     p.set_defaults(run=_worker)
@@ -63,7 +63,7 @@ def _worker(args: argparse.Namespace) -> int:
         max_async=args.max_async,
     )
     try:
-        statuses = runtime.serve_workers(
+        statuses = serving.serve_workers(
             args.queue, pool, address=args.address, namespace=args.namespace, timeout=args.timeout
         )
     except TimeoutError as exc:  # the workers stay, pending: `duraflow status` lists them

@@ -19,7 +19,7 @@ import pytest
 import ray
 
 import duraflow as df
-from duraflow import runtime
+from duraflow import serving
 from duraflow.actors.router import partition_of
 from duraflow.actors.worker_link import LINK_ENV
 from duraflow.actors.workers import pool_names
@@ -349,9 +349,9 @@ def test_activities_run_on_pools_tasks_or_inline_as_declared(pool_engine: df.Eng
 
 
 def pools_seen(engine: df.Engine) -> dict[str, dict[str, Any]]:
-    """``duraflow status``'s pools (runtime.serving_pools), by queue."""
+    """``duraflow status``'s pools (serving.serving_pools), by queue."""
     reports = engine.client()._host.statuses()  # type: ignore[attr-defined]
-    pools = runtime.serving_pools(reports, namespace=engine.namespace, timeout=10)
+    pools = serving.serving_pools(reports, namespace=engine.namespace, timeout=10)
     return {p.pop("queue"): p for p in pools}
 
 
@@ -606,7 +606,7 @@ def test_a_pool_started_for_a_served_deployment_takes_its_queue(ray_engine: df.E
     namespace = ray_engine.namespace
     assert namespace is not None
     try:
-        statuses = runtime.serve_workers("pl-cli", df.WorkerPool(size=1), namespace=namespace)
+        statuses = serving.serve_workers("pl-cli", df.WorkerPool(size=1), namespace=namespace)
         assert ["pl-cli"] == [s["queue"] for s in statuses]
 
         pid = ray_engine.client().start(pl_cli_flow).result(timeout=30)
