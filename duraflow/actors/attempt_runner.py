@@ -60,9 +60,14 @@ class AttemptRunner:
             loop.call_soon_threadsafe(self._post, item)
 
     def _reported(self, key: fx.Key, number: int, outcome: ActivityOutcome) -> None:
-        """An attempt ended (called from any thread)."""
+        """An attempt ended (called from any thread: on the partition's loop, as pool
+        outcomes are, it is taken at once, without a wake-up of the loop)."""
         loop = self.loop
-        if loop is not None and not loop.is_closed():
+        if loop is None or loop.is_closed():
+            return
+        if asyncio._get_running_loop() is loop:
+            self._over(key, number, outcome)
+        else:
             loop.call_soon_threadsafe(self._over, key, number, outcome)
 
     def _over(self, key: fx.Key, number: int, outcome: ActivityOutcome) -> None:

@@ -19,8 +19,10 @@ worker dies the call fails, and every attempt of it not yet answered fails with
 of an attempt that is no longer the running one, so nothing is recorded twice; an outcome
 that arrives after its attempt was reported lost is dropped.
 
-Inside a worker, sync attempts run one at a time on one thread (the actor's event loop stays
-free for cancels and heartbeats); async ones run on the loop, up to ``max_async`` at once.
+Inside a worker, sync attempts run one at a time on one long-lived thread that takes them
+from a queue and hands their outcomes back to the actor's event loop in bunches (one wake-up of
+the loop for however many ended meanwhile); the loop stays free for cancels and heartbeats.
+Async ones run on the loop, up to ``max_async`` at once.
 Cancelling a running sync attempt raises ``ActivityCancelledError`` in its thread (at its
 next Python bytecode); a sync attempt that ignores it for CANCEL_GRACE_S ends the worker's
 process, and Ray restarts it with a free thread.
@@ -39,6 +41,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from queue import SimpleQueue
 from typing import Any
 
 import ray
@@ -71,6 +74,10 @@ comes back whole, in the reply to its call)."""
 CANCELLED = ActivityOutcome(
     ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
 )
+
+
+Report = Callable[[Done], None]
+"""Takes one attempt's outcome back to its partition (called on the actor's loop)."""
 
 
 def worker_name(queue: str, index: int) -> str:
@@ -140,7 +147,9 @@ class WorkerActor:
         self._queue = queue
         self._index = index
         self._loop = asyncio.get_running_loop()
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, f"duraflow-{queue}-{index}")
+        self._sync_jobs: SimpleQueue[tuple[ActivityTask, Any, bool, Report]] = SimpleQueue()
+        self._sync_ended: list[tuple[ActivityTask, ActivityOutcome, Report]] = []
+        self._sync_ended_lock = threading.Lock()
         self._slots = asyncio.Semaphore(max_async)
         self._tasks: dict[tuple[Key, int], ActivityTask] = {}
         self._async: dict[tuple[Key, int], asyncio.Task[ActivityOutcome]] = {}
@@ -156,6 +165,9 @@ class WorkerActor:
         self._partitions: dict[str, Any] = {}
         """Partition actors by name (those that linked to this worker)."""
         self._link, self._server = await worker_link.listen(self._find_partition, self._serve)
+        threading.Thread(
+            target=self._sync_thread, name=f"duraflow-{queue}-{index}", daemon=True
+        ).start()
 
     async def link(self) -> dict[str, Any]:
         """Where a partition on this worker's node can link to it (``address`` None: nowhere,
@@ -169,15 +181,17 @@ class WorkerActor:
             found = self._partitions[name] = await self._loop.run_in_executor(None, lookup)
         return found
 
-    def _serve(self, jobs: list[Job], partition: Any, report: Callable[[Done], None]) -> None:
+    def _serve(self, jobs: list[Job], partition: Any, report: Report) -> None:
         """Start ``jobs`` (attempts of ``partition``); ``report`` each one's outcome."""
         for job in jobs:
             task = self._task(job, partition)
             if isinstance(task, ActivityOutcome):  # its activity cannot be found here
                 report((_key(job.info), job.info.attempt, task))
-                continue
-            running = self._loop.create_task(self._attempt(task, partition, job.timed))
-            running.add_done_callback(lambda r, t=task: report(self._over(t, r)))
+            elif task.definition.is_async:
+                running = self._loop.create_task(self._attempt(task, partition, job.timed))
+                running.add_done_callback(lambda r, t=task: report(self._over(t, r)))
+            else:
+                self._sync_jobs.put((task, partition, job.timed, report))
 
     async def run(self, jobs: list[Job], partition: Any) -> list[Done]:
         """Run ``jobs`` (attempts of one partition); return their outcomes once all ended.
@@ -217,17 +231,9 @@ class WorkerActor:
                 self._loop.call_soon_threadsafe(self._cancel, _key(task.info), task.info.attempt)
 
     async def _attempt(self, task: ActivityTask, partition: Any, timed: bool) -> ActivityOutcome:
-        try:
-            return await self._run(task, partition, timed)
-        finally:
-            beat = self._beats.pop((_key(task.info), task.info.attempt), None)
-            if beat is not None:  # the details of a last heartbeat reach the partition first
-                with contextlib.suppress(Exception):
-                    await beat
-
-    async def _run(self, task: ActivityTask, partition: Any, timed: bool) -> ActivityOutcome:
+        """One async attempt, on the actor's loop."""
         key, number = _key(task.info), task.info.attempt
-        if task.definition.is_async:
+        try:
             async with self._slots:
                 if timed and not await partition.heartbeat.remote(key, number, None):
                     return CANCELLED
@@ -239,9 +245,40 @@ class WorkerActor:
                     return await running
                 finally:
                     del self._async[(key, number)]
-        return await self._loop.run_in_executor(
-            self._thread, self._run_sync, task, partition, timed
-        )
+        finally:
+            beat = self._beats.pop((key, number), None)
+            if beat is not None:  # the details of a last heartbeat reach the partition first
+                with contextlib.suppress(Exception):
+                    await beat
+
+    def _sync_thread(self) -> None:
+        """The worker's thread: runs the sync attempts, one at a time, as they come."""
+        while True:
+            task, partition, timed, report = self._sync_jobs.get()
+            outcome: ActivityOutcome | None = None
+            try:
+                outcome = self._run_sync(task, partition, timed)
+                beat = self._beats.pop((_key(task.info), task.info.attempt), None)
+                if beat is not None:  # the details of a last heartbeat reach the partition first
+                    with contextlib.suppress(Exception):
+                        ray.get(beat)
+            except ActivityCancelledError:  # a cancel that landed just after its attempt
+                pass
+            except BaseException as exc:  # reason: the attempt's outcome; the thread goes on
+                outcome = outcome or failure_of(exc)
+            finally:
+                outcome = outcome or CANCELLED
+                with self._sync_ended_lock:
+                    first = not self._sync_ended
+                    self._sync_ended.append((task, outcome, report))
+                if first:  # one wake-up of the loop for all that end before it runs
+                    self._loop.call_soon_threadsafe(self._report_sync_ended)
+
+    def _report_sync_ended(self) -> None:
+        with self._sync_ended_lock:
+            ended, self._sync_ended = self._sync_ended, []
+        for task, outcome, report in ended:
+            report(self._ended(task, outcome))
 
     def _run_sync(self, task: ActivityTask, partition: Any, timed: bool) -> ActivityOutcome:
         """In the worker's thread: one sync attempt (a cancel raises in this thread)."""
@@ -262,13 +299,16 @@ class WorkerActor:
             return CANCELLED
 
     def _over(self, task: ActivityTask, running: asyncio.Task[ActivityOutcome]) -> Done:
-        key, number = _key(task.info), task.info.attempt
-        self._tasks.pop((key, number), None)
-        self._ran += 1
         try:
             outcome = running.result()
         except BaseException as exc:  # reason: any failure is the attempt's outcome
             outcome = failure_of(exc)
+        return self._ended(task, outcome)
+
+    def _ended(self, task: ActivityTask, outcome: ActivityOutcome) -> Done:
+        key, number = _key(task.info), task.info.attempt
+        self._tasks.pop((key, number), None)
+        self._ran += 1
         return (key, number, outcome)
 
     async def cancel(self, key: Key, number: int) -> None:

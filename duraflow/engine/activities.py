@@ -46,6 +46,22 @@ class ActivityOutcome(msgspec.Struct, frozen=True):
     error_message: str = ""
 
 
+class CancelFlag:
+    """Set once an attempt is no longer wanted; read from any thread (no one waits on it, so
+    it needs no lock: a ``threading.Event`` cost more than the rest of a dispatch)."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class ActivityTask:
     """One attempt to run: the definition, encoded args, and the way back to the partition."""
 
@@ -60,7 +76,7 @@ class ActivityTask:
         self.args = args
         self.info = info
         self.send_heartbeat = heartbeat
-        self.cancelled = threading.Event()
+        self.cancelled = CancelFlag()
         self.cancel_hook: Callable[[], None] | None = None
         self.timed = False
         """Whether this attempt has a start-to-close or heartbeat timeout."""
