@@ -312,11 +312,11 @@ class Engine:
 
                 self._consumer = ConsumerThread(Consumer(self._host, self.config))
         else:
-            from duraflow.actors import ray_host  # imports ray: only for the Ray runtime
+            from duraflow.actors.ray_engine import EngineOnRay  # imports ray: only on Ray
 
-            ray_engine = ray_host.EngineOnRay.start(self.config, address)
-            self._host = ray_engine
-            self._consumer_actor = ray_engine.consumer
+            on_ray = EngineOnRay.start(self.config, address)
+            self._host = on_ray
+            self._consumer_actor = on_ray.consumer
             self.namespace = self.config.namespace
         self._client = self._client_class(self._host, BlockingRunner(), archive_reader(self.config))
 

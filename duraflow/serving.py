@@ -67,7 +67,7 @@ def serve(
             an app module cannot be imported; the cluster cannot be joined.
         PartitionUnavailable: a partition did not open within ``timeout``.
     """
-    from duraflow.actors import ray_deployment, ray_host  # imports ray: only on Ray
+    from duraflow.actors import ray_consumer, ray_deployment, ray_host  # imports ray: only on Ray
 
     for module in config.app_modules:  # here first: an unimportable module fails now
         _import_app(module)
@@ -86,7 +86,7 @@ def serve(
                 ray_deployment.stop_partition_actors(config.namespace, timeout=CLEANUP_TIMEOUT_S)
         raise
     if config.archive:
-        ray_host.start_consumer(config, detached=True)
+        ray_consumer.start_consumer(config, detached=True)
     return Served(config=config, already_running=running is not None, statuses=host.statuses())
 
 

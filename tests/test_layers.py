@@ -53,7 +53,7 @@ LAYERS: dict[str, set[str]] = {
     "duraflow.actors": {
         "duraflow.engine",
         "duraflow.storage",
-        "duraflow.cdc.consumer",  # ray_host runs the archive's consumer as a Ray actor
+        "duraflow.cdc.consumer",  # ray_consumer runs the archive's consumer as a Ray actor
     },
 }
 """Each package: what its modules may import besides leaves and their own package (package
@@ -213,7 +213,8 @@ def test_only_storage_touches_sqlite() -> None:
 
 def test_only_the_ray_host_and_the_workers_import_ray() -> None:
     users = {m for m, imports in MODULES.items() if any(i.split(".")[0] == "ray" for i in imports)}
-    host = {f"duraflow.actors.ray_{part}" for part in ("host", "tasks", "cluster", "deployment")}
+    parts = ("host", "tasks", "cluster", "deployment", "consumer", "engine")
+    host = {f"duraflow.actors.ray_{part}" for part in parts}
     workers = {"duraflow.actors.workers", "duraflow.actors.pool_dispatch"}  # and their sender
     assert {*host, *workers} == users
 

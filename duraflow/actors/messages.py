@@ -360,6 +360,38 @@ def validated(request: object) -> object:
 _batch_decoder = msgspec.msgpack.Decoder(list[Request])  # type: ignore[valid-type]  # reason: Request is a Union alias
 
 
+_by_name = {t.__name__: decoder for t, decoder in _validators.items()}
+
+
+def encode_request(request: object) -> tuple[str, bytes]:
+    """One request as its type's name and msgpack (see :func:`decode_request`).
+
+    Raises:
+        PayloadError: not a request message, or a field that msgpack cannot hold.
+    """
+    if type(request) not in _validators:
+        raise PayloadError(f"not a duraflow request: {type(request).__name__}")
+    try:
+        return type(request).__name__, _outbox_encoder.encode(request)
+    except (msgspec.EncodeError, TypeError, UnicodeEncodeError) as exc:
+        raise PayloadError(f"malformed {type(request).__name__} request: {exc}") from None
+
+
+def decode_request(name: str, data: bytes) -> object:
+    """Decode and check a request encoded by :func:`encode_request`.
+
+    Raises:
+        PayloadError: no request type of that name, or a field of the wrong type (named).
+    """
+    decoder = _by_name.get(name)
+    if decoder is None:
+        raise PayloadError(f"not a duraflow request: {name!r}")
+    try:
+        return decoder.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise PayloadError(f"malformed {name} request: {exc}") from None
+
+
 def encode_requests(requests: list[Request]) -> bytes:  # type: ignore[valid-type]  # reason: as above
     """A batch of client requests as one msgpack payload (see :func:`decode_requests`)."""
     try:

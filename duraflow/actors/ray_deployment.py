@@ -9,7 +9,8 @@ from typing import Any
 
 import ray
 
-from duraflow.actors.ray_host import CONSUMER_NAME, actor_name, wait_opened
+from duraflow.actors.ray_consumer import CONSUMER_NAME
+from duraflow.actors.ray_host import actor_name, wait_opened
 from duraflow.actors.workers import pool_names, start_pool
 from duraflow.config import EngineConfig, WorkerPool
 from duraflow.errors import PartitionUnavailable

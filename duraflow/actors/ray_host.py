@@ -22,7 +22,6 @@ Activities run on the worker pool of their queue, as Ray tasks, or in the actor'
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -34,9 +33,11 @@ import msgspec
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from duraflow.actors import client_link
 from duraflow.actors import messages as m
+from duraflow.actors.client_link import LinkClosed, Links
 from duraflow.actors.partition import Partition
-from duraflow.actors.ray_cluster import first_line, start_or_join_ray
+from duraflow.actors.ray_cluster import first_line
 from duraflow.actors.ray_tasks import RayExecutor
 from duraflow.actors.router import partition_of
 from duraflow.actors.worker_link import Done
@@ -45,7 +46,6 @@ from duraflow.backoff import retry, retry_async
 from duraflow.client.host import Host
 from duraflow.config import EngineConfig
 from duraflow.engine.definitions import (
-    main_module_definitions,
     register_definitions,
     set_process_role,
 )
@@ -118,6 +118,8 @@ class PartitionActor:
         self._init_s = time.time() - self._started_at
         self._opened_at: float | None = None
         self._opened = loop.create_task(self._open())
+        self._links = client_link.Served()
+        self._link, self._link_server = await client_link.serve(self._linked_call, self._links)
 
     async def _open(self) -> None:
         while True:
@@ -173,6 +175,17 @@ class PartitionActor:
         """Requests encoded by ``messages.encode_requests``, handled in one turn: their
         replies in order, each failure as a duraflow error value."""
         return await self._answer(self._partition.handle_batch, payload)
+
+    async def _linked_call(self, kind: str, data: bytes) -> Any:
+        """A call that came over a client's link (``actors/client_link.py``)."""
+        method, arg = client_link.decoded(kind, data)
+        handler = self._partition.handle if method == "call" else self._partition.handle_batch
+        return await self._answer(handler, arg)
+
+    async def link(self) -> dict[str, Any]:
+        """Where a client on this actor's node can link to it (``address`` None: nowhere,
+        call by Ray)."""
+        return {"node_id": ray.get_runtime_context().get_node_id(), "address": self._link}
 
     async def _answer(self, handler: Callable[[Any], Awaitable[Any]], arg: Any) -> Any:
         """``handler(arg)`` once the partition is open; a duraflow error as a value."""
@@ -238,6 +251,7 @@ class PartitionActor:
             "config": self._partition.config.public(),
             "incarnation": self._partition.incarnation,
             "pools": self._executor.pool_status(),
+            "client_links": {"open": self._links.links, "calls": self._links.calls},
             **self._partition.stats(),
         }
 
@@ -251,52 +265,6 @@ class PartitionActor:
         if isinstance(reply, _Failure):
             raise reply.error
         return reply
-
-
-CONSUMER_NAME = "consumer"
-
-
-@ray.remote(num_cpus=0, max_restarts=-1, max_task_retries=0, max_concurrency=100)
-class ConsumerActor:
-    """The archive's stream consumer as a Ray actor; restarts resume from the archive."""
-
-    async def __init__(self, config: bytes) -> None:
-        # Imported here, not with the module: pyarrow, pyiceberg and DuckDB cost a partition
-        # actor (which shares this module) about a second on every restart.
-        from duraflow.cdc.consumer import Consumer
-
-        self._config = EngineConfig.decode(config)
-        handles = [
-            ray.get_actor(actor_name(i), namespace=self._config.namespace)
-            for i in range(self._config.partitions)
-        ]
-        self._consumer = Consumer(RayHost(handles), self._config)
-        self._task = asyncio.get_running_loop().create_task(self._consumer.run())
-
-    async def status(self) -> dict[str, Any]:
-        """PID, node, the consumer's counters and offsets, and the deployment's config as
-        :meth:`EngineConfig.public` shows it (no credentials)."""
-        return {
-            "pid": os.getpid(),
-            "node_id": ray.get_runtime_context().get_node_id(),
-            "running": not self._task.done(),
-            "config": self._consumer.config.public(),
-            **self._consumer.status(),
-        }
-
-    async def caught_up(self, timeout: float) -> bool:
-        return await self._consumer.caught_up(timeout)
-
-    async def commit(self, timeout: float | None = None) -> dict[int, int]:
-        return await self._consumer.commit(timeout)
-
-    async def maintain(self, keep_snapshots_s: float) -> dict[str, Any]:
-        return await self._consumer.maintain(keep_snapshots_s)
-
-    async def shutdown(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(BaseException):
-            await self._task
 
 
 def call_actor(actor: Any, method: str, *args: Any, timeout: float | None = None) -> Any:
@@ -324,18 +292,6 @@ def call_actor(actor: Any, method: str, *args: Any, timeout: float | None = None
         return retry(once, retry_on=_RESTARTING, deadline=deadline, give_up=give_up)
     except ray.exceptions.GetTimeoutError:
         raise TimeoutError(f"{method}() did not answer within {timeout}s") from None
-
-
-def start_consumer(config: EngineConfig, *, detached: bool) -> Any:
-    """Create (or find) the deployment's consumer actor."""
-    options: dict[str, Any] = {
-        "name": CONSUMER_NAME,
-        "namespace": config.namespace,
-        "get_if_exists": True,
-    }
-    if detached:
-        options["lifetime"] = "detached"
-    return ConsumerActor.options(**options).remote(config.encode())
 
 
 def check_same_deployment(status: dict[str, Any], config: EngineConfig) -> None:
@@ -417,6 +373,10 @@ class RayHost(Host):
 
     def __init__(self, handles: list[Any]) -> None:
         self._handles = handles
+        self._links = Links(
+            lambda partition: handles[partition].link.remote(),
+            lambda: ray.get_runtime_context().get_node_id(),
+        )
         self.partitions = len(handles)
         self.workers: list[Any] = []
         """The worker actors this host created or found (``create`` only)."""
@@ -504,9 +464,18 @@ class RayHost(Host):
                 f"partition {partition} did not come back within {CALL_RETRY_WINDOW_S:.0f}s: {exc}"
             )
 
+        linked = client_link.encoded(method, payload)
+
+        async def call() -> Any:
+            if linked is not None:  # over the link to the partition, where there is one
+                over_link, reply = await self._links.call(partition, *linked)
+                if over_link:
+                    return reply
+            return await getattr(self._handles[partition], method).remote(payload)
+
         reply = await retry_async(
-            lambda: getattr(self._handles[partition], method).remote(payload),
-            retry_on=_RESTARTING,
+            call,
+            retry_on=(*_RESTARTING, LinkClosed),
             deadline=time.monotonic() + CALL_RETRY_WINDOW_S,
             give_up=give_up,
             on_retry=note,
@@ -544,45 +513,5 @@ class RayHost(Host):
         ]
 
     def close(self) -> None:
-        """Nothing to stop on the client side; actors live with the cluster or the driver."""
-
-
-class EngineOnRay(RayHost):
-    """A RayHost that owns what it started: its partition actors and, maybe, Ray itself."""
-
-    def __init__(
-        self, handles: list[Any], created: bool, started_ray: bool, consumer: Any = None
-    ) -> None:
-        super().__init__(handles)
-        self._created = created
-        self._started_ray = started_ray
-        self.consumer = consumer
-
-    @classmethod
-    def start(cls, config: EngineConfig, address: str | None) -> EngineOnRay:
-        """Start or join Ray, then create (or find, if served already with the same config)
-        the partition actors and the archive's consumer actor."""
-        started_ray = start_or_join_ray(address, config.namespace)
-        try:
-            existing = ray.get_actor(actor_name(0), namespace=config.namespace)
-        except ValueError:
-            existing = None
-        shipped_defs = main_module_definitions()
-        shipped = ray.cloudpickle.dumps(shipped_defs) if shipped_defs else None  # type: ignore[attr-defined]  # reason: ray vendors cloudpickle
-        host = RayHost.create(config, shipped=shipped)
-        consumer = start_consumer(config, detached=False) if config.archive else None
-        engine = cls(host._handles, existing is None, started_ray, consumer)
-        engine.workers = host.workers
-        return engine
-
-    def close(self) -> None:
-        if self._created:
-            # All at once: a consumer actor still starting (a new worker process, a second or
-            # so) must not keep the partitions running, their timers firing, meanwhile.
-            owned = [*self._handles, *([self.consumer] if self.consumer is not None else [])]
-            with contextlib.suppress(Exception):  # an actor may be restarting or gone
-                ray.get([h.shutdown.remote() for h in owned], timeout=30)
-            for handle in [*owned, *self.workers]:
-                ray.kill(handle, no_restart=True)
-        if self._started_ray:
-            ray.shutdown()
+        """Close this client's links; actors live with the cluster or the driver."""
+        self._links.close()

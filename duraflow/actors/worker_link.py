@@ -1,41 +1,31 @@
 """The link between a partition and a worker of a pool on the same node: a Unix socket.
 
-A Ray actor call between two processes here costs about 1.4 ms round trip; a frame each way
-over a Unix socket between the same two processes about 0.1 ms. So each worker listens on an
-abstract Unix socket (Linux: no file to leave behind; it goes with the process) and accepts
-only processes of its own user (``SO_PEERCRED``); a partition on the worker's node sends its
-attempts over it and gets their outcomes back as they end, coalesced per loop iteration.
-Attempts for workers on other nodes, or where no link could be made, go by Ray actor calls
-(``actors/pool_dispatch.py``); heartbeats and cancels go by Ray calls either way.
+Each worker listens on an abstract Unix socket (``actors/unix_link.py``: same-user peers only);
+a partition on the worker's node sends its attempts over it and gets their outcomes back as
+they end, coalesced per loop iteration. Attempts for workers on other nodes, or where no link
+could be made, go by Ray actor calls (``actors/pool_dispatch.py``); heartbeats and cancels go
+by Ray calls either way.
 
 When the worker dies its end of the socket closes at once: the partition fails every attempt
 it sent over the link and has no outcome for with ``WorkerLost``, as with a failed Ray call.
 ``DURAFLOW_WORKER_LINK=off`` in a worker's environment makes it offer no link (all its
 attempts then go by Ray calls).
 
-Frames: a 4-byte big-endian length, then msgpack (msgspec). The partition sends one
-:class:`Hello` (its actor's name), then :class:`Run` frames; the worker sends
-:class:`Outcomes` frames.
+The partition sends one :class:`Hello` (its actor's name), then :class:`Run` frames; the
+worker sends :class:`Outcomes` frames.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
-import os
-import socket
-import struct
-import sys
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgspec
 
+from duraflow.actors.unix_link import LinkEnd, frame, offered, read_frame
+from duraflow.actors.unix_link import listen as listen_on
 from duraflow.engine.activities import ActivityInfo, ActivityOutcome
-
-log = logging.getLogger("duraflow.workers")
 
 LINK_ENV = "DURAFLOW_WORKER_LINK"
 """Set to ``off`` in a worker's environment, it offers no link."""
@@ -71,27 +61,8 @@ class Outcomes(msgspec.Struct, frozen=True, array_like=True, tag="outcomes"):
     done: list[Done]
 
 
-_HEADER = struct.Struct("!I")
-_encoder = msgspec.msgpack.Encoder()
 _to_worker = msgspec.msgpack.Decoder(Hello | Run)
 _to_partition = msgspec.msgpack.Decoder(Outcomes)
-
-
-def _frame(message: Hello | Run | Outcomes) -> bytes:
-    body = _encoder.encode(message)
-    return _HEADER.pack(len(body)) + body
-
-
-async def _read(reader: asyncio.StreamReader, decoder: msgspec.msgpack.Decoder[Any]) -> Any:
-    (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
-    return decoder.decode(await reader.readexactly(size))
-
-
-def _same_user(writer: asyncio.StreamWriter) -> bool:
-    sock = writer.get_extra_info("socket")
-    creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    _pid, uid, _gid = struct.unpack("3i", creds)
-    return bool(uid == os.getuid())
 
 
 # -- the worker's end ----------------------------------------------------------------------
@@ -105,23 +76,11 @@ async def listen(
     find_partition: Callable[[str], Awaitable[Any]], serve: Serve
 ) -> tuple[str | None, asyncio.AbstractServer | None]:
     """Listen for partitions' links (the address, or None where no link is offered)."""
-    if sys.platform != "linux" or os.environ.get(LINK_ENV, "").lower() == "off":
+    if not offered(LINK_ENV):
         return None, None
-    address = f"\0duraflow-worker-{uuid.uuid4().hex}"
-
-    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            if _same_user(writer):
-                await _serve_link(reader, writer, find_partition, serve)
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass  # the partition went away
-        except Exception:  # reason: a bad peer must not end the worker
-            log.exception("a worker's link to a partition failed")
-        finally:
-            writer.close()
-
-    server = await asyncio.start_unix_server(accept, address)
-    return address, server
+    return await listen_on(
+        "worker", lambda reader, writer: _serve_link(reader, writer, find_partition, serve)
+    )
 
 
 async def _serve_link(
@@ -130,7 +89,7 @@ async def _serve_link(
     find_partition: Callable[[str], Awaitable[Any]],
     serve: Serve,
 ) -> None:
-    hello = await _read(reader, _to_worker)
+    hello = await read_frame(reader, _to_worker)
     if not isinstance(hello, Hello):
         return
     partition = await find_partition(hello.partition)
@@ -141,7 +100,7 @@ async def _serve_link(
         done = held[:]
         held.clear()
         if not writer.is_closing():
-            writer.write(_frame(Outcomes(done)))
+            writer.write(frame(Outcomes(done)))
 
     def report(done: Done) -> None:
         if not held:
@@ -149,7 +108,7 @@ async def _serve_link(
         held.append(done)
 
     while True:
-        message = await _read(reader, _to_worker)
+        message = await read_frame(reader, _to_worker)
         if isinstance(message, Run):
             serve(message.jobs, partition, report)
 
@@ -157,7 +116,7 @@ async def _serve_link(
 # -- the partition's end -------------------------------------------------------------------
 
 
-class Link:
+class Link(LinkEnd):
     """A partition's end of its link to one worker.
 
     Args:
@@ -172,11 +131,9 @@ class Link:
         delivered: Callable[[list[Done]], None],
         closed: Callable[[Link, BaseException | None], None],
     ) -> None:
-        self._writer = writer
-        self.open = True
-        self._reading = asyncio.get_running_loop().create_task(
-            self._read(reader, delivered, closed)
-        )
+        self._delivered = delivered
+        self._closed = closed
+        super().__init__(reader, writer, _to_partition)
 
     @classmethod
     async def connect(
@@ -187,35 +144,14 @@ class Link:
         closed: Callable[[Link, BaseException | None], None],
     ) -> Link:
         reader, writer = await asyncio.open_unix_connection(address)
-        writer.write(_frame(Hello(partition)))
+        writer.write(frame(Hello(partition)))
         return cls(reader, writer, delivered, closed)
 
     def send(self, jobs: list[Job]) -> None:
-        self._writer.write(_frame(Run(jobs)))
+        self._writer.write(frame(Run(jobs)))
 
-    async def _read(
-        self,
-        reader: asyncio.StreamReader,
-        delivered: Callable[[list[Done]], None],
-        closed: Callable[[Link, BaseException | None], None],
-    ) -> None:
-        why: BaseException | None = None
-        try:
-            while True:
-                delivered((await _read(reader, _to_partition)).done)
-        except asyncio.IncompleteReadError:
-            pass  # the worker's end closed
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # reason: any failure ends the link; its attempts are lost
-            why = exc
-        finally:
-            self.open = False
-            self._writer.close()
-        closed(self, why)
+    def _take(self, message: Outcomes) -> None:
+        self._delivered(message.done)
 
-    def close(self) -> None:
-        self.open = False
-        self._reading.cancel()
-        with contextlib.suppress(Exception):
-            self._writer.close()
+    def _ended(self, why: BaseException | None) -> None:
+        self._closed(self, why)

@@ -1,0 +1,150 @@
+"""Client links (``duraflow/actors/client_link.py``): a client on a partition actor's node
+calls it over a Unix socket once the link is made, from each of its event loops; a partition
+killed with SIGKILL while calls are in flight over its link loses none of them and does
+nothing twice (the calls are retried by Ray, and the client links again to the new process)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import duraflow as df
+from duraflow.actors.router import partition_of
+from duraflow.cdc.events import decode_event
+from tests.actors.test_ray_core import wait_until
+
+RAY_ARCHIVE = False
+
+
+@df.activity
+def cl_step(i: int) -> int:
+    return i + 1
+
+
+@df.workflow
+async def cl_flow(ctx: df.WorkflowContext, i: int) -> int:
+    a = await ctx.activity(cl_step, i)
+    return await ctx.activity(cl_step, a)
+
+
+def links(client: df.Client) -> list[dict[str, int]]:
+    """Each partition's ``client_links`` status: links open now, calls answered over them."""
+    return [s["client_links"] for s in client._host.statuses()]  # type: ignore[attr-defined]
+
+
+def id_on(partition: int, prefix: str) -> str:
+    """A new workflow ID that partition ``partition`` of 2 owns."""
+    while True:
+        workflow_id = f"{prefix}-{uuid.uuid4().hex[:10]}"
+        if partition_of(workflow_id, 2) == partition:
+            return workflow_id
+
+
+def linked_to(client: df.Client, partition: int) -> bool:
+    """Whether ``client`` reaches ``partition`` over a link (calling it, so that it links)."""
+    assert client.execute(cl_flow, 0, workflow_id=id_on(partition, "warm")) == 2
+    return links(client)[partition]["open"] >= 1
+
+
+def test_calls_go_over_the_link_from_every_event_loop(ray_client: df.Client) -> None:
+    for partition in (0, 1):
+        wait_until(lambda p=partition: linked_to(ray_client, p), what=f"a link to {partition}")
+    before = sum(s["calls"] for s in links(ray_client))
+    assert [ray_client.execute(cl_flow, i) for i in range(10)] == [i + 2 for i in range(10)]
+    after_sync = sum(s["calls"] for s in links(ray_client))
+    assert after_sync - before >= 10  # each workflow: its start and result wait at least
+
+    async def from_a_new_loop() -> list[Any]:
+        return await asyncio.gather(*(ray_client.execute_async(cl_flow, i) for i in range(40)))
+
+    # The first calls of a new loop go by Ray while its links are made; then over them.
+    assert asyncio.run(from_a_new_loop()) == [i + 2 for i in range(40)]
+
+    async def twice() -> tuple[list[Any], int, int]:
+        await from_a_new_loop()
+        await asyncio.sleep(0.5)  # its links are made
+        calls = sum(s["calls"] for s in links(ray_client))
+        results = await from_a_new_loop()
+        open_links = max(s["open"] for s in links(ray_client))
+        return results, sum(s["calls"] for s in links(ray_client)) - calls, open_links
+
+    results, calls, open_links = asyncio.run(twice())
+    assert results == [i + 2 for i in range(40)]
+    assert calls >= 2  # a batch per partition at least, over this loop's links
+    assert open_links >= 2  # the sync client's link and this loop's
+
+
+def history_counts(data_dir: Path, workflow_ids: set[str]) -> dict[str, Counter[str]]:
+    """Per workflow ID, how many events of each type its runs have (read from the files)."""
+    counts: dict[str, Counter[str]] = {w: Counter() for w in workflow_ids}
+    for path in sorted((data_dir / "partitions").glob("p*.sqlite")):
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            rows = conn.execute("SELECT workflow_id, body FROM workflow_history").fetchall()
+        finally:
+            conn.close()
+        for workflow_id, body in rows:
+            if workflow_id in counts:
+                counts[workflow_id][type(decode_event(body)).__name__] += 1
+    return counts
+
+
+@df.workflow
+async def cl_gated(ctx: df.WorkflowContext, i: int) -> int:
+    await ctx.wait_for_signal("go")
+    return await cl_flow(ctx, i)
+
+
+def test_a_partition_killed_mid_call_loses_nothing_and_repeats_nothing(
+    ray_client: df.Client, data_dir: Path
+) -> None:
+    """Workflows parked on a signal have their result waits in flight over the link, and
+    others start and run while the partition's process is killed: every one ends with its
+    result, started once, each activity recorded once."""
+    wait_until(lambda: linked_to(ray_client, 0), what="a link to partition 0")
+    pid = ray_client._host.statuses()[0]["pid"]  # type: ignore[attr-defined]
+    gated = [id_on(0, "gated") for _ in range(50)]
+    flowing = [id_on(0, "flowing") for _ in range(150)]
+    spans: list[tuple[float, float]] = []
+
+    async def run_all() -> tuple[list[Any], list[Any], float]:
+        loop = asyncio.get_running_loop()
+        handles = [
+            await ray_client.start_async(cl_gated, i, workflow_id=w) for i, w in enumerate(gated)
+        ]
+        waits = [asyncio.ensure_future(h.result_async()) for h in handles]
+
+        async def one(i: int) -> Any:
+            await asyncio.sleep(i * 0.005)  # starts spread over 0.75 s
+            began = loop.time()
+            result = await ray_client.execute_async(cl_flow, i, workflow_id=flowing[i])
+            spans.append((began, loop.time()))
+            return result
+
+        running = [asyncio.ensure_future(one(i)) for i in range(len(flowing))]
+        await asyncio.sleep(0.3)
+        assert not any(wait.done() for wait in waits)  # their result waits are in flight
+        killed_at = loop.time()
+        os.kill(pid, signal.SIGKILL)
+        for handle in handles:
+            await handle.signal_async("go")
+        return await asyncio.gather(*waits), await asyncio.gather(*running), killed_at
+
+    parked, ran, killed_at = ray_client._block(run_all())  # type: ignore[attr-defined]
+    assert parked == [i + 2 for i in range(len(gated))]
+    assert ran == [i + 2 for i in range(len(flowing))]
+    assert any(began < killed_at for began, _ in spans)  # some ran before the kill
+    assert any(began > killed_at for began, _ in spans)  # and some after it
+    reports = ray_client._host.status_reports(30.0)  # type: ignore[attr-defined]
+    assert reports[0]["pid"] != pid  # the partition's process was replaced
+    for workflow_id, seen in history_counts(data_dir, {*gated, *flowing}).items():
+        assert seen["WorkflowStarted"] == 1, (workflow_id, seen)
+        assert seen["ActivityCompleted"] == 2, (workflow_id, seen)
+        assert seen["WorkflowCompleted"] == 1, (workflow_id, seen)
+    wait_until(lambda: linked_to(ray_client, 0), what="a link to the restarted partition 0")
