@@ -3,9 +3,9 @@ DBOS Transact on its SQLite system database and Restate 1.7 with its Python SDK,
 with the floors beneath them.
 
   W1  1,000 workflows of 3 no-op activities at once: workflows/s, p50/p99 start-to-result;
-      one at a time (unloaded); Restate also 32 in flight. duraflow's no-op activities run
-      inline (``inline=True``, the choice for cheap steps); on Ray also as Ray tasks (the
-      default for real work).
+      one at a time (unloaded); the same 1,000 with 32 in flight. duraflow's no-op activities
+      run inline (``inline=True``, the choice for cheap steps); on Ray also as plain
+      ``@df.activity`` (the default worker pool) and as Ray tasks (``num_cpus=1``).
   W2  200 workflows parked on a signal, all signalled: send-to-completion p50/p99; unloaded.
   W3  200 workflows sleeping 1 s: lateness p50/p99.
   W4  10,000 and 100,000 workflows parked on a signal: time to start, total RSS of every

@@ -9,12 +9,17 @@ import asyncio
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 import duraflow as df
+from duraflow.actors import messages as m
 from duraflow.actors.router import partition_of
 from duraflow.cdc.events import decode_event
 from tests.actors.test_ray_core import wait_until
@@ -148,3 +153,70 @@ def test_a_partition_killed_mid_call_loses_nothing_and_repeats_nothing(
         assert seen["ActivityCompleted"] == 2, (workflow_id, seen)
         assert seen["WorkflowCompleted"] == 1, (workflow_id, seen)
     wait_until(lambda: linked_to(ray_client, 0), what="a link to the restarted partition 0")
+
+
+# -- the link itself, with a partition's end in a process of its own -------------------------
+
+PARTITION_END = """
+import asyncio, sys
+from duraflow.actors import client_link
+
+async def answer(kind, data):
+    method, arg = client_link.decoded(kind, data)
+    if method == "call_batch":
+        raise ValueError("left to Ray")
+    if arg.workflow_id == "slow":
+        await asyncio.Event().wait()  # until the process is killed
+    return {"method": method, "workflow_id": arg.workflow_id}
+
+async def main():
+    address, _server = await client_link.serve(answer, client_link.Served())
+    print(address[1:], flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+def test_replies_refusals_and_a_killed_partition_end(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Over a real socket to another process: a reply comes back as the partition gave it; a
+    call it cannot answer over the link is left to Ray; when its process is killed with
+    SIGKILL, the call in flight and every later one fail with LinkClosed. With
+    DURAFLOW_CLIENT_LINK=off nothing listens."""
+    from duraflow.actors import client_link
+
+    repo = Path(__file__).resolve().parents[2]
+    child = subprocess.Popen(
+        [sys.executable, "-c", PARTITION_END], cwd=repo, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert child.stdout is not None
+        address = "\0" + child.stdout.readline().strip()
+
+        async def scenario() -> None:
+            link = await client_link.ClientLink.connect(address)
+            describe = client_link.encoded("call", m.Describe(workflow_id="w-1"))
+            assert describe is not None
+            assert await link.call(*describe) == (True, {"method": "call", "workflow_id": "w-1"})
+            assert await link.call(client_link.BATCH, b"\x90") == (False, None)
+            slow = client_link.encoded("call", m.Describe(workflow_id="slow"))
+            assert slow is not None
+            in_flight = asyncio.ensure_future(link.call(*slow))
+            await asyncio.sleep(0.1)
+            os.kill(child.pid, signal.SIGKILL)
+            with pytest.raises(client_link.LinkClosed):
+                await in_flight
+            assert not link.open
+            with pytest.raises(client_link.LinkClosed):
+                await link.call(*describe)
+
+        asyncio.run(scenario())
+    finally:
+        child.kill()
+        child.wait()
+
+    async def nothing(kind: str, data: bytes) -> None:
+        return None
+
+    monkeypatch.setenv(client_link.LINK_ENV, "off")
+    assert asyncio.run(client_link.serve(nothing, client_link.Served())) == (None, None)
