@@ -31,7 +31,8 @@ from duraflow.cdc import events as ev
 from duraflow.storage import codec
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, open_archive
-from duraflow.storage.iceberg import archive_batch, compact, data_files, days, expire
+from duraflow.storage.iceberg import archive_batch, data_files
+from duraflow.storage.iceberg_upkeep import compact, days, expire
 from duraflow.storage.query import ArchiveQuery
 from duraflow.storage.warm import write_segment
 

@@ -37,8 +37,8 @@ from duraflow.cdc import events as ev
 from duraflow.client.client import Client
 from duraflow.config import IDLE_BEFORE_HIBERNATE_S
 from duraflow.engine.definitions import WorkflowDefinition, workflow_definition
+from duraflow.engine.replay import rebuild
 from duraflow.engine.retry import Duration, parse_duration
-from duraflow.engine.run import rebuild
 from duraflow.errors import (
     ConfigurationError,
     NonDeterminismError,

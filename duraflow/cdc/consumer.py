@@ -39,14 +39,8 @@ from duraflow.config import EngineConfig
 from duraflow.loop_thread import LoopThread
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import Archive, open_archive
-from duraflow.storage.iceberg import (
-    archive_batch,
-    compact,
-    days,
-    expire,
-    expire_all_but,
-    resume_offsets,
-)
+from duraflow.storage.iceberg import archive_batch, resume_offsets
+from duraflow.storage.iceberg_upkeep import compact, days, expire, expire_all_but
 from duraflow.storage.layout import archive_paths
 from duraflow.storage.warm import (
     Segment,

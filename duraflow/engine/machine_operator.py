@@ -35,7 +35,8 @@ from duraflow.engine import run_options
 from duraflow.engine.definitions import WorkflowDefinition, resolve_workflow
 from duraflow.engine.ids import check_workflow_id
 from duraflow.engine.machine_state import OpenRun, Rule, State
-from duraflow.engine.run import PYTHON_VERSION, rebuild
+from duraflow.engine.replay import rebuild
+from duraflow.engine.run import PYTHON_VERSION
 from duraflow.errors import DuraflowError, ResetError
 from duraflow.storage.rows import WorkflowRow
 

@@ -23,7 +23,8 @@ from duraflow.engine.attempts import Attempt, AttemptTable
 from duraflow.engine.definitions import ActivityDefinition, WorkflowDefinition, resolve_workflow
 from duraflow.engine.guard import Watch
 from duraflow.engine.ids import check_workflow_id
-from duraflow.engine.run import WorkflowRun, rebuild
+from duraflow.engine.replay import rebuild
+from duraflow.engine.run import WorkflowRun
 from duraflow.errors import DuraflowError, WorkflowClosed, WorkflowNotFound
 from duraflow.storage.rows import ActivityRow, TimerRow, WorkflowRow
 

@@ -1,11 +1,11 @@
-"""WorkflowRun: one resident run (coroutine + deterministic loop) and its replay from history.
+"""WorkflowRun: one resident run (coroutine + deterministic loop).
 
 A run is driven by *activations*: the owner applies one resolution event (started, activity
 completed, timer fired, signal received, ...), the loop runs until idle, and the commands the
 code issued come back as new history events. While a run stays in memory its coroutine simply
-continues. To rebuild it (restart, crash, eviction) :func:`rebuild` re-applies the recorded
-resolutions in order; each command the code issues is matched to the recorded command with the
-same sequence number, and any difference raises :class:`NonDeterminismError` naming both.
+continues. While it is being rebuilt from history (``engine/replay.py``), each command the code
+issues is matched to the recorded command with the same sequence number, and any difference
+raises :class:`NonDeterminismError` naming both.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ class WorkflowRun:
 
     @property
     def replaying(self) -> bool:
-        """True while :func:`rebuild` is re-applying recorded history."""
+        """True while ``engine.replay.rebuild`` is re-applying recorded history."""
         return self._recorded is not None
 
     # -- activation -----------------------------------------------------------------------
@@ -557,55 +557,3 @@ class WorkflowRun:
             with contextlib.suppress(BaseException):
                 coro.close()  # type: ignore[union-attr]  # reason: our tasks wrap coroutines
         self.loop.close()
-
-
-def rebuild(
-    definition: WorkflowDefinition, history: Sequence[ev.Event], *, watch: Watch | None = None
-) -> tuple[WorkflowRun, list[ev.Event]]:
-    """Rebuild a run by replaying its recorded history (each activation timed by ``watch``).
-
-    Returns:
-        The resident run, and the commands its code issued that history does not hold yet
-        (possible when recorded resolutions were never applied, e.g. the code was missing).
-
-    Raises:
-        NonDeterminismError: the code diverged from history, or history was recorded on
-            another Python minor version.
-        WorkflowBlocked: an activation held the partition past the watch's threshold.
-    """
-    started = history[0]
-    if not isinstance(started, ev.WorkflowStarted):
-        raise NonDeterminismError(
-            f"history starts with {ev.event_type(started)}, not workflow.started"
-        )
-    if started.python and started.python != PYTHON_VERSION:
-        raise NonDeterminismError(
-            f"workflow {started.workflow_id!r} was recorded on Python {started.python} and cannot "
-            f"be replayed on Python {PYTHON_VERSION}: asyncio orders work differently across "
-            "minor versions; finish it on the version that started it"
-        )
-    recorded = {
-        command_key(e): e
-        for e in history
-        if isinstance(e, ev.COMMANDS) and not (isinstance(e, ev.PatchMarker) and e.deprecated)
-    }
-    run = WorkflowRun(definition, started, recorded, watch=watch)
-    run._deprecated_patches = {  # reason: replay state, set before the first activation
-        e.patch_id for e in history if isinstance(e, ev.PatchMarker) and e.deprecated
-    }
-    new: list[ev.Event] = []
-    for event in history:
-        if isinstance(event, ev.RESOLUTIONS):
-            new.extend(run.activate(event))
-    leftover = sorted(recorded.values(), key=lambda e: e.event_id)
-    if leftover:
-        first = leftover[0]
-        if new:  # the code went on where history closed (or did something else)
-            issued = f"replayed code issued {describe_command(new[0])} instead"
-        else:
-            issued = "but the replayed code never issued it"
-        raise NonDeterminismError(
-            f"event {first.event_id}: history recorded {describe_command(first)}, {issued}"
-        )
-    run._recorded = None  # reason: replay is over; the run is live from here
-    return run, new

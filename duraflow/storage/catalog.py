@@ -44,7 +44,7 @@ looks for one workflow, big enough that a full scan stays fast."""
 
 TABLE_PROPERTIES = {
     # Commit cost grows with the snapshots and manifests kept: merge manifests, drop old
-    # metadata files, and expire snapshots regularly (storage/iceberg.py: expire).
+    # metadata files, and expire snapshots regularly (storage/iceberg_upkeep.py: expire).
     "commit.manifest-merge.enabled": "true",
     "write.metadata.delete-after-commit.enabled": "true",
     "write.metadata.previous-versions-max": "20",

@@ -32,7 +32,8 @@ from duraflow.actors.local_host import partition_path
 from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
 from duraflow.engine.definitions import WorkflowDefinition, workflow_definition
-from duraflow.engine.run import PYTHON_VERSION, WorkflowRun, rebuild
+from duraflow.engine.replay import rebuild
+from duraflow.engine.run import PYTHON_VERSION, WorkflowRun
 from duraflow.storage.codec import decode, encode
 from duraflow.storage.sqlite_store import PartitionStore
 from duraflow.testing import WorkflowEnvironment

@@ -14,14 +14,8 @@ import pytest
 from duraflow.errors import ConfigurationError
 from duraflow.storage.archive_schema import history_rows
 from duraflow.storage.catalog import S3Config, open_archive
-from duraflow.storage.iceberg import (
-    archive_batch,
-    committed_offsets,
-    compact,
-    data_files,
-    days,
-    expire,
-)
+from duraflow.storage.iceberg import archive_batch, committed_offsets, data_files
+from duraflow.storage.iceberg_upkeep import compact, days, expire
 from duraflow.storage.query import connect
 from duraflow.storage.warm import list_segments, write_segment
 from tests.storage.conftest import S3_ACCESS_KEY, S3_SECRET_KEY

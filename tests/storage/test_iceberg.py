@@ -16,13 +16,10 @@ from duraflow.storage.iceberg import (
     archive_batch,
     commit,
     committed_offsets,
-    compact,
     data_files,
-    days,
-    expire,
-    expire_all_but,
     resume_offsets,
 )
+from duraflow.storage.iceberg_upkeep import compact, days, expire, expire_all_but
 from duraflow.storage.query import connect
 from tests.storage.fakes import FakePartitions, expected_counts
 
