@@ -20,7 +20,8 @@ import pytest
 import duraflow as df
 from duraflow.cdc import events as ev
 from duraflow.engine.definitions import workflow_definition
-from duraflow.engine.run import PYTHON_VERSION, rebuild
+from duraflow.engine.replay import rebuild
+from duraflow.engine.run import PYTHON_VERSION
 from duraflow.storage.codec import decode
 
 

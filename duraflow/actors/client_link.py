@@ -177,17 +177,28 @@ class ClientLink(LinkEnd):
         self._ended(None)
 
 
+UNORDERED = frozenset({"CollectResults", "ReadEvents"})
+"""Requests that only read, and may overtake calls made before them."""
+
+
 class _Slot:
-    __slots__ = ("link", "linking", "tried_at")
+    __slots__ = ("by_ray", "link", "linking", "tried_at")
 
     def __init__(self) -> None:
         self.link: ClientLink | None = None
         self.linking: asyncio.Task[None] | None = None
         self.tried_at = -LINK_RETRY_S
+        self.by_ray = 0
+        """Calls on their way by Ray that later calls must not overtake."""
 
 
 class Links:
     """A client's links to the partitions of one deployment, per event loop.
+
+    Calls from one loop to one partition reach it in the order they were made, as Ray's calls
+    from one caller do: once a link is made, calls keep going by Ray until none of those
+    still on their way by Ray could be overtaken (mailbox polls and reads of the change log
+    may be).
 
     Args:
         offer: asks partition ``i`` where it can be linked to (its actor's ``link``).
@@ -202,9 +213,15 @@ class Links:
         self._loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[int, _Slot]]
         self._loops = weakref.WeakKeyDictionary()
 
-    async def call(self, partition: int, kind: str, data: bytes) -> tuple[bool, Any]:
-        """``(True, reply)`` over the link to ``partition``, or ``(False, None)`` when there
-        is none yet (it is being made) or the call must go by Ray.
+    async def call(
+        self,
+        partition: int,
+        linked: tuple[str, bytes] | None,
+        by_ray: Callable[[], Awaitable[Any]],
+    ) -> Any:
+        """The reply of ``partition`` to a call (``linked``: its :class:`Call` kind and data,
+        None for one that goes by Ray only): over the link where there is one and it may be
+        used, else ``by_ray()`` (a link is made meanwhile, for later calls).
 
         Raises:
             LinkClosed: the link closed before the reply came.
@@ -216,13 +233,23 @@ class Links:
         slot = slots.get(partition)
         if slot is None:
             slot = slots[partition] = _Slot()
+        ordered = linked is None or linked[0] not in UNORDERED
         link = slot.link
-        if link is not None and link.open:
-            return await link.call(kind, data)
-        if slot.linking is None and time.monotonic() - slot.tried_at >= LINK_RETRY_S:
-            slot.tried_at = time.monotonic()
-            slot.linking = loop.create_task(self._link(partition, slot))
-        return False, None
+        if link is None or not link.open:
+            if slot.linking is None and time.monotonic() - slot.tried_at >= LINK_RETRY_S:
+                slot.tried_at = time.monotonic()
+                slot.linking = loop.create_task(self._link(partition, slot))
+        elif linked is not None and not (ordered and slot.by_ray):
+            over_link, reply = await link.call(*linked)
+            if over_link:
+                return reply
+        if not ordered:
+            return await by_ray()
+        slot.by_ray += 1
+        try:
+            return await by_ray()
+        finally:
+            slot.by_ray -= 1
 
     async def _link(self, partition: int, slot: _Slot) -> None:
         """Link to ``partition`` if it runs on this node and offers a link."""

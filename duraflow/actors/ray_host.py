@@ -466,12 +466,11 @@ class RayHost(Host):
 
         linked = client_link.encoded(method, payload)
 
-        async def call() -> Any:
-            if linked is not None:  # over the link to the partition, where there is one
-                over_link, reply = await self._links.call(partition, *linked)
-                if over_link:
-                    return reply
-            return await getattr(self._handles[partition], method).remote(payload)
+        def by_ray() -> Any:
+            return getattr(self._handles[partition], method).remote(payload)
+
+        async def call() -> Any:  # over the link to the partition, where there is one
+            return await self._links.call(partition, linked, by_ray)
 
         reply = await retry_async(
             call,

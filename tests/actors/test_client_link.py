@@ -220,3 +220,53 @@ def test_replies_refusals_and_a_killed_partition_end(monkeypatch: pytest.MonkeyP
 
     monkeypatch.setenv(client_link.LINK_ENV, "off")
     assert asyncio.run(client_link.serve(nothing, client_link.Served())) == (None, None)
+
+
+def test_calls_keep_their_order_while_a_link_is_made() -> None:
+    """A call made while an earlier one still goes by Ray goes by Ray too (it must not
+    overtake it over the new link); a mailbox poll may; once nothing is on its way by Ray,
+    calls take the link. (The partition's end runs in this process, on a real socket; the
+    Ray calls are stand-ins that record the order they were made in.)"""
+    from duraflow.actors import client_link
+
+    answered: list[str] = []
+
+    async def answer(kind: str, data: bytes) -> Any:
+        answered.append(kind)
+        return "over the link"
+
+    async def scenario() -> list[str]:
+        address, server = await client_link.serve(answer, client_link.Served())
+        assert address is not None and server is not None
+        links = client_link.Links(
+            lambda partition: asyncio.sleep(0, {"node_id": "here", "address": address}),
+            lambda: "here",
+        )
+        slow_ray = asyncio.Event()
+        by_ray: list[str] = []
+
+        def ray_call(label: str, wait: bool = False) -> Any:
+            async def call() -> str:
+                by_ray.append(label)
+                if wait:
+                    await slow_ray.wait()
+                return "by Ray"
+
+            return call
+
+        signal = client_link.encoded(
+            "call", m.Signal(workflow_id="w", name="go", payload=b"", request_id="r")
+        )
+        poll = client_link.encoded("call", m.CollectResults(mailbox="box", wait_s=0.0))
+        first = asyncio.ensure_future(links.call(0, signal, ray_call("first", wait=True)))
+        await asyncio.sleep(0.1)  # the link is made meanwhile
+        assert await links.call(0, signal, ray_call("second")) == "by Ray"
+        assert await links.call(0, poll, ray_call("poll")) == "over the link"
+        slow_ray.set()
+        assert await first == "by Ray"
+        assert await links.call(0, signal, ray_call("third")) == "over the link"
+        assert by_ray == ["first", "second"]
+        server.close()
+        return answered
+
+    assert asyncio.run(scenario()) == ["CollectResults", "Signal"]
