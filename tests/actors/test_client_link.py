@@ -73,7 +73,10 @@ def test_calls_go_over_the_link_from_every_event_loop(ray_client: df.Client) -> 
 
     async def twice() -> tuple[list[Any], int, int]:
         await from_a_new_loop()
-        await asyncio.sleep(0.5)  # its links are made
+        for _ in range(200):  # its links are made (on this loop, which must keep running)
+            if min(s["open"] for s in await asyncio.to_thread(links, ray_client)) >= 2:
+                break
+            await asyncio.sleep(0.05)
         calls = sum(s["calls"] for s in links(ray_client))
         results = await from_a_new_loop()
         open_links = max(s["open"] for s in links(ray_client))
