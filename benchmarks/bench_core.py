@@ -26,7 +26,7 @@ from typing import Any
 
 import duraflow as df
 from benchmarks import bench_updates
-from benchmarks.common import RESULTS_DIR, print_table, summary_ms, write_json
+from benchmarks.common import RESULTS_DIR, in_flight_runs, print_table, summary_ms, write_json
 from benchmarks.floors import ray_floor, sqlite_floor
 
 
@@ -93,23 +93,7 @@ async def w1_throughput(client: df.Client, n: int, kind: str) -> dict[str, Any]:
 async def w1_in_flight(client: df.Client, n: int, kind: str, in_flight: int) -> dict[str, Any]:
     """``n`` workflows, ``in_flight`` at a time (a new one starts as one finishes), as
     Restate's W1 runs with 32 in flight (benchmarks/bench_restate.py)."""
-    todo = iter(range(n))
-    latencies: list[float] = []
-
-    async def one_client() -> None:
-        for i in todo:
-            latencies.append(await _timed_workflow(client, i, kind))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(one_client() for _ in range(in_flight)))
-    elapsed = time.perf_counter() - t0
-    return {
-        "workflows": n,
-        "in_flight": in_flight,
-        "seconds": elapsed,
-        "workflows_per_s": n / elapsed,
-        **summary_ms(latencies),
-    }
+    return await in_flight_runs(n, in_flight, lambda i: _timed_workflow(client, i, kind))
 
 
 async def w1_unloaded(client: df.Client, n: int, kind: str) -> dict[str, Any]:

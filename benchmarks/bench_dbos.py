@@ -64,7 +64,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
 
-from benchmarks.common import RESULTS_DIR, print_table, rss_mib, summary_ms, write_json
+from benchmarks.common import RESULTS_DIR, print_table, round_trips, rss_mib, summary_ms, write_json
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTALL_HINT = "DBOS is not installed: run `pip install -e '.[bench]'` (or `./dev bench`)"
@@ -414,13 +414,7 @@ async def w6_ping_pong(flows: SimpleNamespace, rounds: int) -> dict[str, Any]:
     with SetWorkflowID("w6-ping"):
         ping = await DBOS.start_workflow_async(flows.ping, "w6-pong", rounds)
     await asyncio.gather(ping.get_result(), pong.get_result())
-    seconds = time.perf_counter() - t0
-    return {
-        "round_trips": rounds,
-        "seconds": seconds,
-        "round_trips_per_s": rounds / seconds,
-        "ms_per_round_trip": seconds / rounds * 1e3,
-    }
+    return round_trips(rounds, time.perf_counter() - t0)
 
 
 def _thread_count() -> int:

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import duraflow as df
-from benchmarks.common import RESULTS_DIR, print_table, summary_ms, write_json
+from benchmarks.common import RESULTS_DIR, print_table, round_trips, summary_ms, write_json
 from duraflow.actors.router import partition_of
 from duraflow.cdc import events as ev
 
@@ -96,13 +96,7 @@ async def w6_ping_pong(client: df.Client, rounds: int, partitions: int) -> dict[
     pong = await client.start_async(bench_msg_pong, ping_id, rounds, workflow_id=pong_id)
     ping = await client.start_async(bench_msg_ping, pong_id, rounds, workflow_id=ping_id)
     await asyncio.gather(ping.result_async(), pong.result_async())
-    seconds = time.perf_counter() - t0
-    return {
-        "round_trips": rounds,
-        "seconds": seconds,
-        "round_trips_per_s": rounds / seconds,
-        "ms_per_round_trip": seconds / rounds * 1e3,
-    }
+    return round_trips(rounds, time.perf_counter() - t0)
 
 
 async def _scenario(client: df.Client, signals: int, rounds: int, partitions: int) -> dict:

@@ -50,7 +50,14 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import restate_server
-from benchmarks.common import RESULTS_DIR, print_table, rss_mib, summary_ms, write_json
+from benchmarks.common import (
+    RESULTS_DIR,
+    in_flight_runs,
+    print_table,
+    rss_mib,
+    summary_ms,
+    write_json,
+)
 from benchmarks.restate_server import RestateUnavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -155,22 +162,7 @@ async def w1_throughput(ingress: Ingress, keys: Keys, n: int) -> dict[str, Any]:
 
 async def w1_in_flight(ingress: Ingress, keys: Keys, n: int, in_flight: int) -> dict[str, Any]:
     """``n`` workflows, ``in_flight`` at a time (a new one starts as one finishes)."""
-    todo = iter(range(n))
-    latencies: list[float] = []
-
-    async def client() -> None:
-        for i in todo:
-            latencies.append(await _timed_run(ingress, keys("w1f"), i))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(client() for _ in range(in_flight)))
-    elapsed = time.perf_counter() - t0
-    return {
-        "workflows": n,
-        "in_flight": in_flight,
-        "seconds": elapsed,
-        "workflows_per_s": n / elapsed,
-    } | summary_ms(latencies)
+    return await in_flight_runs(n, in_flight, lambda i: _timed_run(ingress, keys("w1f"), i))
 
 
 async def w1_unloaded(ingress: Ingress, keys: Keys, n: int) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,41 @@ def summary_ms(samples_s: list[float]) -> dict[str, float]:
         "p50_ms": percentile(samples_s, 50) * 1e3,
         "p99_ms": percentile(samples_s, 99) * 1e3,
         "mean_ms": statistics.fmean(samples_s) * 1e3 if samples_s else float("nan"),
+    }
+
+
+async def in_flight_runs(
+    n: int, in_flight: int, timed_run: Callable[[int], Awaitable[float]]
+) -> dict[str, Any]:
+    """``n`` runs of ``timed_run`` (it returns one run's seconds), ``in_flight`` at a time (a
+    new one starts as one finishes): throughput and latency, as W1 with 32 in flight reports
+    them on every system."""
+    todo = iter(range(n))
+    latencies: list[float] = []
+
+    async def client() -> None:
+        for i in todo:
+            latencies.append(await timed_run(i))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(in_flight)))
+    elapsed = time.perf_counter() - t0
+    return {
+        "workflows": n,
+        "in_flight": in_flight,
+        "seconds": elapsed,
+        "workflows_per_s": n / elapsed,
+        **summary_ms(latencies),
+    }
+
+
+def round_trips(rounds: int, seconds: float) -> dict[str, Any]:
+    """W6 ping-pong's figures: ``rounds`` round trips in ``seconds``."""
+    return {
+        "round_trips": rounds,
+        "seconds": seconds,
+        "round_trips_per_s": rounds / seconds,
+        "ms_per_round_trip": seconds / rounds * 1e3,
     }
 
 

@@ -103,57 +103,7 @@ def _add_serve(
         help="module with the workflows and activities, imported by every partition when it "
         "starts (repeat for several); found from the current directory like 'python -m'",
     )
-    p.add_argument(
-        "--partitions",
-        type=positive(int),
-        default=None,
-        help="partition count, fixed when the data directory is created (default 4)",
-    )
-    p.add_argument(
-        "--synchronous",
-        type=str.upper,
-        choices=("FULL", "NORMAL"),
-        default="FULL",
-        help="SQLite synchronous mode: FULL (default, survives power loss) or NORMAL "
-        "(survives a killed process)",
-    )
-    p.add_argument(
-        "--partition-resources",
-        type=resources,
-        default=None,
-        metavar="JSON",
-        help="custom Ray resources each partition actor asks for, e.g. '{\"duraflow\": 1}': "
-        "partitions then run only on nodes started with them (ray start --resources=...)",
-    )
-    p.add_argument(
-        "--activity-threads",
-        type=positive(int),
-        default=DEFAULT_ACTIVITY_THREADS,
-        help="threads for sync activities run in a partition's process (default %(default)s)",
-    )
-    p.add_argument(
-        "--max-resident-runs",
-        type=positive(int),
-        default=None,
-        metavar="N",
-        help="per partition, runs kept in memory between turns (default: no cap)",
-    )
-    p.add_argument(
-        "--hibernate-after",
-        type=duration_or_never,
-        default=IDLE_BEFORE_HIBERNATE_S,
-        metavar="DURATION",
-        help="runs idle this long are dropped from memory until woken, e.g. 30s, 5m; 'never' "
-        "keeps them (default %(default)gs)",
-    )
-    p.add_argument(
-        "--deadlock-threshold",
-        type=duration_or_never,
-        default=DEADLOCK_THRESHOLD_S,
-        metavar="DURATION",
-        help="workflow code that holds its partition this long without an await is reported "
-        "and its run marked stuck; 'never' turns the detector off (default %(default)gs)",
-    )
+    _add_partition_options(p)
     p.add_argument(
         "--workers",
         type=worker_pools,
@@ -171,6 +121,61 @@ def _add_serve(
         help="seconds to wait for the partitions to open (default %(default)g)",
     )
     p.set_defaults(run=_serve)
+
+
+def _add_partition_options(serve: argparse.ArgumentParser) -> None:
+    partitions = serve.add_argument_group("partitions")
+    partitions.add_argument(
+        "--partitions",
+        type=positive(int),
+        default=None,
+        help="partition count, fixed when the data directory is created (default 4)",
+    )
+    partitions.add_argument(
+        "--synchronous",
+        type=str.upper,
+        choices=("FULL", "NORMAL"),
+        default="FULL",
+        help="SQLite synchronous mode: FULL (default, survives power loss) or NORMAL "
+        "(survives a killed process)",
+    )
+    partitions.add_argument(
+        "--partition-resources",
+        type=resources,
+        default=None,
+        metavar="JSON",
+        help="custom Ray resources each partition actor asks for, e.g. '{\"duraflow\": 1}': "
+        "partitions then run only on nodes started with them (ray start --resources=...)",
+    )
+    partitions.add_argument(
+        "--activity-threads",
+        type=positive(int),
+        default=DEFAULT_ACTIVITY_THREADS,
+        help="threads for sync activities run in a partition's process (default %(default)s)",
+    )
+    partitions.add_argument(
+        "--max-resident-runs",
+        type=positive(int),
+        default=None,
+        metavar="N",
+        help="per partition, runs kept in memory between turns (default: no cap)",
+    )
+    partitions.add_argument(
+        "--hibernate-after",
+        type=duration_or_never,
+        default=IDLE_BEFORE_HIBERNATE_S,
+        metavar="DURATION",
+        help="runs idle this long are dropped from memory until woken, e.g. 30s, 5m; 'never' "
+        "keeps them (default %(default)gs)",
+    )
+    partitions.add_argument(
+        "--deadlock-threshold",
+        type=duration_or_never,
+        default=DEADLOCK_THRESHOLD_S,
+        metavar="DURATION",
+        help="workflow code that holds its partition this long without an await is reported "
+        "and its run marked stuck; 'never' turns the detector off (default %(default)gs)",
+    )
 
 
 def _add_archive_options(serve: argparse.ArgumentParser) -> None:

@@ -262,20 +262,6 @@ class Client:
 
     # -- with-start (DESIGN section 5): one request, one turn at the owning partition --------
 
-    def _start_message(
-        self, workflow: Callable[..., Any] | str, args: tuple[Any, ...], workflow_id: str
-    ) -> m.Start:
-        definition = workflow_definition(workflow)
-        check_workflow_id(workflow_id)
-        data = encode_args(workflow_types(definition), args, f"workflow {definition.name!r}")
-        return m.Start(
-            workflow_id=workflow_id,
-            workflow_type=definition.name,
-            code_ref=definition.code_ref,
-            args=data,
-            run_id=uuid.uuid4().hex,
-        )
-
     async def signal_with_start_async(
         self,
         workflow: Callable[..., Any] | str,
@@ -296,7 +282,7 @@ class Client:
             UnknownWorkflowType, InvalidWorkflowId, PayloadError.
             WorkflowClosed: the run it started closed before taking the signal.
         """
-        start = self._start_message(workflow, args, workflow_id)
+        start = _start_request(workflow, args, workflow_id)
         check_handler_name(signal, "signal name")
         request = m.SignalWithStart(
             workflow_id=workflow_id,
@@ -347,7 +333,7 @@ class Client:
             timeout: give up waiting after this long (UpdateTimeout).
             request_id: makes the update exactly once across resends.
         """
-        start = self._start_message(workflow, args, workflow_id)
+        start = _start_request(workflow, args, workflow_id)
         check_handler_name(update, "update name")
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
         request = m.UpdateWithStart(

@@ -47,9 +47,10 @@ def check_name(value: object, what: str) -> str | None:
     return value
 
 
-def _check_ray_options(
+def _ray_options(
     num_cpus: object, num_gpus: object, resources: object, runtime_env: object
-) -> None:
+) -> dict[str, Any]:
+    """The Ray options an activity gives (those not None), checked."""
     for what, amount in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
         if amount is not None and not _is_amount(amount):
             raise ConfigurationError(
@@ -67,13 +68,20 @@ def _check_ray_options(
         raise ConfigurationError(
             f"runtime_env must be a dict (Ray's runtime_env) or None, got {short(runtime_env)}"
         )
+    given = {
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "resources": resources,
+        "runtime_env": runtime_env,
+    }
+    return {key: value for key, value in given.items() if value is not None}
 
 
-def _check_queue(queue: object, inline: bool, *ray_options: object) -> None:
+def _check_queue(queue: object, inline: bool, ray_options: dict[str, Any]) -> None:
     if queue is None:
         return
     check_queue(queue)
-    if inline or any(option is not None for option in ray_options):
+    if inline or ray_options:
         raise ConfigurationError(
             f"queue={queue!r} cannot go with inline or num_cpus / num_gpus / resources / "
             "runtime_env: the worker pool of a queue carries the resources (df.WorkerPool)"
@@ -227,8 +235,8 @@ def activity(
     check_retry(retry)
     if not isinstance(inline, bool):
         raise ConfigurationError(f"inline must be True or False, got {short(inline)}")
-    _check_ray_options(num_cpus, num_gpus, resources, runtime_env)
-    _check_queue(queue, inline, num_cpus, num_gpus, resources, runtime_env)
+    ray_options = _ray_options(num_cpus, num_gpus, resources, runtime_env)
+    _check_queue(queue, inline, ray_options)
     options = ActivityOptions(
         retry=retry or RetryPolicy(),
         start_to_close_timeout=parse_timeout(start_to_close_timeout, "start_to_close_timeout"),
@@ -237,17 +245,6 @@ def activity(
         ),
         heartbeat_timeout=parse_timeout(heartbeat_timeout, "heartbeat_timeout"),
     )
-    ray_options: dict[str, Any] = {
-        key: value
-        for key, value in (
-            ("num_cpus", num_cpus),
-            ("num_gpus", num_gpus),
-            ("resources", resources),
-            ("runtime_env", runtime_env),
-        )
-        if value is not None
-    }
-
     def register(f: F) -> F:
         definition = ActivityDefinition(
             name or f.__name__,
