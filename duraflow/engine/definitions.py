@@ -245,6 +245,7 @@ def activity(
         ),
         heartbeat_timeout=parse_timeout(heartbeat_timeout, "heartbeat_timeout"),
     )
+
     def register(f: F) -> F:
         definition = ActivityDefinition(
             name or f.__name__,
