@@ -110,6 +110,50 @@ def test_reset_to_an_event_id_reruns_what_follows_it(client: df.Client) -> None:
     assert ["1", "2", "3", "2", "3"] == ran()
 
 
+@df.workflow
+async def rs_asks(ctx: df.WorkflowContext, target: str) -> str:
+    answer = await ctx.external_workflow(target).query("name")
+    await ctx.wait_for_signal("go")
+    return str(answer)
+
+
+@df.workflow
+async def rs_answers(ctx: df.WorkflowContext) -> None:
+    ctx.set_query_handler("name", lambda: "the target")
+    await ctx.wait_for_signal("stop")
+
+
+def test_a_reset_inside_a_query_to_another_workflow_asks_it_again(client: df.Client) -> None:
+    """A reset to the event that sent a query (its answer after the cut) copies the history
+    from before the query: the new run asks again and gets the answer (the old run's answer
+    never reaches it)."""
+    target = client.start(rs_answers, workflow_id="rs-target")
+    handle = client.start(rs_asks, "rs-target", workflow_id="rs-asks")
+    events = client.get_handle("rs-asks")
+    asked = None
+    for _ in range(400):
+        asked = next(
+            (e for e in events.history() if isinstance(e, ev.ExternalQueryRequested)), None
+        )
+        answered = any(isinstance(e, ev.ExternalCompleted) for e in events.history())
+        if asked is not None and answered:
+            break
+        threading.Event().wait(0.025)
+    assert asked is not None
+    handle.terminate(reason="to reset it")
+
+    new_run = handle.reset(to=asked.event_id)
+
+    new = client.get_handle("rs-asks", new_run)
+    new.signal("go")
+    assert "the target" == new.result(timeout=WAIT_S)
+    copied = new.history()
+    requests = [e for e in copied if isinstance(e, ev.ExternalQueryRequested)]
+    answers = [e for e in copied if isinstance(e, ev.ExternalCompleted)]
+    assert len(requests) == len(answers) == 1  # asked again, by the new run, and answered
+    target.signal("stop")
+
+
 def test_reset_refuses_a_running_run_one_that_never_failed_and_events_out_of_range(
     client: df.Client,
 ) -> None:

@@ -226,6 +226,16 @@ def _recorded_hash(st: State, described: WorkflowDescription) -> str | None:
 
 # -- reset ------------------------------------------------------------------------------------
 
+_STEPS = (
+    ev.ActivityScheduled,
+    ev.TimerStarted,
+    ev.ChildStarted,
+    ev.ExternalSignalRequested,
+    ev.ExternalQueryRequested,
+    ev.ExternalCancelRequested,
+    ev.BlockUntilStarted,
+)
+"""Commands that open a step its ``seq`` names, resolved by a later event of the same seq."""
 _RESOLVES_STEP = (
     ev.ActivityCompleted,
     ev.ActivityFailed,
@@ -234,7 +244,11 @@ _RESOLVES_STEP = (
     ev.TimerCancelled,
     ev.ChildCompleted,
     ev.ChildFailed,
+    ev.ExternalCompleted,
+    ev.ExternalFailed,
+    ev.BlockUntilEnded,
 )
+"""What ends a step (a ``block_until`` also ends when every ID it waits on has closed)."""
 _NOT_COPIED = (ev.WorkflowPaused, ev.WorkflowUnpaused)
 
 
@@ -320,11 +334,19 @@ def _cut(history: list[Any], to: str | int, source: WorkflowRow) -> int:
     else:
         raise ResetError(f"reset to= takes 'last_failure' or an event ID (int), got {to!r}")
     unresolved: dict[int, int] = {}
+    blocked_on: dict[int, set[str]] = {}  # each block_until's IDs not closed yet
     for index, event in enumerate(history[:cut]):
-        if isinstance(event, (ev.ActivityScheduled, ev.TimerStarted, ev.ChildStarted)):
+        if isinstance(event, _STEPS):
             unresolved[event.seq] = index
+            if isinstance(event, ev.BlockUntilStarted):
+                blocked_on[event.seq] = set(event.workflow_ids)
         elif isinstance(event, _RESOLVES_STEP):
             unresolved.pop(event.seq, None)
+        elif isinstance(event, ev.BlockedWorkflowClosed):
+            left = blocked_on.get(event.seq, set())
+            left.discard(event.target_workflow_id)
+            if not left:
+                unresolved.pop(event.seq, None)
     return min([cut, *unresolved.values()])
 
 
