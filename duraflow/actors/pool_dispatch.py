@@ -27,15 +27,19 @@ from typing import Any
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
+from duraflow.actors.ray_cluster import first_line
 from duraflow.actors.worker_link import Done, Job, Key, Link
-from duraflow.actors.workers import CANCELLED, pool_names
+from duraflow.actors.workers import pool_names
 from duraflow.config import DEFAULT_QUEUE
-from duraflow.engine.activities import ActivityOutcome, ActivityTask, failure_of
+from duraflow.engine.activities import CANCELLED, ActivityOutcome, ActivityTask, failure_of
 
 log = logging.getLogger("duraflow.workers")
 
 DISCOVER_EVERY_S = 1.0
 """How often a partition looks again for the workers of a queue it found none of."""
+REFRESH_EVERY_S = 5.0
+"""How often a partition looks, off its loop, for workers added to a queue it knows (``duraflow
+worker --size`` larger than before)."""
 LINK_RETRY_S = 1.0
 """How long a partition waits before it tries again to link to a worker it could not link
 to (its attempts go by Ray calls meanwhile)."""
@@ -49,7 +53,8 @@ Entry = tuple[ActivityTask, Done_]
 
 
 class _Worker:
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, name: str, handle: Any) -> None:
+        self.name = name
         self.handle = handle
         self.outstanding = 0
         self.pending: list[Entry] = []
@@ -80,6 +85,7 @@ class PoolDispatcher:
         self._node_id = ray.get_runtime_context().get_node_id()
         self._pools: dict[str, list[_Worker]] = {}
         self._looked_at: dict[str, float] = {}
+        self._refreshing: set[str] = set()
         self._flushing = False
         self._waiting: dict[tuple[Key, int], tuple[_Worker, Done_, Link | None]] = {}
         """The attempts sent and not answered yet: the worker holding each, and the link it
@@ -119,21 +125,52 @@ class PoolDispatcher:
                     worker.link.close()
 
     def _workers(self, queue: str) -> list[_Worker]:
+        """The workers of ``queue`` this partition knows: looked up at once the first time (and
+        every DISCOVER_EVERY_S while there are none), then refreshed off the loop every
+        REFRESH_EVERY_S, so that workers added to the pool take attempts too."""
         workers = self._pools.get(queue)
-        if workers:
-            return workers
         now = time.monotonic()
-        if now - self._looked_at.get(queue, -DISCOVER_EVERY_S) < DISCOVER_EVERY_S:
+        since = now - self._looked_at.get(queue, -DISCOVER_EVERY_S)
+        if workers:
+            if since >= REFRESH_EVERY_S and queue not in self._refreshing:
+                self._looked_at[queue] = now
+                self._refreshing.add(queue)
+                self._loop.create_task(self._refresh(queue))
+            return workers
+        if since < DISCOVER_EVERY_S:
             return []
         self._looked_at[queue] = now
+        self._pools[queue] = []
+        self._add(queue, self._find(queue, set()))
+        return self._pools[queue]
+
+    def _find(self, queue: str, known: set[str]) -> list[tuple[str, Any]]:
+        """The named workers of ``queue`` not in ``known`` (blocking Ray calls)."""
         found = []
         for name in pool_names(self._namespace, queue):
-            with contextlib.suppress(ValueError):  # gone meanwhile
-                found.append(_Worker(ray.get_actor(name, namespace=self._namespace)))
-        self._pools[queue] = found
-        for worker in found:  # the first batches go by Ray calls until the links are up
-            self._start_linking(worker)
+            if name not in known:
+                with contextlib.suppress(ValueError):  # gone meanwhile
+                    found.append((name, ray.get_actor(name, namespace=self._namespace)))
         return found
+
+    async def _refresh(self, queue: str) -> None:
+        try:
+            known = {worker.name for worker in self._pools.get(queue, [])}
+            found = await self._loop.run_in_executor(None, self._find, queue, known)
+            self._add(queue, found)
+        except Exception as exc:  # reason: looked for again at the next refresh
+            log.info("partition %s: no refresh of queue %r: %s", self._name, queue, exc)
+        finally:
+            self._refreshing.discard(queue)
+
+    def _add(self, queue: str, found: list[tuple[str, Any]]) -> None:
+        workers = self._pools.setdefault(queue, [])
+        known = {worker.name for worker in workers}
+        for name, handle in found:
+            if name not in known:
+                worker = _Worker(name, handle)
+                workers.append(worker)
+                self._start_linking(worker)  # its first batches go by Ray calls until linked
 
     def _no_workers(self, queue: str) -> ActivityOutcome:
         return ActivityOutcome(
@@ -190,7 +227,7 @@ class PoolDispatcher:
             self.delivered(await worker.handle.run.remote(jobs, self._partition))
         except (ActorDiedError, ActorUnavailableError, RayActorError) as exc:
             lost = ActivityOutcome(
-                ok=False, error_type=LOST, error_message=f"the worker died: {_first_line(exc)}"
+                ok=False, error_type=LOST, error_message=f"the worker died: {first_line(exc)}"
             )
             if isinstance(exc, ActorDiedError) and not _restarts(exc):
                 self._forget(worker)
@@ -220,7 +257,7 @@ class PoolDispatcher:
                 lambda link, why: self._link_closed(worker, link, why),
             )
         except Exception as exc:  # reason: no link yet; Ray calls meanwhile, retried later
-            log.info("partition %s: no link to a worker yet: %s", self._name, _first_line(exc))
+            log.info("partition %s: no link to a worker yet: %s", self._name, first_line(exc))
         finally:
             worker.linking = False
 
@@ -283,8 +320,3 @@ def _no_outcome() -> ActivityOutcome:
 def _restarts(exc: ActorDiedError) -> bool:
     """Whether Ray will restart the dead actor (it was not killed for good)."""
     return "ray.kill" not in str(exc) and "no_restart" not in str(exc)
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

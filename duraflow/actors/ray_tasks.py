@@ -14,6 +14,7 @@ import ray
 from duraflow.actors.pool_dispatch import PoolDispatcher
 from duraflow.actors.worker_link import Done
 from duraflow.engine.activities import (
+    CANCELLED,
     ActivityInfo,
     ActivityOutcome,
     ActivityTask,
@@ -44,9 +45,7 @@ def _run_activity(
             task.cancelled.set()  # the next heartbeat() raises ActivityCancelledError
 
     if timed and not ray.get(actor.heartbeat.remote(key, info.attempt, None)):
-        return ActivityOutcome(
-            ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
-        )
+        return CANCELLED
     task = ActivityTask(definition, args, info, send_heartbeat)
     if definition.is_async:
         return asyncio.run(_interruptible(run_async_attempt(task, interruptible=True)))
@@ -124,9 +123,7 @@ class RayExecutor:
         try:
             outcome = await ref
         except ray.exceptions.TaskCancelledError:
-            outcome = ActivityOutcome(
-                ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
-            )
+            outcome = CANCELLED
         except ray.exceptions.RayTaskError as exc:
             outcome = failure_of(exc.cause if exc.cause is not None else exc)
         except Exception as exc:  # reason: a lost worker is a failed attempt

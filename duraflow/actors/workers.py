@@ -50,6 +50,7 @@ from duraflow.actors import worker_link
 from duraflow.actors.worker_link import Done, Job, Key
 from duraflow.config import EngineConfig, WorkerPool
 from duraflow.engine.activities import (
+    CANCELLED,
     ActivityInfo,
     ActivityOutcome,
     ActivityTask,
@@ -71,9 +72,6 @@ PUSH_AFTER_S = 0.002
 """How long a worker holds the outcomes of a batch's ended attempts while others of it still
 run, before it pushes them to the partition in one call (a batch that ends within this time
 comes back whole, in the reply to its call)."""
-CANCELLED = ActivityOutcome(
-    ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
-)
 
 
 Report = Callable[[Done], None]

@@ -46,6 +46,12 @@ class ActivityOutcome(msgspec.Struct, frozen=True):
     error_message: str = ""
 
 
+CANCELLED = ActivityOutcome(
+    ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
+)
+"""The outcome of an attempt cancelled before or while it ran."""
+
+
 class CancelFlag:
     """Set once an attempt is no longer wanted; read from any thread (no one waits on it, so
     it needs no lock: a ``threading.Event`` cost more than the rest of a dispatch)."""
@@ -187,9 +193,7 @@ async def run_async_attempt(task: ActivityTask, *, interruptible: bool = False) 
     try:
         result = await task.definition.fn(*_args_of(task))
     except asyncio.CancelledError:
-        return ActivityOutcome(
-            ok=False, error_type="ActivityCancelledError", error_message="attempt cancelled"
-        )
+        return CANCELLED
     except GeneratorExit:
         raise  # the coroutine is being closed: not the activity's outcome
     except KeyboardInterrupt:

@@ -609,9 +609,28 @@ def test_a_pool_started_for_a_served_deployment_takes_its_queue(ray_engine: df.E
         statuses = serving.serve_workers("pl-cli", df.WorkerPool(size=1), namespace=namespace)
         assert ["pl-cli"] == [s["queue"] for s in statuses]
 
-        pid = ray_engine.client().start(pl_cli_flow).result(timeout=30)
+        client = ray_engine.client()
+        partitions = client._host.partitions  # type: ignore[attr-defined]
+        ids = [new_id("pl-cli") for _ in range(64)]
+        one_per_partition = {partition_of(w, partitions): w for w in ids}
+        for workflow_id in one_per_partition.values():  # every partition knows the queue
+            pid = client.start(pl_cli_flow, workflow_id=workflow_id).result(timeout=30)
+            assert statuses[0]["pid"] == pid
 
-        assert statuses[0]["pid"] == pid
+        # A larger --size adds a worker; partitions that know the queue take it on.
+        grown = serving.serve_workers("pl-cli", df.WorkerPool(size=2), namespace=namespace)
+        assert 2 == len(grown)
+        pids: set[int] = set()
+
+        async def sixteen() -> list[int]:  # one turn per partition: spread over the workers
+            handles = await asyncio.gather(*(client.start_async(pl_cli_flow) for _ in range(16)))
+            return await asyncio.gather(*(h.result_async(timeout=30) for h in handles))
+
+        def both_work() -> bool:
+            pids.update(asyncio.run(sixteen()))
+            return pids == {s["pid"] for s in grown}
+
+        wait_until(both_work, timeout=30, what="attempts on the added worker too")
     finally:
         from duraflow.actors.ray_deployment import stop_workers
 
