@@ -7,7 +7,8 @@ same-user peers only), and a client on the partition's node links to it the firs
 calls it from an event loop (streams belong to their loop), its calls going by Ray meanwhile.
 From then on its calls and their replies travel over the link, a frame each, many at once.
 A client on another node, or where no link is offered (``DURAFLOW_CLIENT_LINK=off`` in the
-partition's environment, or not Linux), keeps calling by Ray.
+partition's environment, or not Linux), keeps calling by Ray, and asks again for a link
+only every ELSEWHERE_RETRY_S (the partition may have moved to its node after a restart).
 
 When the partition's process dies its end closes at once: the calls in flight over it fail
 with :class:`LinkClosed`, which the client retries as it retries a call to a restarting actor
@@ -41,8 +42,11 @@ log = logging.getLogger("duraflow.links")
 LINK_ENV = "DURAFLOW_CLIENT_LINK"
 """Set to ``off`` in a partition actor's environment, it offers no link."""
 LINK_RETRY_S = 2.0
-"""How long a client waits before it asks a partition again for a link (after none was
-offered, one could not be made, or one closed)."""
+"""How long a client waits before it asks a partition again for a link (after one could not
+be made, or one closed)."""
+ELSEWHERE_RETRY_S = 60.0
+"""How long a client waits before it asks again a partition that offered no link here (it
+runs on another node, or offers none): it may have moved since."""
 BATCH = ""
 """The kind of a :class:`Call` that carries a batch of requests."""
 
@@ -182,12 +186,13 @@ UNORDERED = frozenset({"CollectResults", "ReadEvents"})
 
 
 class _Slot:
-    __slots__ = ("by_ray", "link", "linking", "tried_at")
+    __slots__ = ("by_ray", "link", "linking", "next_try")
 
     def __init__(self) -> None:
         self.link: ClientLink | None = None
         self.linking: asyncio.Task[None] | None = None
-        self.tried_at = -LINK_RETRY_S
+        self.next_try = 0.0
+        """When to ask the partition for a link again (``time.monotonic()``)."""
         self.by_ray = 0
         """Calls on their way by Ray that later calls must not overtake."""
 
@@ -236,8 +241,7 @@ class Links:
         ordered = linked is None or linked[0] not in UNORDERED
         link = slot.link
         if link is None or not link.open:
-            if slot.linking is None and time.monotonic() - slot.tried_at >= LINK_RETRY_S:
-                slot.tried_at = time.monotonic()
+            if slot.linking is None and time.monotonic() >= slot.next_try:
                 slot.linking = loop.create_task(self._link(partition, slot))
         elif linked is not None and not (ordered and slot.by_ray):
             over_link, reply = await link.call(*linked)
@@ -253,15 +257,18 @@ class Links:
 
     async def _link(self, partition: int, slot: _Slot) -> None:
         """Link to ``partition`` if it runs on this node and offers a link."""
+        wait = LINK_RETRY_S
         try:
             offer = await self._offer(partition)
-            if offer["address"] is not None and offer["node_id"] == self._node_id():
+            if offer["address"] is None or offer["node_id"] != self._node_id():
+                wait = ELSEWHERE_RETRY_S
+            else:
                 slot.link = await ClientLink.connect(offer["address"])
         except Exception as exc:  # reason: no link yet; Ray calls meanwhile, asked again later
             log.debug("no link to partition %d yet: %s", partition, exc)
         finally:
             slot.linking = None
-            slot.tried_at = time.monotonic()
+            slot.next_try = time.monotonic() + wait
 
     def close(self) -> None:
         """Close the links (each on its own loop, if that still runs)."""
