@@ -347,13 +347,15 @@ class WorkerActor:
             os._exit(1)
 
     async def status(self) -> dict[str, Any]:
-        """PID, node, queue, index, attempts running and run so far."""
+        """PID, node, queue, index, attempts running now and queued here (not started yet), and
+        attempts run so far."""
         return {
             "queue": self._queue,
             "index": self._index,
             "pid": os.getpid(),
             "node_id": ray.get_runtime_context().get_node_id(),
-            "running": len(self._tasks),
+            "running": len(self._async) + (self._sync_running is not None),
+            "queued": len(self._tasks) - len(self._async) - (self._sync_running is not None),
             "link": self._link is not None,
             "ran": self._ran,
             "started_at": self._started_at,

@@ -18,8 +18,8 @@ from duraflow.storage.codec import to_json
 def add_commands(
     sub: argparse._SubParsersAction[argparse.ArgumentParser], common: argparse.ArgumentParser
 ) -> None:
-    """``list``, then the verbs on one workflow ID: ``describe``, ``signal``, ``cancel``,
-    ``terminate``, ``result``."""
+    """``list``, then the verbs on one workflow ID: ``describe``, ``signal``, ``update``,
+    ``cancel``, ``terminate``, ``result``."""
     p = sub.add_parser("list", parents=[common], help="workflow runs, newest first (JSON lines)")
     p.add_argument("--status", help="running, completed, failed, cancelled or terminated")
     p.add_argument("--type", help="workflow type name")

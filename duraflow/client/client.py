@@ -389,8 +389,7 @@ class Client:
         try:
             reply: m.StartReply = await sent
             handle = self._started(workflow_id, reply)
-            mine = reply.run_id == request.run_id  # always, as id_conflict is "fail"
-            return await handle._result_of(timeout, outcome if mine else None)
+            return await handle._result_of(timeout, outcome)  # the run it started: "fail"
         finally:
             outcome.cancel()  # done already, unless the start failed or the wait gave up
 

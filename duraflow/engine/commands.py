@@ -37,8 +37,13 @@ def command_key(event: ev.Event) -> tuple[str, int]:
     if isinstance(event, (ev.UpdateCompleted, ev.UpdateFailed)):
         return ("update", event.accepted_event_id)
     if isinstance(event, ev.PatchMarker):
-        return ("patch:" + event.patch_id, 0)
+        return patch_key(event.patch_id)
     return ("close", 0)
+
+
+def patch_key(patch_id: str) -> tuple[str, int]:
+    """The :func:`command_key` of the marker of patch ``patch_id``."""
+    return ("patch:" + patch_id, 0)
 
 
 def describe_command(event: ev.Event) -> str:

@@ -26,7 +26,7 @@ import msgspec
 from duraflow.actors.messages import RunOptions
 from duraflow.cdc import events as ev
 from duraflow.engine import guard, search_attributes
-from duraflow.engine.commands import command_key, describe_command, same_command
+from duraflow.engine.commands import command_key, describe_command, patch_key, same_command
 from duraflow.engine.context import (
     ChildWorkflowHandle,
     ContinueAsNew,
@@ -374,7 +374,7 @@ class WorkflowRun:
         if memo is not None:
             return memo
         if self._recorded is not None:  # replaying: the old path unless history says new
-            marker = self._recorded.pop(("patch:" + patch_id, 0), None)
+            marker = self._recorded.pop(patch_key(patch_id), None)
             found = marker is not None or patch_id in self._deprecated_patches
             self._deprecated_patches.discard(patch_id)
         else:
