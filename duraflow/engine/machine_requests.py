@@ -103,9 +103,9 @@ def start(st: State, req: m.Start) -> m.StartReply:
 
 
 def signal(st: State, req: m.Signal) -> None:
-    open_run = st.open_run(req.workflow_id, req.run_id, "signal")
     if st.reader.signal_seen(req.request_id):
-        return  # a retried signal: appended once already
+        return  # a retried signal: appended once already (its run may have closed since)
+    open_run = st.open_run(req.workflow_id, req.run_id, "signal")
     event = ev.SignalReceived(**st.base(open_run.row), name=req.name, payload=req.payload)
     st.resolve(open_run, event)
     st.fx.append(fx.MarkSignal(req.request_id, req.workflow_id, open_run.row.run_id, event.lsn))
