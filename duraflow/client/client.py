@@ -24,7 +24,7 @@ from duraflow.cdc.events import AnyEvent, decode_event
 from duraflow.cdc.subscribers import Subscription
 from duraflow.client.batching import Batcher, retrieved
 from duraflow.client.blocking import BlockingRunner
-from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_outcome
+from duraflow.client.handle import NO_PAYLOAD, WorkflowHandle, update_fields, update_outcome
 from duraflow.client.handle import _check_name as check_handler_name
 from duraflow.client.host import Host
 from duraflow.engine import run_options, search_attributes
@@ -334,15 +334,9 @@ class Client:
             request_id: makes the update exactly once across resends.
         """
         start = _start_request(workflow, args, workflow_id)
-        check_handler_name(update, "update name")
+        fields = update_fields(update, payload, request_id)
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        request = m.UpdateWithStart(
-            workflow_id=workflow_id,
-            start=start,
-            name=update,
-            args=encode([] if payload is NO_PAYLOAD else [payload], f"payload of {update!r}"),
-            request_id=request_id or uuid.uuid4().hex,
-        )
+        request = m.UpdateWithStart(workflow_id=workflow_id, start=start, **fields)
         return await update_outcome(self, request, update, seconds)
 
     def update_with_start(

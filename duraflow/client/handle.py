@@ -231,18 +231,9 @@ class WorkflowHandle:
                 complete: resend it with the same ``request_id`` to get its result.
             PayloadError: ``payload`` cannot be encoded.
         """
-        _check_name(name, "update name")
-        if request_id is not None:
-            _check_text(request_id, "request_id")
+        fields = update_fields(name, payload, request_id)
         seconds = None if timeout is None else parse_duration(timeout, "timeout")
-        args = [] if payload is NO_PAYLOAD else [payload]
-        request = m.Update(
-            workflow_id=self.workflow_id,
-            run_id=self.run_id,
-            name=name,
-            args=encode(args, f"payload of update {name!r}"),
-            request_id=request_id or uuid.uuid4().hex,
-        )
+        request = m.Update(workflow_id=self.workflow_id, run_id=self.run_id, **fields)
         return await update_outcome(self._client, request, name, seconds)
 
     def update(
@@ -427,6 +418,24 @@ class WorkflowHandle:
     def reset(self, to: str | int = "last_failure", reason: str = "") -> str:
         """Blocking twin of :meth:`reset_async`."""
         return self._client._block(self.reset_async(to, reason))
+
+
+def update_fields(name: str, payload: Any, request_id: str | None) -> dict[str, Any]:
+    """The ``name``, encoded ``args`` and ``request_id`` of an update request, checked.
+
+    Raises:
+        PayloadError: an empty or non-text name, a request ID that is not text, a payload
+            that cannot be encoded.
+    """
+    _check_name(name, "update name")
+    if request_id is not None:
+        _check_text(request_id, "request_id")
+    args = [] if payload is NO_PAYLOAD else [payload]
+    return {
+        "name": name,
+        "args": encode(args, f"payload of update {name!r}"),
+        "request_id": request_id or uuid.uuid4().hex,
+    }
 
 
 def _check_text(value: object, what: str) -> None:
